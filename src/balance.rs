@@ -1,0 +1,108 @@
+//! Choosing a server for a new session, and holding the session in the listener's queue
+//! while no server can take it (none admitted by the check, or all at maxconn).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::time::{timeout_at, Instant};
+
+use crate::cluster::{ListenerState, Server, Slot};
+use crate::config::Balance;
+
+/// Why no server could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoServer {
+    #[error("no server is available")]
+    NoneUp,
+    #[error("every available server is at its maxconn")]
+    Full,
+}
+
+impl NoServer {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            NoServer::NoneUp => "no_server",
+            NoServer::Full => "maxconn",
+        }
+    }
+}
+
+/// Picks a server now. Servers in `avoid` (those a retry just failed on) are used only
+/// when nothing else is admitted.
+pub fn pick(l: &ListenerState, avoid: &[usize]) -> Result<Slot, NoServer> {
+    match pick_among(l, |s| !avoid.contains(&s.node)) {
+        Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |_| true),
+        other => other,
+    }
+}
+
+fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {
+    let servers = &l.servers;
+    let n = servers.len();
+    let mut any_up = false;
+    let order: Box<dyn Iterator<Item = usize>> = match l.config.balance {
+        Balance::First => Box::new(0..n),
+        Balance::RoundRobin => {
+            let start = l.rr.fetch_add(1, Ordering::Relaxed);
+            Box::new((0..n).map(move |i| (start + i) % n))
+        }
+        Balance::LeastConn => {
+            // Fewest sessions first; ties broken by the round-robin position.
+            let start = l.rr.fetch_add(1, Ordering::Relaxed);
+            let mut idx: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+            idx.sort_by_key(|&i| servers[i].stats.cur.load(Ordering::Relaxed));
+            Box::new(idx.into_iter())
+        }
+    };
+    for i in order {
+        let s = &servers[i];
+        if !s.is_up() || !allowed(s) {
+            continue;
+        }
+        any_up = true;
+        if let Some(slot) = s.try_acquire(&l.wake) {
+            return Ok(slot);
+        }
+    }
+    Err(if any_up { NoServer::Full } else { NoServer::NoneUp })
+}
+
+/// Picks a server, waiting in the listener's queue until `deadline` if none can take the
+/// session now. Returns the last reason when the deadline passes.
+pub async fn acquire(l: &Arc<ListenerState>, avoid: &[usize], deadline: Instant) -> Result<Slot, NoServer> {
+    if let Ok(slot) = pick(l, avoid) {
+        return Ok(slot);
+    }
+    let _queued = QueueGuard::enter(l);
+    loop {
+        // Register for a wake-up before looking again, so a change between the look and
+        // the wait is not missed.
+        let notified = l.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let why = match pick(l, avoid) {
+            Ok(slot) => return Ok(slot),
+            Err(e) => e,
+        };
+        if timeout_at(deadline, notified).await.is_err() {
+            return pick(l, avoid).map_err(|_| why);
+        }
+    }
+}
+
+/// Counts a session in the listener's queue for as long as it waits.
+struct QueueGuard<'a>(&'a ListenerState);
+
+impl<'a> QueueGuard<'a> {
+    fn enter(l: &'a ListenerState) -> Self {
+        let n = l.stats.queue_cur.fetch_add(1, Ordering::Relaxed) + 1;
+        l.stats.queue_max.fetch_max(n, Ordering::Relaxed);
+        QueueGuard(l)
+    }
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stats.queue_cur.fetch_sub(1, Ordering::Relaxed);
+    }
+}

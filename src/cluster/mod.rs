@@ -1,0 +1,124 @@
+//! The live view of the cluster for one configuration: listeners, their servers, and the
+//! shared checks behind them. Built once per validated config and swapped whole, so the
+//! proxy, the checkers and the web views never see half of a reload.
+
+mod check;
+mod server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use check::{Check, CheckReport};
+pub use server::{Server, ServerStats, Slot};
+
+use crate::config::{CheckSpec, Config, Listener};
+
+/// Per-listener counters.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Sessions waiting for a server now, and the most ever.
+    pub queue_cur: AtomicUsize,
+    pub queue_max: AtomicUsize,
+    /// Sessions accepted.
+    pub accepted: AtomicU64,
+    /// Sessions refused with an error before reaching a server (queue timeout, no server).
+    pub refused: AtomicU64,
+}
+
+/// One listener and its servers.
+#[derive(Debug)]
+pub struct ListenerState {
+    pub config: Listener,
+    pub servers: Vec<Arc<Server>>,
+    /// Round-robin position.
+    pub(crate) rr: AtomicUsize,
+    /// Woken when a server of this listener comes up or frees a slot, so queued sessions
+    /// proceed the moment they can.
+    pub(crate) wake: Arc<Notify>,
+    pub stats: ListenerStats,
+}
+
+impl ListenerState {
+    /// Wakes sessions waiting in this listener's queue.
+    pub fn wake_queue(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Servers currently admitted by the check.
+    pub fn servers_up(&self) -> usize {
+        self.servers.iter().filter(|s| s.is_up()).count()
+    }
+}
+
+/// Everything live that belongs to one configuration generation.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    /// Distinct checks: one per (node, request), however many listeners use it.
+    pub checks: Vec<Arc<Check>>,
+    pub listeners: Vec<Arc<ListenerState>>,
+    pub started: Instant,
+}
+
+impl Runtime {
+    /// Builds the live state for `config`. Server session tokens are children of `sessions`,
+    /// so a hard stop cuts everything at once.
+    pub fn build(config: Arc<Config>, sessions: &CancellationToken) -> Runtime {
+        let mut checks: Vec<Arc<Check>> = Vec::new();
+        let mut by_key: HashMap<(usize, CheckSpec), Arc<Check>> = HashMap::new();
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let servers = l
+                .servers
+                .iter()
+                .map(|&i| {
+                    let node = &config.nodes[i];
+                    let check = by_key
+                        .entry((i, l.check.clone()))
+                        .or_insert_with(|| {
+                            let c = Arc::new(Check::new(i, node.name.clone(), node.check_address.clone(), l.check.clone()));
+                            checks.push(Arc::clone(&c));
+                            c
+                        })
+                        .clone();
+                    let maxconn = node.maxconn.unwrap_or(l.maxconn);
+                    Arc::new(Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions))
+                })
+                .collect();
+            listeners.push(Arc::new(ListenerState {
+                config: l.clone(),
+                servers,
+                rr: AtomicUsize::new(0),
+                wake: Arc::new(Notify::new()),
+                stats: ListenerStats::default(),
+            }));
+        }
+        Runtime { config, checks, listeners, started: Instant::now() }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerState>> {
+        self.listeners.iter().find(|l| l.config.name == name)
+    }
+
+    /// The (listener, server) pairs that depend on `check`.
+    pub fn servers_of<'a>(&'a self, check: &'a Arc<Check>) -> impl Iterator<Item = (&'a Arc<ListenerState>, &'a Arc<Server>)> + 'a {
+        self.listeners
+            .iter()
+            .flat_map(|l| l.servers.iter().map(move |s| (l, s)))
+            .filter(move |(_, s)| Arc::ptr_eq(&s.check, check))
+    }
+
+    /// Sessions open across all listeners.
+    pub fn sessions(&self) -> usize {
+        self.listeners
+            .iter()
+            .flat_map(|l| &l.servers)
+            .map(|s| s.stats.cur.load(Ordering::Relaxed))
+            .sum()
+    }
+}

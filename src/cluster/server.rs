@@ -1,0 +1,128 @@
+//! A server: one node as seen by one listener (HAProxy's `server` line inside a backend).
+//! It owns the per-server session limit, the counters, and the cancellation token that
+//! cuts its sessions on mark-down.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::check::Check;
+
+/// Counters every view reads (stats page, CSV, JSON, Prometheus): atomics, no locks on
+/// the data path.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Sessions open now (HAProxy `scur`).
+    pub cur: AtomicUsize,
+    /// Highest `cur` seen (`smax`).
+    pub max: AtomicUsize,
+    /// Sessions ever routed here (`stot`).
+    pub total: AtomicU64,
+    /// Bytes from clients to this server (`bin`).
+    pub bytes_in: AtomicU64,
+    /// Bytes from this server to clients (`bout`).
+    pub bytes_out: AtomicU64,
+    /// Failed connects (`econ`).
+    pub conn_errors: AtomicU64,
+    /// Connect retries on this server (`wretr`).
+    pub retries: AtomicU64,
+    /// Sessions moved to another server after a failed connect here (`wredis`).
+    pub redispatches: AtomicU64,
+    /// Sessions closed by mark-down (shutdown-sessions).
+    pub killed: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    /// Index of the node in the configuration.
+    pub node: usize,
+    pub name: String,
+    /// PostgreSQL's address, `host:port`.
+    pub address: String,
+    pub maxconn: usize,
+    pub check: Arc<Check>,
+    pub stats: ServerStats,
+    /// Parent of every session token of this server; replaced by a fresh child of
+    /// `parent` each time the server's sessions are cut.
+    sessions: Mutex<CancellationToken>,
+    parent: CancellationToken,
+}
+
+impl Server {
+    pub fn new(node: usize, name: String, address: String, maxconn: usize, check: Arc<Check>, parent: &CancellationToken) -> Server {
+        Server {
+            node,
+            name,
+            address,
+            maxconn,
+            check,
+            stats: ServerStats::default(),
+            sessions: Mutex::new(parent.child_token()),
+            parent: parent.clone(),
+        }
+    }
+
+    /// Whether new sessions may be sent here.
+    pub fn is_up(&self) -> bool {
+        self.check.is_up()
+    }
+
+    /// Takes a session slot if the server is below maxconn.
+    pub fn try_acquire(self: &Arc<Self>, wake: &Arc<Notify>) -> Option<Slot> {
+        let cur = &self.stats.cur;
+        let mut n = cur.load(Ordering::Relaxed);
+        loop {
+            if n >= self.maxconn {
+                return None;
+            }
+            match cur.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(actual) => n = actual,
+            }
+        }
+        self.stats.max.fetch_max(n + 1, Ordering::Relaxed);
+        self.stats.total.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { server: Arc::clone(self), wake: Arc::clone(wake) })
+    }
+
+    /// The token a new session selects on; cancelled when the server's sessions are cut.
+    pub fn session_token(&self) -> CancellationToken {
+        self.lock().child_token()
+    }
+
+    /// Closes every session on this server (mark-down with shutdown-sessions, admin action).
+    /// Later sessions get a fresh token.
+    pub fn cut_sessions(&self) -> usize {
+        let old = std::mem::replace(&mut *self.lock(), self.parent.child_token());
+        old.cancel();
+        let n = self.stats.cur.load(Ordering::Relaxed);
+        self.stats.killed.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A held session slot on a server; dropping it frees the slot and wakes queued sessions.
+#[derive(Debug)]
+pub struct Slot {
+    server: Arc<Server>,
+    wake: Arc<Notify>,
+}
+
+impl Slot {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.server.stats.cur.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_waiters();
+    }
+}

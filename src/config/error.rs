@@ -1,0 +1,85 @@
+//! Configuration errors that name the file, the line and the key, as an operator needs
+//! them at 3 a.m.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the configuration: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// A stable label for logs and metrics.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// The text being parsed, so errors can be placed on a line.
+pub(crate) struct Source<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based line and column of a byte offset.
+    fn locate(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    /// An error at `span` about `key`.
+    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.locate(span.start);
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Turns a TOML/serde error into one that names the key found on the offending line.
+    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+        let span = err.span().unwrap_or(0..0);
+        let key = self.key_on_line(span.start);
+        self.error(span, key, err.message().to_owned())
+    }
+
+    /// The key written on the line holding `offset` (`name = ...` or a `[table]` header).
+    fn key_on_line(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
+        let line = self.text[start..end].trim();
+        if let Some(header) = line.strip_prefix('[') {
+            return header.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+        match line.split_once('=') {
+            Some((key, _)) => key.trim().to_owned(),
+            None => line.chars().take(40).collect(),
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The configuration: a TOML schema, HAProxy's defaults, and validation into a [`Config`]
+//! that cannot be invalid. Everything else reads the validated value; a reload swaps in a
+//! new one only after it has passed here.
+
+mod error;
+mod raw;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ConfigError;
+use error::Source;
+use raw::{Dur, RawCheck, RawConfig, RawDefaults, RawListener, RawNode};
+use toml::Spanned;
+
+/// HAProxy's values in the reference deployment; a ported haproxy.cfg means the same here.
+pub mod defaults {
+    use std::time::Duration;
+    pub const GLOBAL_MAXCONN: usize = 4096;
+    pub const SERVER_MAXCONN: usize = 100;
+    pub const RETRIES: u32 = 2;
+    pub const TIMEOUT_CONNECT: Duration = Duration::from_secs(4);
+    pub const TIMEOUT_CLIENT: Duration = Duration::from_secs(30 * 60);
+    pub const TIMEOUT_SERVER: Duration = Duration::from_secs(30 * 60);
+    pub const TIMEOUT_CHECK: Duration = Duration::from_secs(5);
+    pub const INTER: Duration = Duration::from_secs(2);
+    pub const FALL: u32 = 3;
+    pub const RISE: u32 = 2;
+    pub const CHECK_PORT: u16 = 8008;
+    pub const HARD_STOP_AFTER: Duration = Duration::from_secs(30);
+    pub const TIMEOUT_STARTUP: Duration = Duration::from_secs(10);
+    pub const WEB_REFRESH: Duration = Duration::from_secs(5);
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub global: Global,
+    pub nodes: Vec<Node>,
+    pub listeners: Vec<Listener>,
+    pub web: Option<Web>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Sessions the whole process holds at once; beyond it, accepting pauses (HAProxy's
+    /// global maxconn), so excess clients wait in the kernel's backlog.
+    pub maxconn: usize,
+    /// How long a graceful stop lets sessions finish before closing them.
+    pub hard_stop_after: Duration,
+}
+
+/// A PostgreSQL node with its Patroni agent, declared once and used by every listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    /// Where PostgreSQL answers, `host:port`.
+    pub address: String,
+    /// Where Patroni's REST API answers, `host:port`.
+    pub check_address: String,
+    /// Overrides the listener's per-server maxconn for this node, when set.
+    pub maxconn: Option<usize>,
+}
+
+/// How a listener picks a server among those admitted by its check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// The first admitted server in declared order (HAProxy `balance first`): for the leader.
+    First,
+    RoundRobin,
+    LeastConn,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::First => "first",
+            Balance::RoundRobin => "roundrobin",
+            Balance::LeastConn => "leastconn",
+        }
+    }
+}
+
+/// When a check runs and how many results change a server's state (HAProxy's meanings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CheckTiming {
+    pub inter: Duration,
+    /// Interval while a server is in transition (between first failure and `fall`, or first
+    /// pass and `rise`).
+    pub fastinter: Duration,
+    /// Interval while a server is fully down.
+    pub downinter: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    /// Bound on the TCP connect of a probe (HAProxy uses min(timeout connect, inter)).
+    pub connect_timeout: Duration,
+    /// Bound on the whole answer.
+    pub timeout: Duration,
+}
+
+/// The request that admits a server to a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckSpec {
+    pub method: String,
+    pub path: String,
+    pub expect: u16,
+    pub timing: CheckTiming,
+}
+
+/// One listening port and the policy behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub balance: Balance,
+    /// Indices into [`Config::nodes`], in declared order.
+    pub servers: Vec<usize>,
+    pub check: CheckSpec,
+    pub retries: u32,
+    pub maxconn: usize,
+    pub timeout_connect: Duration,
+    pub timeout_client: Duration,
+    pub timeout_server: Duration,
+    pub timeout_queue: Duration,
+    /// Bound on the client's first packet (a client that sends nothing is closed).
+    pub timeout_startup: Duration,
+    /// Close every session of a server when its check marks it down.
+    pub shutdown_sessions: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Web {
+    pub bind: SocketAddr,
+    pub refresh: Duration,
+    pub users: Vec<User>,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for User {
+    // Never print a password, not even in a debug dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (which only names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let src = Source { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| src.from_toml(&e))?;
+        Validator { src: &src }.config(raw)
+    }
+}
+
+struct Validator<'a> {
+    src: &'a Source<'a>,
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+impl Validator<'_> {
+    fn config(&self, raw: RawConfig) -> Result<Config> {
+        let global = Global {
+            maxconn: self.positive(raw.global.maxconn.as_ref(), "global.maxconn")?
+                .unwrap_or(defaults::GLOBAL_MAXCONN),
+            hard_stop_after: raw.global.hard_stop_after.map_or(defaults::HARD_STOP_AFTER, |d| d.0),
+        };
+        let nodes = self.nodes(&raw.nodes, &raw.defaults)?;
+        let mut listeners = Vec::with_capacity(raw.listeners.len());
+        let mut binds: HashMap<SocketAddr, String> = HashMap::new();
+        for l in &raw.listeners {
+            let listener = self.listener(l, &raw.defaults, &raw.nodes, &nodes)?;
+            if listeners.iter().any(|o: &Listener| o.name == listener.name) {
+                return Err(self.src.error(l.name.span(), "listener.name", format!("duplicate listener name {:?}", listener.name)));
+            }
+            if let Some(other) = binds.insert(listener.bind, listener.name.clone()) {
+                return Err(self.src.error(l.bind.span(), "listener.bind", format!("{} is already bound by listener {other:?}", listener.bind)));
+            }
+            listeners.push(listener);
+        }
+        if listeners.is_empty() {
+            return Err(self.src.error(0..0, "listener", "no [[listener]] is defined; pgfront needs at least one"));
+        }
+        let web = match raw.web {
+            None => None,
+            Some(w) => {
+                let bind = self.bind(&w.bind, "web.bind")?;
+                if let Some(other) = binds.get(&bind) {
+                    return Err(self.src.error(w.bind.span(), "web.bind", format!("{bind} is already bound by listener {other:?}")));
+                }
+                let mut users: Vec<User> = Vec::new();
+                for u in w.users {
+                    if users.iter().any(|o| &o.name == u.name.get_ref()) {
+                        return Err(self.src.error(u.name.span(), "web.user.name", format!("duplicate user {:?}", u.name.get_ref())));
+                    }
+                    if u.name.get_ref().is_empty() || u.name.get_ref().contains(':') {
+                        return Err(self.src.error(u.name.span(), "web.user.name", "a user name must be non-empty and contain no ':'"));
+                    }
+                    users.push(User { name: u.name.into_inner(), password: u.password });
+                }
+                Some(Web { bind, refresh: w.refresh.map_or(defaults::WEB_REFRESH, |d| d.0), users })
+            }
+        };
+        Ok(Config { path: self.src.path.to_owned(), global, nodes, listeners, web })
+    }
+
+    fn nodes(&self, raw: &[RawNode], defaults: &RawDefaults) -> Result<Vec<Node>> {
+        let check_port = defaults.check_port.as_ref().map_or(defaults::CHECK_PORT, |p| *p.get_ref());
+        let mut nodes: Vec<Node> = Vec::with_capacity(raw.len());
+        for n in raw {
+            let name = n.name.get_ref();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(self.src.error(n.name.span(), "node.name", format!("{name:?} is not a valid name (letters, digits, '-', '_', '.')")));
+            }
+            if nodes.iter().any(|o| &o.name == name) {
+                return Err(self.src.error(n.name.span(), "node.name", format!("duplicate node name {name:?}")));
+            }
+            let (host, _) = self.host_port(&n.address, "node.address")?;
+            let check_address = match &n.check_address {
+                Some(a) => {
+                    self.host_port(a, "node.check_address")?;
+                    a.get_ref().clone()
+                }
+                None if host.contains(':') => format!("[{host}]:{check_port}"),
+                None => format!("{host}:{check_port}"),
+            };
+            nodes.push(Node {
+                name: name.clone(),
+                address: n.address.get_ref().clone(),
+                check_address,
+                maxconn: self.positive(n.maxconn.as_ref(), "node.maxconn")?,
+            });
+        }
+        Ok(nodes)
+    }
+
+    fn listener(&self, l: &RawListener, defaults: &RawDefaults, raw_nodes: &[RawNode], nodes: &[Node]) -> Result<Listener> {
+        let name = l.name.get_ref();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(self.src.error(l.name.span(), "listener.name", format!("{name:?} is not a valid name (letters, digits, '-', '_', '.')")));
+        }
+        let s = l.settings(defaults);
+        let bind = self.bind(&l.bind, "listener.bind")?;
+        let balance = match &l.balance {
+            None => Balance::RoundRobin,
+            Some(b) => match b.get_ref().as_str() {
+                "first" | "leader" => Balance::First,
+                "roundrobin" => Balance::RoundRobin,
+                "leastconn" => Balance::LeastConn,
+                other => {
+                    return Err(self.src.error(b.span(), "listener.balance", format!("unknown balance {other:?}; expected \"first\", \"roundrobin\" or \"leastconn\"")));
+                }
+            },
+        };
+        let servers = match &l.servers {
+            None => (0..nodes.len()).collect::<Vec<_>>(),
+            Some(list) => {
+                let mut idx = Vec::new();
+                for s in list.get_ref() {
+                    let Some(i) = nodes.iter().position(|n| &n.name == s.get_ref()) else {
+                        return Err(self.src.error(s.span(), "listener.servers", format!("no [[node]] is named {:?}", s.get_ref())));
+                    };
+                    if idx.contains(&i) {
+                        return Err(self.src.error(s.span(), "listener.servers", format!("node {:?} is listed twice", s.get_ref())));
+                    }
+                    idx.push(i);
+                }
+                idx
+            }
+        };
+        if servers.is_empty() {
+            let span = l.servers.as_ref().map_or(l.name.span(), |s| s.span());
+            let why = if raw_nodes.is_empty() { "no [[node]] is defined" } else { "its server list is empty" };
+            return Err(self.src.error(span, "listener.servers", format!("listener {name:?} has no servers: {why}")));
+        }
+        let timeout_connect = dur(&s.timeout_connect, defaults::TIMEOUT_CONNECT);
+        let check = self.check(l.check.get_ref(), &s, timeout_connect)?;
+        let shutdown_sessions = match &s.on_marked_down {
+            None => true,
+            Some(v) => match v.get_ref().as_str() {
+                "shutdown-sessions" => true,
+                "none" => false,
+                other => {
+                    return Err(self.src.error(v.span(), "on_marked_down", format!("unknown action {other:?}; expected \"shutdown-sessions\" or \"none\"")));
+                }
+            },
+        };
+        for (key, d) in [("timeout_connect", &s.timeout_connect), ("timeout_client", &s.timeout_client), ("timeout_server", &s.timeout_server)] {
+            if let Some(d) = d {
+                if d.get_ref().0.is_zero() {
+                    return Err(self.src.error(d.span(), key, "must be greater than zero"));
+                }
+            }
+        }
+        Ok(Listener {
+            name: name.clone(),
+            bind,
+            balance,
+            servers,
+            check,
+            retries: s.retries.as_ref().map_or(defaults::RETRIES, |r| *r.get_ref()),
+            maxconn: self.positive(s.maxconn.as_ref(), "maxconn")?.unwrap_or(defaults::SERVER_MAXCONN),
+            timeout_connect,
+            timeout_client: dur(&s.timeout_client, defaults::TIMEOUT_CLIENT),
+            timeout_server: dur(&s.timeout_server, defaults::TIMEOUT_SERVER),
+            // HAProxy: "timeout queue" defaults to "timeout connect".
+            timeout_queue: dur(&s.timeout_queue, timeout_connect),
+            timeout_startup: self.nonzero(&s.timeout_startup, "timeout_startup", defaults::TIMEOUT_STARTUP)?,
+            shutdown_sessions,
+        })
+    }
+
+    fn check(&self, c: &RawCheck, s: &RawDefaults, timeout_connect: Duration) -> Result<CheckSpec> {
+        let method = c.method.get_ref();
+        if !matches!(method.as_str(), "OPTIONS" | "GET" | "HEAD") {
+            return Err(self.src.error(c.method.span(), "check.method", format!("unsupported method {method:?}; expected \"OPTIONS\", \"GET\" or \"HEAD\"")));
+        }
+        let path = c.path.get_ref();
+        if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return Err(self.src.error(c.path.span(), "check.path", format!("{path:?} must start with '/' and contain no spaces")));
+        }
+        if !(100..=599).contains(&c.expect) {
+            return Err(self.src.error(c.path.span(), "check.expect", format!("{} is not an HTTP status", c.expect)));
+        }
+        let inter = self.nonzero(&s.inter, "inter", defaults::INTER)?;
+        let fall = self.count(&s.fall, "fall", defaults::FALL)?;
+        let rise = self.count(&s.rise, "rise", defaults::RISE)?;
+        Ok(CheckSpec {
+            method: method.clone(),
+            path: path.clone(),
+            expect: c.expect,
+            timing: CheckTiming {
+                inter,
+                fastinter: self.nonzero(&s.fastinter, "fastinter", inter)?,
+                downinter: self.nonzero(&s.downinter, "downinter", inter)?,
+                fall,
+                rise,
+                connect_timeout: timeout_connect.min(inter),
+                timeout: self.nonzero(&s.timeout_check, "timeout_check", defaults::TIMEOUT_CHECK)?,
+            },
+        })
+    }
+
+    fn nonzero(&self, v: &Option<Spanned<Dur>>, key: &str, default: Duration) -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(d) if d.get_ref().0.is_zero() => Err(self.src.error(d.span(), key, "must be greater than zero")),
+            Some(d) => Ok(d.get_ref().0),
+        }
+    }
+
+    fn count(&self, v: &Option<Spanned<u32>>, key: &str, default: u32) -> Result<u32> {
+        match v {
+            None => Ok(default),
+            Some(n) if *n.get_ref() == 0 => Err(self.src.error(n.span(), key, "must be at least 1")),
+            Some(n) => Ok(*n.get_ref()),
+        }
+    }
+
+    fn positive(&self, v: Option<&Spanned<usize>>, key: &str) -> Result<Option<usize>> {
+        match v {
+            Some(n) if *n.get_ref() == 0 => Err(self.src.error(n.span(), key, "must be at least 1")),
+            other => Ok(other.map(|n| *n.get_ref())),
+        }
+    }
+
+    /// `host:port` with a numeric port; the host is resolved when connecting.
+    fn host_port<'s>(&self, v: &'s Spanned<String>, key: &str) -> Result<(&'s str, u16)> {
+        let text = v.get_ref().as_str();
+        let parsed = text.rsplit_once(':').and_then(|(h, p)| {
+            let host = h.trim_start_matches('[').trim_end_matches(']');
+            (!host.is_empty()).then_some(())?;
+            Some((host, p.parse::<u16>().ok().filter(|p| *p != 0)?))
+        });
+        parsed.ok_or_else(|| self.src.error(v.span(), key, format!("{text:?} is not host:port")))
+    }
+
+    /// A listening address: `ip:port`, `*:port` (all IPv4 addresses) or `host:port`.
+    fn bind(&self, v: &Spanned<String>, key: &str) -> Result<SocketAddr> {
+        let text = v.get_ref().as_str();
+        let text = text.strip_prefix("*:").map_or_else(|| text.to_owned(), |port| format!("0.0.0.0:{port}"));
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        self.host_port(v, key)?;
+        text.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| self.src.error(v.span(), key, format!("cannot resolve {text:?}")))
+    }
+}
+
+fn dur(v: &Option<Spanned<Dur>>, default: Duration) -> Duration {
+    v.as_ref().map_or(default, |d| d.get_ref().0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! The TOML file as written, before validation.
+//!
+//! Every struct denies unknown fields so a typo is an error with a line number, and the
+//! values whose validity depends on the rest of the file (names, references) are kept
+//! `Spanned` so validation can point at the line that is wrong.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A duration written as `"3s"`, `"500ms"`, `"30m"` (humantime syntax; a unit is required).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(Dur)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write it with a unit, like \"3s\", \"500ms\" or \"30m\""
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub global: RawGlobal,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<RawNode>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    pub web: Option<RawWeb>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    pub maxconn: Option<Spanned<usize>>,
+    pub hard_stop_after: Option<Dur>,
+}
+
+/// Declares the settings that `[defaults]` holds and any `[[listener]]` may override, once,
+/// so the two tables can never disagree on a key. (serde's `flatten` cannot be combined with
+/// `deny_unknown_fields` or with toml's spans, hence a macro.)
+macro_rules! tunables {
+    ($($field:ident : $ty:ty),* $(,)?) => {
+        /// Settings shared by every listener unless the listener overrides them.
+        #[derive(Debug, Default, Deserialize, Clone)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawDefaults {
+            $(pub $field: Option<$ty>,)*
+        }
+
+        /// One `[[listener]]` table: its identity, then any setting of `[defaults]`.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawListener {
+            pub name: Spanned<String>,
+            pub bind: Spanned<String>,
+            pub balance: Option<Spanned<String>>,
+            pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+            pub check: Spanned<RawCheck>,
+            $(pub $field: Option<$ty>,)*
+        }
+
+        impl RawListener {
+            /// The listener's own settings laid over `defaults`, key by key.
+            pub fn settings(&self, defaults: &RawDefaults) -> RawDefaults {
+                RawDefaults {
+                    $($field: self.$field.clone().or_else(|| defaults.$field.clone()),)*
+                }
+            }
+        }
+    };
+}
+
+tunables! {
+    retries: Spanned<u32>,
+    maxconn: Spanned<usize>,
+    timeout_connect: Spanned<Dur>,
+    timeout_client: Spanned<Dur>,
+    timeout_server: Spanned<Dur>,
+    timeout_check: Spanned<Dur>,
+    timeout_queue: Spanned<Dur>,
+    timeout_startup: Spanned<Dur>,
+    inter: Spanned<Dur>,
+    fastinter: Spanned<Dur>,
+    downinter: Spanned<Dur>,
+    fall: Spanned<u32>,
+    rise: Spanned<u32>,
+    check_port: Spanned<u16>,
+    on_marked_down: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub check_address: Option<Spanned<String>>,
+    pub maxconn: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    #[serde(default = "default_method")]
+    pub method: Spanned<String>,
+    pub path: Spanned<String>,
+    #[serde(default = "default_expect")]
+    pub expect: u16,
+}
+
+fn default_method() -> Spanned<String> {
+    Spanned::new(0..0, "OPTIONS".to_owned())
+}
+
+fn default_expect() -> u16 {
+    200
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    pub bind: Spanned<String>,
+    pub refresh: Option<Dur>,
+    #[serde(default, rename = "user")]
+    pub users: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: Spanned<String>,
+    pub password: String,
+}

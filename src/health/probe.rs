@@ -1,0 +1,180 @@
+//! The probe seam: one HTTP request to a node's Patroni REST API, classified with HAProxy's
+//! check result codes. Production uses [`HttpProbe`]; tests may script any [`Probe`].
+//!
+//! Every probe is bounded in time (connect by `connect_timeout`, the answer by `timeout`)
+//! and in memory (headers and body are capped), so a REST endpoint that hangs, dribbles,
+//! resets or answers garbage is a failed check, never a stuck task.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::config::CheckSpec;
+
+/// Headers larger than this are an unparsable answer (an endless header must not grow memory).
+const MAX_HEAD: usize = 8 * 1024;
+/// Bodies are read (for GET) up to this size; Patroni's status JSON is a few KiB.
+const MAX_BODY: usize = 64 * 1024;
+
+/// HAProxy's check result codes, shown on the stats page and in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum CheckCode {
+    /// The connect did not finish in time.
+    L4Tout,
+    /// The connect was refused or failed.
+    L4Con,
+    /// An answer with the expected status.
+    L7Ok,
+    /// An answer with another status.
+    L7Sts,
+    /// An answer that is not HTTP, too large, or cut short.
+    L7Rsp,
+    /// Connected, but no complete answer in time.
+    L7Tout,
+}
+
+impl CheckCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckCode::L4Tout => "L4TOUT",
+            CheckCode::L4Con => "L4CON",
+            CheckCode::L7Ok => "L7OK",
+            CheckCode::L7Sts => "L7STS",
+            CheckCode::L7Rsp => "L7RSP",
+            CheckCode::L7Tout => "L7TOUT",
+        }
+    }
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub code: CheckCode,
+    /// The HTTP status, when one was parsed.
+    pub status: Option<u16>,
+    pub duration: Duration,
+    /// A short human reason for failures ("connection refused", "status 503").
+    pub detail: String,
+    /// The body of a GET answer, when one was read.
+    pub body: Option<Vec<u8>>,
+}
+
+impl ProbeResult {
+    pub fn passed(&self) -> bool {
+        self.code == CheckCode::L7Ok
+    }
+
+    fn fail(code: CheckCode, started: Instant, detail: impl Into<String>) -> ProbeResult {
+        ProbeResult { code, status: None, duration: started.elapsed(), detail: detail.into(), body: None }
+    }
+
+    /// HAProxy's rendering: `L7OK/200 in 1ms`, `L4CON in 0ms`.
+    pub fn summary(&self) -> String {
+        let ms = self.duration.as_millis();
+        match self.status {
+            Some(s) => format!("{}/{s} in {ms}ms", self.code.as_str()),
+            None => format!("{} in {ms}ms", self.code.as_str()),
+        }
+    }
+}
+
+/// The seam between the checker's timing and the network.
+pub trait Probe: Send + Sync + 'static {
+    /// Probes `target` (`host:port`) with `spec`; must finish within the spec's timeouts.
+    fn probe<'a>(&'a self, target: &'a str, spec: &'a CheckSpec) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
+}
+
+/// HTTP/1.0 over a fresh TCP connection per probe, as HAProxy does.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HttpProbe;
+
+impl Probe for HttpProbe {
+    fn probe<'a>(&'a self, target: &'a str, spec: &'a CheckSpec) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(http_probe(target, spec))
+    }
+}
+
+async fn http_probe(target: &str, spec: &CheckSpec) -> ProbeResult {
+    let started = Instant::now();
+    let connect = timeout_at(started + spec.timing.connect_timeout, TcpStream::connect(target)).await;
+    let mut stream = match connect {
+        Err(_) => return ProbeResult::fail(CheckCode::L4Tout, started, "connect timeout"),
+        Ok(Err(e)) => return ProbeResult::fail(CheckCode::L4Con, started, e.to_string()),
+        Ok(Ok(s)) => s,
+    };
+    // HAProxy's `timeout check` bounds the answer once connected.
+    let deadline = Instant::now() + spec.timing.timeout;
+    match timeout_at(deadline, exchange(&mut stream, target, spec)).await {
+        Err(_) => ProbeResult::fail(CheckCode::L7Tout, started, "no complete answer in time"),
+        Ok(Err((code, detail))) => ProbeResult::fail(code, started, detail),
+        Ok(Ok((status, body))) => {
+            let (code, detail) = if status == spec.expect {
+                (CheckCode::L7Ok, String::new())
+            } else {
+                (CheckCode::L7Sts, format!("status {status}, expected {}", spec.expect))
+            };
+            ProbeResult { code, status: Some(status), duration: started.elapsed(), detail, body }
+        }
+    }
+}
+
+type Exchange = Result<(u16, Option<Vec<u8>>), (CheckCode, String)>;
+
+async fn exchange(stream: &mut TcpStream, target: &str, spec: &CheckSpec) -> Exchange {
+    let request = format!(
+        "{} {} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: pgfront/{}\r\nConnection: close\r\n\r\n",
+        spec.method,
+        spec.path,
+        env!("CARGO_PKG_VERSION")
+    );
+    let io = |e: std::io::Error| (CheckCode::L7Rsp, e.to_string());
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let (status, head_len, content_length) = loop {
+        let n = stream.read(&mut chunk).await.map_err(io)?;
+        if n == 0 {
+            return Err((CheckCode::L7Rsp, "connection closed before a complete status line and headers".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let status = resp.code.unwrap_or(0);
+                let cl = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+                break (status, len, cl);
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err((CheckCode::L7Rsp, format!("headers exceed {MAX_HEAD} bytes")));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err((CheckCode::L7Rsp, format!("not an HTTP answer: {e}"))),
+        }
+    };
+    if spec.method != "GET" {
+        return Ok((status, None));
+    }
+    // Patroni sends JSON without Content-Length and ends it by closing the connection.
+    let mut body = buf.split_off(head_len);
+    let want = content_length.unwrap_or(usize::MAX).min(MAX_BODY + 1);
+    while body.len() < want {
+        let n = stream.read(&mut chunk).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    if body.len() > MAX_BODY {
+        return Err((CheckCode::L7Rsp, format!("body exceeds {MAX_BODY} bytes")));
+    }
+    Ok((status, Some(body)))
+}

@@ -1,0 +1,20 @@
+//! pgfront: a PostgreSQL-aware TCP load balancer for Patroni clusters.
+//!
+//! Data path: [`proxy`] accepts and serves sessions, choosing servers through [`balance`]
+//! and reading the PostgreSQL opening through [`pg`]. Control path: [`health`] probes
+//! Patroni and drives the live view in [`cluster`]. [`config`] validates the file,
+//! [`stats`] and [`web`] show what happens, and [`app`] wires it all.
+
+pub mod app;
+pub mod balance;
+pub mod cluster;
+pub mod config;
+pub mod health;
+pub mod pg;
+pub mod proxy;
+pub mod state;
+pub mod stats;
+pub mod web;
+
+pub use app::{Bound, Pgfront};
+pub use config::Config;

@@ -1,0 +1,142 @@
+//! Copying bytes both ways for an established session, with half-close, idle timeouts,
+//! counters and cancellation. Bytes are forwarded unchanged and in order.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Buffer per direction. PostgreSQL messages are mostly small; 16 KiB keeps bulk COPY
+/// efficient without holding much per idle session.
+const BUF: usize = 16 * 1024;
+
+/// Why a session ended (in the spirit of HAProxy's termination codes).
+#[derive(Debug)]
+pub enum End {
+    /// The client closed first (normally after Terminate).
+    ClientClosed,
+    /// The server closed first.
+    ServerClosed,
+    /// No traffic for `timeout client`.
+    ClientIdle,
+    /// No traffic for `timeout server`.
+    ServerIdle,
+    ClientError(io::Error),
+    ServerError(io::Error),
+    /// The server was marked down (shutdown-sessions) or an operator cut it.
+    Cut,
+}
+
+impl End {
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::ServerClosed => "server_closed",
+            End::ClientIdle => "client_timeout",
+            End::ServerIdle => "server_timeout",
+            End::ClientError(_) => "client_error",
+            End::ServerError(_) => "server_error",
+            End::Cut => "server_down",
+        }
+    }
+}
+
+/// Counters a session feeds as bytes move: the server's totals.
+pub struct Meters<'a> {
+    pub to_server: &'a AtomicU64,
+    pub to_client: &'a AtomicU64,
+}
+
+/// Idle limits per side.
+#[derive(Debug, Clone, Copy)]
+pub struct Idle {
+    pub client: Duration,
+    pub server: Duration,
+}
+
+/// Bytes moved by one session.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub to_server: u64,
+    pub to_client: u64,
+}
+
+enum Side {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies until both directions have closed, a side errs, the session idles out, or
+/// `cut` is cancelled.
+pub async fn bidirectional(client: &mut TcpStream, server: &mut TcpStream, meters: Meters<'_>, idle: Idle, cut: &CancellationToken) -> (End, Moved) {
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved in either direction. Both sides
+    // see the same traffic in a forwarding proxy, so one clock serves both limits.
+    let activity = AtomicU64::new(0);
+    let mut moved = Moved::default();
+    let (end, client_done_first) = {
+        let up = one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &activity, start);
+        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &activity, start);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        let idle_limit = idle.client.min(idle.server);
+        let timer = idle_timer(&activity, start, idle_limit);
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => { up_done = true; if down_done { break (None, false) } }
+                    Err(Side::Read(e)) => break (Some(End::ClientError(e)), true),
+                    Err(Side::Write(e)) => break (Some(End::ServerError(e)), true),
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(()) => { down_done = true; if up_done { break (None, true) } }
+                    Err(Side::Read(e)) => break (Some(End::ServerError(e)), false),
+                    Err(Side::Write(e)) => break (Some(End::ClientError(e)), false),
+                },
+                () = &mut timer => {
+                    let end = if idle.client <= idle.server { End::ClientIdle } else { End::ServerIdle };
+                    break (Some(end), false);
+                }
+                () = cut.cancelled() => break (Some(End::Cut), false),
+            }
+        }
+    };
+    let end = end.unwrap_or(if client_done_first { End::ClientClosed } else { End::ServerClosed });
+    (end, moved)
+}
+
+async fn one_way<R, W>(r: &mut R, w: &mut W, meter: &AtomicU64, moved: &mut u64, activity: &AtomicU64, start: Instant) -> Result<(), Side>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = r.read(&mut buf).await.map_err(Side::Read)?;
+        if n == 0 {
+            // Half-close: pass the FIN on and keep the other direction open.
+            return w.shutdown().await.map_err(Side::Write);
+        }
+        w.write_all(&buf[..n]).await.map_err(Side::Write)?;
+        meter.fetch_add(n as u64, Ordering::Relaxed);
+        *moved += n as u64;
+        activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+async fn idle_timer(activity: &AtomicU64, start: Instant, limit: Duration) {
+    loop {
+        let deadline = start + Duration::from_millis(activity.load(Ordering::Relaxed)) + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        sleep_until(deadline).await;
+    }
+}

@@ -1,0 +1,66 @@
+//! The data path: listeners accept clients and hand each to a session task.
+
+mod copy;
+mod session;
+mod tweaks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use copy::End;
+pub use tweaks::bind;
+
+use crate::state::Shared;
+
+/// Accepts on `socket` for the listener named `name` until the accept token is cancelled.
+/// The listener's policy is looked up in the current runtime at each accept, so a reload
+/// applies to the next session without rebinding.
+pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener) {
+    let stop = shared.tokens.accept.clone();
+    loop {
+        // Global maxconn: wait for a free session before accepting, as HAProxy does; the
+        // kernel's backlog holds clients meanwhile.
+        let permit = tokio::select! {
+            p = Arc::clone(&shared.global).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stop.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = socket.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    accept_error(&name, &e).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let runtime = shared.runtime.load();
+        let Some(listener) = runtime.listener(&name).cloned() else {
+            // Removed by a reload whose socket has not closed yet.
+            continue;
+        };
+        listener.stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.sessions.spawn(session::serve(Arc::clone(&shared), listener, stream, peer, permit));
+    }
+}
+
+/// Logs an accept error and backs off when descriptors are exhausted instead of spinning.
+async fn accept_error(name: &str, e: &std::io::Error) {
+    if tweaks::is_fd_exhaustion(e) {
+        tracing::error!(listener = %name, error = %e, "out of file descriptors; pausing accept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        tracing::debug!(listener = %name, error = %e, "accept failed");
+    }
+}
+
+/// The address a listener actually bound (useful with port 0 in tests).
+pub fn local_addr(socket: &TcpListener) -> Option<SocketAddr> {
+    socket.local_addr().ok()
+}

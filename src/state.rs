@@ -1,0 +1,52 @@
+//! What every task of a running pgfront shares: the current runtime (swapped whole on
+//! reload), the process-wide session limit, and the cancellation hierarchy.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::Runtime;
+
+/// The cancellation hierarchy of a process:
+/// `root` ends everything; `accept` (child of root) stops the listeners; `sessions`
+/// (child of root) is the parent of every server's session token, cancelled when the
+/// graceful-stop deadline passes.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub root: CancellationToken,
+    pub accept: CancellationToken,
+    pub sessions: CancellationToken,
+}
+
+impl Tokens {
+    pub fn new() -> Tokens {
+        let root = CancellationToken::new();
+        Tokens { accept: root.child_token(), sessions: root.child_token(), root }
+    }
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens::new()
+    }
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    /// Global maxconn: a permit per open session, taken before accepting.
+    pub global: Arc<Semaphore>,
+    pub tokens: Tokens,
+    /// Every session task, so a stop can wait for them to drain.
+    pub sessions: TaskTracker,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, tokens: Tokens) -> Shared {
+        let global = Arc::new(Semaphore::new(runtime.config.global.maxconn));
+        Shared { runtime: ArcSwap::from_pointee(runtime), global, tokens, sessions: TaskTracker::new() }
+    }
+}

@@ -1,0 +1,188 @@
+//! One snapshot type that every view reads (stats page, CSV, JSON, and later Prometheus),
+//! built from the same atomics and check reports, so the views cannot disagree.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::cluster::{ListenerState, Runtime, Server};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub version: &'static str,
+    pub uptime_secs: u64,
+    pub sessions: usize,
+    pub listeners: Vec<ListenerSnap>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerSnap {
+    pub name: String,
+    pub bind: String,
+    pub balance: &'static str,
+    /// The admitting check, e.g. `OPTIONS /master -> 200`.
+    pub check: String,
+    pub queue_cur: usize,
+    pub queue_max: usize,
+    pub accepted: u64,
+    pub refused: u64,
+    pub servers_up: usize,
+    pub servers: Vec<ServerSnap>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSnap {
+    pub name: String,
+    pub address: String,
+    /// HAProxy's status text: `UP`, `DOWN`, `UP 1/3`, `DOWN 1/2`.
+    pub status: String,
+    pub up: bool,
+    /// Seconds since the status last changed.
+    pub last_change_secs: u64,
+    /// Why the status last changed.
+    pub reason: String,
+    /// `L7OK`, `L7STS`, ... of the last check, if any ran.
+    pub check_code: Option<&'static str>,
+    /// HTTP status of the last check, if one was read.
+    pub check_status: Option<u16>,
+    pub check_duration_ms: Option<u64>,
+    pub check_detail: String,
+    /// HAProxy's rendering of the last check, e.g. `L7OK/200 in 1ms`.
+    pub last_check: String,
+    pub check_failures: u64,
+    pub downs: u64,
+    pub downtime_secs: u64,
+    pub cur: usize,
+    pub max: usize,
+    pub limit: usize,
+    pub total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub conn_errors: u64,
+    pub retries: u64,
+    pub redispatches: u64,
+}
+
+impl Snapshot {
+    pub fn of(rt: &Runtime) -> Snapshot {
+        let now = Instant::now();
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: now.saturating_duration_since(rt.started).as_secs(),
+            sessions: rt.sessions(),
+            listeners: rt.listeners.iter().map(|l| listener(l, now)).collect(),
+        }
+    }
+}
+
+fn listener(l: &ListenerState, now: Instant) -> ListenerSnap {
+    let c = &l.config;
+    ListenerSnap {
+        name: c.name.clone(),
+        bind: c.bind.to_string(),
+        balance: c.balance.as_str(),
+        check: format!("{} {} -> {}", c.check.method, c.check.path, c.check.expect),
+        queue_cur: l.stats.queue_cur.load(Ordering::Relaxed),
+        queue_max: l.stats.queue_max.load(Ordering::Relaxed),
+        accepted: l.stats.accepted.load(Ordering::Relaxed),
+        refused: l.stats.refused.load(Ordering::Relaxed),
+        servers_up: l.servers_up(),
+        servers: l.servers.iter().map(|s| server(s, now)).collect(),
+    }
+}
+
+fn server(s: &Server, now: Instant) -> ServerSnap {
+    let report = s.check.report();
+    let st = &s.stats;
+    let last = report.last.as_ref();
+    ServerSnap {
+        name: s.name.clone(),
+        address: s.address.clone(),
+        status: report.machine.label(),
+        up: report.machine.is_up(),
+        last_change_secs: now.saturating_duration_since(report.last_change).as_secs(),
+        reason: report.reason.clone(),
+        check_code: last.map(|r| r.code.as_str()),
+        check_status: last.and_then(|r| r.status),
+        check_duration_ms: last.map(|r| r.duration.as_millis() as u64),
+        check_detail: last.map(|r| r.detail.clone()).unwrap_or_default(),
+        last_check: last.map_or_else(|| "not checked yet".to_owned(), |r| r.summary()),
+        check_failures: report.failures,
+        downs: report.downs,
+        downtime_secs: report.downtime(now).as_secs(),
+        cur: st.cur.load(Ordering::Relaxed),
+        max: st.max.load(Ordering::Relaxed),
+        limit: s.maxconn,
+        total: st.total.load(Ordering::Relaxed),
+        bytes_in: st.bytes_in.load(Ordering::Relaxed),
+        bytes_out: st.bytes_out.load(Ordering::Relaxed),
+        conn_errors: st.conn_errors.load(Ordering::Relaxed),
+        retries: st.retries.load(Ordering::Relaxed),
+        redispatches: st.redispatches.load(Ordering::Relaxed),
+    }
+}
+
+/// HAProxy-compatible CSV (`show stat` field names), one row per server and a BACKEND
+/// row per listener, so scripts written for HAProxy's `;csv` keep working.
+pub fn csv(s: &Snapshot) -> String {
+    let mut out = String::from(
+        "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,econ,wretr,wredis,status,chkfail,chkdown,lastchg,downtime,check_status,check_code,check_duration\n",
+    );
+    for l in &s.listeners {
+        for v in &l.servers {
+            let row = [
+                l.name.clone(),
+                v.name.clone(),
+                String::new(),
+                String::new(),
+                v.cur.to_string(),
+                v.max.to_string(),
+                v.limit.to_string(),
+                v.total.to_string(),
+                v.bytes_in.to_string(),
+                v.bytes_out.to_string(),
+                v.conn_errors.to_string(),
+                v.retries.to_string(),
+                v.redispatches.to_string(),
+                v.status.clone(),
+                v.check_failures.to_string(),
+                v.downs.to_string(),
+                v.last_change_secs.to_string(),
+                v.downtime_secs.to_string(),
+                v.check_code.unwrap_or("").to_string(),
+                v.check_status.map(|c| c.to_string()).unwrap_or_default(),
+                v.check_duration_ms.map(|c| c.to_string()).unwrap_or_default(),
+            ];
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        let sum = |f: fn(&ServerSnap) -> u64| l.servers.iter().map(f).sum::<u64>().to_string();
+        let row = [
+            l.name.clone(),
+            "BACKEND".to_owned(),
+            l.queue_cur.to_string(),
+            l.queue_max.to_string(),
+            sum(|v| v.cur as u64),
+            sum(|v| v.max as u64),
+            sum(|v| v.limit as u64),
+            sum(|v| v.total),
+            sum(|v| v.bytes_in),
+            sum(|v| v.bytes_out),
+            sum(|v| v.conn_errors),
+            sum(|v| v.retries),
+            sum(|v| v.redispatches),
+            if l.servers_up > 0 { "UP" } else { "DOWN" }.to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,99 @@
+//! The stats surface on :7000: an HTML page that refreshes itself, HAProxy-style CSV, and
+//! JSON, all behind basic auth and all rendered from one [`Snapshot`].
+
+mod auth;
+mod page;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Shared;
+use crate::stats::{self, Snapshot};
+
+type Reply = Response<Full<Bytes>>;
+
+/// Serves the stats surface until `stop` is cancelled.
+pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = socket.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "web accept failed");
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let shared = Arc::clone(&shared);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // A client that never finishes its headers cannot hold a task forever.
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+fn handle(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let runtime = shared.runtime.load();
+    let path = req.uri().path();
+    if path == "/health" {
+        // For Pacemaker or an outer balancer: alive, and serving at least one listener.
+        return text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
+    }
+    let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
+    if auth::user(req.headers(), users).is_none() {
+        let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "authentication required\n".into());
+        r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pgfront\", charset=\"UTF-8\""));
+        return r;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into());
+    }
+    let snap = Snapshot::of(&runtime);
+    let query = req.uri().query().unwrap_or("");
+    match path {
+        "/" | "/stats" if query == "csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
+        "/;csv" | "/stats;csv" | "/stats.csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
+        "/status.json" | "/stats.json" => match serde_json::to_string_pretty(&snap) {
+            Ok(body) => text(StatusCode::OK, "application/json", body),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
+        },
+        "/" | "/stats" => {
+            let refresh = runtime.config.web.as_ref().map_or(5, |w| w.refresh.as_secs().max(1));
+            text(StatusCode::OK, "text/html; charset=utf-8", page::render(&snap, refresh))
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}

@@ -1,0 +1,153 @@
+//! The HTML stats page: server-rendered, refreshes itself, readable without JavaScript.
+
+use std::fmt::Write;
+
+use crate::stats::{ListenerSnap, ServerSnap, Snapshot};
+
+/// Escapes text for HTML element and attribute content.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `1h02m`, `3m05s`, `12s`: time in state as HAProxy shows it.
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+pub fn render(s: &Snapshot, refresh_secs: u64) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    let _ = write!(
+        h,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{refresh_secs}">
+<title>pgfront statistics</title>
+<style>
+body{{font:13px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}}
+table{{border-collapse:collapse;margin:.4em 0 1.6em}}
+th,td{{border:1px solid #bbb;padding:2px 7px;text-align:right;white-space:nowrap}}
+th{{background:#e8e8f0}} td.l{{text-align:left}}
+tr.up td.st{{background:#b7f0b7}} tr.down td.st{{background:#f3b0b0}} tr.goingdown td.st{{background:#f5e08a}} tr.goingup td.st{{background:#c6e5ff}}
+h2{{margin:.2em 0}} .muted{{color:#666}}
+</style></head><body>
+<h1>pgfront <span class="muted">{}</span></h1>
+<p class="muted">uptime {} &middot; {} sessions open &middot; refreshes every {refresh_secs}s &middot;
+<a href="/;csv">CSV</a> &middot; <a href="/status.json">JSON</a></p>
+"#,
+        esc(s.version),
+        ago(s.uptime_secs),
+        s.sessions,
+    );
+    for l in &s.listeners {
+        listener(&mut h, l);
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn listener(h: &mut String, l: &ListenerSnap) {
+    let _ = write!(
+        h,
+        r#"<h2 id="l-{name}">{name}</h2>
+<p class="muted">bind {bind} &middot; balance {balance} &middot; check <code>{check}</code> &middot; {up}/{all} servers up &middot;
+queue {qcur} (max {qmax}) &middot; accepted {acc} &middot; refused {refused}</p>
+<table><tr><th class="l">server</th><th class="l">address</th><th>status</th><th>since</th><th class="l">last check</th>
+<th>chk fail</th><th>downs</th><th>downtime</th><th>cur</th><th>max</th><th>limit</th><th>total</th>
+<th>bytes in</th><th>bytes out</th><th>conn err</th><th>retries</th><th>redisp</th><th class="l">reason</th></tr>
+"#,
+        name = esc(&l.name),
+        bind = esc(&l.bind),
+        balance = l.balance,
+        check = esc(&l.check),
+        up = l.servers_up,
+        all = l.servers.len(),
+        qcur = l.queue_cur,
+        qmax = l.queue_max,
+        acc = l.accepted,
+        refused = l.refused,
+    );
+    for v in &l.servers {
+        server(h, v);
+    }
+    h.push_str("</table>\n");
+}
+
+fn server(h: &mut String, v: &ServerSnap) {
+    let class = match (v.up, v.status.contains('/')) {
+        (true, false) => "up",
+        (true, true) => "goingdown",
+        (false, true) => "goingup",
+        (false, false) => "down",
+    };
+    let _ = writeln!(
+        h,
+        r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st">{status}</td><td>{since}</td><td class="l">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="l">{reason}</td></tr>"#,
+        name = esc(&v.name),
+        addr = esc(&v.address),
+        status = esc(&v.status),
+        since = ago(v.last_change_secs),
+        check = esc(&v.last_check),
+        chkfail = v.check_failures,
+        downs = v.downs,
+        downtime = ago(v.downtime_secs),
+        cur = v.cur,
+        max = v.max,
+        limit = v.limit,
+        total = v.total,
+        bin = bytes(v.bytes_in),
+        bout = bytes(v.bytes_out),
+        econ = v.conn_errors,
+        wretr = v.retries,
+        wredis = v.redispatches,
+        reason = esc(&v.reason),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(esc("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+    }
+
+    #[test]
+    fn formats_durations_and_sizes() {
+        assert_eq!(ago(5), "5s");
+        assert_eq!(ago(65), "1m05s");
+        assert_eq!(ago(3720), "1h02m");
+        assert_eq!(bytes(10), "10 B");
+        assert_eq!(bytes(2048), "2.0 KiB");
+    }
+}
