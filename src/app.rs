@@ -39,12 +39,20 @@ impl Bound {
     pub fn bind(config: &Config) -> Result<Bound, BindError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let socket = proxy::bind(l.bind).map_err(|source| BindError { what: format!("listener {:?}", l.name), addr: l.bind, source })?;
+            let socket = proxy::bind(l.bind).map_err(|source| BindError {
+                what: format!("listener {:?}", l.name),
+                addr: l.bind,
+                source,
+            })?;
             listeners.push((l.name.clone(), socket));
         }
         let web = match &config.web {
             None => None,
-            Some(w) => Some(proxy::bind(w.bind).map_err(|source| BindError { what: "web".into(), addr: w.bind, source })?),
+            Some(w) => Some(proxy::bind(w.bind).map_err(|source| BindError {
+                what: "web".into(),
+                addr: w.bind,
+                source,
+            })?),
         };
         Ok(Bound { listeners, web })
     }
@@ -92,7 +100,14 @@ impl Pgfront {
             tasks.spawn(web::serve(Arc::clone(&shared), socket, web_stop.clone()));
             addr
         });
-        Pgfront { shared, tasks, checkers, web_stop, addrs, web_addr: web_addr.flatten() }
+        Pgfront {
+            shared,
+            tasks,
+            checkers,
+            web_stop,
+            addrs,
+            web_addr: web_addr.flatten(),
+        }
     }
 
     /// The address a listener is bound to.
@@ -120,7 +135,10 @@ impl Pgfront {
             Ok(()) => 0,
             Err(_) => {
                 let n = shared.runtime.load().sessions();
-                tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
+                tracing::warn!(
+                    sessions = n,
+                    "grace period over: closing remaining sessions"
+                );
                 shared.tokens.sessions.cancel();
                 shared.sessions.wait().await;
                 n

@@ -64,12 +64,20 @@ fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Sl
             return Ok(slot);
         }
     }
-    Err(if any_up { NoServer::Full } else { NoServer::NoneUp })
+    Err(if any_up {
+        NoServer::Full
+    } else {
+        NoServer::NoneUp
+    })
 }
 
 /// Picks a server, waiting in the listener's queue until `deadline` if none can take the
 /// session now. Returns the last reason when the deadline passes.
-pub async fn acquire(l: &Arc<ListenerState>, avoid: &[usize], deadline: Instant) -> Result<Slot, NoServer> {
+pub async fn acquire(
+    l: &Arc<ListenerState>,
+    avoid: &[usize],
+    deadline: Instant,
+) -> Result<Slot, NoServer> {
     if let Ok(slot) = pick(l, avoid) {
         return Ok(slot);
     }

@@ -24,7 +24,11 @@ pub struct Tokens {
 impl Tokens {
     pub fn new() -> Tokens {
         let root = CancellationToken::new();
-        Tokens { accept: root.child_token(), sessions: root.child_token(), root }
+        Tokens {
+            accept: root.child_token(),
+            sessions: root.child_token(),
+            root,
+        }
     }
 }
 
@@ -47,6 +51,11 @@ pub struct Shared {
 impl Shared {
     pub fn new(runtime: Runtime, tokens: Tokens) -> Shared {
         let global = Arc::new(Semaphore::new(runtime.config.global.maxconn));
-        Shared { runtime: ArcSwap::from_pointee(runtime), global, tokens, sessions: TaskTracker::new() }
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            global,
+            tokens,
+            sessions: TaskTracker::new(),
+        }
     }
 }

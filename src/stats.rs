@@ -152,7 +152,9 @@ pub fn csv(s: &Snapshot) -> String {
                 v.downtime_secs.to_string(),
                 v.check_code.unwrap_or("").to_string(),
                 v.check_status.map(|c| c.to_string()).unwrap_or_default(),
-                v.check_duration_ms.map(|c| c.to_string()).unwrap_or_default(),
+                v.check_duration_ms
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
             ];
             out.push_str(&row.join(","));
             out.push('\n');

@@ -1,5 +1,5 @@
 # Shared settings and helpers for scripts/cluster and scripts/deps (sourced, not run).
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # settings are used by the scripts sourcing this
 
 LAB_DIR=${PGFRONT_LAB_DIR:-/var/tmp/pgfront-lab}
 LAB_DIR=${LAB_DIR%/}

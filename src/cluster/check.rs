@@ -112,7 +112,11 @@ impl Check {
             }
             r.last_change = now;
             r.reason = if result.passed() {
-                format!("{}, {} checks passed", result.summary(), self.spec.timing.rise)
+                format!(
+                    "{}, {} checks passed",
+                    result.summary(),
+                    self.spec.timing.rise
+                )
             } else {
                 format!("{}: {}", result.summary(), result.detail)
             };

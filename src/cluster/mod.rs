@@ -81,13 +81,25 @@ impl Runtime {
                     let check = by_key
                         .entry((i, l.check.clone()))
                         .or_insert_with(|| {
-                            let c = Arc::new(Check::new(i, node.name.clone(), node.check_address.clone(), l.check.clone()));
+                            let c = Arc::new(Check::new(
+                                i,
+                                node.name.clone(),
+                                node.check_address.clone(),
+                                l.check.clone(),
+                            ));
                             checks.push(Arc::clone(&c));
                             c
                         })
                         .clone();
                     let maxconn = node.maxconn.unwrap_or(l.maxconn);
-                    Arc::new(Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions))
+                    Arc::new(Server::new(
+                        i,
+                        node.name.clone(),
+                        node.address.clone(),
+                        maxconn,
+                        check,
+                        sessions,
+                    ))
                 })
                 .collect();
             listeners.push(Arc::new(ListenerState {
@@ -98,7 +110,12 @@ impl Runtime {
                 stats: ListenerStats::default(),
             }));
         }
-        Runtime { config, checks, listeners, started: Instant::now() }
+        Runtime {
+            config,
+            checks,
+            listeners,
+            started: Instant::now(),
+        }
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerState>> {
@@ -106,7 +123,10 @@ impl Runtime {
     }
 
     /// The (listener, server) pairs that depend on `check`.
-    pub fn servers_of<'a>(&'a self, check: &'a Arc<Check>) -> impl Iterator<Item = (&'a Arc<ListenerState>, &'a Arc<Server>)> + 'a {
+    pub fn servers_of<'a>(
+        &'a self,
+        check: &'a Arc<Check>,
+    ) -> impl Iterator<Item = (&'a Arc<ListenerState>, &'a Arc<Server>)> + 'a {
         self.listeners
             .iter()
             .flat_map(|l| l.servers.iter().map(move |s| (l, s)))

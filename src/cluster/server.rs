@@ -51,7 +51,14 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(node: usize, name: String, address: String, maxconn: usize, check: Arc<Check>, parent: &CancellationToken) -> Server {
+    pub fn new(
+        node: usize,
+        name: String,
+        address: String,
+        maxconn: usize,
+        check: Arc<Check>,
+        parent: &CancellationToken,
+    ) -> Server {
         Server {
             node,
             name,
@@ -84,7 +91,10 @@ impl Server {
         }
         self.stats.max.fetch_max(n + 1, Ordering::Relaxed);
         self.stats.total.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { server: Arc::clone(self), wake: Arc::clone(wake) })
+        Some(Slot {
+            server: Arc::clone(self),
+            wake: Arc::clone(wake),
+        })
     }
 
     /// The token a new session selects on; cancelled when the server's sessions are cut.

@@ -1,0 +1,212 @@
+use super::*;
+
+const BASE: &str = r#"
+[[node]]
+name = "n1"
+address = "127.0.0.11:5432"
+
+[[node]]
+name = "n2"
+address = "127.0.0.12:5432"
+
+[[listener]]
+name = "primary"
+bind = "127.0.0.1:5000"
+balance = "first"
+check = { method = "OPTIONS", path = "/master", expect = 200 }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+/// The line and key of an error, or a panic naming what came back instead.
+fn err_at(text: &str) -> (usize, String, String) {
+    match parse(text) {
+        Err(ConfigError::Invalid {
+            line, key, message, ..
+        }) => (line, key, message),
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn haproxy_defaults_apply() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.global.maxconn, 4096);
+    let l = &c.listeners[0];
+    assert_eq!(l.retries, 2);
+    assert_eq!(l.maxconn, 100);
+    assert_eq!(l.timeout_connect, Duration::from_secs(4));
+    assert_eq!(
+        l.timeout_queue, l.timeout_connect,
+        "timeout queue defaults to timeout connect"
+    );
+    assert_eq!(l.timeout_client, Duration::from_secs(1800));
+    assert_eq!(l.check.timing.inter, Duration::from_secs(2));
+    assert_eq!(l.check.timing.fastinter, l.check.timing.inter);
+    assert_eq!(l.check.timing.downinter, l.check.timing.inter);
+    assert_eq!((l.check.timing.fall, l.check.timing.rise), (3, 2));
+    assert_eq!(
+        l.check.timing.connect_timeout,
+        Duration::from_secs(2),
+        "min(timeout connect, inter)"
+    );
+    assert!(l.shutdown_sessions);
+    assert_eq!(l.servers, vec![0, 1]);
+    assert_eq!(c.nodes[0].check_address, "127.0.0.11:8008");
+}
+
+#[test]
+fn listener_overrides_defaults() {
+    let text = format!(
+        "[defaults]\ninter = \"3s\"\nretries = 5\n{BASE}timeout_queue = \"30s\"\ninter = \"1s\"\n"
+    );
+    let l = &parse(&text).unwrap().listeners[0];
+    assert_eq!(l.retries, 5);
+    assert_eq!(l.timeout_queue, Duration::from_secs(30));
+    assert_eq!(l.check.timing.inter, Duration::from_secs(1));
+}
+
+#[test]
+fn shipped_files_are_valid() {
+    for f in ["conf/pgfront.toml", "conf/local.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listeners.len(), 3, "{f}");
+        assert_eq!(c.nodes.len(), 3, "{f}");
+        assert_eq!(c.listeners[0].check.timing.inter, Duration::from_secs(3));
+    }
+    let local =
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/local.toml")).unwrap();
+    let binds: Vec<String> = local.listeners.iter().map(|l| l.bind.to_string()).collect();
+    assert_eq!(
+        binds,
+        ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"]
+    );
+    assert_eq!(
+        local.web.as_ref().unwrap().bind.to_string(),
+        "127.0.0.1:7000"
+    );
+    let u = &local.web.as_ref().unwrap().users[0];
+    assert_eq!((u.name.as_str(), u.password.as_str()), ("admin", "secret"));
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let (line, key, msg) = err_at("[defaults]\nretries = 2\nintre = \"3s\"\n");
+    assert_eq!((line, key.as_str()), (3, "intre"));
+    assert!(msg.contains("unknown field"), "{msg}");
+}
+
+#[test]
+fn unknown_key_in_listener() {
+    let (line, key, _) = err_at(&format!("{BASE}balanse = \"first\"\n"));
+    assert_eq!((line, key.as_str()), (15, "balanse"));
+}
+
+#[test]
+fn bad_duration_names_line_and_key() {
+    let (line, key, msg) = err_at("[defaults]\n\ninter = \"3\"\n");
+    assert_eq!((line, key.as_str()), (3, "inter"));
+    assert!(msg.contains("unit"), "{msg}");
+    let (line, key, _) = err_at("[defaults]\ntimeout_check = \"soon\"\n");
+    assert_eq!((line, key.as_str()), (2, "timeout_check"));
+}
+
+#[test]
+fn zero_values_are_refused() {
+    let (line, key, _) = err_at(&format!("[defaults]\nfall = 0\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "fall"));
+    let (line, key, _) = err_at(&format!("[defaults]\ninter = \"0s\"\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "inter"));
+    let (line, key, _) = err_at(&format!("[global]\nmaxconn = 0\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "global.maxconn"));
+}
+
+#[test]
+fn duplicate_node_name() {
+    let text = BASE.replace("name = \"n2\"", "name = \"n1\"");
+    let (line, key, msg) = err_at(&text);
+    assert_eq!((line, key.as_str()), (7, "node.name"));
+    assert!(msg.contains("duplicate"), "{msg}");
+}
+
+#[test]
+fn duplicate_listener_name_and_bind() {
+    let second = "\n[[listener]]\nname = \"primary\"\nbind = \"127.0.0.1:5001\"\ncheck = { path = \"/replica\" }\n";
+    let (line, key, _) = err_at(&format!("{BASE}{second}"));
+    assert_eq!((line, key.as_str()), (17, "listener.name"));
+    let second = "\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:5000\"\ncheck = { path = \"/replica\" }\n";
+    let (line, key, msg) = err_at(&format!("{BASE}{second}"));
+    assert_eq!((line, key.as_str()), (18, "listener.bind"));
+    assert!(msg.contains("already bound"), "{msg}");
+}
+
+#[test]
+fn listener_without_servers() {
+    let (line, key, msg) = err_at(&format!("{BASE}servers = []\n"));
+    assert_eq!((line, key.as_str()), (15, "listener.servers"));
+    assert!(msg.contains("no servers"), "{msg}");
+    let only_listener = &BASE[BASE.find("[[listener]]").unwrap()..];
+    let (_, key, msg) = err_at(only_listener);
+    assert_eq!(key, "listener.servers");
+    assert!(msg.contains("no [[node]]"), "{msg}");
+}
+
+#[test]
+fn unknown_server_reference() {
+    let (line, key, msg) = err_at(&format!("{BASE}servers = [\"n1\", \"n9\"]\n"));
+    assert_eq!((line, key.as_str()), (15, "listener.servers"));
+    assert!(msg.contains("n9"), "{msg}");
+}
+
+#[test]
+fn bad_values() {
+    let (_, key, _) = err_at(&BASE.replace("\"first\"", "\"random\""));
+    assert_eq!(key, "listener.balance");
+    let (_, key, _) = err_at(&BASE.replace("\"/master\"", "\"master\""));
+    assert_eq!(key, "check.path");
+    let (_, key, _) = err_at(&BASE.replace("\"OPTIONS\"", "\"POST\""));
+    assert_eq!(key, "check.method");
+    let (_, key, _) = err_at(&BASE.replace("127.0.0.11:5432", "127.0.0.11"));
+    assert_eq!(key, "node.address");
+    let (_, key, _) = err_at(&format!("[defaults]\non_marked_down = \"explode\"\n{BASE}"));
+    assert_eq!(key, "on_marked_down");
+    let (_, key, msg) = err_at(&format!("[global]\nmaxconn = \"many\"\n{BASE}"));
+    assert_eq!(key, "maxconn");
+    assert!(msg.contains("invalid type"), "{msg}");
+}
+
+#[test]
+fn no_listener_is_an_error() {
+    let (_, key, _) = err_at("[[node]]\nname = \"n1\"\naddress = \"127.0.0.1:5432\"\n");
+    assert_eq!(key, "listener");
+}
+
+#[test]
+fn toml_syntax_error_has_a_line() {
+    let (line, _, _) = err_at("[defaults]\nretries = \n");
+    assert_eq!(line, 2);
+}
+
+#[test]
+fn error_display_names_file_line_and_key() {
+    let e = parse("[defaults]\nintre = \"3s\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("test.toml:2:1: `intre`:"), "{e}");
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let e = Config::load(Path::new("/nonexistent/pgfront.toml")).unwrap_err();
+    assert_eq!(e.as_label(), "read");
+    assert!(e.to_string().contains("/nonexistent/pgfront.toml"));
+}
+
+#[test]
+fn passwords_never_reach_debug_output() {
+    let c = parse(&format!("{BASE}\n[web]\nbind = \"127.0.0.1:7000\"\n[[web.user]]\nname = \"admin\"\npassword = \"hunter2\"\n")).unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+}

@@ -72,7 +72,13 @@ enum Side {
 
 /// Copies until both directions have closed, a side errs, the session idles out, or
 /// `cut` is cancelled.
-pub async fn bidirectional(client: &mut TcpStream, server: &mut TcpStream, meters: Meters<'_>, idle: Idle, cut: &CancellationToken) -> (End, Moved) {
+pub async fn bidirectional(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    meters: Meters<'_>,
+    idle: Idle,
+    cut: &CancellationToken,
+) -> (End, Moved) {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let start = Instant::now();
@@ -81,8 +87,22 @@ pub async fn bidirectional(client: &mut TcpStream, server: &mut TcpStream, meter
     let activity = AtomicU64::new(0);
     let mut moved = Moved::default();
     let (end, client_done_first) = {
-        let up = one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &activity, start);
-        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &activity, start);
+        let up = one_way(
+            &mut cr,
+            &mut sw,
+            meters.to_server,
+            &mut moved.to_server,
+            &activity,
+            start,
+        );
+        let down = one_way(
+            &mut sr,
+            &mut cw,
+            meters.to_client,
+            &mut moved.to_client,
+            &activity,
+            start,
+        );
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         let idle_limit = idle.client.min(idle.server);
@@ -108,11 +128,22 @@ pub async fn bidirectional(client: &mut TcpStream, server: &mut TcpStream, meter
             }
         }
     };
-    let end = end.unwrap_or(if client_done_first { End::ClientClosed } else { End::ServerClosed });
+    let end = end.unwrap_or(if client_done_first {
+        End::ClientClosed
+    } else {
+        End::ServerClosed
+    });
     (end, moved)
 }
 
-async fn one_way<R, W>(r: &mut R, w: &mut W, meter: &AtomicU64, moved: &mut u64, activity: &AtomicU64, start: Instant) -> Result<(), Side>
+async fn one_way<R, W>(
+    r: &mut R,
+    w: &mut W,
+    meter: &AtomicU64,
+    moved: &mut u64,
+    activity: &AtomicU64,
+    start: Instant,
+) -> Result<(), Side>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
