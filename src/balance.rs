@@ -37,38 +37,38 @@ pub fn pick(l: &ListenerState, avoid: &[usize]) -> Result<Slot, NoServer> {
 }
 
 fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {
-    let servers = &l.servers;
-    let n = servers.len();
-    let mut any_up = false;
-    let order: Box<dyn Iterator<Item = usize>> = match l.config.balance {
-        Balance::First => Box::new(0..n),
+    let eligible = |s: &&Arc<Server>| s.is_up() && allowed(s);
+    let up = l.servers.iter().filter(eligible).count();
+    if up == 0 {
+        return Err(NoServer::NoneUp);
+    }
+    let slot = match l.config.balance {
+        Balance::First => l
+            .servers
+            .iter()
+            .filter(eligible)
+            .find_map(|s| s.try_acquire(&l.wake)),
         Balance::RoundRobin => {
-            let start = l.rr.fetch_add(1, Ordering::Relaxed);
-            Box::new((0..n).map(move |i| (start + i) % n))
+            // Rotate over the eligible servers only, so a down server does not make its
+            // successor take two turns.
+            let start = l.rr.fetch_add(1, Ordering::Relaxed) % up;
+            let ring = l.servers.iter().filter(eligible);
+            ring.clone()
+                .skip(start)
+                .chain(ring.take(start))
+                .find_map(|s| s.try_acquire(&l.wake))
         }
         Balance::LeastConn => {
-            // Fewest sessions first; ties broken by the round-robin position.
-            let start = l.rr.fetch_add(1, Ordering::Relaxed);
-            let mut idx: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
-            idx.sort_by_key(|&i| servers[i].stats.cur.load(Ordering::Relaxed));
-            Box::new(idx.into_iter())
+            let start = l.rr.fetch_add(1, Ordering::Relaxed) % up;
+            let ring = l.servers.iter().filter(eligible);
+            // Fewest sessions first; ties go to the round-robin position.
+            let mut order: Vec<&Arc<Server>> =
+                ring.clone().skip(start).chain(ring.take(start)).collect();
+            order.sort_by_key(|s| s.stats.cur.load(Ordering::Relaxed));
+            order.into_iter().find_map(|s| s.try_acquire(&l.wake))
         }
     };
-    for i in order {
-        let s = &servers[i];
-        if !s.is_up() || !allowed(s) {
-            continue;
-        }
-        any_up = true;
-        if let Some(slot) = s.try_acquire(&l.wake) {
-            return Ok(slot);
-        }
-    }
-    Err(if any_up {
-        NoServer::Full
-    } else {
-        NoServer::NoneUp
-    })
+    slot.ok_or(NoServer::Full)
 }
 
 /// Picks a server, waiting in the listener's queue until `deadline` if none can take the

@@ -1,0 +1,362 @@
+//! The data path against scripted REST fakes and echo backends: routing per listener,
+//! down-until-checked, mark-down cutting sessions, queueing, retries, timeouts, stop.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn up_count(pg: &pgfront::Pgfront, listener: &str) -> usize {
+    pg.shared()
+        .runtime
+        .load()
+        .listener(listener)
+        .unwrap()
+        .servers_up()
+}
+
+fn is_up(pg: &pgfront::Pgfront, listener: &str, server: &str) -> bool {
+    let rt = pg.shared().runtime.load();
+    rt.listener(listener)
+        .unwrap()
+        .servers
+        .iter()
+        .any(|s| s.name == server && s.is_up())
+}
+
+#[tokio::test]
+async fn writes_go_to_the_leader_and_follow_it() {
+    let lab = Lab::start(3).await;
+    lab.leader(1);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "node2 up on primary", || {
+        is_up(&pg, "primary", "node2")
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(connect(addr).await.unwrap().server, "node2");
+    }
+    let mut old = connect(addr).await.unwrap();
+    old.echo(b"hello").await.unwrap();
+
+    lab.leader(2);
+    // The old leader's session is cut when it is marked down.
+    assert!(
+        old.closed_within(LIMIT).await,
+        "session on the demoted leader stays open"
+    );
+    eventually(LIMIT, "node3 up on primary", || {
+        is_up(&pg, "primary", "node3")
+    })
+    .await;
+    assert_eq!(connect(addr).await.unwrap().server, "node3");
+    assert_eq!(up_count(&pg, "primary"), 1);
+}
+
+#[tokio::test]
+async fn replicas_are_round_robin() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "two replicas up", || up_count(&pg, "replicas") == 2).await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(connect(addr).await.unwrap().server);
+    }
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "round robin alternates: {seen:?}");
+    }
+    assert!(
+        seen.iter().all(|s| s == "node2" || s == "node3"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn servers_start_down_and_clients_get_a_postgres_error() {
+    let lab = Lab::start(2).await;
+    // Nobody ever passes the leader check.
+    for n in &lab.nodes {
+        n.rest.set("/master", Answer::Hang);
+    }
+    let pg = start(&lab.config("timeout_queue = \"300ms\""));
+    let addr = pg.listener_addr("primary").unwrap();
+    let err = connect(addr).await.err().expect("refused");
+    assert_eq!(err.code, "57P03", "{err:?}");
+    assert!(
+        err.message.contains("no server available") && err.message.contains("primary"),
+        "{err:?}"
+    );
+    assert!(
+        lab.nodes
+            .iter()
+            .all(|n| n.backend.accepted.load(Ordering::SeqCst) == 0),
+        "no session reached a backend"
+    );
+}
+
+#[tokio::test]
+async fn a_queued_session_proceeds_when_a_server_comes_up() {
+    let lab = Lab::start(2).await;
+    let pg = start(&lab.config("timeout_queue = \"20s\""));
+    let addr = pg.listener_addr("primary").unwrap();
+    let waiting = tokio::spawn(connect(addr));
+    eventually(LIMIT, "session queued", || {
+        pg.shared()
+            .runtime
+            .load()
+            .listener("primary")
+            .unwrap()
+            .stats
+            .queue_cur
+            .load(Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    lab.leader(1);
+    let client = tokio::time::timeout(LIMIT, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.server, "node2");
+}
+
+#[tokio::test]
+async fn a_replica_marked_down_loses_its_sessions() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "two replicas up", || up_count(&pg, "replicas") == 2).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(addr).await.unwrap());
+    }
+    lab.nodes[2].rest.set("/replica", Answer::Hang);
+    eventually(LIMIT, "node3 down", || !is_up(&pg, "replicas", "node3")).await;
+    for c in &mut clients {
+        if c.server == "node3" {
+            assert!(
+                c.closed_within(LIMIT).await,
+                "node3 session still open after mark-down"
+            );
+        } else {
+            c.echo(b"still here").await.unwrap();
+        }
+    }
+    eventually(LIMIT, "node3 backend has no session", || {
+        lab.nodes[2].backend.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(connect(addr).await.unwrap().server, "node2");
+    }
+    // It comes back after it recovers.
+    lab.nodes[2].rest.set("/replica", Answer::Status(200));
+    eventually(LIMIT, "node3 back up", || is_up(&pg, "replicas", "node3")).await;
+}
+
+#[tokio::test]
+async fn maxconn_queues_then_refuses_with_53300() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config("maxconn = 1\ntimeout_queue = \"300ms\""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let first = connect(addr).await.unwrap();
+    let err = connect(addr).await.err().expect("second session refused");
+    assert_eq!(err.code, "53300", "{err:?}");
+    // A queued session proceeds when the slot frees.
+    let waiting = tokio::spawn(connect(addr));
+    eventually(LIMIT, "queued", || {
+        pg.shared()
+            .runtime
+            .load()
+            .listener("primary")
+            .unwrap()
+            .stats
+            .queue_cur
+            .load(Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    drop(first);
+    let _ = waiting.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_connect_is_retried_on_another_server() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    // node2's PostgreSQL refuses connections while its REST says it is a healthy replica.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let text = lab.config("").replace(
+        &lab.nodes[1].backend.addr.to_string(),
+        &dead_addr.to_string(),
+    );
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "two replicas up", || up_count(&pg, "replicas") == 2).await;
+    for _ in 0..4 {
+        assert_eq!(connect(addr).await.unwrap().server, "node3");
+    }
+    let rt = pg.shared().runtime.load();
+    let node2 = rt
+        .listener("replicas")
+        .unwrap()
+        .servers
+        .iter()
+        .find(|s| s.name == "node2")
+        .unwrap()
+        .clone();
+    assert!(node2.stats.conn_errors.load(Ordering::SeqCst) >= 1);
+    assert!(node2.stats.redispatches.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test]
+async fn connect_failures_exhaust_retries_with_08006() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let text = lab.config("retries = 1").replace(
+        &lab.nodes[0].backend.addr.to_string(),
+        &dead_addr.to_string(),
+    );
+    let pg = start(&text);
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let err = connect(addr).await.err().expect("refused");
+    assert_eq!(err.code, "08006", "{err:?}");
+    let rt = pg.shared().runtime.load();
+    let s = &rt.listener("primary").unwrap().servers[0];
+    assert_eq!(
+        s.stats.conn_errors.load(Ordering::SeqCst),
+        2,
+        "one try and one retry"
+    );
+    assert_eq!(s.stats.retries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config("timeout_client = \"200ms\"\ntimeout_server = \"10s\""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let mut c = connect(addr).await.unwrap();
+    c.echo(b"ping").await.unwrap();
+    assert!(c.closed_within(LIMIT).await);
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_and_garbage_gets_08p01() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config("timeout_startup = \"200ms\""));
+    let addr = pg.listener_addr("primary").unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read(&mut silent, &mut b))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "silent client closed");
+
+    let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut t = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut http, &mut t)
+        .await
+        .unwrap();
+    assert_eq!(t[0], b'E');
+    let err = read_error(&mut http).await;
+    assert_eq!(err.code, "08P01", "{err:?}");
+    assert!(lab.nodes[0].backend.accepted.load(Ordering::SeqCst) == 0);
+}
+
+#[tokio::test]
+async fn bytes_flow_unchanged_both_ways_with_half_close() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let mut c = connect(addr).await.unwrap();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut r, mut w) = c.stream.split();
+    let send = async {
+        tokio::io::AsyncWriteExt::write_all(&mut w, &data)
+            .await
+            .unwrap();
+        // Half-close: the echo must still come back in full.
+        tokio::io::AsyncWriteExt::shutdown(&mut w).await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut back);
+    let (_, n) = tokio::join!(send, recv);
+    n.unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echo differs");
+    let rt = pg.shared().runtime.load();
+    let s = &rt.listener("primary").unwrap().servers[0];
+    eventually(LIMIT, "counters", || {
+        s.stats.bytes_out.load(Ordering::SeqCst) >= data.len() as u64
+    })
+    .await;
+    assert_eq!(
+        s.stats.bytes_in.load(Ordering::SeqCst),
+        data.len() as u64 + 8
+    );
+}
+
+#[tokio::test]
+async fn graceful_stop_lets_sessions_finish_then_cuts_them() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let mut c = connect(addr).await.unwrap();
+    let stopping = tokio::spawn(pg.shutdown(Duration::from_millis(500)));
+    // Still served during the grace period...
+    c.echo(b"during grace").await.unwrap();
+    // ...new clients are not accepted...
+    eventually(LIMIT, "listener closed", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    // ...and the session is closed at the deadline.
+    assert!(c.closed_within(LIMIT).await);
+    let stopped = stopping.await.unwrap();
+    assert_eq!(stopped.cut, 1);
+}
+
+#[tokio::test]
+async fn graceful_stop_returns_early_when_sessions_end() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let c = connect(addr).await.unwrap();
+    let stopping = tokio::spawn(pg.shutdown(Duration::from_secs(600)));
+    drop(c);
+    let stopped = tokio::time::timeout(LIMIT, stopping)
+        .await
+        .expect("stop waits only for open sessions")
+        .unwrap();
+    assert_eq!(stopped.cut, 0);
+}

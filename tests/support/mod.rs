@@ -1,0 +1,384 @@
+//! Test support: scripted Patroni REST fakes, identifying echo backends, a PostgreSQL-ish
+//! client opening, and a poll-with-deadline helper. Everything runs on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgfront::{Bound, Config, Pgfront};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An SSLRequest: a valid first packet that every test client sends.
+pub const OPENING: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes (then panics with `what`).
+pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("not true within {limit:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How a fake REST endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Status(u16),
+    /// Accept and never answer.
+    Hang,
+    /// Not HTTP at all.
+    Garbage,
+    /// A status line followed by headers that never end.
+    EndlessHeader,
+    /// Close without a word.
+    Reset,
+    /// A 200 with a body larger than any check reads (for GET).
+    HugeBody,
+}
+
+/// A scripted Patroni REST API: per path, an answer that tests change on cue.
+#[derive(Clone)]
+pub struct FakeRest {
+    pub addr: SocketAddr,
+    answers: Arc<Mutex<HashMap<String, Answer>>>,
+    hits: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl FakeRest {
+    /// Starts a fake answering 503 to every path until told otherwise.
+    pub async fn start() -> FakeRest {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeRest {
+            addr: socket.local_addr().unwrap(),
+            answers: Arc::default(),
+            hits: Arc::default(),
+        };
+        let f = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = socket.accept().await {
+                tokio::spawn(f.clone().answer(stream));
+            }
+        });
+        fake
+    }
+
+    pub fn set(&self, path: &str, answer: Answer) {
+        self.answers.lock().unwrap().insert(path.to_owned(), answer);
+    }
+
+    pub fn hits(&self, path: &str) -> u64 {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    async fn answer(self, mut stream: TcpStream) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let line = String::from_utf8_lossy(&buf)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .get(&path)
+            .copied()
+            .unwrap_or(Answer::Status(503));
+        match answer {
+            // Exactly what Patroni sends to OPTIONS: no headers, no body, then close.
+            Answer::Status(200) => drop(stream.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await),
+            Answer::Status(code) => drop(
+                stream
+                    .write_all(format!("HTTP/1.0 {code} Service Unavailable\r\n\r\n").as_bytes())
+                    .await,
+            ),
+            Answer::Hang => std::future::pending::<()>().await,
+            Answer::Garbage => drop(
+                stream
+                    .write_all(b"\x00\x01 this is not http \xff\r\n\r\n")
+                    .await,
+            ),
+            Answer::EndlessHeader => {
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n").await;
+                loop {
+                    if stream
+                        .write_all(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            Answer::Reset => {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+            }
+            Answer::HugeBody => {
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                    .await;
+                let block = vec![b' '; 64 * 1024];
+                for _ in 0..64 {
+                    if stream.write_all(&block).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A PostgreSQL stand-in: announces its name on connect, then echoes everything.
+#[derive(Clone)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    pub bytes: Arc<AtomicU64>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = Backend {
+            name: name.to_owned(),
+            addr: socket.local_addr().unwrap(),
+            accepted: Arc::default(),
+            open: Arc::default(),
+            bytes: Arc::default(),
+        };
+        let me = b.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = socket.accept().await {
+                let me = me.clone();
+                me.accepted.fetch_add(1, Ordering::SeqCst);
+                me.open.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _ = stream.write_all(format!("{}\n", me.name).as_bytes()).await;
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                me.bytes.fetch_add(n as u64, Ordering::SeqCst);
+                                if stream.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    me.open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        b
+    }
+}
+
+/// One node of the fake cluster: its REST fake and its backend.
+#[derive(Clone)]
+pub struct FakeNode {
+    pub rest: FakeRest,
+    pub backend: Backend,
+}
+
+/// Three (or `n`) fake nodes and a config in front of them.
+pub struct Lab {
+    pub nodes: Vec<FakeNode>,
+}
+
+/// Fast check timing for tests: real clock, polled with deadlines.
+pub const FAST: &str = r#"
+[global]
+hard_stop_after = "5s"
+
+[defaults]
+inter = "50ms"
+fastinter = "20ms"
+downinter = "50ms"
+fall = 2
+rise = 2
+timeout_check = "300ms"
+timeout_connect = "500ms"
+"#;
+
+impl Lab {
+    pub async fn start(n: usize) -> Lab {
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            nodes.push(FakeNode {
+                rest: FakeRest::start().await,
+                backend: Backend::start(&format!("node{i}")).await,
+            });
+        }
+        Lab { nodes }
+    }
+
+    /// Makes node `i` (0-based) the leader and the others replicas.
+    pub fn leader(&self, i: usize) {
+        for (j, n) in self.nodes.iter().enumerate() {
+            n.rest
+                .set("/master", Answer::Status(if i == j { 200 } else { 503 }));
+            n.rest
+                .set("/replica", Answer::Status(if i == j { 503 } else { 200 }));
+        }
+    }
+
+    /// `[[node]]` tables for every fake node.
+    pub fn nodes_toml(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "[[node]]\nname = \"node{}\"\naddress = \"{}\"\ncheck_address = \"{}\"\n\n",
+                    i + 1,
+                    n.backend.addr,
+                    n.rest.addr
+                )
+            })
+            .collect()
+    }
+
+    /// The usual three listeners on port 0, with `extra` appended to the defaults.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "{FAST}{extra}\n{}\n{}",
+            self.nodes_toml(),
+            r#"
+[[listener]]
+name = "primary"
+bind = "127.0.0.1:0"
+balance = "first"
+check = { method = "OPTIONS", path = "/master", expect = 200 }
+
+[[listener]]
+name = "replicas"
+bind = "127.0.0.1:0"
+balance = "roundrobin"
+check = { method = "OPTIONS", path = "/replica", expect = 200 }
+
+[web]
+bind = "127.0.0.1:0"
+[[web.user]]
+name = "admin"
+password = "secret"
+"#
+        )
+    }
+}
+
+/// Starts pgfront in-process on `text`.
+pub fn start(text: &str) -> Pgfront {
+    let config = Config::parse(Path::new("test.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let bound = Bound::bind(&config).unwrap();
+    pgfront::app::start(config, bound)
+}
+
+/// A connected test client that has sent its opening and read the backend's name.
+pub struct Client {
+    pub stream: TcpStream,
+    pub server: String,
+}
+
+/// What a refused client was told.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: String,
+    pub message: String,
+}
+
+/// Connects through pgfront: Ok with the backend's name, or the FATAL pgfront sent.
+pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&OPENING).await.unwrap();
+    let mut first = [0u8; 1];
+    if stream.read_exact(&mut first).await.is_err() {
+        return Err(Fatal {
+            code: String::new(),
+            message: "closed without a word".into(),
+        });
+    }
+    if first[0] == b'E' {
+        return Err(read_error(&mut stream).await);
+    }
+    let mut name = vec![first[0]];
+    loop {
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).await.unwrap();
+        if b[0] == b'\n' {
+            break;
+        }
+        name.push(b[0]);
+    }
+    // The backend echoes the opening back.
+    let mut echo = [0u8; 8];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(echo, OPENING);
+    Ok(Client {
+        stream,
+        server: String::from_utf8(name).unwrap(),
+    })
+}
+
+/// Reads the rest of an ErrorResponse whose type byte was consumed.
+pub async fn read_error(stream: &mut TcpStream) -> Fatal {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+    stream.read_exact(&mut body).await.unwrap();
+    let mut fatal = Fatal {
+        code: String::new(),
+        message: String::new(),
+    };
+    for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let value = String::from_utf8_lossy(&field[1..]).into_owned();
+        match field[0] {
+            b'C' => fatal.code = value,
+            b'M' => fatal.message = value,
+            _ => {}
+        }
+    }
+    fatal
+}
+
+impl Client {
+    /// Sends `data` and reads its echo.
+    pub async fn echo(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data).await?;
+        let mut back = vec![0u8; data.len()];
+        self.stream.read_exact(&mut back).await?;
+        assert_eq!(back, data);
+        Ok(())
+    }
+
+    /// True once the session has been closed by pgfront (EOF or reset).
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(limit, self.stream.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
