@@ -48,11 +48,9 @@ impl Bound {
         }
         let web = match &config.web {
             None => None,
-            Some(w) => Some(proxy::bind(w.bind).map_err(|source| BindError {
-                what: "web".into(),
-                addr: w.bind,
-                source,
-            })?),
+            Some(w) => {
+                Some(proxy::bind(w.bind).map_err(|source| BindError { what: "web".into(), addr: w.bind, source })?)
+            }
         };
         Ok(Bound { listeners, web })
     }
@@ -100,14 +98,7 @@ impl Pgfront {
             tasks.spawn(web::serve(Arc::clone(&shared), socket, web_stop.clone()));
             addr
         });
-        Pgfront {
-            shared,
-            tasks,
-            checkers,
-            web_stop,
-            addrs,
-            web_addr: web_addr.flatten(),
-        }
+        Pgfront { shared, tasks, checkers, web_stop, addrs, web_addr: web_addr.flatten() }
     }
 
     /// The address a listener is bound to.
@@ -135,10 +126,7 @@ impl Pgfront {
             Ok(()) => 0,
             Err(_) => {
                 let n = shared.runtime.load().sessions();
-                tracing::warn!(
-                    sessions = n,
-                    "grace period over: closing remaining sessions"
-                );
+                tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
                 shared.tokens.sessions.cancel();
                 shared.sessions.wait().await;
                 n

@@ -43,27 +43,19 @@ fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Sl
         return Err(NoServer::NoneUp);
     }
     let slot = match l.config.balance {
-        Balance::First => l
-            .servers
-            .iter()
-            .filter(eligible)
-            .find_map(|s| s.try_acquire(&l.wake)),
+        Balance::First => l.servers.iter().filter(eligible).find_map(|s| s.try_acquire(&l.wake)),
         Balance::RoundRobin => {
             // Rotate over the eligible servers only, so a down server does not make its
             // successor take two turns.
             let start = l.rr.fetch_add(1, Ordering::Relaxed) % up;
             let ring = l.servers.iter().filter(eligible);
-            ring.clone()
-                .skip(start)
-                .chain(ring.take(start))
-                .find_map(|s| s.try_acquire(&l.wake))
+            ring.clone().skip(start).chain(ring.take(start)).find_map(|s| s.try_acquire(&l.wake))
         }
         Balance::LeastConn => {
             let start = l.rr.fetch_add(1, Ordering::Relaxed) % up;
             let ring = l.servers.iter().filter(eligible);
             // Fewest sessions first; ties go to the round-robin position.
-            let mut order: Vec<&Arc<Server>> =
-                ring.clone().skip(start).chain(ring.take(start)).collect();
+            let mut order: Vec<&Arc<Server>> = ring.clone().skip(start).chain(ring.take(start)).collect();
             order.sort_by_key(|s| s.stats.cur.load(Ordering::Relaxed));
             order.into_iter().find_map(|s| s.try_acquire(&l.wake))
         }
@@ -73,11 +65,7 @@ fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Sl
 
 /// Picks a server, waiting in the listener's queue until `deadline` if none can take the
 /// session now. Returns the last reason when the deadline passes.
-pub async fn acquire(
-    l: &Arc<ListenerState>,
-    avoid: &[usize],
-    deadline: Instant,
-) -> Result<Slot, NoServer> {
+pub async fn acquire(l: &Arc<ListenerState>, avoid: &[usize], deadline: Instant) -> Result<Slot, NoServer> {
     if let Ok(slot) = pick(l, avoid) {
         return Ok(slot);
     }

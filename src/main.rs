@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use pgfront::{app, Bound, Config};
 
 #[derive(Parser)]
-#[command(
-    name = "pgfront",
-    version,
-    about = "A PostgreSQL-aware TCP load balancer for Patroni clusters"
-)]
+#[command(name = "pgfront", version, about = "A PostgreSQL-aware TCP load balancer for Patroni clusters")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,9 +47,7 @@ fn main() -> ExitCode {
 
 fn run(path: PathBuf) -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -62,10 +56,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgfront: cannot start the runtime: {e}");
@@ -89,10 +80,7 @@ fn run(path: PathBuf) -> ExitCode {
 /// Completes on SIGTERM or SIGINT.
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -105,26 +93,14 @@ async fn stop_signal() {
 fn summary(c: &Config) -> String {
     use std::fmt::Write;
     let mut s = format!("{}: OK\n", c.path.display());
-    let _ = writeln!(
-        s,
-        "global: maxconn {}, hard_stop_after {:?}",
-        c.global.maxconn, c.global.hard_stop_after
-    );
+    let _ = writeln!(s, "global: maxconn {}, hard_stop_after {:?}", c.global.maxconn, c.global.hard_stop_after);
     let _ = writeln!(s, "nodes:");
     for n in &c.nodes {
-        let _ = writeln!(
-            s,
-            "  {:<16} postgres {:<24} check {}",
-            n.name, n.address, n.check_address
-        );
+        let _ = writeln!(s, "  {:<16} postgres {:<24} check {}", n.name, n.address, n.check_address);
     }
     let _ = writeln!(s, "listeners:");
     for l in &c.listeners {
-        let names: Vec<&str> = l
-            .servers
-            .iter()
-            .map(|&i| c.nodes[i].name.as_str())
-            .collect();
+        let names: Vec<&str> = l.servers.iter().map(|&i| c.nodes[i].name.as_str()).collect();
         let t = &l.check.timing;
         let _ = writeln!(
             s,

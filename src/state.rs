@@ -24,11 +24,7 @@ pub struct Tokens {
 impl Tokens {
     pub fn new() -> Tokens {
         let root = CancellationToken::new();
-        Tokens {
-            accept: root.child_token(),
-            sessions: root.child_token(),
-            root,
-        }
+        Tokens { accept: root.child_token(), sessions: root.child_token(), root }
     }
 }
 
@@ -51,11 +47,6 @@ pub struct Shared {
 impl Shared {
     pub fn new(runtime: Runtime, tokens: Tokens) -> Shared {
         let global = Arc::new(Semaphore::new(runtime.config.global.maxconn));
-        Shared {
-            runtime: ArcSwap::from_pointee(runtime),
-            global,
-            tokens,
-            sessions: TaskTracker::new(),
-        }
+        Shared { runtime: ArcSwap::from_pointee(runtime), global, tokens, sessions: TaskTracker::new() }
     }
 }

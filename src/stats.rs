@@ -150,11 +150,10 @@ pub fn csv(s: &Snapshot) -> String {
                 v.downs.to_string(),
                 v.last_change_secs.to_string(),
                 v.downtime_secs.to_string(),
+                // HAProxy's meanings: check_status is the result (L7OK), check_code the HTTP code.
                 v.check_code.unwrap_or("").to_string(),
                 v.check_status.map(|c| c.to_string()).unwrap_or_default(),
-                v.check_duration_ms
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
+                v.check_duration_ms.map(|c| c.to_string()).unwrap_or_default(),
             ];
             out.push_str(&row.join(","));
             out.push('\n');

@@ -11,21 +11,12 @@ use support::*;
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn up_count(pg: &pgfront::Pgfront, listener: &str) -> usize {
-    pg.shared()
-        .runtime
-        .load()
-        .listener(listener)
-        .unwrap()
-        .servers_up()
+    pg.shared().runtime.load().listener(listener).unwrap().servers_up()
 }
 
 fn is_up(pg: &pgfront::Pgfront, listener: &str, server: &str) -> bool {
     let rt = pg.shared().runtime.load();
-    rt.listener(listener)
-        .unwrap()
-        .servers
-        .iter()
-        .any(|s| s.name == server && s.is_up())
+    rt.listener(listener).unwrap().servers.iter().any(|s| s.name == server && s.is_up())
 }
 
 #[tokio::test]
@@ -34,10 +25,7 @@ async fn writes_go_to_the_leader_and_follow_it() {
     lab.leader(1);
     let pg = start(&lab.config(""));
     let addr = pg.listener_addr("primary").unwrap();
-    eventually(LIMIT, "node2 up on primary", || {
-        is_up(&pg, "primary", "node2")
-    })
-    .await;
+    eventually(LIMIT, "node2 up on primary", || is_up(&pg, "primary", "node2")).await;
     for _ in 0..5 {
         assert_eq!(connect(addr).await.unwrap().server, "node2");
     }
@@ -46,14 +34,8 @@ async fn writes_go_to_the_leader_and_follow_it() {
 
     lab.leader(2);
     // The old leader's session is cut when it is marked down.
-    assert!(
-        old.closed_within(LIMIT).await,
-        "session on the demoted leader stays open"
-    );
-    eventually(LIMIT, "node3 up on primary", || {
-        is_up(&pg, "primary", "node3")
-    })
-    .await;
+    assert!(old.closed_within(LIMIT).await, "session on the demoted leader stays open");
+    eventually(LIMIT, "node3 up on primary", || is_up(&pg, "primary", "node3")).await;
     assert_eq!(connect(addr).await.unwrap().server, "node3");
     assert_eq!(up_count(&pg, "primary"), 1);
 }
@@ -72,10 +54,7 @@ async fn replicas_are_round_robin() {
     for pair in seen.windows(2) {
         assert_ne!(pair[0], pair[1], "round robin alternates: {seen:?}");
     }
-    assert!(
-        seen.iter().all(|s| s == "node2" || s == "node3"),
-        "{seen:?}"
-    );
+    assert!(seen.iter().all(|s| s == "node2" || s == "node3"), "{seen:?}");
 }
 
 #[tokio::test]
@@ -89,16 +68,8 @@ async fn servers_start_down_and_clients_get_a_postgres_error() {
     let addr = pg.listener_addr("primary").unwrap();
     let err = connect(addr).await.err().expect("refused");
     assert_eq!(err.code, "57P03", "{err:?}");
-    assert!(
-        err.message.contains("no server available") && err.message.contains("primary"),
-        "{err:?}"
-    );
-    assert!(
-        lab.nodes
-            .iter()
-            .all(|n| n.backend.accepted.load(Ordering::SeqCst) == 0),
-        "no session reached a backend"
-    );
+    assert!(err.message.contains("no server available") && err.message.contains("primary"), "{err:?}");
+    assert!(lab.nodes.iter().all(|n| n.backend.accepted.load(Ordering::SeqCst) == 0), "no session reached a backend");
 }
 
 #[tokio::test]
@@ -108,23 +79,11 @@ async fn a_queued_session_proceeds_when_a_server_comes_up() {
     let addr = pg.listener_addr("primary").unwrap();
     let waiting = tokio::spawn(connect(addr));
     eventually(LIMIT, "session queued", || {
-        pg.shared()
-            .runtime
-            .load()
-            .listener("primary")
-            .unwrap()
-            .stats
-            .queue_cur
-            .load(Ordering::SeqCst)
-            == 1
+        pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
     })
     .await;
     lab.leader(1);
-    let client = tokio::time::timeout(LIMIT, waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let client = tokio::time::timeout(LIMIT, waiting).await.unwrap().unwrap().unwrap();
     assert_eq!(client.server, "node2");
 }
 
@@ -143,18 +102,12 @@ async fn a_replica_marked_down_loses_its_sessions() {
     eventually(LIMIT, "node3 down", || !is_up(&pg, "replicas", "node3")).await;
     for c in &mut clients {
         if c.server == "node3" {
-            assert!(
-                c.closed_within(LIMIT).await,
-                "node3 session still open after mark-down"
-            );
+            assert!(c.closed_within(LIMIT).await, "node3 session still open after mark-down");
         } else {
             c.echo(b"still here").await.unwrap();
         }
     }
-    eventually(LIMIT, "node3 backend has no session", || {
-        lab.nodes[2].backend.open.load(Ordering::SeqCst) == 0
-    })
-    .await;
+    eventually(LIMIT, "node3 backend has no session", || lab.nodes[2].backend.open.load(Ordering::SeqCst) == 0).await;
     for _ in 0..4 {
         assert_eq!(connect(addr).await.unwrap().server, "node2");
     }
@@ -176,15 +129,7 @@ async fn maxconn_queues_then_refuses_with_53300() {
     // A queued session proceeds when the slot frees.
     let waiting = tokio::spawn(connect(addr));
     eventually(LIMIT, "queued", || {
-        pg.shared()
-            .runtime
-            .load()
-            .listener("primary")
-            .unwrap()
-            .stats
-            .queue_cur
-            .load(Ordering::SeqCst)
-            == 1
+        pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
     })
     .await;
     drop(first);
@@ -199,10 +144,7 @@ async fn a_failed_connect_is_retried_on_another_server() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let text = lab.config("").replace(
-        &lab.nodes[1].backend.addr.to_string(),
-        &dead_addr.to_string(),
-    );
+    let text = lab.config("").replace(&lab.nodes[1].backend.addr.to_string(), &dead_addr.to_string());
     let pg = start(&text);
     let addr = pg.listener_addr("replicas").unwrap();
     eventually(LIMIT, "two replicas up", || up_count(&pg, "replicas") == 2).await;
@@ -210,14 +152,7 @@ async fn a_failed_connect_is_retried_on_another_server() {
         assert_eq!(connect(addr).await.unwrap().server, "node3");
     }
     let rt = pg.shared().runtime.load();
-    let node2 = rt
-        .listener("replicas")
-        .unwrap()
-        .servers
-        .iter()
-        .find(|s| s.name == "node2")
-        .unwrap()
-        .clone();
+    let node2 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
     assert!(node2.stats.conn_errors.load(Ordering::SeqCst) >= 1);
     assert!(node2.stats.redispatches.load(Ordering::SeqCst) >= 1);
 }
@@ -229,10 +164,7 @@ async fn connect_failures_exhaust_retries_with_08006() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let text = lab.config("retries = 1").replace(
-        &lab.nodes[0].backend.addr.to_string(),
-        &dead_addr.to_string(),
-    );
+    let text = lab.config("retries = 1").replace(&lab.nodes[0].backend.addr.to_string(), &dead_addr.to_string());
     let pg = start(&text);
     let addr = pg.listener_addr("primary").unwrap();
     eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
@@ -240,11 +172,7 @@ async fn connect_failures_exhaust_retries_with_08006() {
     assert_eq!(err.code, "08006", "{err:?}");
     let rt = pg.shared().runtime.load();
     let s = &rt.listener("primary").unwrap().servers[0];
-    assert_eq!(
-        s.stats.conn_errors.load(Ordering::SeqCst),
-        2,
-        "one try and one retry"
-    );
+    assert_eq!(s.stats.conn_errors.load(Ordering::SeqCst), 2, "one try and one retry");
     assert_eq!(s.stats.retries.load(Ordering::SeqCst), 1);
 }
 
@@ -268,19 +196,13 @@ async fn a_silent_client_is_closed_and_garbage_gets_08p01() {
     let addr = pg.listener_addr("primary").unwrap();
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut b = [0u8; 16];
-    let n = tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read(&mut silent, &mut b))
-        .await
-        .unwrap();
+    let n = tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read(&mut silent, &mut b)).await.unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "silent client closed");
 
     let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut t = [0u8; 1];
-    tokio::io::AsyncReadExt::read_exact(&mut http, &mut t)
-        .await
-        .unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut http, &mut t).await.unwrap();
     assert_eq!(t[0], b'E');
     let err = read_error(&mut http).await;
     assert_eq!(err.code, "08P01", "{err:?}");
@@ -298,9 +220,7 @@ async fn bytes_flow_unchanged_both_ways_with_half_close() {
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let (mut r, mut w) = c.stream.split();
     let send = async {
-        tokio::io::AsyncWriteExt::write_all(&mut w, &data)
-            .await
-            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut w, &data).await.unwrap();
         // Half-close: the echo must still come back in full.
         tokio::io::AsyncWriteExt::shutdown(&mut w).await.unwrap();
     };
@@ -312,14 +232,8 @@ async fn bytes_flow_unchanged_both_ways_with_half_close() {
     assert!(back == data, "echo differs");
     let rt = pg.shared().runtime.load();
     let s = &rt.listener("primary").unwrap().servers[0];
-    eventually(LIMIT, "counters", || {
-        s.stats.bytes_out.load(Ordering::SeqCst) >= data.len() as u64
-    })
-    .await;
-    assert_eq!(
-        s.stats.bytes_in.load(Ordering::SeqCst),
-        data.len() as u64 + 8
-    );
+    eventually(LIMIT, "counters", || s.stats.bytes_out.load(Ordering::SeqCst) >= data.len() as u64).await;
+    assert_eq!(s.stats.bytes_in.load(Ordering::SeqCst), data.len() as u64 + 8);
 }
 
 #[tokio::test]
@@ -334,10 +248,7 @@ async fn graceful_stop_lets_sessions_finish_then_cuts_them() {
     // Still served during the grace period...
     c.echo(b"during grace").await.unwrap();
     // ...new clients are not accepted...
-    eventually(LIMIT, "listener closed", || {
-        std::net::TcpStream::connect(addr).is_err()
-    })
-    .await;
+    eventually(LIMIT, "listener closed", || std::net::TcpStream::connect(addr).is_err()).await;
     // ...and the session is closed at the deadline.
     assert!(c.closed_within(LIMIT).await);
     let stopped = stopping.await.unwrap();
@@ -354,9 +265,6 @@ async fn graceful_stop_returns_early_when_sessions_end() {
     let c = connect(addr).await.unwrap();
     let stopping = tokio::spawn(pg.shutdown(Duration::from_secs(600)));
     drop(c);
-    let stopped = tokio::time::timeout(LIMIT, stopping)
-        .await
-        .expect("stop waits only for open sessions")
-        .unwrap();
+    let stopped = tokio::time::timeout(LIMIT, stopping).await.expect("stop waits only for open sessions").unwrap();
     assert_eq!(stopped.cut, 0);
 }

@@ -24,6 +24,9 @@ pub struct Check {
     up: AtomicBool,
     /// Wakes the checker for an immediate probe (a failed connect, a reset session).
     kick: Notify,
+    /// Set by a kick, cleared when a probe starts: kicks that arrive before the probe
+    /// that answers them coalesce into one.
+    kick_pending: AtomicBool,
     report: Mutex<CheckReport>,
 }
 
@@ -65,6 +68,7 @@ impl Check {
             spec,
             up: AtomicBool::new(false),
             kick: Notify::new(),
+            kick_pending: AtomicBool::new(false),
             report: Mutex::new(CheckReport {
                 machine,
                 last: None,
@@ -84,11 +88,18 @@ impl Check {
 
     /// Asks the checker to probe now instead of waiting for its interval.
     pub fn kick(&self) {
-        self.kick.notify_one();
+        if !self.kick_pending.swap(true, Ordering::AcqRel) {
+            self.kick.notify_one();
+        }
     }
 
     pub(crate) async fn kicked(&self) {
         self.kick.notified().await
+    }
+
+    /// Called as a probe starts: it answers every kick made so far.
+    pub(crate) fn probe_started(&self) {
+        self.kick_pending.store(false, Ordering::Release);
     }
 
     pub fn report(&self) -> CheckReport {
@@ -112,11 +123,7 @@ impl Check {
             }
             r.last_change = now;
             r.reason = if result.passed() {
-                format!(
-                    "{}, {} checks passed",
-                    result.summary(),
-                    self.spec.timing.rise
-                )
+                format!("{}, {} checks passed", result.summary(), self.spec.timing.rise)
             } else {
                 format!("{}: {}", result.summary(), result.detail)
             };

@@ -81,25 +81,14 @@ impl Runtime {
                     let check = by_key
                         .entry((i, l.check.clone()))
                         .or_insert_with(|| {
-                            let c = Arc::new(Check::new(
-                                i,
-                                node.name.clone(),
-                                node.check_address.clone(),
-                                l.check.clone(),
-                            ));
+                            let c =
+                                Arc::new(Check::new(i, node.name.clone(), node.check_address.clone(), l.check.clone()));
                             checks.push(Arc::clone(&c));
                             c
                         })
                         .clone();
                     let maxconn = node.maxconn.unwrap_or(l.maxconn);
-                    Arc::new(Server::new(
-                        i,
-                        node.name.clone(),
-                        node.address.clone(),
-                        maxconn,
-                        check,
-                        sessions,
-                    ))
+                    Arc::new(Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions))
                 })
                 .collect();
             listeners.push(Arc::new(ListenerState {
@@ -110,12 +99,7 @@ impl Runtime {
                 stats: ListenerStats::default(),
             }));
         }
-        Runtime {
-            config,
-            checks,
-            listeners,
-            started: Instant::now(),
-        }
+        Runtime { config, checks, listeners, started: Instant::now() }
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerState>> {
@@ -135,10 +119,6 @@ impl Runtime {
 
     /// Sessions open across all listeners.
     pub fn sessions(&self) -> usize {
-        self.listeners
-            .iter()
-            .flat_map(|l| &l.servers)
-            .map(|s| s.stats.cur.load(Ordering::Relaxed))
-            .sum()
+        self.listeners.iter().flat_map(|l| &l.servers).map(|s| s.stats.cur.load(Ordering::Relaxed)).sum()
     }
 }

@@ -91,10 +91,7 @@ impl Server {
         }
         self.stats.max.fetch_max(n + 1, Ordering::Relaxed);
         self.stats.total.fetch_add(1, Ordering::Relaxed);
-        Some(Slot {
-            server: Arc::clone(self),
-            wake: Arc::clone(wake),
-        })
+        Some(Slot { server: Arc::clone(self), wake: Arc::clone(wake) })
     }
 
     /// The token a new session selects on; cancelled when the server's sessions are cut.

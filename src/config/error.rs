@@ -14,13 +14,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{}:{line}:{column}: `{key}`: {message}", path.display())]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String },
 }
 
 impl ConfigError {
@@ -50,20 +44,9 @@ impl Source<'_> {
     }
 
     /// An error at `span` about `key`.
-    pub fn error(
-        &self,
-        span: Range<usize>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let (line, column) = self.locate(span.start);
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            line,
-            column,
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { path: self.path.to_owned(), line, column, key: key.into(), message: message.into() }
     }
 
     /// Turns a TOML/serde error into one that names the key found on the offending line.
@@ -77,15 +60,10 @@ impl Source<'_> {
     fn key_on_line(&self, offset: usize) -> String {
         let offset = offset.min(self.text.len());
         let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let end = self.text[offset..]
-            .find('\n')
-            .map_or(self.text.len(), |i| offset + i);
+        let end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
         let line = self.text[start..end].trim();
         if let Some(header) = line.strip_prefix('[') {
-            return header
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_owned();
+            return header.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
         }
         match line.split_once('=') {
             Some((key, _)) => key.trim().to_owned(),

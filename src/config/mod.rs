@@ -147,19 +147,15 @@ pub struct User {
 impl std::fmt::Debug for User {
     // Never print a password, not even in a debug dump.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("User").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(path, &text)
     }
 
@@ -180,13 +176,8 @@ type Result<T, E = ConfigError> = std::result::Result<T, E>;
 impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config> {
         let global = Global {
-            maxconn: self
-                .positive(raw.global.maxconn.as_ref(), "global.maxconn")?
-                .unwrap_or(defaults::GLOBAL_MAXCONN),
-            hard_stop_after: raw
-                .global
-                .hard_stop_after
-                .map_or(defaults::HARD_STOP_AFTER, |d| d.0),
+            maxconn: self.positive(raw.global.maxconn.as_ref(), "global.maxconn")?.unwrap_or(defaults::GLOBAL_MAXCONN),
+            hard_stop_after: raw.global.hard_stop_after.map_or(defaults::HARD_STOP_AFTER, |d| d.0),
         };
         let nodes = self.nodes(&raw.nodes, &raw.defaults)?;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
@@ -212,11 +203,7 @@ impl Validator<'_> {
             listeners.push(listener);
         }
         if listeners.is_empty() {
-            return Err(self.src.error(
-                0..0,
-                "listener",
-                "no [[listener]] is defined; pgfront needs at least one",
-            ));
+            return Err(self.src.error(0..0, "listener", "no [[listener]] is defined; pgfront needs at least one"));
         }
         let web = match raw.web {
             None => None,
@@ -245,40 +232,20 @@ impl Validator<'_> {
                             "a user name must be non-empty and contain no ':'",
                         ));
                     }
-                    users.push(User {
-                        name: u.name.into_inner(),
-                        password: u.password,
-                    });
+                    users.push(User { name: u.name.into_inner(), password: u.password });
                 }
-                Some(Web {
-                    bind,
-                    refresh: w.refresh.map_or(defaults::WEB_REFRESH, |d| d.0),
-                    users,
-                })
+                Some(Web { bind, refresh: w.refresh.map_or(defaults::WEB_REFRESH, |d| d.0), users })
             }
         };
-        Ok(Config {
-            path: self.src.path.to_owned(),
-            global,
-            nodes,
-            listeners,
-            web,
-        })
+        Ok(Config { path: self.src.path.to_owned(), global, nodes, listeners, web })
     }
 
     fn nodes(&self, raw: &[RawNode], defaults: &RawDefaults) -> Result<Vec<Node>> {
-        let check_port = defaults
-            .check_port
-            .as_ref()
-            .map_or(defaults::CHECK_PORT, |p| *p.get_ref());
+        let check_port = defaults.check_port.as_ref().map_or(defaults::CHECK_PORT, |p| *p.get_ref());
         let mut nodes: Vec<Node> = Vec::with_capacity(raw.len());
         for n in raw {
             let name = n.name.get_ref();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 return Err(self.src.error(
                     n.name.span(),
                     "node.name",
@@ -286,11 +253,7 @@ impl Validator<'_> {
                 ));
             }
             if nodes.iter().any(|o| &o.name == name) {
-                return Err(self.src.error(
-                    n.name.span(),
-                    "node.name",
-                    format!("duplicate node name {name:?}"),
-                ));
+                return Err(self.src.error(n.name.span(), "node.name", format!("duplicate node name {name:?}")));
             }
             let (host, _) = self.host_port(&n.address, "node.address")?;
             let check_address = match &n.check_address {
@@ -319,11 +282,7 @@ impl Validator<'_> {
         nodes: &[Node],
     ) -> Result<Listener> {
         let name = l.name.get_ref();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(self.src.error(
                 l.name.span(),
                 "listener.name",
@@ -339,7 +298,11 @@ impl Validator<'_> {
                 "roundrobin" => Balance::RoundRobin,
                 "leastconn" => Balance::LeastConn,
                 other => {
-                    return Err(self.src.error(b.span(), "listener.balance", format!("unknown balance {other:?}; expected \"first\", \"roundrobin\" or \"leastconn\"")));
+                    return Err(self.src.error(
+                        b.span(),
+                        "listener.balance",
+                        format!("unknown balance {other:?}; expected \"first\", \"roundrobin\" or \"leastconn\""),
+                    ));
                 }
             },
         };
@@ -369,30 +332,24 @@ impl Validator<'_> {
         };
         if servers.is_empty() {
             let span = l.servers.as_ref().map_or(l.name.span(), |s| s.span());
-            let why = if raw_nodes.is_empty() {
-                "no [[node]] is defined"
-            } else {
-                "its server list is empty"
-            };
-            return Err(self.src.error(
-                span,
-                "listener.servers",
-                format!("listener {name:?} has no servers: {why}"),
-            ));
+            let why = if raw_nodes.is_empty() { "no [[node]] is defined" } else { "its server list is empty" };
+            return Err(self.src.error(span, "listener.servers", format!("listener {name:?} has no servers: {why}")));
         }
         let timeout_connect = dur(&s.timeout_connect, defaults::TIMEOUT_CONNECT);
         let check = self.check(l.check.get_ref(), &s, timeout_connect)?;
         let shutdown_sessions = match &s.on_marked_down {
             None => true,
-            Some(v) => {
-                match v.get_ref().as_str() {
-                    "shutdown-sessions" => true,
-                    "none" => false,
-                    other => {
-                        return Err(self.src.error(v.span(), "on_marked_down", format!("unknown action {other:?}; expected \"shutdown-sessions\" or \"none\"")));
-                    }
+            Some(v) => match v.get_ref().as_str() {
+                "shutdown-sessions" => true,
+                "none" => false,
+                other => {
+                    return Err(self.src.error(
+                        v.span(),
+                        "on_marked_down",
+                        format!("unknown action {other:?}; expected \"shutdown-sessions\" or \"none\""),
+                    ));
                 }
-            }
+            },
         };
         for (key, d) in [
             ("timeout_connect", &s.timeout_connect),
@@ -411,23 +368,14 @@ impl Validator<'_> {
             balance,
             servers,
             check,
-            retries: s
-                .retries
-                .as_ref()
-                .map_or(defaults::RETRIES, |r| *r.get_ref()),
-            maxconn: self
-                .positive(s.maxconn.as_ref(), "maxconn")?
-                .unwrap_or(defaults::SERVER_MAXCONN),
+            retries: s.retries.as_ref().map_or(defaults::RETRIES, |r| *r.get_ref()),
+            maxconn: self.positive(s.maxconn.as_ref(), "maxconn")?.unwrap_or(defaults::SERVER_MAXCONN),
             timeout_connect,
             timeout_client: dur(&s.timeout_client, defaults::TIMEOUT_CLIENT),
             timeout_server: dur(&s.timeout_server, defaults::TIMEOUT_SERVER),
             // HAProxy: "timeout queue" defaults to "timeout connect".
             timeout_queue: dur(&s.timeout_queue, timeout_connect),
-            timeout_startup: self.nonzero(
-                &s.timeout_startup,
-                "timeout_startup",
-                defaults::TIMEOUT_STARTUP,
-            )?,
+            timeout_startup: self.nonzero(&s.timeout_startup, "timeout_startup", defaults::TIMEOUT_STARTUP)?,
             shutdown_sessions,
         })
     }
@@ -450,11 +398,7 @@ impl Validator<'_> {
             ));
         }
         if !(100..=599).contains(&c.expect) {
-            return Err(self.src.error(
-                c.path.span(),
-                "check.expect",
-                format!("{} is not an HTTP status", c.expect),
-            ));
+            return Err(self.src.error(c.path.span(), "check.expect", format!("{} is not an HTTP status", c.expect)));
         }
         let inter = self.nonzero(&s.inter, "inter", defaults::INTER)?;
         let fall = self.count(&s.fall, "fall", defaults::FALL)?;
@@ -470,11 +414,7 @@ impl Validator<'_> {
                 fall,
                 rise,
                 connect_timeout: timeout_connect.min(inter),
-                timeout: self.nonzero(
-                    &s.timeout_check,
-                    "timeout_check",
-                    defaults::TIMEOUT_CHECK,
-                )?,
+                timeout: self.nonzero(&s.timeout_check, "timeout_check", defaults::TIMEOUT_CHECK)?,
             },
         })
     }
@@ -482,9 +422,7 @@ impl Validator<'_> {
     fn nonzero(&self, v: &Option<Spanned<Dur>>, key: &str, default: Duration) -> Result<Duration> {
         match v {
             None => Ok(default),
-            Some(d) if d.get_ref().0.is_zero() => {
-                Err(self.src.error(d.span(), key, "must be greater than zero"))
-            }
+            Some(d) if d.get_ref().0.is_zero() => Err(self.src.error(d.span(), key, "must be greater than zero")),
             Some(d) => Ok(d.get_ref().0),
         }
     }
@@ -492,18 +430,14 @@ impl Validator<'_> {
     fn count(&self, v: &Option<Spanned<u32>>, key: &str, default: u32) -> Result<u32> {
         match v {
             None => Ok(default),
-            Some(n) if *n.get_ref() == 0 => {
-                Err(self.src.error(n.span(), key, "must be at least 1"))
-            }
+            Some(n) if *n.get_ref() == 0 => Err(self.src.error(n.span(), key, "must be at least 1")),
             Some(n) => Ok(*n.get_ref()),
         }
     }
 
     fn positive(&self, v: Option<&Spanned<usize>>, key: &str) -> Result<Option<usize>> {
         match v {
-            Some(n) if *n.get_ref() == 0 => {
-                Err(self.src.error(n.span(), key, "must be at least 1"))
-            }
+            Some(n) if *n.get_ref() == 0 => Err(self.src.error(n.span(), key, "must be at least 1")),
             other => Ok(other.map(|n| *n.get_ref())),
         }
     }
@@ -516,18 +450,13 @@ impl Validator<'_> {
             (!host.is_empty()).then_some(())?;
             Some((host, p.parse::<u16>().ok().filter(|p| *p != 0)?))
         });
-        parsed.ok_or_else(|| {
-            self.src
-                .error(v.span(), key, format!("{text:?} is not host:port"))
-        })
+        parsed.ok_or_else(|| self.src.error(v.span(), key, format!("{text:?} is not host:port")))
     }
 
     /// A listening address: `ip:port`, `*:port` (all IPv4 addresses) or `host:port`.
     fn bind(&self, v: &Spanned<String>, key: &str) -> Result<SocketAddr> {
         let text = v.get_ref().as_str();
-        let text = text
-            .strip_prefix("*:")
-            .map_or_else(|| text.to_owned(), |port| format!("0.0.0.0:{port}"));
+        let text = text.strip_prefix("*:").map_or_else(|| text.to_owned(), |port| format!("0.0.0.0:{port}"));
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(addr);
         }
@@ -535,10 +464,7 @@ impl Validator<'_> {
         text.to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                self.src
-                    .error(v.span(), key, format!("cannot resolve {text:?}"))
-            })
+            .ok_or_else(|| self.src.error(v.span(), key, format!("cannot resolve {text:?}")))
     }
 }
 

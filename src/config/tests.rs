@@ -23,9 +23,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 /// The line and key of an error, or a panic naming what came back instead.
 fn err_at(text: &str) -> (usize, String, String) {
     match parse(text) {
-        Err(ConfigError::Invalid {
-            line, key, message, ..
-        }) => (line, key, message),
+        Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
         other => panic!("expected an Invalid error, got {other:?}"),
     }
 }
@@ -38,20 +36,13 @@ fn haproxy_defaults_apply() {
     assert_eq!(l.retries, 2);
     assert_eq!(l.maxconn, 100);
     assert_eq!(l.timeout_connect, Duration::from_secs(4));
-    assert_eq!(
-        l.timeout_queue, l.timeout_connect,
-        "timeout queue defaults to timeout connect"
-    );
+    assert_eq!(l.timeout_queue, l.timeout_connect, "timeout queue defaults to timeout connect");
     assert_eq!(l.timeout_client, Duration::from_secs(1800));
     assert_eq!(l.check.timing.inter, Duration::from_secs(2));
     assert_eq!(l.check.timing.fastinter, l.check.timing.inter);
     assert_eq!(l.check.timing.downinter, l.check.timing.inter);
     assert_eq!((l.check.timing.fall, l.check.timing.rise), (3, 2));
-    assert_eq!(
-        l.check.timing.connect_timeout,
-        Duration::from_secs(2),
-        "min(timeout connect, inter)"
-    );
+    assert_eq!(l.check.timing.connect_timeout, Duration::from_secs(2), "min(timeout connect, inter)");
     assert!(l.shutdown_sessions);
     assert_eq!(l.servers, vec![0, 1]);
     assert_eq!(c.nodes[0].check_address, "127.0.0.11:8008");
@@ -59,9 +50,7 @@ fn haproxy_defaults_apply() {
 
 #[test]
 fn listener_overrides_defaults() {
-    let text = format!(
-        "[defaults]\ninter = \"3s\"\nretries = 5\n{BASE}timeout_queue = \"30s\"\ninter = \"1s\"\n"
-    );
+    let text = format!("[defaults]\ninter = \"3s\"\nretries = 5\n{BASE}timeout_queue = \"30s\"\ninter = \"1s\"\n");
     let l = &parse(&text).unwrap().listeners[0];
     assert_eq!(l.retries, 5);
     assert_eq!(l.timeout_queue, Duration::from_secs(30));
@@ -77,17 +66,10 @@ fn shipped_files_are_valid() {
         assert_eq!(c.nodes.len(), 3, "{f}");
         assert_eq!(c.listeners[0].check.timing.inter, Duration::from_secs(3));
     }
-    let local =
-        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/local.toml")).unwrap();
+    let local = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/local.toml")).unwrap();
     let binds: Vec<String> = local.listeners.iter().map(|l| l.bind.to_string()).collect();
-    assert_eq!(
-        binds,
-        ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"]
-    );
-    assert_eq!(
-        local.web.as_ref().unwrap().bind.to_string(),
-        "127.0.0.1:7000"
-    );
+    assert_eq!(binds, ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"]);
+    assert_eq!(local.web.as_ref().unwrap().bind.to_string(), "127.0.0.1:7000");
     let u = &local.web.as_ref().unwrap().users[0];
     assert_eq!((u.name.as_str(), u.password.as_str()), ("admin", "secret"));
 }
@@ -192,9 +174,7 @@ fn toml_syntax_error_has_a_line() {
 
 #[test]
 fn error_display_names_file_line_and_key() {
-    let e = parse("[defaults]\nintre = \"3s\"\n")
-        .unwrap_err()
-        .to_string();
+    let e = parse("[defaults]\nintre = \"3s\"\n").unwrap_err().to_string();
     assert!(e.starts_with("test.toml:2:1: `intre`:"), "{e}");
 }
 
@@ -207,6 +187,9 @@ fn missing_file_is_a_read_error() {
 
 #[test]
 fn passwords_never_reach_debug_output() {
-    let c = parse(&format!("{BASE}\n[web]\nbind = \"127.0.0.1:7000\"\n[[web.user]]\nname = \"admin\"\npassword = \"hunter2\"\n")).unwrap();
+    let c = parse(&format!(
+        "{BASE}\n[web]\nbind = \"127.0.0.1:7000\"\n[[web.user]]\nname = \"admin\"\npassword = \"hunter2\"\n"
+    ))
+    .unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }

@@ -19,25 +19,16 @@ use crate::cluster::{Check, Runtime};
 const MIN_KICK_GAP: Duration = Duration::from_millis(250);
 
 /// Starts one checker per distinct check of `rt`; they stop when `stop` is cancelled.
-pub fn spawn_checkers(
-    rt: &Arc<Runtime>,
-    probe: Arc<dyn Probe>,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-) {
+pub fn spawn_checkers(rt: &Arc<Runtime>, probe: Arc<dyn Probe>, tracker: &TaskTracker, stop: &CancellationToken) {
     for check in &rt.checks {
-        tracker.spawn(run(
-            Arc::clone(rt),
-            Arc::clone(check),
-            Arc::clone(&probe),
-            stop.clone(),
-        ));
+        tracker.spawn(run(Arc::clone(rt), Arc::clone(check), Arc::clone(&probe), stop.clone()));
     }
 }
 
 async fn run(rt: Arc<Runtime>, check: Arc<Check>, probe: Arc<dyn Probe>, stop: CancellationToken) {
     loop {
         let started = Instant::now();
+        check.probe_started();
         let result = tokio::select! {
             r = probe.probe(&check.target, &check.spec) => r,
             _ = stop.cancelled() => return,
@@ -76,11 +67,7 @@ fn publish(rt: &Runtime, check: &Arc<Check>, t: Transition) {
                 listener.wake_queue();
             }
             Transition::WentDown => {
-                let cut = if listener.config.shutdown_sessions {
-                    server.cut_sessions()
-                } else {
-                    0
-                };
+                let cut = if listener.config.shutdown_sessions { server.cut_sessions() } else { 0 };
                 tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
                     servers_up = remaining, sessions_cut = cut, "server is DOWN");
             }

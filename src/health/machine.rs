@@ -36,12 +36,7 @@ pub struct Machine {
 impl Machine {
     /// A machine that starts DOWN with no pass seen.
     pub fn new(rise: u32, fall: u32) -> Machine {
-        Machine {
-            status: Status::Down,
-            streak: 0,
-            rise: rise.max(1),
-            fall: fall.max(1),
-        }
+        Machine { status: Status::Down, streak: 0, rise: rise.max(1), fall: fall.max(1) }
     }
 
     pub fn status(&self) -> Status {
@@ -76,14 +71,7 @@ impl Machine {
             self.streak = 0;
             return None;
         }
-        Some(self.flip(
-            status,
-            if status == Status::Up {
-                Transition::WentUp
-            } else {
-                Transition::WentDown
-            },
-        ))
+        Some(self.flip(status, if status == Status::Up { Transition::WentUp } else { Transition::WentDown }))
     }
 
     fn flip(&mut self, status: Status, t: Transition) -> Transition {
@@ -171,13 +159,7 @@ mod tests {
         let mut m = Machine::new(1, 1);
         assert_eq!(
             run(&mut m, &[true, true, false, false, true]),
-            vec![
-                Some(Transition::WentUp),
-                None,
-                Some(Transition::WentDown),
-                None,
-                Some(Transition::WentUp)
-            ]
+            vec![Some(Transition::WentUp), None, Some(Transition::WentDown), None, Some(Transition::WentUp)]
         );
     }
 

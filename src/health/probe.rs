@@ -69,13 +69,7 @@ impl ProbeResult {
     }
 
     fn fail(code: CheckCode, started: Instant, detail: impl Into<String>) -> ProbeResult {
-        ProbeResult {
-            code,
-            status: None,
-            duration: started.elapsed(),
-            detail: detail.into(),
-            body: None,
-        }
+        ProbeResult { code, status: None, duration: started.elapsed(), detail: detail.into(), body: None }
     }
 
     /// HAProxy's rendering: `L7OK/200 in 1ms`, `L4CON in 0ms`.
@@ -114,11 +108,7 @@ impl Probe for HttpProbe {
 
 async fn http_probe(target: &str, spec: &CheckSpec) -> ProbeResult {
     let started = Instant::now();
-    let connect = timeout_at(
-        started + spec.timing.connect_timeout,
-        TcpStream::connect(target),
-    )
-    .await;
+    let connect = timeout_at(started + spec.timing.connect_timeout, TcpStream::connect(target)).await;
     let mut stream = match connect {
         Err(_) => return ProbeResult::fail(CheckCode::L4Tout, started, "connect timeout"),
         Ok(Err(e)) => return ProbeResult::fail(CheckCode::L4Con, started, e.to_string()),
@@ -133,18 +123,9 @@ async fn http_probe(target: &str, spec: &CheckSpec) -> ProbeResult {
             let (code, detail) = if status == spec.expect {
                 (CheckCode::L7Ok, String::new())
             } else {
-                (
-                    CheckCode::L7Sts,
-                    format!("status {status}, expected {}", spec.expect),
-                )
+                (CheckCode::L7Sts, format!("status {status}, expected {}", spec.expect))
             };
-            ProbeResult {
-                code,
-                status: Some(status),
-                duration: started.elapsed(),
-                detail,
-                body,
-            }
+            ProbeResult { code, status: Some(status), duration: started.elapsed(), detail, body }
         }
     }
 }
@@ -165,10 +146,7 @@ async fn exchange(stream: &mut TcpStream, target: &str, spec: &CheckSpec) -> Exc
     let (status, head_len, content_length) = loop {
         let n = stream.read(&mut chunk).await.map_err(io)?;
         if n == 0 {
-            return Err((
-                CheckCode::L7Rsp,
-                "connection closed before a complete status line and headers".into(),
-            ));
+            return Err((CheckCode::L7Rsp, "connection closed before a complete status line and headers".into()));
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -180,13 +158,7 @@ async fn exchange(stream: &mut TcpStream, target: &str, spec: &CheckSpec) -> Exc
                     .headers
                     .iter()
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| {
-                        std::str::from_utf8(h.value)
-                            .ok()?
-                            .trim()
-                            .parse::<usize>()
-                            .ok()
-                    });
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
                 break (status, len, cl);
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {

@@ -82,14 +82,8 @@ pub mod sqlstate {
 /// answer to an SSLRequest.
 pub fn fatal(code: &str, message: &str, hint: Option<&str>) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + message.len());
-    for (tag, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', code),
-        (b'M', message),
-    ]
-    .into_iter()
-    .chain(hint.map(|h| (b'H', h)))
+    for (tag, value) in
+        [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)].into_iter().chain(hint.map(|h| (b'H', h)))
     {
         body.push(tag);
         // A NUL inside a field would end it early and shift every later field.
@@ -114,20 +108,8 @@ mod tests {
         assert_eq!(m[0], b'E');
         let len = u32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize;
         assert_eq!(len + 1, m.len());
-        let fields: Vec<&[u8]> = m[5..m.len() - 1]
-            .split(|b| *b == 0)
-            .filter(|f| !f.is_empty())
-            .collect();
-        assert_eq!(
-            fields,
-            vec![
-                &b"SFATAL"[..],
-                b"VFATAL",
-                b"C57P03",
-                b"Mno server",
-                b"Hretry"
-            ]
-        );
+        let fields: Vec<&[u8]> = m[5..m.len() - 1].split(|b| *b == 0).filter(|f| !f.is_empty()).collect();
+        assert_eq!(fields, vec![&b"SFATAL"[..], b"VFATAL", b"C57P03", b"Mno server", b"Hretry"]);
         assert_eq!(*m.last().unwrap(), 0);
     }
 
@@ -141,49 +123,22 @@ mod tests {
     #[test]
     fn classifies_openings() {
         assert_eq!(classify(head(8, SSL_REQUEST)), Ok(Opening::SslRequest));
-        assert_eq!(
-            classify(head(8, GSSENC_REQUEST)),
-            Ok(Opening::GssEncRequest)
-        );
-        assert_eq!(
-            classify(head(16, CANCEL_REQUEST)),
-            Ok(Opening::CancelRequest { len: 16 })
-        );
-        assert_eq!(
-            classify(head(44, CANCEL_REQUEST)),
-            Ok(Opening::CancelRequest { len: 44 })
-        );
-        assert_eq!(
-            classify(head(80, 196_608)),
-            Ok(Opening::Startup { minor: 0, len: 80 })
-        );
-        assert_eq!(
-            classify(head(80, 196_610)),
-            Ok(Opening::Startup { minor: 2, len: 80 })
-        );
-        assert_eq!(
-            classify([0x16, 3, 1, 0, 0xc8, 1, 0, 0]),
-            Ok(Opening::DirectTls)
-        );
+        assert_eq!(classify(head(8, GSSENC_REQUEST)), Ok(Opening::GssEncRequest));
+        assert_eq!(classify(head(16, CANCEL_REQUEST)), Ok(Opening::CancelRequest { len: 16 }));
+        assert_eq!(classify(head(44, CANCEL_REQUEST)), Ok(Opening::CancelRequest { len: 44 }));
+        assert_eq!(classify(head(80, 196_608)), Ok(Opening::Startup { minor: 0, len: 80 }));
+        assert_eq!(classify(head(80, 196_610)), Ok(Opening::Startup { minor: 2, len: 80 }));
+        assert_eq!(classify([0x16, 3, 1, 0, 0xc8, 1, 0, 0]), Ok(Opening::DirectTls));
     }
 
     #[test]
     fn refuses_what_postgres_refuses() {
-        assert_eq!(
-            classify(head(10_001, 196_608)),
-            Err(BadOpening::Length(10_001))
-        );
+        assert_eq!(classify(head(10_001, 196_608)), Err(BadOpening::Length(10_001)));
         assert_eq!(classify(head(4, 196_608)), Err(BadOpening::Length(4)));
         assert_eq!(classify(head(12, SSL_REQUEST)), Err(BadOpening::Length(12)));
-        assert_eq!(
-            classify(head(12, CANCEL_REQUEST)),
-            Err(BadOpening::Length(12))
-        );
+        assert_eq!(classify(head(12, CANCEL_REQUEST)), Err(BadOpening::Length(12)));
         assert_eq!(classify(head(80, 131_072)), Err(BadOpening::Protocol(2, 0)));
-        assert_eq!(
-            classify(*b"GET / HT"),
-            Err(BadOpening::Length(u32::from_be_bytes(*b"GET ")))
-        );
+        assert_eq!(classify(*b"GET / HT"), Err(BadOpening::Length(u32::from_be_bytes(*b"GET "))));
     }
 
     proptest::proptest! {

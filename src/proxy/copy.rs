@@ -87,22 +87,8 @@ pub async fn bidirectional(
     let activity = AtomicU64::new(0);
     let mut moved = Moved::default();
     let (end, client_done_first) = {
-        let up = one_way(
-            &mut cr,
-            &mut sw,
-            meters.to_server,
-            &mut moved.to_server,
-            &activity,
-            start,
-        );
-        let down = one_way(
-            &mut sr,
-            &mut cw,
-            meters.to_client,
-            &mut moved.to_client,
-            &activity,
-            start,
-        );
+        let up = one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &activity, start);
+        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &activity, start);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         let idle_limit = idle.client.min(idle.server);
@@ -128,11 +114,7 @@ pub async fn bidirectional(
             }
         }
     };
-    let end = end.unwrap_or(if client_done_first {
-        End::ClientClosed
-    } else {
-        End::ServerClosed
-    });
+    let end = end.unwrap_or(if client_done_first { End::ClientClosed } else { End::ServerClosed });
     (end, moved)
 }
 

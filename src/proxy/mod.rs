@@ -45,17 +45,8 @@ pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener)
             // Removed by a reload whose socket has not closed yet.
             continue;
         };
-        listener
-            .stats
-            .accepted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        shared.sessions.spawn(session::serve(
-            Arc::clone(&shared),
-            listener,
-            stream,
-            peer,
-            permit,
-        ));
+        listener.stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.sessions.spawn(session::serve(Arc::clone(&shared), listener, stream, peer, permit));
     }
 }
 

@@ -31,11 +31,7 @@ enum Refusal {
     #[error("{0} (waited {1:?})")]
     Queue(NoServer, Duration),
     #[error("could not connect to {server} ({address}): {error}")]
-    Connect {
-        server: String,
-        address: String,
-        error: String,
-    },
+    Connect { server: String, address: String, error: String },
     #[error("shutting down")]
     Stopping,
 }
@@ -59,12 +55,18 @@ impl Refusal {
             Refusal::Garbage(e) => (sqlstate::PROTOCOL_VIOLATION, format!("pgfront: {e}"), None),
             Refusal::Queue(NoServer::NoneUp, waited) => (
                 sqlstate::CANNOT_CONNECT_NOW,
-                format!("pgfront: no server available for listener \"{listener}\" after waiting {:.1}s", waited.as_secs_f64()),
+                format!(
+                    "pgfront: no server available for listener \"{listener}\" after waiting {:.1}s",
+                    waited.as_secs_f64()
+                ),
                 Some("The cluster may be failing over; retry shortly."),
             ),
             Refusal::Queue(NoServer::Full, waited) => (
                 sqlstate::TOO_MANY_CONNECTIONS,
-                format!("pgfront: every server of listener \"{listener}\" is at maxconn (waited {:.1}s)", waited.as_secs_f64()),
+                format!(
+                    "pgfront: every server of listener \"{listener}\" is at maxconn (waited {:.1}s)",
+                    waited.as_secs_f64()
+                ),
                 None,
             ),
             Refusal::Connect { .. } => (sqlstate::CONNECTION_FAILURE, format!("pgfront: {self}"), None),
@@ -114,20 +116,10 @@ pub async fn serve(
         Err(e) => End::ServerError(e),
         Ok(()) => {
             moved.to_server = head.len() as u64;
-            server
-                .stats
-                .bytes_in
-                .fetch_add(head.len() as u64, Ordering::Relaxed);
-            let meters = Meters {
-                to_server: &server.stats.bytes_in,
-                to_client: &server.stats.bytes_out,
-            };
-            let idle = Idle {
-                client: listener.config.timeout_client,
-                server: listener.config.timeout_server,
-            };
-            let (end, m) =
-                copy::bidirectional(&mut client, &mut upstream, meters, idle, &token).await;
+            server.stats.bytes_in.fetch_add(head.len() as u64, Ordering::Relaxed);
+            let meters = Meters { to_server: &server.stats.bytes_in, to_client: &server.stats.bytes_out };
+            let idle = Idle { client: listener.config.timeout_client, server: listener.config.timeout_server };
+            let (end, m) = copy::bidirectional(&mut client, &mut upstream, meters, idle, &token).await;
             moved.to_server += m.to_server;
             moved.to_client += m.to_client;
             end
@@ -168,10 +160,7 @@ async fn opening(client: &mut TcpStream, limit: Duration) -> Result<[u8; 8], Ref
 
 /// Picks a server and connects, retrying failed connects up to `retries` times, on
 /// another server where the balance allows.
-async fn connect(
-    shared: &Shared,
-    listener: &Arc<ListenerState>,
-) -> Result<(Slot, TcpStream), Refusal> {
+async fn connect(shared: &Shared, listener: &Arc<ListenerState>) -> Result<(Slot, TcpStream), Refusal> {
     let cfg = &listener.config;
     let mut avoid: Vec<usize> = Vec::new();
     let mut failed: Option<Arc<Server>> = None;
@@ -205,19 +194,12 @@ async fn connect(
         server.check.kick();
         tracing::warn!(listener = %cfg.name, server = %server.name, error = %error, retry = retries + 1, "connect failed");
         if retries >= cfg.retries {
-            return Err(Refusal::Connect {
-                server: server.name.clone(),
-                address: server.address.clone(),
-                error,
-            });
+            return Err(Refusal::Connect { server: server.name.clone(), address: server.address.clone(), error });
         }
         retries += 1;
         server.stats.retries.fetch_add(1, Ordering::Relaxed);
         drop(slot);
-        let alternative = listener
-            .servers
-            .iter()
-            .any(|s| s.node != server.node && s.is_up());
+        let alternative = listener.servers.iter().any(|s| s.node != server.node && s.is_up());
         if !alternative {
             // HAProxy waits about min(timeout connect, 1s) before retrying the same server.
             sleep(cfg.timeout_connect.min(Duration::from_secs(1))).await;

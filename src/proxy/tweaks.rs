@@ -24,9 +24,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// latency-bound) and keepalives so a vanished peer is noticed within minutes.
 pub fn session(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
+    let ka = TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10));
     SockRef::from(stream).set_tcp_keepalive(&ka)
 }
 

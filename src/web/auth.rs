@@ -12,14 +12,10 @@ pub fn user<'a>(headers: &HeaderMap, users: &'a [User]) -> Option<&'a User> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (name, password) = decoded.split_once(':')?;
-    users
-        .iter()
-        .find(|u| u.name == name && constant_time_eq(u.password.as_bytes(), password.as_bytes()))
+    users.iter().find(|u| u.name == name && constant_time_eq(u.password.as_bytes(), password.as_bytes()))
 }
 
 /// Compares without an early exit, so response time does not reveal how much matched.
@@ -36,10 +32,7 @@ mod tests {
     use hyper::header::HeaderValue;
 
     fn users() -> Vec<User> {
-        vec![User {
-            name: "admin".into(),
-            password: "secret".into(),
-        }]
+        vec![User { name: "admin".into(), password: "secret".into() }]
     }
 
     fn with(value: &str) -> HeaderMap {

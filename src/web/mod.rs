@@ -64,74 +64,37 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Reply {
         // For Pacemaker or an outer balancer: alive, and serving at least one listener.
         return text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
     }
-    let users = runtime
-        .config
-        .web
-        .as_ref()
-        .map(|w| w.users.as_slice())
-        .unwrap_or_default();
+    let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
     if auth::user(req.headers(), users).is_none() {
-        let mut r = text(
-            StatusCode::UNAUTHORIZED,
-            "text/plain; charset=utf-8",
-            "authentication required\n".into(),
-        );
-        r.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"pgfront\", charset=\"UTF-8\""),
-        );
+        let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "authentication required\n".into());
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pgfront\", charset=\"UTF-8\""));
         return r;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "GET only\n".into(),
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into());
     }
     let snap = Snapshot::of(&runtime);
     let query = req.uri().query().unwrap_or("");
     match path {
-        "/" | "/stats" if query == "csv" => {
-            text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap))
-        }
-        "/;csv" | "/stats;csv" | "/stats.csv" => {
-            text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap))
-        }
+        "/" | "/stats" if query == "csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
+        "/;csv" | "/stats;csv" | "/stats.csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
         "/status.json" | "/stats.json" => match serde_json::to_string_pretty(&snap) {
             Ok(body) => text(StatusCode::OK, "application/json", body),
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain; charset=utf-8",
-                format!("{e}\n"),
-            ),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
         },
         "/" | "/stats" => {
-            let refresh = runtime
-                .config
-                .web
-                .as_ref()
-                .map_or(5, |w| w.refresh.as_secs().max(1));
-            text(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                page::render(&snap, refresh),
-            )
+            let refresh = runtime.config.web.as_ref().map_or(5, |w| w.refresh.as_secs().max(1));
+            text(StatusCode::OK, "text/html; charset=utf-8", page::render(&snap, refresh))
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found\n".into(),
-        ),
+        _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
     }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }

@@ -58,11 +58,7 @@ impl FakeRest {
     /// Starts a fake answering 503 to every path until told otherwise.
     pub async fn start() -> FakeRest {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let fake = FakeRest {
-            addr: socket.local_addr().unwrap(),
-            answers: Arc::default(),
-            hits: Arc::default(),
-        };
+        let fake = FakeRest { addr: socket.local_addr().unwrap(), answers: Arc::default(), hits: Arc::default() };
         let f = fake.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = socket.accept().await {
@@ -89,54 +85,29 @@ impl FakeRest {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        let line = String::from_utf8_lossy(&buf)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or_default().to_owned();
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
         *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-        let answer = self
-            .answers
-            .lock()
-            .unwrap()
-            .get(&path)
-            .copied()
-            .unwrap_or(Answer::Status(503));
+        let answer = self.answers.lock().unwrap().get(&path).copied().unwrap_or(Answer::Status(503));
         match answer {
             // Exactly what Patroni sends to OPTIONS: no headers, no body, then close.
             Answer::Status(200) => drop(stream.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await),
-            Answer::Status(code) => drop(
-                stream
-                    .write_all(format!("HTTP/1.0 {code} Service Unavailable\r\n\r\n").as_bytes())
-                    .await,
-            ),
+            Answer::Status(code) => {
+                drop(stream.write_all(format!("HTTP/1.0 {code} Service Unavailable\r\n\r\n").as_bytes()).await)
+            }
             Answer::Hang => std::future::pending::<()>().await,
-            Answer::Garbage => drop(
-                stream
-                    .write_all(b"\x00\x01 this is not http \xff\r\n\r\n")
-                    .await,
-            ),
+            Answer::Garbage => drop(stream.write_all(b"\x00\x01 this is not http \xff\r\n\r\n").await),
             Answer::EndlessHeader => {
-                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n").await;
-                loop {
-                    if stream
-                        .write_all(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+                // One header line that never ends.
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nX-Filler: ").await;
+                while stream.write_all(&[b'a'; 1024]).await.is_ok() {}
             }
             Answer::Reset => {
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 drop(stream);
             }
             Answer::HugeBody => {
-                let _ = stream
-                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
-                    .await;
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n").await;
                 let block = vec![b' '; 64 * 1024];
                 for _ in 0..64 {
                     if stream.write_all(&block).await.is_err() {
@@ -227,10 +198,7 @@ impl Lab {
     pub async fn start(n: usize) -> Lab {
         let mut nodes = Vec::new();
         for i in 1..=n {
-            nodes.push(FakeNode {
-                rest: FakeRest::start().await,
-                backend: Backend::start(&format!("node{i}")).await,
-            });
+            nodes.push(FakeNode { rest: FakeRest::start().await, backend: Backend::start(&format!("node{i}")).await });
         }
         Lab { nodes }
     }
@@ -238,10 +206,8 @@ impl Lab {
     /// Makes node `i` (0-based) the leader and the others replicas.
     pub fn leader(&self, i: usize) {
         for (j, n) in self.nodes.iter().enumerate() {
-            n.rest
-                .set("/master", Answer::Status(if i == j { 200 } else { 503 }));
-            n.rest
-                .set("/replica", Answer::Status(if i == j { 503 } else { 200 }));
+            n.rest.set("/master", Answer::Status(if i == j { 200 } else { 503 }));
+            n.rest.set("/replica", Answer::Status(if i == j { 503 } else { 200 }));
         }
     }
 
@@ -315,10 +281,7 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
     stream.write_all(&OPENING).await.unwrap();
     let mut first = [0u8; 1];
     if stream.read_exact(&mut first).await.is_err() {
-        return Err(Fatal {
-            code: String::new(),
-            message: "closed without a word".into(),
-        });
+        return Err(Fatal { code: String::new(), message: "closed without a word".into() });
     }
     if first[0] == b'E' {
         return Err(read_error(&mut stream).await);
@@ -336,10 +299,7 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
     let mut echo = [0u8; 8];
     stream.read_exact(&mut echo).await.unwrap();
     assert_eq!(echo, OPENING);
-    Ok(Client {
-        stream,
-        server: String::from_utf8(name).unwrap(),
-    })
+    Ok(Client { stream, server: String::from_utf8(name).unwrap() })
 }
 
 /// Reads the rest of an ErrorResponse whose type byte was consumed.
@@ -348,10 +308,7 @@ pub async fn read_error(stream: &mut TcpStream) -> Fatal {
     stream.read_exact(&mut len).await.unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize - 4];
     stream.read_exact(&mut body).await.unwrap();
-    let mut fatal = Fatal {
-        code: String::new(),
-        message: String::new(),
-    };
+    let mut fatal = Fatal { code: String::new(), message: String::new() };
     for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
         let value = String::from_utf8_lossy(&field[1..]).into_owned();
         match field[0] {
@@ -376,9 +333,6 @@ impl Client {
     /// True once the session has been closed by pgfront (EOF or reset).
     pub async fn closed_within(&mut self, limit: Duration) -> bool {
         let mut b = [0u8; 64];
-        matches!(
-            tokio::time::timeout(limit, self.stream.read(&mut b)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        matches!(tokio::time::timeout(limit, self.stream.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 }

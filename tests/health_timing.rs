@@ -1,0 +1,190 @@
+//! Check timing on tokio's paused clock with a scripted probe: inter, fastinter,
+//! downinter, fall and rise, with no sockets and no waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgfront::cluster::Runtime;
+use pgfront::config::{CheckSpec, Config};
+use pgfront::health::{spawn_checkers, CheckCode, Probe, ProbeResult};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Answers from a script per target (then keeps the last answer), recording when each
+/// probe was made.
+#[derive(Default)]
+struct Scripted {
+    script: Mutex<HashMap<String, VecDeque<bool>>>,
+    calls: Mutex<Vec<(String, String, Instant)>>,
+}
+
+impl Scripted {
+    fn set(&self, target: &str, path: &str, results: &[bool]) {
+        self.script.lock().unwrap().insert(format!("{target}{path}"), results.iter().copied().collect());
+    }
+
+    /// Milliseconds after `start` of each probe of `path` on `target`.
+    fn times(&self, target: &str, path: &str, start: Instant) -> Vec<u64> {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|c| c.0 == target && c.1 == path).map(|c| (c.2 - start).as_millis() as u64).collect()
+    }
+}
+
+impl Probe for Scripted {
+    fn probe<'a>(
+        &'a self,
+        target: &'a str,
+        spec: &'a CheckSpec,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push((target.to_owned(), spec.path.clone(), Instant::now()));
+            let passed = {
+                let mut s = self.script.lock().unwrap();
+                let q = s.entry(format!("{target}{}", spec.path)).or_default();
+                if q.len() > 1 {
+                    q.pop_front().unwrap()
+                } else {
+                    q.front().copied().unwrap_or(false)
+                }
+            };
+            ProbeResult {
+                code: if passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
+                status: Some(if passed { 200 } else { 503 }),
+                duration: Duration::ZERO,
+                detail: String::new(),
+                body: None,
+            }
+        })
+    }
+}
+
+const CONFIG: &str = r#"
+[defaults]
+inter = "3s"
+fastinter = "1s"
+downinter = "5s"
+fall = 3
+rise = 2
+
+[[node]]
+name = "a"
+address = "127.0.0.1:1"
+check_address = "a:8008"
+
+[[node]]
+name = "b"
+address = "127.0.0.1:2"
+check_address = "b:8008"
+
+[[listener]]
+name = "primary"
+bind = "127.0.0.1:0"
+check = { path = "/master" }
+
+[[listener]]
+name = "replicas"
+bind = "127.0.0.1:0"
+check = { path = "/replica" }
+
+[[listener]]
+name = "reads"
+bind = "127.0.0.1:0"
+check = { path = "/replica" }
+"#;
+
+fn runtime() -> Arc<Runtime> {
+    let config = Config::parse(Path::new("t.toml"), CONFIG).unwrap();
+    Arc::new(Runtime::build(Arc::new(config), &CancellationToken::new()))
+}
+
+fn up(rt: &Runtime, listener: &str, server: &str) -> bool {
+    rt.listener(listener).unwrap().servers.iter().any(|s| s.name == server && s.is_up())
+}
+
+/// Advances the paused clock in small steps so every timer that falls due runs.
+async fn advance_to(start: Instant, ms: u64) {
+    while Instant::now() < start + Duration::from_millis(ms) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn intervals_follow_haproxy_semantics() {
+    let rt = runtime();
+    let probe = Arc::new(Scripted::default());
+    // pass, pass (UP), pass, fail, fail, fail (DOWN), then failing.
+    probe.set("a:8008", "/master", &[true, true, true, false, false, false, false]);
+    probe.set("b:8008", "/master", &[false]);
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, probe.clone(), &TaskTracker::new(), &stop);
+
+    advance_to(start, 500).await;
+    assert!(!up(&rt, "primary", "a"), "a server starts DOWN before its checks pass");
+    advance_to(start, 1_500).await;
+    assert!(up(&rt, "primary", "a"), "UP after rise=2 passes (fastinter in between)");
+    advance_to(start, 8_500).await;
+    assert!(up(&rt, "primary", "a"), "UP 2/3 is still up");
+    advance_to(start, 15_000).await;
+    assert!(!up(&rt, "primary", "a"));
+    stop.cancel();
+
+    // Probes of a's /master check: at 0 (start), +1s (DOWN 1/2: fastinter), +3s (UP: inter),
+    // +3s (first failure), +1s, +1s (UP 1/3, UP 2/3: fastinter), then DOWN: downinter 5s.
+    assert_eq!(probe.times("a:8008", "/master", start), vec![0, 1_000, 4_000, 7_000, 8_000, 9_000, 14_000]);
+    // A node that never passes is probed every downinter.
+    assert_eq!(probe.times("b:8008", "/master", start), vec![0, 5_000, 10_000]);
+    assert!(!up(&rt, "primary", "b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_checks_are_probed_once_per_interval() {
+    let rt = runtime();
+    // Two nodes, two distinct requests (/master, /replica): four checks, not six, although
+    // three listeners use them.
+    assert_eq!(rt.checks.len(), 4);
+    let probe = Arc::new(Scripted::default());
+    for target in ["a:8008", "b:8008"] {
+        for path in ["/master", "/replica"] {
+            probe.set(target, path, &[true]);
+        }
+    }
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, probe.clone(), &TaskTracker::new(), &stop);
+    advance_to(start, 30_500).await;
+    stop.cancel();
+    let replica_a = probe.times("a:8008", "/replica", start).len();
+    // 0, 1s (fastinter while rising), then every 3s up to 30s: 0,1,4,...,28 = 11 probes.
+    assert_eq!(replica_a, 11, "one probe per interval for both listeners using /replica");
+    assert!(up(&rt, "replicas", "a") && up(&rt, "reads", "a"), "both listeners see the shared check");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kick_probes_early_but_not_in_a_storm() {
+    let rt = runtime();
+    let probe = Arc::new(Scripted::default());
+    for target in ["a:8008", "b:8008"] {
+        for path in ["/master", "/replica"] {
+            probe.set(target, path, &[true]);
+        }
+    }
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, probe.clone(), &TaskTracker::new(), &stop);
+    advance_to(start, 2_000).await;
+    let check = rt.listener("primary").unwrap().servers[0].check.clone();
+    for _ in 0..100 {
+        check.kick();
+    }
+    advance_to(start, 2_600).await;
+    stop.cancel();
+    let n = probe.times("a:8008", "/master", start).len();
+    // 0 and 1s on schedule, then the 100 kicks made one early probe, not 100.
+    assert_eq!(n, 3);
+}
