@@ -7,10 +7,15 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PG_BIN=/usr/lib/postgresql/15/bin
 VENV=$LAB_DIR/venv
 SYS_PY=/usr/bin/python3          # never pyenv's python: postgres must be able to run the venv
+# A second, independent lab runs beside the default one with other addresses and its own
+# state dir, e.g. PGFRONT_LAB_NET=127.0.0.2 PGFRONT_LAB_ETCD=127.0.0.1:2479
+# PGFRONT_LAB_DIR=/var/tmp/pgfront-lab2: nodes 127.0.0.21-23, etcd peer port 2480.
+LAB_NET=${PGFRONT_LAB_NET:-127.0.0.1}     # node N listens on ${LAB_NET}N
+LAB_ETCD=${PGFRONT_LAB_ETCD:-127.0.0.1:2379}  # etcd client address; peer port = client port + 1
 NODES=(node1 node2 node3)
-declare -A NODE_IP=([node1]=127.0.0.11 [node2]=127.0.0.12 [node3]=127.0.0.13)
-ETCD_URL=http://127.0.0.1:2379
-ETCD_PEER_URL=http://127.0.0.1:2380
+declare -A NODE_IP=([node1]=${LAB_NET}1 [node2]=${LAB_NET}2 [node3]=${LAB_NET}3)
+ETCD_URL=http://$LAB_ETCD
+ETCD_PEER_URL=http://${LAB_ETCD%:*}:$((${LAB_ETCD##*:} + 1))
 SCOPE=lab
 NAMESPACE=/pgfront/
 PATRONICTL_YML=$LAB_DIR/patronictl.yml
@@ -19,8 +24,25 @@ say() { printf '%s\n' "$*" >&2; }
 die() { printf '%s: error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 need_root() { [[ $EUID -eq 0 ]] || die "must run as root (it chowns files and drops to postgres)"; }
 now_ms() { date +%s%3N; }
+
+[[ $LAB_NET =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[1-9][0-9]?$ && ${LAB_NET##*.}3 -le 255 ]] ||
+  die "PGFRONT_LAB_NET=$LAB_NET: expected a loopback prefix such as 127.0.0.2 (nodes are \${NET}1..3)"
+[[ $LAB_ETCD =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}:[0-9]{1,5}$ ]] ||
+  die "PGFRONT_LAB_ETCD=$LAB_ETCD: expected a loopback IP:PORT such as 127.0.0.1:2479"
+
 # Runs a command as the postgres OS user, with groups, without a root parent left behind.
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
+
+# A state dir belongs to one address set: its certificates carry the node IPs, and its
+# running nodes' configs must never be rewritten for another network. lab.id records the
+# set (a dir without it predates the overrides, so it holds the defaults).
+LAB_ID="net=$LAB_NET etcd=$LAB_ETCD"
+check_lab_id() {
+  local have="net=127.0.0.1 etcd=127.0.0.1:2379"
+  [[ -s $LAB_DIR/lab.id ]] && have=$(<"$LAB_DIR/lab.id")
+  [[ ! -d $LAB_DIR/certs || $have == "$LAB_ID" ]] ||
+    die "$LAB_DIR holds the lab with $have, not $LAB_ID (set PGFRONT_LAB_DIR to another dir)"
+}
 
 # --- HTTP: curl when present, else the venv's python (deps installs curl anyway) -------------
 if command -v curl >/dev/null 2>&1; then

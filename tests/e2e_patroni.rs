@@ -1,0 +1,425 @@
+//! End to end against the real lab cluster (PostgreSQL 15, Patroni, etcd on 127.0.0.11-13),
+//! through pgfront running in-process with conf/local.toml on ephemeral ports.
+//!
+//! These tests change the cluster (switchover, crash, paused agents), so they run one at a
+//! time and each leaves the cluster healthy. `scripts/test` starts the cluster and runs
+//! them with `--ignored --test-threads=1`. Deadlines are generous liveness bounds, not
+//! speed claims: the failover benchmark measures speed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgfront::Pgfront;
+use support::eventually;
+use tokio_postgres::{Client, NoTls};
+
+const LIVENESS: Duration = Duration::from_secs(90);
+const NEEDS_LAB: &str = "needs the lab cluster: run scripts/test";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lab_dir() -> PathBuf {
+    std::env::var_os("PGFRONT_LAB_DIR").map_or_else(|| PathBuf::from("/var/tmp/pgfront-lab"), PathBuf::from)
+}
+
+/// Runs `scripts/cluster ARGS` and returns its stdout; panics with its output on failure.
+async fn cluster(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(repo().join("scripts/cluster")).args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "scripts/cluster {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the cluster has one primary and two streaming replicas.
+async fn healthy() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let ok = tokio::task::spawn_blocking(|| {
+            std::process::Command::new(repo().join("scripts/cluster"))
+                .arg("status")
+                .output()
+                .map(|o| o.status.success())
+        })
+        .await
+        .unwrap()
+        .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the lab cluster did not become healthy");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn node_ip(name: &str) -> &'static str {
+    match name {
+        "node1" => "127.0.0.11",
+        "node2" => "127.0.0.12",
+        "node3" => "127.0.0.13",
+        other => panic!("unknown node {other}"),
+    }
+}
+
+fn node_of(ip: &str) -> String {
+    format!("node{}", ip.trim_start_matches("127.0.0.1"))
+}
+
+/// pgfront with conf/local.toml, its listeners and web moved to ephemeral ports.
+fn start_pgfront() -> Pgfront {
+    let text = std::fs::read_to_string(repo().join("conf/local.toml")).unwrap();
+    let text = ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:7000"]
+        .iter()
+        .fold(text, |t, a| t.replace(&format!("\"{a}\""), "\"127.0.0.1:0\""));
+    support::start(&text)
+}
+
+async fn ready(pg: &Pgfront) {
+    eventually(LIVENESS, "one leader and two replicas admitted", || {
+        let rt = pg.shared().runtime.load();
+        rt.listener("primary").unwrap().servers_up() == 1 && rt.listener("replicas").unwrap().servers_up() == 2
+    })
+    .await;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Tls {
+    Disable,
+    /// Encrypted, certificate not checked (libpq's sslmode=require).
+    Require,
+    /// Encrypted, certificate checked against the lab CA and the host name (verify-full).
+    VerifyFull,
+}
+
+async fn pg_connect(addr: SocketAddr, tls: Tls) -> Result<Client, tokio_postgres::Error> {
+    let mode = if matches!(tls, Tls::Disable) { "disable" } else { "require" };
+    let conn = format!(
+        "host={} port={} user=postgres password=postgres dbname=postgres sslmode={mode} connect_timeout=60",
+        addr.ip(),
+        addr.port()
+    );
+    let client = match tls {
+        Tls::Disable => {
+            let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+            tokio::spawn(connection);
+            client
+        }
+        Tls::Require | Tls::VerifyFull => {
+            let (client, connection) = tokio_postgres::connect(&conn, tls_connector(tls)).await?;
+            tokio::spawn(connection);
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// (in recovery, server address) of a session.
+async fn whereami(c: &Client) -> Result<(bool, String), tokio_postgres::Error> {
+    let row = c.query_one("SELECT pg_is_in_recovery(), host(inet_server_addr())", &[]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+fn tls_connector(tls: Tls) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let config = match tls {
+        Tls::VerifyFull => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_file_iter(lab_dir().join("ca.crt")).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
+        }
+        _ => rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth(),
+    };
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+/// sslmode=require: encryption without checking who answers.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn ports_land_on_the_right_roles_in_plain_text_and_tls() {
+    let _ = NEEDS_LAB;
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let primary = pg.listener_addr("primary").unwrap();
+    let replicas = pg.listener_addr("replicas").unwrap();
+    let reads = pg.listener_addr("reads").unwrap();
+    for tls in [Tls::Disable, Tls::Require, Tls::VerifyFull] {
+        let c = pg_connect(primary, tls).await.unwrap_or_else(|e| panic!("{tls:?}: {e}"));
+        let (recovery, _) = whereami(&c).await.unwrap();
+        assert!(!recovery, "5000 with {tls:?} landed on a replica");
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let c = pg_connect(replicas, tls).await.unwrap_or_else(|e| panic!("{tls:?}: {e}"));
+            let (recovery, addr) = whereami(&c).await.unwrap();
+            assert!(recovery, "5001 with {tls:?} landed on the leader");
+            seen.push(addr);
+        }
+        for pair in seen.windows(2) {
+            assert_ne!(pair[0], pair[1], "5001 alternates between both replicas: {seen:?}");
+        }
+        let c = pg_connect(reads, tls).await.unwrap_or_else(|e| panic!("{tls:?}: {e}"));
+        assert!(whereami(&c).await.unwrap().0, "5002 serves reads from a replica");
+    }
+    pg.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn a_restarted_pgfront_sends_nothing_to_the_wrong_role() {
+    healthy().await;
+    for _ in 0..2 {
+        let pg = start_pgfront();
+        let primary = pg.listener_addr("primary").unwrap();
+        let replicas = pg.listener_addr("replicas").unwrap();
+        // Connect at once, before any check has passed: sessions wait, then land right.
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let (addr, want_recovery) = if i % 2 == 0 { (primary, false) } else { (replicas, true) };
+            tasks.push(tokio::spawn(async move {
+                let c = pg_connect(addr, Tls::Disable).await.expect("connects after the checks pass");
+                let (recovery, server) = whereami(&c).await.unwrap();
+                assert_eq!(recovery, want_recovery, "a session reached {server} of the wrong role");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        pg.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// Writes through 5000 every 50 ms, reconnecting on error, until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    commits: Arc<Mutex<Vec<(tokio::time::Instant, String)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    read_only: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(addr: SocketAddr) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let read_only = Arc::new(AtomicU64::new(0));
+        let (s, c, e, r) = (stop.clone(), commits.clone(), errors.clone(), read_only.clone());
+        let task = tokio::spawn(async move {
+            let mut client: Option<Client> = None;
+            while !s.load(Ordering::SeqCst) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = pg_connect(addr, Tls::Disable)
+                        .await
+                        .map_err(|err| e.lock().unwrap().push(err.to_string()))
+                        .ok();
+                }
+                if let Some(cl) = &client {
+                    match cl
+                        .query_one(
+                            "INSERT INTO pgfront_e2e(via) VALUES ('5000') RETURNING host(inet_server_addr())",
+                            &[],
+                        )
+                        .await
+                    {
+                        Ok(row) => c.lock().unwrap().push((tokio::time::Instant::now(), row.get::<_, String>(0))),
+                        Err(err) => {
+                            if err.to_string().contains("read-only") {
+                                r.fetch_add(1, Ordering::SeqCst);
+                            }
+                            e.lock().unwrap().push(err.to_string());
+                            client = None;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Writer { stop, commits, errors, read_only, task }
+    }
+
+    fn committed_on(&self, ip: &str) -> bool {
+        self.commits.lock().unwrap().iter().any(|(_, a)| a == ip)
+    }
+
+    async fn finish(self) -> (usize, Vec<String>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let n = self.commits.lock().unwrap().len();
+        let errors = self.errors.lock().unwrap().clone();
+        (n, errors, self.read_only.load(Ordering::SeqCst))
+    }
+}
+
+async fn create_table(primary: SocketAddr) {
+    let c = pg_connect(primary, Tls::Disable).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS pgfront_e2e(id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), via text)",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn a_switchover_moves_writes_to_the_new_leader() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let primary = pg.listener_addr("primary").unwrap();
+    create_table(primary).await;
+    let old_session = pg_connect(primary, Tls::Disable).await.unwrap();
+    let (_, old_ip) = whereami(&old_session).await.unwrap();
+    let writer = Writer::start(primary);
+    eventually(LIVENESS, "writer commits before the switchover", || writer.committed_on(&old_ip)).await;
+
+    cluster(&["switchover"]).await;
+    let new_leader = cluster(&["leader"]).await.trim().to_owned();
+    let new_ip = node_ip(&new_leader);
+    assert_ne!(new_ip, old_ip, "the switchover changed the leader");
+
+    // The session on the old leader was closed (by pgfront's mark-down or by Patroni's demotion).
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while old_session.simple_query("SELECT 1").await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "session to the old leader stays open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // New sessions reach the new leader, and the writer keeps committing there.
+    eventually(LIVENESS, "writer commits on the new leader", || writer.committed_on(new_ip)).await;
+    let c = pg_connect(primary, Tls::Disable).await.unwrap();
+    assert_eq!(whereami(&c).await.unwrap(), (false, new_ip.to_owned()));
+    let (commits, errors, read_only) = writer.finish().await;
+    eprintln!("switchover: {commits} commits, {} errors ({read_only} read-only)", errors.len());
+    healthy().await;
+    pg.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn a_crashed_leader_is_followed() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let primary = pg.listener_addr("primary").unwrap();
+    let old = cluster(&["leader"]).await.trim().to_owned();
+    cluster(&["kill", &old]).await;
+    // Keep trying through 5000 until a session lands on a new, writable leader.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    let new_ip = loop {
+        if let Ok(c) = pg_connect(primary, Tls::Disable).await {
+            if let Ok((false, ip)) = whereami(&c).await {
+                if ip != node_ip(&old) {
+                    break ip;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader through 5000");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(cluster(&["leader"]).await.trim(), node_of(&new_ip));
+    cluster(&["start", &old]).await;
+    healthy().await;
+    pg.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Pauses a node's Patroni agent (its REST API stops answering; PostgreSQL keeps running).
+fn pause_agent(node: &str, pause: bool) {
+    let pid = std::fs::read_to_string(lab_dir().join(node).join("patroni.pid")).unwrap();
+    let sig = if pause { "-STOP" } else { "-CONT" };
+    let ok = std::process::Command::new("kill").args([sig, pid.trim()]).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn a_replica_whose_rest_stops_answering_leaves_the_rotation() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let replicas = pg.listener_addr("replicas").unwrap();
+    let session = pg_connect(replicas, Tls::Disable).await.unwrap();
+    let (_, ip) = whereami(&session).await.unwrap();
+    let victim = node_of(&ip);
+    pause_agent(&victim, true);
+    // Within inter x fall + fall x timeout check (about 24 s with the reference values).
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while session.simple_query("SELECT 1").await.is_ok() {
+        if tokio::time::Instant::now() > deadline {
+            pause_agent(&victim, false);
+            panic!("the session on {victim} was not cut");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut landed = Vec::new();
+    for _ in 0..4 {
+        let c = pg_connect(replicas, Tls::Disable).await.unwrap();
+        landed.push(whereami(&c).await.unwrap().1);
+    }
+    pause_agent(&victim, false);
+    assert!(landed.iter().all(|a| *a != ip), "{victim} still in rotation: {landed:?}");
+    // It comes back once its agent answers again.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let c = pg_connect(replicas, Tls::Disable).await.unwrap();
+        if whereami(&c).await.unwrap().1 == ip {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{victim} did not come back");
+    }
+    healthy().await;
+    pg.shutdown(Duration::from_secs(5)).await;
+}
