@@ -1,1 +1,72 @@
-fn main() {}
+//! Server selection and the health state machine: the per-session and per-check costs.
+//! Run: cargo bench --bench select
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use pgfront::balance;
+use pgfront::cluster::Runtime;
+use pgfront::config::Config;
+use pgfront::health::{CheckCode, Machine, ProbeResult};
+use tokio_util::sync::CancellationToken;
+
+fn runtime(balance: &str) -> Runtime {
+    let text = format!(
+        r#"
+[[node]]
+name = "n1"
+address = "127.0.0.1:1"
+[[node]]
+name = "n2"
+address = "127.0.0.1:2"
+[[node]]
+name = "n3"
+address = "127.0.0.1:3"
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+balance = "{balance}"
+check = {{ path = "/replica" }}
+"#
+    );
+    let rt = Runtime::build(Arc::new(Config::parse(Path::new("b.toml"), &text).unwrap()), &CancellationToken::new());
+    let pass = ProbeResult { code: CheckCode::L7Ok, status: Some(200), duration: Duration::ZERO, detail: String::new(), body: None };
+    // n1 down, n2 and n3 up: the scan has to skip one.
+    for check in &rt.checks[1..] {
+        check.record(pass.clone());
+        check.record(pass.clone());
+    }
+    rt
+}
+
+fn selection(c: &mut Criterion) {
+    let _guard = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _enter = _guard.enter();
+    for b in ["first", "roundrobin", "leastconn"] {
+        let rt = runtime(b);
+        let l = &rt.listeners[0];
+        c.bench_function(&format!("pick/{b}/3 servers, 1 down"), |bench| {
+            bench.iter(|| {
+                let slot = balance::pick(black_box(l), &[]).unwrap();
+                black_box(&slot);
+            })
+        });
+    }
+}
+
+fn state_machine(c: &mut Criterion) {
+    c.bench_function("machine/observe 1000 results", |bench| {
+        bench.iter(|| {
+            let mut m = Machine::new(2, 3);
+            for i in 0..1000u32 {
+                black_box(m.observe(black_box(i % 7 != 0)));
+            }
+            m
+        })
+    });
+}
+
+criterion_group!(benches, selection, state_machine);
+criterion_main!(benches);

@@ -1,1 +1,92 @@
-fn main() {}
+//! Loopback throughput and round-trip latency through pgfront versus a direct connection,
+//! in the same run, against an echo backend: 1 and 64 concurrent sessions, 64-byte and
+//! 64 KiB messages. Prints MB/s and p50/p99 round trip.
+//! Run: cargo bench --bench throughput   (PGFRONT_BENCH_SECS sets seconds per cell, default 3)
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::{connect, eventually, Lab};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Cell {
+    bytes: u64,
+    rtts: Vec<Duration>,
+    elapsed: Duration,
+}
+
+async fn run(addr: SocketAddr, sessions: usize, size: usize, secs: u64) -> Cell {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(addr).await.unwrap();
+            let msg = vec![0x5au8; size];
+            let mut back = vec![0u8; size];
+            let mut rtts = Vec::new();
+            let mut bytes = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                c.stream.write_all(&msg).await.unwrap();
+                c.stream.read_exact(&mut back).await.unwrap();
+                rtts.push(t.elapsed());
+                bytes += 2 * size as u64;
+            }
+            (bytes, rtts)
+        }));
+    }
+    let mut cell = Cell { bytes: 0, rtts: Vec::new(), elapsed: Duration::ZERO };
+    for t in tasks {
+        let (b, r) = t.await.unwrap();
+        cell.bytes += b;
+        cell.rtts.extend(r);
+    }
+    cell.elapsed = started.elapsed();
+    cell.rtts.sort();
+    cell
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    // Benches are built but not run by `cargo test`; the harness passes --bench when run.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let secs: u64 = std::env::var("PGFRONT_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let lab = Lab::start(1).await;
+        lab.leader(0);
+        let pg = support::start(&lab.config("maxconn = 1000"));
+        eventually(Duration::from_secs(10), "leader up", || {
+            pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1
+        })
+        .await;
+        let via = pg.listener_addr("primary").unwrap();
+        let direct = lab.nodes[0].backend.addr;
+        println!("{:<8} {:>8} {:>7} {:>10} {:>10} {:>10}", "path", "sessions", "size", "MB/s", "p50 rtt", "p99 rtt");
+        for sessions in [1usize, 64] {
+            for size in [64usize, 64 * 1024] {
+                for (name, addr) in [("direct", direct), ("pgfront", via)] {
+                    let c = run(addr, sessions, size, secs).await;
+                    println!(
+                        "{:<8} {:>8} {:>7} {:>10.1} {:>8.1}µs {:>8.1}µs",
+                        name,
+                        sessions,
+                        size,
+                        c.bytes as f64 / c.elapsed.as_secs_f64() / 1e6,
+                        pct(&c.rtts, 0.5).as_secs_f64() * 1e6,
+                        pct(&c.rtts, 0.99).as_secs_f64() * 1e6,
+                    );
+                }
+            }
+        }
+    });
+}

@@ -50,7 +50,7 @@ impl Source<'_> {
     }
 
     /// Turns a TOML/serde error into one that names the key found on the offending line.
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         let key = self.key_on_line(span.start);
         self.error(span, key, err.message().to_owned())

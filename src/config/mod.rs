@@ -162,7 +162,7 @@ impl Config {
     /// Validates `text` as if read from `path` (which only names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let src = Source { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| src.from_toml(&e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
         Validator { src: &src }.config(raw)
     }
 }
