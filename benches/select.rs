@@ -32,7 +32,13 @@ check = {{ path = "/replica" }}
 "#
     );
     let rt = Runtime::build(Arc::new(Config::parse(Path::new("b.toml"), &text).unwrap()), &CancellationToken::new());
-    let pass = ProbeResult { code: CheckCode::L7Ok, status: Some(200), duration: Duration::ZERO, detail: String::new(), body: None };
+    let pass = ProbeResult {
+        code: CheckCode::L7Ok,
+        status: Some(200),
+        duration: Duration::ZERO,
+        detail: String::new(),
+        body: None,
+    };
     // n1 down, n2 and n3 up: the scan has to skip one.
     for check in &rt.checks[1..] {
         check.record(pass.clone());

@@ -46,7 +46,10 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        // Colour codes only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let config = match Config::load(&path) {

@@ -98,12 +98,18 @@ pub async fn bidirectional(
             tokio::select! {
                 r = &mut up, if !up_done => match r {
                     Ok(()) => { up_done = true; if down_done { break (None, false) } }
+                    // The server may reset once the client has said goodbye (PostgreSQL
+                    // closes without reading a TLS close_notify): still a normal end.
+                    Err(_) if down_done => break (Some(End::ServerClosed), false),
+                    Err(Side::Read(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
                     Err(Side::Read(e)) => break (Some(End::ClientError(e)), true),
                     Err(Side::Write(e)) => break (Some(End::ServerError(e)), true),
                 },
                 r = &mut down, if !down_done => match r {
                     Ok(()) => { down_done = true; if up_done { break (None, true) } }
+                    Err(_) if up_done => break (Some(End::ClientClosed), true),
                     Err(Side::Read(e)) => break (Some(End::ServerError(e)), false),
+                    Err(Side::Write(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
                     Err(Side::Write(e)) => break (Some(End::ClientError(e)), false),
                 },
                 () = &mut timer => {
@@ -142,6 +148,12 @@ where
         *moved += n as u64;
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+}
+
+/// A peer that resets instead of closing has still ended its side: clients do so when
+/// they close with unread data, which is routine and not a fault.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
 async fn idle_timer(activity: &AtomicU64, start: Instant, limit: Duration) {
