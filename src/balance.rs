@@ -32,8 +32,18 @@ impl NoServer {
 pub fn pick(l: &ListenerState, avoid: &[usize]) -> Result<Slot, NoServer> {
     match pick_among(l, |s| !avoid.contains(&s.node)) {
         Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |_| true),
+        Err(NoServer::NoneUp) if l.config.fallback_to_leader => leader(l),
         other => other,
     }
+}
+
+/// `fallback_to_leader`: with no server admitted by the check, the leader takes the session.
+fn leader(l: &ListenerState) -> Result<Slot, NoServer> {
+    let Some(node) = l.leadership.leader() else {
+        return Err(NoServer::NoneUp);
+    };
+    let server = l.servers.iter().find(|s| s.node == node).ok_or(NoServer::NoneUp)?;
+    server.try_acquire(&l.wake).map(|slot| slot.as_fallback(&l.leadership)).ok_or(NoServer::Full)
 }
 
 fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {

@@ -64,6 +64,10 @@ impl Probe for Scripted {
 }
 
 const CONFIG: &str = r#"
+[global]
+check_mode = "http"
+hunt_inter = "1h"
+
 [defaults]
 inter = "3s"
 fastinter = "1s"
@@ -98,7 +102,11 @@ check = { path = "/replica" }
 "#;
 
 fn runtime() -> Arc<Runtime> {
-    let config = Config::parse(Path::new("t.toml"), CONFIG).unwrap();
+    runtime_of(CONFIG)
+}
+
+fn runtime_of(text: &str) -> Arc<Runtime> {
+    let config = Config::parse(Path::new("t.toml"), text).unwrap();
     Arc::new(Runtime::build(Arc::new(config), &CancellationToken::new()))
 }
 
@@ -129,7 +137,9 @@ async fn intervals_follow_haproxy_semantics() {
     advance_to(start, 1_500).await;
     assert!(up(&rt, "primary", "a"), "UP after rise=2 passes (fastinter in between)");
     advance_to(start, 8_500).await;
-    assert!(up(&rt, "primary", "a"), "UP 2/3 is still up");
+    let a = rt.listener("primary").unwrap().servers[0].check.report();
+    assert_eq!(a.machine.label(), "UP 2/3", "two failures of fall=3: still UP, sessions not cut");
+    assert!(!up(&rt, "primary", "a"), "but a leader check admits no new session after a failed answer");
     advance_to(start, 15_000).await;
     assert!(!up(&rt, "primary", "a"));
     stop.cancel();
@@ -187,4 +197,193 @@ async fn a_kick_probes_early_but_not_in_a_storm() {
     let n = probe.times("a:8008", "/master", start).len();
     // 0 and 1s on schedule, then the 100 kicks made one early probe, not 100.
     assert_eq!(n, 3);
+}
+
+/// A Patroni agent per target: GET /primary answers 200 on the leader, with status JSON.
+#[derive(Default)]
+struct Agents {
+    leader: Mutex<Option<String>>,
+    timeline: Mutex<u64>,
+    calls: Mutex<Vec<(String, String, Instant)>>,
+}
+
+impl Probe for Agents {
+    fn probe<'a>(
+        &'a self,
+        target: &'a str,
+        spec: &'a CheckSpec,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push((
+                target.to_owned(),
+                format!("{} {}", spec.method, spec.path),
+                Instant::now(),
+            ));
+            let leader = self.leader.lock().unwrap().as_deref() == Some(target);
+            let role = if leader { "primary" } else { "replica" };
+            let tl = *self.timeline.lock().unwrap();
+            ProbeResult {
+                code: if leader { CheckCode::L7Ok } else { CheckCode::L7Sts },
+                status: Some(if leader { 200 } else { 503 }),
+                duration: Duration::ZERO,
+                detail: String::new(),
+                body: Some(format!(r#"{{"state": "running", "role": "{role}", "timeline": {tl}}}"#).into_bytes()),
+            }
+        })
+    }
+}
+
+const PATRONI: &str = r#"
+[global]
+hunt_inter = "200ms"
+
+[defaults]
+inter = "3s"
+fastinter = "1s"
+fall = 3
+rise = 2
+
+[[node]]
+name = "a"
+address = "127.0.0.1:1"
+check_address = "a:8008"
+
+[[node]]
+name = "b"
+address = "127.0.0.1:2"
+check_address = "b:8008"
+
+[[listener]]
+name = "primary"
+bind = "127.0.0.1:0"
+check = { method = "OPTIONS", path = "/master" }
+
+[[listener]]
+name = "replicas"
+bind = "127.0.0.1:0"
+check = { method = "OPTIONS", path = "/replica" }
+
+[[listener]]
+name = "reads"
+bind = "127.0.0.1:0"
+check = { path = "/read-only" }
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn patroni_mode_makes_one_request_per_node_per_interval() {
+    let rt = runtime_of(PATRONI);
+    let agents = Arc::new(Agents::default());
+    *agents.leader.lock().unwrap() = Some("a:8008".into());
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, agents.clone(), &TaskTracker::new(), &stop);
+    advance_to(start, 2_000).await;
+    assert!(up(&rt, "primary", "a") && !up(&rt, "primary", "b"));
+    assert!(up(&rt, "replicas", "b") && !up(&rt, "replicas", "a"));
+    assert!(up(&rt, "reads", "a") && up(&rt, "reads", "b"));
+    let before = agents.calls.lock().unwrap().len();
+    advance_to(start, 32_000).await;
+    stop.cancel();
+    let calls = agents.calls.lock().unwrap();
+    assert!(calls.iter().all(|c| c.1 == "GET /primary"), "one kind of request");
+    // Steady state: 30 s at inter 3s is 10 requests per node, 20 in all, for 3 listeners.
+    assert_eq!(calls.len() - before, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_demotes_the_old_at_once_and_hunting_finds_it_fast() {
+    let rt = runtime_of(PATRONI);
+    let agents = Arc::new(Agents::default());
+    *agents.leader.lock().unwrap() = Some("a:8008".into());
+    *agents.timeline.lock().unwrap() = 1;
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, agents.clone(), &TaskTracker::new(), &stop);
+    advance_to(start, 2_000).await;
+    assert!(up(&rt, "primary", "a"));
+
+    // Switchover at 2.5 s: a stops claiming; b promotes onto timeline 2 at 4 s.
+    advance_to(start, 2_500).await;
+    *agents.leader.lock().unwrap() = None;
+    *agents.timeline.lock().unwrap() = 2;
+    advance_to(start, 4_000).await;
+    let lost_at = start + Duration::from_millis(4_000);
+    assert!(!up(&rt, "primary", "a"), "a leader check that fails once admits no new session");
+    assert!(rt.leader_lost());
+    *agents.leader.lock().unwrap() = Some("b:8008".into());
+    // Hunting (200 ms) plus rise 2: b is admitted within 2 hunting intervals.
+    advance_to(start, 4_450).await;
+    assert!(up(&rt, "primary", "b"), "new leader admitted within ~0.4 s of its first 200");
+    assert!(!up(&rt, "primary", "a"));
+    let hunting = agents
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.2 >= lost_at - Duration::from_millis(1_000) && c.2 <= lost_at)
+        .count();
+    assert!(hunting >= 4, "every node probed at the hunting interval while no leader: {hunting}");
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_claim_on_an_older_timeline_loses_and_is_cut() {
+    let rt = runtime_of(PATRONI);
+    let agents = Arc::new(StaleAgents::default());
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, agents.clone(), &TaskTracker::new(), &stop);
+    advance_to(start, 2_000).await;
+    assert!(up(&rt, "primary", "a"));
+    // b claims on a newer timeline while a (stale) still claims its old one.
+    agents.both.store(true, std::sync::atomic::Ordering::SeqCst);
+    advance_to(start, 6_000).await;
+    assert!(up(&rt, "primary", "b"));
+    assert!(!up(&rt, "primary", "a"), "the stale claimant is demoted without waiting for fall");
+    let a = &rt.listener("primary").unwrap().servers[0];
+    assert_eq!(a.check.report().machine.label(), "DOWN");
+    assert_eq!(rt.leadership.leader(), Some(1));
+    // Same timeline on both: nobody leads, loudly.
+    agents.same_timeline.store(true, std::sync::atomic::Ordering::SeqCst);
+    advance_to(start, 10_000).await;
+    assert!(rt.leadership.conflict());
+    assert_eq!(rt.listener("primary").unwrap().servers_up(), 0);
+    stop.cancel();
+}
+
+/// a leads on timeline 1; once `both` is set, b also claims on timeline 2.
+#[derive(Default)]
+struct StaleAgents {
+    both: std::sync::atomic::AtomicBool,
+    same_timeline: std::sync::atomic::AtomicBool,
+}
+
+impl Probe for StaleAgents {
+    fn probe<'a>(
+        &'a self,
+        target: &'a str,
+        _: &'a CheckSpec,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            let same = self.same_timeline.load(SeqCst);
+            let (claims, tl) = match target {
+                "a:8008" => (true, if same { 2 } else { 1 }),
+                _ => (self.both.load(SeqCst), 2),
+            };
+            ProbeResult {
+                code: if claims { CheckCode::L7Ok } else { CheckCode::L7Sts },
+                status: Some(if claims { 200 } else { 503 }),
+                duration: Duration::ZERO,
+                detail: String::new(),
+                body: Some(
+                    format!(
+                        r#"{{"state": "running", "role": "{}", "timeline": {tl}}}"#,
+                        if claims { "primary" } else { "replica" }
+                    )
+                    .into_bytes(),
+                ),
+            }
+        })
+    }
 }

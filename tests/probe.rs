@@ -22,6 +22,7 @@ fn spec(method: &str, path: &str) -> CheckSpec {
             connect_timeout: Duration::from_millis(500),
             timeout: Duration::from_millis(300),
         },
+        endpoint: None,
     }
 }
 

@@ -62,7 +62,7 @@ async fn servers_start_down_and_clients_get_a_postgres_error() {
     let lab = Lab::start(2).await;
     // Nobody ever passes the leader check.
     for n in &lab.nodes {
-        n.rest.set("/master", Answer::Hang);
+        n.rest.set_all(Some(Answer::Hang));
     }
     let pg = start(&lab.config("timeout_queue = \"300ms\""));
     let addr = pg.listener_addr("primary").unwrap();
@@ -98,7 +98,7 @@ async fn a_replica_marked_down_loses_its_sessions() {
     for _ in 0..4 {
         clients.push(connect(addr).await.unwrap());
     }
-    lab.nodes[2].rest.set("/replica", Answer::Hang);
+    lab.nodes[2].rest.set_all(Some(Answer::Hang));
     eventually(LIMIT, "node3 down", || !is_up(&pg, "replicas", "node3")).await;
     for c in &mut clients {
         if c.server == "node3" {
@@ -112,7 +112,7 @@ async fn a_replica_marked_down_loses_its_sessions() {
         assert_eq!(connect(addr).await.unwrap().server, "node2");
     }
     // It comes back after it recovers.
-    lab.nodes[2].rest.set("/replica", Answer::Status(200));
+    lab.nodes[2].rest.set_all(None);
     eventually(LIMIT, "node3 back up", || is_up(&pg, "replicas", "node3")).await;
 }
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use std::sync::Arc;
+
+use super::node::NodeState;
 use tokio::time::Instant;
 
 use crate::config::CheckSpec;
@@ -21,12 +23,13 @@ pub struct Check {
     /// Patroni's REST address, `host:port`.
     pub target: String,
     pub spec: CheckSpec,
-    up: AtomicBool,
-    /// Wakes the checker for an immediate probe (a failed connect, a reset session).
-    kick: Notify,
-    /// Set by a kick, cleared when a probe starts: kicks that arrive before the probe
-    /// that answers them coalesce into one.
-    kick_pending: AtomicBool,
+    /// A leader check: it admits new sessions only while its latest answer passed, even
+    /// when `fall` has not yet marked it down, so a demoting leader gets no new writes.
+    pub strict: bool,
+    /// Whether new sessions may be sent: UP, and for a strict check, the latest answer passed.
+    admit: AtomicBool,
+    /// The node's shared state, which also carries the re-probe request.
+    pub node_state: Arc<NodeState>,
     report: Mutex<CheckReport>,
 }
 
@@ -42,6 +45,8 @@ pub struct CheckReport {
     pub failures: u64,
     /// UP to DOWN transitions (HAProxy `chkdown`).
     pub downs: u64,
+    /// Set while a replica is out for replay lag (hysteresis state).
+    pub lag_excluded: bool,
     /// Downtime accumulated before the current down period.
     pub downtime_before: Duration,
     /// A human reason for the last transition.
@@ -59,20 +64,24 @@ impl CheckReport {
 }
 
 impl Check {
-    pub fn new(node: usize, node_name: String, target: String, spec: CheckSpec) -> Check {
+    pub fn new(node_state: Arc<NodeState>, target: String, spec: CheckSpec) -> Check {
+        let node = node_state.index;
+        let node_name = node_state.name.clone();
         let machine = Machine::new(spec.timing.rise, spec.timing.fall);
+        let strict = spec.is_leader();
         Check {
+            strict,
             node,
             node_name,
             target,
             spec,
-            up: AtomicBool::new(false),
-            kick: Notify::new(),
-            kick_pending: AtomicBool::new(false),
+            admit: AtomicBool::new(false),
+            node_state,
             report: Mutex::new(CheckReport {
                 machine,
                 last: None,
                 last_change: Instant::now(),
+                lag_excluded: false,
                 failures: 0,
                 downs: 0,
                 downtime_before: Duration::ZERO,
@@ -81,56 +90,68 @@ impl Check {
         }
     }
 
-    /// Whether the check currently admits the node.
+    /// Whether the check currently admits new sessions to the node.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.admit.load(Ordering::Acquire)
     }
 
     /// Asks the checker to probe now instead of waiting for its interval.
     pub fn kick(&self) {
-        if !self.kick_pending.swap(true, Ordering::AcqRel) {
-            self.kick.notify_one();
-        }
-    }
-
-    pub(crate) async fn kicked(&self) {
-        self.kick.notified().await
-    }
-
-    /// Called as a probe starts: it answers every kick made so far.
-    pub(crate) fn probe_started(&self) {
-        self.kick_pending.store(false, Ordering::Release);
+        self.node_state.kick();
     }
 
     pub fn report(&self) -> CheckReport {
         self.lock().clone()
     }
 
-    /// Records a probe result; returns the transition it caused.
+    /// Records a result; returns the transition it caused.
     pub fn record(&self, result: ProbeResult) -> Option<Transition> {
+        self.record_with(result, None)
+    }
+
+    /// Records a result and the replica lag exclusion it implies.
+    pub fn record_with(&self, result: ProbeResult, lag_excluded: Option<bool>) -> Option<Transition> {
         let mut r = self.lock();
-        if !result.passed() {
+        let passed = result.passed();
+        if !passed {
             r.failures += 1;
         }
-        let transition = r.machine.observe(result.passed());
+        if let Some(l) = lag_excluded {
+            r.lag_excluded = l;
+        }
+        let transition = r.machine.observe(passed);
         if let Some(t) = transition {
-            let now = Instant::now();
-            if t == Transition::WentUp {
-                let down_for = now.saturating_duration_since(r.last_change);
-                r.downtime_before += down_for;
-            } else {
-                r.downs += 1;
-            }
-            r.last_change = now;
-            r.reason = if result.passed() {
+            let reason = if passed {
                 format!("{}, {} checks passed", result.summary(), self.spec.timing.rise)
             } else {
                 format!("{}: {}", result.summary(), result.detail)
             };
-            self.up.store(t == Transition::WentUp, Ordering::Release);
+            Self::transition(&mut r, t, reason);
         }
+        self.admit.store(r.machine.is_up() && (passed || !self.strict), Ordering::Release);
         r.last = Some(result);
         transition
+    }
+
+    /// Marks the check DOWN now, whatever its counters say (another node won the leadership).
+    pub fn force_down(&self, reason: String) -> Option<Transition> {
+        let mut r = self.lock();
+        self.admit.store(false, Ordering::Release);
+        let t = r.machine.force(Status::Down)?;
+        Self::transition(&mut r, t, reason);
+        Some(t)
+    }
+
+    fn transition(r: &mut CheckReport, t: Transition, reason: String) {
+        let now = Instant::now();
+        if t == Transition::WentUp {
+            let down_for = now.saturating_duration_since(r.last_change);
+            r.downtime_before += down_for;
+        } else {
+            r.downs += 1;
+        }
+        r.last_change = now;
+        r.reason = reason;
     }
 
     /// The current interval before the next probe.

@@ -3,6 +3,7 @@
 //! proxy, the checkers and the web views never see half of a reload.
 
 mod check;
+mod node;
 mod server;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use check::{Check, CheckReport};
+pub use node::{Decision, Leadership, NodeReport, NodeState};
 pub use server::{Server, ServerStats, Slot};
 
 use crate::config::{CheckSpec, Config, Listener};
@@ -40,6 +42,8 @@ pub struct ListenerState {
     /// Woken when a server of this listener comes up or frees a slot, so queued sessions
     /// proceed the moment they can.
     pub(crate) wake: Arc<Notify>,
+    /// Who leads, for `fallback_to_leader`.
+    pub(crate) leadership: Arc<Leadership>,
     pub stats: ListenerStats,
 }
 
@@ -62,6 +66,11 @@ pub struct Runtime {
     /// Distinct checks: one per (node, request), however many listeners use it.
     pub checks: Vec<Arc<Check>>,
     pub listeners: Vec<Arc<ListenerState>>,
+    /// One per configured node: Patroni's latest answer.
+    pub nodes: Vec<Arc<NodeState>>,
+    /// Who leads (patroni check mode); arbitration is serialised by `arbitration`.
+    pub leadership: Arc<Leadership>,
+    pub(crate) arbitration: tokio::sync::Mutex<()>,
     pub started: Instant,
 }
 
@@ -69,6 +78,13 @@ impl Runtime {
     /// Builds the live state for `config`. Server session tokens are children of `sessions`,
     /// so a hard stop cuts everything at once.
     pub fn build(config: Arc<Config>, sessions: &CancellationToken) -> Runtime {
+        let nodes: Vec<Arc<NodeState>> = config
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Arc::new(NodeState::new(i, n.name.clone(), n.check_address.clone())))
+            .collect();
+        let leadership = Arc::new(Leadership::default());
         let mut checks: Vec<Arc<Check>> = Vec::new();
         let mut by_key: HashMap<(usize, CheckSpec), Arc<Check>> = HashMap::new();
         let mut listeners = Vec::with_capacity(config.listeners.len());
@@ -81,8 +97,11 @@ impl Runtime {
                     let check = by_key
                         .entry((i, l.check.clone()))
                         .or_insert_with(|| {
-                            let c =
-                                Arc::new(Check::new(i, node.name.clone(), node.check_address.clone(), l.check.clone()));
+                            let c = Arc::new(Check::new(
+                                Arc::clone(&nodes[i]),
+                                node.check_address.clone(),
+                                l.check.clone(),
+                            ));
                             checks.push(Arc::clone(&c));
                             c
                         })
@@ -96,10 +115,30 @@ impl Runtime {
                 servers,
                 rr: AtomicUsize::new(0),
                 wake: Arc::new(Notify::new()),
+                leadership: Arc::clone(&leadership),
                 stats: ListenerStats::default(),
             }));
         }
-        Runtime { config, checks, listeners, started: Instant::now() }
+        Runtime {
+            config,
+            checks,
+            listeners,
+            nodes,
+            leadership,
+            arbitration: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+        }
+    }
+
+    /// True while a listener whose check names the leader has no server to send to: a
+    /// switchover or failover is in progress, and checks should hunt for the new leader.
+    pub fn leader_lost(&self) -> bool {
+        self.listeners.iter().any(|l| l.config.check.is_leader() && l.servers_up() == 0)
+    }
+
+    /// The checks of node `node`.
+    pub fn checks_of(&self, node: usize) -> impl Iterator<Item = &Arc<Check>> + '_ {
+        self.checks.iter().filter(move |c| c.node == node)
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerState>> {

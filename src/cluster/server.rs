@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::check::Check;
+use super::node::Leadership;
 
 /// Counters every view reads (stats page, CSV, JSON, Prometheus): atomics, no locks on
 /// the data path.
@@ -91,7 +92,7 @@ impl Server {
         }
         self.stats.max.fetch_max(n + 1, Ordering::Relaxed);
         self.stats.total.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { server: Arc::clone(self), wake: Arc::clone(wake) })
+        Some(Slot { server: Arc::clone(self), wake: Arc::clone(wake), fallback: None })
     }
 
     /// The token a new session selects on; cancelled when the server's sessions are cut.
@@ -119,11 +120,28 @@ impl Server {
 pub struct Slot {
     server: Arc<Server>,
     wake: Arc<Notify>,
+    /// Set when the server was chosen only because it leads (`fallback_to_leader`).
+    fallback: Option<Arc<Leadership>>,
 }
 
 impl Slot {
     pub fn server(&self) -> &Arc<Server> {
         &self.server
+    }
+
+    /// Marks the slot as a fallback to the leader.
+    pub(crate) fn as_fallback(mut self, leadership: &Arc<Leadership>) -> Slot {
+        self.fallback = Some(Arc::clone(leadership));
+        self
+    }
+
+    /// Whether the server may still take this session: admitted by its check, or, for a
+    /// fallback, still the leader.
+    pub fn eligible(&self) -> bool {
+        match &self.fallback {
+            Some(l) => l.leader() == Some(self.server.node),
+            None => self.server.is_up(),
+        }
     }
 }
 

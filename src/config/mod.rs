@@ -2,6 +2,7 @@
 //! that cannot be invalid. Everything else reads the validated value; a reload swaps in a
 //! new one only after it has passed here.
 
+mod endpoint;
 mod error;
 mod raw;
 
@@ -10,6 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use endpoint::{parse_size, Endpoint, ReplicaFilter};
 pub use error::ConfigError;
 use error::Source;
 use raw::{Dur, RawCheck, RawConfig, RawDefaults, RawListener, RawNode};
@@ -31,6 +33,9 @@ pub mod defaults {
     pub const CHECK_PORT: u16 = 8008;
     pub const HARD_STOP_AFTER: Duration = Duration::from_secs(30);
     pub const TIMEOUT_STARTUP: Duration = Duration::from_secs(10);
+    pub const HUNT_INTER: Duration = Duration::from_millis(200);
+    /// A leader listener holds sessions through a switchover (a few seconds) by default.
+    pub const LEADER_TIMEOUT_QUEUE: Duration = Duration::from_secs(30);
     pub const WEB_REFRESH: Duration = Duration::from_secs(5);
 }
 
@@ -51,6 +56,22 @@ pub struct Global {
     pub maxconn: usize,
     /// How long a graceful stop lets sessions finish before closing them.
     pub hard_stop_after: Duration,
+    pub check_mode: CheckMode,
+    /// Probe interval for every node while a leader listener has no leader (a switchover
+    /// or failover in progress), so the new leader is found within a fraction of a second.
+    pub hunt_inter: Duration,
+}
+
+/// How health is learned from Patroni.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckMode {
+    /// One `GET /primary` per node per interval; its status says who leads, its JSON body
+    /// (role, state, timeline, WAL positions, tags) answers every other listener's check
+    /// with Patroni's semantics, and lets pgfront arbitrate between two claimants.
+    Patroni,
+    /// HAProxy's way: each distinct (node, method, path) is requested and its status
+    /// compared with `expect`. For REST endpoints that are not Patroni's.
+    Http,
 }
 
 /// A PostgreSQL node with its Patroni agent, declared once and used by every listener.
@@ -108,6 +129,15 @@ pub struct CheckSpec {
     pub path: String,
     pub expect: u16,
     pub timing: CheckTiming,
+    /// The Patroni endpoint the path names, when it names one.
+    pub endpoint: Option<Endpoint>,
+}
+
+impl CheckSpec {
+    /// True when the check admits at most one node at a time (the leader).
+    pub fn is_leader(&self) -> bool {
+        self.endpoint.as_ref().is_some_and(Endpoint::is_leader)
+    }
 }
 
 /// One listening port and the policy behind it.
@@ -129,6 +159,8 @@ pub struct Listener {
     pub timeout_startup: Duration,
     /// Close every session of a server when its check marks it down.
     pub shutdown_sessions: bool,
+    /// Send sessions to the leader when no server passes this listener's check.
+    pub fallback_to_leader: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,15 +207,28 @@ type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config> {
+        let check_mode = match &raw.global.check_mode {
+            None => CheckMode::Patroni,
+            Some(m) => match m.get_ref().as_str() {
+                "patroni" => CheckMode::Patroni,
+                "http" => CheckMode::Http,
+                other => {
+                    let msg = format!("unknown mode {other:?}; expected \"patroni\" or \"http\"");
+                    return Err(self.src.error(m.span(), "global.check_mode", msg));
+                }
+            },
+        };
         let global = Global {
             maxconn: self.positive(raw.global.maxconn.as_ref(), "global.maxconn")?.unwrap_or(defaults::GLOBAL_MAXCONN),
             hard_stop_after: raw.global.hard_stop_after.map_or(defaults::HARD_STOP_AFTER, |d| d.0),
+            check_mode,
+            hunt_inter: self.nonzero(&raw.global.hunt_inter, "global.hunt_inter", defaults::HUNT_INTER)?,
         };
         let nodes = self.nodes(&raw.nodes, &raw.defaults)?;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         let mut binds: HashMap<SocketAddr, String> = HashMap::new();
         for l in &raw.listeners {
-            let listener = self.listener(l, &raw.defaults, &raw.nodes, &nodes)?;
+            let listener = self.listener(l, &raw.defaults, &raw.nodes, &nodes, check_mode)?;
             if listeners.iter().any(|o: &Listener| o.name == listener.name) {
                 return Err(self.src.error(
                     l.name.span(),
@@ -280,6 +325,7 @@ impl Validator<'_> {
         defaults: &RawDefaults,
         raw_nodes: &[RawNode],
         nodes: &[Node],
+        mode: CheckMode,
     ) -> Result<Listener> {
         let name = l.name.get_ref();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
@@ -336,7 +382,17 @@ impl Validator<'_> {
             return Err(self.src.error(span, "listener.servers", format!("listener {name:?} has no servers: {why}")));
         }
         let timeout_connect = dur(&s.timeout_connect, defaults::TIMEOUT_CONNECT);
-        let check = self.check(l.check.get_ref(), &s, timeout_connect)?;
+        let check = self.check(l.check.get_ref(), &s, timeout_connect, mode)?;
+        let fallback_to_leader = l.fallback_to_leader.unwrap_or(false);
+        if fallback_to_leader && mode != CheckMode::Patroni {
+            return Err(self.src.error(
+                l.name.span(),
+                "fallback_to_leader",
+                "needs check_mode = \"patroni\" (pgfront must know which node leads)",
+            ));
+        }
+        // A leader listener holds sessions through a switchover unless told otherwise.
+        let queue_default = if check.is_leader() { defaults::LEADER_TIMEOUT_QUEUE } else { timeout_connect };
         let shutdown_sessions = match &s.on_marked_down {
             None => true,
             Some(v) => match v.get_ref().as_str() {
@@ -373,14 +429,15 @@ impl Validator<'_> {
             timeout_connect,
             timeout_client: dur(&s.timeout_client, defaults::TIMEOUT_CLIENT),
             timeout_server: dur(&s.timeout_server, defaults::TIMEOUT_SERVER),
-            // HAProxy: "timeout queue" defaults to "timeout connect".
-            timeout_queue: dur(&s.timeout_queue, timeout_connect),
+            // HAProxy: "timeout queue" defaults to "timeout connect"; 30 s for the leader.
+            timeout_queue: dur(&s.timeout_queue, queue_default),
             timeout_startup: self.nonzero(&s.timeout_startup, "timeout_startup", defaults::TIMEOUT_STARTUP)?,
             shutdown_sessions,
+            fallback_to_leader,
         })
     }
 
-    fn check(&self, c: &RawCheck, s: &RawDefaults, timeout_connect: Duration) -> Result<CheckSpec> {
+    fn check(&self, c: &RawCheck, s: &RawDefaults, timeout_connect: Duration, mode: CheckMode) -> Result<CheckSpec> {
         let method = c.method.get_ref();
         if !matches!(method.as_str(), "OPTIONS" | "GET" | "HEAD") {
             return Err(self.src.error(
@@ -396,6 +453,19 @@ impl Validator<'_> {
                 "check.path",
                 format!("{path:?} must start with '/' and contain no spaces"),
             ));
+        }
+        let endpoint = Endpoint::parse(path).map_err(|e| self.src.error(c.path.span(), "check.path", e))?;
+        if mode == CheckMode::Patroni {
+            if endpoint.is_none() {
+                return Err(self.src.error(c.path.span(), "check.path", format!("{path:?} is not a Patroni health endpoint; use one of /primary, /replica, /read-only, /leader, /health, ... or set [global] check_mode = \"http\"")));
+            }
+            if c.expect != 200 {
+                return Err(self.src.error(
+                    c.path.span(),
+                    "check.expect",
+                    "with check_mode = \"patroni\" a check passes when Patroni would answer 200; expect must be 200",
+                ));
+            }
         }
         if !(100..=599).contains(&c.expect) {
             return Err(self.src.error(c.path.span(), "check.expect", format!("{} is not an HTTP status", c.expect)));
@@ -416,6 +486,7 @@ impl Validator<'_> {
                 connect_timeout: timeout_connect.min(inter),
                 timeout: self.nonzero(&s.timeout_check, "timeout_check", defaults::TIMEOUT_CHECK)?,
             },
+            endpoint,
         })
     }
 

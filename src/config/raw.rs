@@ -43,6 +43,8 @@ pub struct RawConfig {
 pub struct RawGlobal {
     pub maxconn: Option<Spanned<usize>>,
     pub hard_stop_after: Option<Dur>,
+    pub check_mode: Option<Spanned<String>>,
+    pub hunt_inter: Option<Spanned<Dur>>,
 }
 
 /// Declares the settings that `[defaults]` holds and any `[[listener]]` may override, once,
@@ -66,6 +68,7 @@ macro_rules! tunables {
             pub balance: Option<Spanned<String>>,
             pub servers: Option<Spanned<Vec<Spanned<String>>>>,
             pub check: Spanned<RawCheck>,
+            pub fallback_to_leader: Option<bool>,
             $(pub $field: Option<$ty>,)*
         }
 

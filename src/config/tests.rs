@@ -36,7 +36,13 @@ fn haproxy_defaults_apply() {
     assert_eq!(l.retries, 2);
     assert_eq!(l.maxconn, 100);
     assert_eq!(l.timeout_connect, Duration::from_secs(4));
-    assert_eq!(l.timeout_queue, l.timeout_connect, "timeout queue defaults to timeout connect");
+    assert_eq!(l.timeout_queue, Duration::from_secs(30), "a leader listener holds sessions through a switchover");
+    let replica = parse(&BASE.replace("/master", "/replica")).unwrap();
+    assert_eq!(replica.listeners[0].timeout_queue, Duration::from_secs(4), "otherwise timeout connect, as in HAProxy");
+    assert_eq!(c.global.check_mode, CheckMode::Patroni);
+    assert_eq!(c.global.hunt_inter, Duration::from_millis(200));
+    assert!(l.check.is_leader());
+    assert!(!l.fallback_to_leader);
     assert_eq!(l.timeout_client, Duration::from_secs(1800));
     assert_eq!(l.check.timing.inter, Duration::from_secs(2));
     assert_eq!(l.check.timing.fastinter, l.check.timing.inter);
@@ -192,4 +198,25 @@ fn passwords_never_reach_debug_output() {
     ))
     .unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
+}
+
+#[test]
+fn patroni_mode_needs_patroni_endpoints() {
+    let (_, key, msg) = err_at(&BASE.replace("/master", "/custom"));
+    assert_eq!(key, "check.path");
+    assert!(msg.contains("check_mode"), "{msg}");
+    let http = parse(&format!("[global]\ncheck_mode = \"http\"\n{}", BASE.replace("/master", "/custom"))).unwrap();
+    assert_eq!(http.global.check_mode, CheckMode::Http);
+    let (_, key, _) = err_at(&BASE.replace("expect = 200", "expect = 204"));
+    assert_eq!(key, "check.expect");
+    let (_, key, _) = err_at(&BASE.replace("/master", "/replica?lag=soon"));
+    assert_eq!(key, "check.path");
+}
+
+#[test]
+fn fallback_to_leader_needs_patroni_mode() {
+    let text = format!("[global]\ncheck_mode = \"http\"\n{BASE}fallback_to_leader = true\n");
+    let (_, key, _) = err_at(&text);
+    assert_eq!(key, "fallback_to_leader");
+    assert!(parse(&format!("{BASE}fallback_to_leader = true\n")).unwrap().listeners[0].fallback_to_leader);
 }

@@ -1,7 +1,14 @@
-//! One task per distinct check: probe, feed the state machine, publish transitions.
-//! On mark-down with shutdown-sessions it cuts the server's sessions; on mark-up it wakes
-//! the sessions queued for a server.
+//! The checker tasks. A task probes one target and turns the answer into a verdict for
+//! each check that depends on it, feeding their state machines and publishing transitions:
+//! mark-down cuts sessions (shutdown-sessions), mark-up wakes queued sessions.
+//!
+//! In `patroni` mode there is one task per node making one `GET /primary` per interval:
+//! the status says whether the node holds the leader lock, the JSON body answers every
+//! other check, and the claims of all nodes are arbitrated so that at most one node is the
+//! write target at any instant. In `http` mode there is one task per distinct
+//! (node, method, path), as in HAProxy.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,48 +16,208 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::probe::Probe;
+use super::patroni::{verdict, NodeStatus, View};
+use super::probe::{CheckCode, Probe, ProbeResult};
 use super::Transition;
-use crate::cluster::{Check, Runtime};
+use crate::cluster::{Check, NodeReport, Runtime};
+use crate::config::{CheckMode, CheckSpec, CheckTiming};
 
 /// The least time between two probes of the same target when probes are requested early
-/// (failed connects), so a burst of failing sessions cannot become a check storm on
-/// Patroni's five REST worker threads.
-const MIN_KICK_GAP: Duration = Duration::from_millis(250);
+/// (failed connects, resets), so a burst of failing sessions cannot become a check storm
+/// on Patroni's five REST worker threads.
+const MIN_KICK_GAP: Duration = Duration::from_millis(100);
 
-/// Starts one checker per distinct check of `rt`; they stop when `stop` is cancelled.
+/// What Patroni mode asks every node.
+const PATRONI_PROBE_PATH: &str = "/primary";
+
+/// One probe target and the checks its answers feed.
+struct Unit {
+    node: usize,
+    target: String,
+    spec: CheckSpec,
+    checks: Vec<Arc<Check>>,
+}
+
+/// Starts the checkers of `rt`; they stop when `stop` is cancelled.
 pub fn spawn_checkers(rt: &Arc<Runtime>, probe: Arc<dyn Probe>, tracker: &TaskTracker, stop: &CancellationToken) {
-    for check in &rt.checks {
-        tracker.spawn(run(Arc::clone(rt), Arc::clone(check), Arc::clone(&probe), stop.clone()));
+    for unit in units(rt) {
+        tracker.spawn(run(Arc::clone(rt), unit, Arc::clone(&probe), stop.clone()));
     }
 }
 
-async fn run(rt: Arc<Runtime>, check: Arc<Check>, probe: Arc<dyn Probe>, stop: CancellationToken) {
+fn units(rt: &Runtime) -> Vec<Unit> {
+    let mut groups: BTreeMap<(usize, String, String), Vec<Arc<Check>>> = BTreeMap::new();
+    for c in &rt.checks {
+        let key = match rt.config.global.check_mode {
+            CheckMode::Patroni => (c.node, "GET".to_owned(), PATRONI_PROBE_PATH.to_owned()),
+            CheckMode::Http => (c.node, c.spec.method.clone(), c.spec.path.clone()),
+        };
+        groups.entry(key).or_default().push(Arc::clone(c));
+    }
+    groups
+        .into_iter()
+        .map(|((node, method, path), checks)| {
+            let t =
+                |f: fn(&CheckTiming) -> Duration| checks.iter().map(|c| f(&c.spec.timing)).min().unwrap_or_default();
+            let first = &checks[0].spec;
+            let spec = CheckSpec {
+                method,
+                path,
+                expect: first.expect,
+                timing: CheckTiming {
+                    connect_timeout: t(|t| t.connect_timeout),
+                    timeout: t(|t| t.timeout),
+                    ..first.timing
+                },
+                endpoint: None,
+            };
+            Unit { node, target: checks[0].target.clone(), spec, checks }
+        })
+        .collect()
+}
+
+async fn run(rt: Arc<Runtime>, unit: Unit, probe: Arc<dyn Probe>, stop: CancellationToken) {
+    let node = Arc::clone(&rt.nodes[unit.node]);
     loop {
         let started = Instant::now();
-        check.probe_started();
+        let seen = node.kicks();
         let result = tokio::select! {
-            r = probe.probe(&check.target, &check.spec) => r,
-            _ = stop.cancelled() => return,
+            r = probe.probe(&unit.target, &unit.spec) => r,
+            () = stop.cancelled() => return,
         };
-        if !result.passed() {
-            tracing::debug!(node = %check.node_name, check = %format_args!("{} {}", check.spec.method, check.spec.path),
-                result = %result.summary(), detail = %result.detail, "check failed");
+        if !result.passed() && result.status.is_none() {
+            tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
         }
-        if let Some(t) = check.record(result) {
-            publish(&rt, &check, t);
+        match rt.config.global.check_mode {
+            CheckMode::Patroni => patroni_answer(&rt, &unit, result).await,
+            CheckMode::Http => http_answer(&rt, &unit, &result),
         }
-        let delay = check.next_interval();
+        let mut delay = unit.checks.iter().map(|c| c.next_interval()).min().unwrap_or(unit.spec.timing.inter);
+        if rt.leader_lost() {
+            delay = delay.min(rt.config.global.hunt_inter);
+        }
         tokio::select! {
-            _ = sleep(delay) => {}
-            _ = check.kicked() => {
+            () = sleep(delay) => {}
+            () = node.kicked_since(seen) => {
                 // Re-probe early, but not faster than MIN_KICK_GAP.
                 tokio::select! {
-                    _ = sleep_until(started + MIN_KICK_GAP) => {}
-                    _ = stop.cancelled() => return,
+                    () = sleep_until(started + MIN_KICK_GAP) => {}
+                    () = stop.cancelled() => return,
                 }
             }
-            _ = stop.cancelled() => return,
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// HAProxy's rule: the status must equal each check's `expect`.
+fn http_answer(rt: &Runtime, unit: &Unit, result: &ProbeResult) {
+    for c in &unit.checks {
+        let mut r = result.clone();
+        r.body = None;
+        if let Some(status) = r.status {
+            let ok = status == c.spec.expect;
+            r.code = if ok { CheckCode::L7Ok } else { CheckCode::L7Sts };
+            r.detail = if ok { String::new() } else { format!("status {status}, expected {}", c.spec.expect) };
+        }
+        if let Some(t) = c.record(r) {
+            publish(rt, c, t);
+        }
+        wake_if_admitting(rt, c);
+    }
+}
+
+/// Patroni mode: record the node's answer, arbitrate leadership across nodes, then give
+/// each of the node's checks the verdict Patroni would have given its endpoint.
+async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
+    let node = &rt.nodes[unit.node];
+    let status = match (&result.status, &result.body) {
+        (Some(_), Some(body)) => Some(NodeStatus::parse(body)),
+        _ => None,
+    };
+    let parsed = status.as_ref().and_then(|s| s.as_ref().ok()).cloned();
+    // Only a 200 on /primary with a readable status is a leadership claim.
+    let claims_leader = result.status == Some(200) && parsed.is_some();
+    node.set(NodeReport { last: Some(result.clone()), status: parsed.clone(), claims_leader });
+
+    let _serial = rt.arbitration.lock().await;
+    let claims: Vec<(usize, Option<u64>)> = rt
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let r = n.report();
+            r.claims_leader.then(|| (n.index, r.status.and_then(|s| s.timeline)))
+        })
+        .collect();
+    let was_conflict = rt.leadership.conflict();
+    let decision = rt.leadership.decide(&claims);
+    if decision.conflict && !was_conflict {
+        tracing::error!(claimants = ?claims.iter().map(|c| &rt.nodes[c.0].name).collect::<Vec<_>>(),
+            "several nodes claim leadership on the same timeline: writes are held until one remains");
+    }
+    if decision.changed() {
+        leader_changed(rt, decision.previous, decision.leader, &claims);
+    }
+    let leader_status = decision.leader.and_then(|l| rt.nodes[l].report().status);
+    let view = View {
+        is_leader: decision.leader == Some(unit.node),
+        leader_position: leader_status.as_ref().and_then(|s| s.xlog.location),
+        standbys: leader_status.as_ref().map_or(&[], |s| s.replication.as_slice()),
+    };
+    for c in &unit.checks {
+        let (r, lag) = match (&status, c.spec.endpoint.as_ref()) {
+            (Some(Ok(st)), Some(endpoint)) => {
+                let v = verdict(endpoint, st, view, c.report().lag_excluded);
+                let r = ProbeResult {
+                    code: if v.passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
+                    status: Some(if v.passed { 200 } else { 503 }),
+                    duration: result.duration,
+                    detail: v.why,
+                    body: None,
+                };
+                (r, Some(v.lag_excluded))
+            }
+            (Some(Err(why)), _) => {
+                (ProbeResult { code: CheckCode::L7Rsp, detail: why.clone(), body: None, ..result.clone() }, None)
+            }
+            _ => (ProbeResult { body: None, ..result.clone() }, None),
+        };
+        if let Some(t) = c.record_with(r, lag) {
+            publish(rt, c, t);
+        }
+        wake_if_admitting(rt, c);
+    }
+}
+
+/// A new leader (or none): the former leader's leader checks go DOWN at once, cutting its
+/// sessions, without waiting for its own `fall` failures; with no leader, every node is
+/// probed at once so the next one is found quickly.
+fn leader_changed(rt: &Runtime, previous: Option<usize>, leader: Option<usize>, claims: &[(usize, Option<u64>)]) {
+    let name = |i: Option<usize>| i.map_or("none".to_owned(), |i| rt.nodes[i].name.clone());
+    let timeline = leader.and_then(|l| claims.iter().find(|c| c.0 == l).and_then(|c| c.1));
+    tracing::warn!(previous = %name(previous), leader = %name(leader), timeline = ?timeline, "leader changed");
+    if let Some(prev) = previous {
+        if leader.is_some() {
+            let reason =
+                format!("{} now leads (timeline {})", name(leader), timeline.map_or("?".into(), |t| t.to_string()));
+            for c in rt.checks_of(prev).filter(|c| c.strict) {
+                if let Some(t) = c.force_down(reason.clone()) {
+                    publish(rt, c, t);
+                }
+            }
+        }
+    }
+    if leader.is_none() {
+        for n in &rt.nodes {
+            n.kick();
+        }
+    }
+}
+
+fn wake_if_admitting(rt: &Runtime, check: &Arc<Check>) {
+    if check.is_up() {
+        for (l, _) in rt.servers_of(check) {
+            l.wake_queue();
         }
     }
 }

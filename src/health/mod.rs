@@ -3,8 +3,10 @@
 
 mod checker;
 mod machine;
+mod patroni;
 mod probe;
 
 pub use checker::spawn_checkers;
 pub use machine::{Machine, Status, Transition};
+pub use patroni::{verdict, NodeStatus, Verdict, View};
 pub use probe::{CheckCode, HttpProbe, Probe, ProbeResult};

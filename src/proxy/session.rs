@@ -181,7 +181,7 @@ async fn connect(shared: &Shared, listener: &Arc<ListenerState>) -> Result<(Slot
             Ok(Ok(stream)) => {
                 // The server may have been marked down between the pick and now; its
                 // sessions were cut then, so this one must not slip through.
-                if !server.is_up() {
+                if !slot.eligible() {
                     continue;
                 }
                 let _ = tweaks::session(&stream);

@@ -51,6 +51,10 @@ pub enum Answer {
 pub struct FakeRest {
     pub addr: SocketAddr,
     answers: Arc<Mutex<HashMap<String, Answer>>>,
+    /// When set, the answer to every path (an agent that hangs or resets whatever it is asked).
+    all: Arc<Mutex<Option<Answer>>>,
+    /// The status JSON sent with every GET answer, as Patroni does.
+    json: Arc<Mutex<String>>,
     hits: Arc<Mutex<HashMap<String, u64>>>,
 }
 
@@ -58,7 +62,13 @@ impl FakeRest {
     /// Starts a fake answering 503 to every path until told otherwise.
     pub async fn start() -> FakeRest {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let fake = FakeRest { addr: socket.local_addr().unwrap(), answers: Arc::default(), hits: Arc::default() };
+        let fake = FakeRest {
+            addr: socket.local_addr().unwrap(),
+            answers: Arc::default(),
+            all: Arc::default(),
+            json: Arc::new(Mutex::new(r#"{"state": "running", "role": "replica", "timeline": 1}"#.to_owned())),
+            hits: Arc::default(),
+        };
         let f = fake.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = socket.accept().await {
@@ -70,6 +80,31 @@ impl FakeRest {
 
     pub fn set(&self, path: &str, answer: Answer) {
         self.answers.lock().unwrap().insert(path.to_owned(), answer);
+    }
+
+    /// Answers every path with `answer` (None: back to the per-path answers).
+    pub fn set_all(&self, answer: Option<Answer>) {
+        *self.all.lock().unwrap() = answer;
+    }
+
+    /// Sets the status JSON of GET answers.
+    pub fn set_json(&self, json: &str) {
+        *self.json.lock().unwrap() = json.to_owned();
+    }
+
+    /// Plays a Patroni node: `role` "primary" or "replica" on `timeline`, answering
+    /// /primary, /master, /replica, /read-only and /health as Patroni does.
+    pub fn patroni(&self, role: &str, timeline: u64) {
+        let primary = role == "primary";
+        let code = |yes: bool| Answer::Status(if yes { 200 } else { 503 });
+        self.set("/primary", code(primary));
+        self.set("/master", code(primary));
+        self.set("/replica", code(!primary));
+        self.set("/read-only", Answer::Status(200));
+        self.set("/health", Answer::Status(200));
+        let xlog =
+            if primary { r#"{"location": 1000}"# } else { r#"{"received_location": 1000, "replayed_location": 1000}"# };
+        self.set_json(&format!(r#"{{"state": "running", "role": "{role}", "timeline": {timeline}, "xlog": {xlog}}}"#));
     }
 
     pub fn hits(&self, path: &str) -> u64 {
@@ -86,14 +121,25 @@ impl FakeRest {
             }
         }
         let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or_default().to_owned();
+        let get = line.starts_with("GET ");
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
         *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-        let answer = self.answers.lock().unwrap().get(&path).copied().unwrap_or(Answer::Status(503));
+        let all = *self.all.lock().unwrap();
+        let answer = all.or_else(|| self.answers.lock().unwrap().get(&path).copied()).unwrap_or(Answer::Status(503));
         match answer {
-            // Exactly what Patroni sends to OPTIONS: no headers, no body, then close.
-            Answer::Status(200) => drop(stream.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await),
             Answer::Status(code) => {
-                drop(stream.write_all(format!("HTTP/1.0 {code} Service Unavailable\r\n\r\n").as_bytes()).await)
+                let reason = if code == 200 { "OK" } else { "Service Unavailable" };
+                // What Patroni sends: to OPTIONS no headers and no body; to GET the status
+                // JSON without Content-Length, ended by closing.
+                let reply = if get {
+                    format!(
+                        "HTTP/1.0 {code} {reason}\r\nContent-Type: application/json\r\n\r\n{}",
+                        self.json.lock().unwrap()
+                    )
+                } else {
+                    format!("HTTP/1.0 {code} {reason}\r\n\r\n")
+                };
+                drop(stream.write_all(reply.as_bytes()).await)
             }
             Answer::Hang => std::future::pending::<()>().await,
             Answer::Garbage => drop(stream.write_all(b"\x00\x01 this is not http \xff\r\n\r\n").await),
@@ -177,6 +223,8 @@ pub struct FakeNode {
 /// Three (or `n`) fake nodes and a config in front of them.
 pub struct Lab {
     pub nodes: Vec<FakeNode>,
+    /// Each new leader promotes onto a new timeline, as PostgreSQL does.
+    timeline: AtomicU64,
 }
 
 /// Fast check timing for tests: real clock, polled with deadlines.
@@ -200,14 +248,14 @@ impl Lab {
         for i in 1..=n {
             nodes.push(FakeNode { rest: FakeRest::start().await, backend: Backend::start(&format!("node{i}")).await });
         }
-        Lab { nodes }
+        Lab { nodes, timeline: AtomicU64::new(1) }
     }
 
     /// Makes node `i` (0-based) the leader and the others replicas.
     pub fn leader(&self, i: usize) {
+        let timeline = self.timeline.fetch_add(1, Ordering::SeqCst) + 1;
         for (j, n) in self.nodes.iter().enumerate() {
-            n.rest.set("/master", Answer::Status(if i == j { 200 } else { 503 }));
-            n.rest.set("/replica", Answer::Status(if i == j { 503 } else { 200 }));
+            n.rest.patroni(if i == j { "primary" } else { "replica" }, timeline);
         }
     }
 

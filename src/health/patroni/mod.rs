@@ -1,0 +1,199 @@
+//! Patroni's status JSON and the rules that turn one node answer into every listener's
+//! verdict, as Patroni's REST API would have answered each endpoint. Pure functions, so
+//! every rule is tested without a cluster.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Endpoint, ReplicaFilter};
+
+/// The part of `GET /patroni` (or any GET health endpoint) that pgfront uses. Unknown
+/// fields are ignored; missing ones take their defaults, so older Patroni versions parse.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct NodeStatus {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub timeline: Option<u64>,
+    #[serde(default)]
+    pub xlog: Xlog,
+    #[serde(default)]
+    pub replication_state: Option<String>,
+    /// On the leader: its standbys and their sync state.
+    #[serde(default)]
+    pub replication: Vec<Standby>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub pause: Option<bool>,
+    #[serde(default)]
+    pub patroni: PatroniInfo,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Xlog {
+    /// The primary's current WAL position.
+    pub location: Option<u64>,
+    pub received_location: Option<u64>,
+    pub replayed_location: Option<u64>,
+    pub paused: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Standby {
+    #[serde(default)]
+    pub application_name: String,
+    pub state: Option<String>,
+    pub sync_state: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct PatroniInfo {
+    pub version: Option<String>,
+    pub scope: Option<String>,
+    pub name: Option<String>,
+}
+
+impl NodeStatus {
+    /// Parses a status body; `Err` carries a short reason for the check report.
+    pub fn parse(body: &[u8]) -> Result<NodeStatus, String> {
+        serde_json::from_slice(body).map_err(|e| format!("status JSON unreadable: {e}"))
+    }
+
+    pub fn is_primary(&self) -> bool {
+        matches!(self.role.as_str(), "primary" | "master")
+    }
+
+    pub fn is_running(&self) -> bool {
+        // Patroni 4 says "running"; some versions report a streaming replica as "streaming".
+        matches!(self.state.as_str(), "running" | "streaming")
+    }
+
+    /// Patroni's `noloadbalance` tag: the node takes no read traffic.
+    pub fn noloadbalance(&self) -> bool {
+        self.tags.get("noloadbalance").is_some_and(truthy)
+    }
+
+    /// Bytes this replica's replay trails `leader_position`.
+    pub fn lag(&self, leader_position: Option<u64>) -> Option<u64> {
+        Some(leader_position?.saturating_sub(self.xlog.replayed_location?))
+    }
+}
+
+fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
+        serde_json::Value::Number(n) => n.as_u64() == Some(1),
+        _ => false,
+    }
+}
+
+fn tag_matches(v: &serde_json::Value, want: &str) -> bool {
+    match v {
+        serde_json::Value::String(s) => s == want,
+        other => other.to_string() == want,
+    }
+}
+
+/// What the rest of the cluster says, for rules that need it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct View<'a> {
+    /// Whether this node is the arbitrated leader (it claims leadership and wins).
+    pub is_leader: bool,
+    /// The leader's WAL position, for replica lag.
+    pub leader_position: Option<u64>,
+    /// The leader's standbys, for /sync and /async.
+    pub standbys: &'a [Standby],
+}
+
+/// A check's verdict on one node answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub passed: bool,
+    /// Why it failed (empty when it passed).
+    pub why: String,
+    /// Set while a replica is excluded for lag; it is re-admitted only below half the
+    /// bound, so a replica hovering at the bound does not flap.
+    pub lag_excluded: bool,
+}
+
+impl Verdict {
+    fn pass() -> Verdict {
+        Verdict { passed: true, why: String::new(), lag_excluded: false }
+    }
+
+    fn fail(why: impl Into<String>) -> Verdict {
+        Verdict { passed: false, why: why.into(), lag_excluded: false }
+    }
+}
+
+/// Would Patroni answer 200 on `endpoint` for a node in `status`?
+pub fn verdict(endpoint: &Endpoint, status: &NodeStatus, view: View<'_>, lag_excluded: bool) -> Verdict {
+    match endpoint {
+        Endpoint::Primary if view.is_leader => Verdict::pass(),
+        Endpoint::Primary => Verdict::fail(format!("not the leader (role {})", status.role)),
+        Endpoint::Leader if view.is_leader || status.role == "standby_leader" => Verdict::pass(),
+        Endpoint::Leader => Verdict::fail(format!("does not hold the leader lock (role {})", status.role)),
+        Endpoint::StandbyLeader if status.role == "standby_leader" && status.is_running() => Verdict::pass(),
+        Endpoint::StandbyLeader => Verdict::fail(format!("not a standby leader (role {})", status.role)),
+        Endpoint::Replica(f) => replica(f, status, view, lag_excluded),
+        Endpoint::ReadOnly(_) if view.is_leader => Verdict::pass(),
+        Endpoint::ReadOnly(f) => replica(f, status, view, lag_excluded),
+        Endpoint::Sync(f) | Endpoint::Async(f) => {
+            let v = replica(f, status, view, lag_excluded);
+            if !v.passed {
+                return v;
+            }
+            let name = status.patroni.name.as_deref().unwrap_or_default();
+            let sync = view
+                .standbys
+                .iter()
+                .any(|s| s.application_name == name && matches!(s.sync_state.as_deref(), Some("sync" | "quorum")));
+            match (endpoint, sync) {
+                (Endpoint::Sync(_), false) => Verdict::fail("not a synchronous standby"),
+                (Endpoint::Async(_), true) => Verdict::fail("a synchronous standby"),
+                _ => v,
+            }
+        }
+        Endpoint::Health if status.is_running() => Verdict::pass(),
+        Endpoint::Health => Verdict::fail(format!("PostgreSQL is {}", status.state)),
+        Endpoint::Liveness => Verdict::pass(),
+        Endpoint::Readiness if view.is_leader => Verdict::pass(),
+        Endpoint::Readiness if status.role == "replica" && status.replication_state.as_deref() == Some("streaming") => {
+            Verdict::pass()
+        }
+        Endpoint::Readiness => Verdict::fail("neither the leader nor a streaming replica"),
+    }
+}
+
+fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: bool) -> Verdict {
+    if st.role != "replica" {
+        return Verdict::fail(format!("not a replica (role {})", st.role));
+    }
+    if !st.is_running() {
+        return Verdict::fail(format!("PostgreSQL is {}", st.state));
+    }
+    if st.noloadbalance() {
+        return Verdict::fail("tagged noloadbalance");
+    }
+    for (k, want) in &f.tags {
+        if !st.tags.get(k).is_some_and(|v| tag_matches(v, want)) {
+            return Verdict::fail(format!("tag {k} is not {want}"));
+        }
+    }
+    if let (Some(max), Some(lag)) = (f.max_lag, st.lag(view.leader_position)) {
+        // Hysteresis: out above the bound, back in only at half of it.
+        let limit = if lag_excluded { max / 2 } else { max };
+        if lag > limit {
+            return Verdict { passed: false, why: format!("replay lag {lag} bytes over {limit}"), lag_excluded: true };
+        }
+    }
+    Verdict::pass()
+}
+
+#[cfg(test)]
+mod tests;

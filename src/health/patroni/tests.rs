@@ -1,0 +1,83 @@
+use super::*;
+
+const LEADER: &str = r#"{"state": "running", "role": "primary", "server_version": 150018, "xlog": {"location": 67108960}, "timeline": 3, "replication": [{"usename": "replicator", "application_name": "node2", "client_addr": "127.0.0.1", "state": "streaming", "sync_state": "sync", "sync_priority": 1}, {"application_name": "node3", "state": "streaming", "sync_state": "async"}], "patroni": {"version": "4.1.5", "scope": "lab", "name": "node1"}}"#;
+const REPLICA: &str = r#"{"state": "running", "role": "replica", "server_version": 150018, "xlog": {"received_location": 67108000, "replayed_location": 67100000, "replayed_timestamp": "2026-11-26 06:38:20.796853+00:00", "paused": false}, "timeline": 3, "replication_state": "streaming", "patroni": {"version": "4.1.5", "scope": "lab", "name": "node2"}}"#;
+
+fn parse(s: &str) -> NodeStatus {
+    NodeStatus::parse(s.as_bytes()).unwrap()
+}
+
+fn ep(path: &str) -> Endpoint {
+    Endpoint::parse(path).unwrap().unwrap()
+}
+
+#[test]
+fn parses_real_patroni_answers() {
+    let l = parse(LEADER);
+    assert!(l.is_primary() && l.is_running());
+    assert_eq!((l.timeline, l.xlog.location), (Some(3), Some(67108960)));
+    assert_eq!(l.replication.len(), 2);
+    let r = parse(REPLICA);
+    assert_eq!(r.lag(l.xlog.location), Some(8960));
+    assert!(NodeStatus::parse(b"<html>").is_err());
+    assert!(NodeStatus::parse(b"{}").is_ok(), "missing fields default");
+}
+
+#[test]
+fn leader_endpoints_follow_arbitration() {
+    let l = parse(LEADER);
+    let yes = View { is_leader: true, ..View::default() };
+    assert!(verdict(&ep("/master"), &l, yes, false).passed);
+    assert!(!verdict(&ep("/master"), &l, View::default(), false).passed, "a claimant that lost arbitration");
+    assert!(verdict(&ep("/read-only"), &l, yes, false).passed);
+    assert!(!verdict(&ep("/replica"), &l, yes, false).passed);
+}
+
+#[test]
+fn replica_rules() {
+    let r = parse(REPLICA);
+    let view = View { leader_position: Some(67108960), ..View::default() };
+    assert!(verdict(&ep("/replica"), &r, view, false).passed);
+    assert!(verdict(&ep("/read-only"), &r, view, false).passed);
+    assert!(verdict(&ep("/health"), &r, view, false).passed);
+    assert!(!verdict(&ep("/master"), &r, view, false).passed);
+    let mut tagged = r.clone();
+    tagged.tags.insert("noloadbalance".into(), serde_json::Value::Bool(true));
+    assert_eq!(verdict(&ep("/replica"), &tagged, view, false).why, "tagged noloadbalance");
+    tagged.tags.insert("dc".into(), serde_json::Value::String("east".into()));
+    tagged.tags.remove("noloadbalance");
+    assert!(verdict(&ep("/replica?tag_dc=east"), &tagged, view, false).passed);
+    assert!(!verdict(&ep("/replica?tag_dc=west"), &tagged, view, false).passed);
+    let mut stopped = r;
+    stopped.state = "stopped".into();
+    assert!(!verdict(&ep("/replica"), &stopped, view, false).passed);
+}
+
+#[test]
+fn lag_has_hysteresis() {
+    let r = parse(REPLICA); // replayed 67100000
+    let at = |leader: u64, excluded: bool| {
+        verdict(&ep("/replica?lag=10000"), &r, View { leader_position: Some(leader), ..View::default() }, excluded)
+    };
+    assert!(at(67_108_000, false).passed, "8000 bytes behind, bound 10000");
+    let out = at(67_111_000, false);
+    assert!(!out.passed && out.lag_excluded, "11000 behind: out");
+    assert!(!at(67_108_000, true).passed, "8000 behind after exclusion: still out (above half the bound)");
+    assert!(at(67_104_000, true).passed, "4000 behind: back in");
+    assert!(at(67_111_000, false).why.contains("11000"));
+    let unknown = verdict(&ep("/replica?lag=1"), &r, View::default(), false);
+    assert!(unknown.passed, "lag unknown without a leader position, as in Patroni");
+}
+
+#[test]
+fn sync_and_async() {
+    let l = parse(LEADER);
+    let r = parse(REPLICA); // node2, sync in the leader's list
+    let view = View { leader_position: l.xlog.location, standbys: &l.replication, ..View::default() };
+    assert!(verdict(&ep("/sync"), &r, view, false).passed);
+    assert!(!verdict(&ep("/async"), &r, view, false).passed);
+    let mut r3 = r.clone();
+    r3.patroni.name = Some("node3".into());
+    assert!(!verdict(&ep("/sync"), &r3, view, false).passed);
+    assert!(verdict(&ep("/async"), &r3, view, false).passed);
+}
