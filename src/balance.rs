@@ -27,27 +27,69 @@ impl NoServer {
     }
 }
 
+/// Which servers a session may use: the listener's own rule, or what the client asked
+/// for with `options=-c pgfront.target=...` where the listener allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Servers admitted by the listener's check, then the leader if `fallback_to_leader`.
+    #[default]
+    Listener,
+    /// The leader only.
+    Primary,
+    /// Servers admitted by the listener's check only.
+    Replica,
+    /// Replicas first, the leader when none is eligible.
+    PreferReplica,
+    /// Any admitted server or the leader, in rotation.
+    Any,
+}
+
+impl Target {
+    /// Parses a client's `pgfront.target` value.
+    pub fn parse(v: &str) -> Option<Target> {
+        Some(match v {
+            "primary" | "leader" | "master" => Target::Primary,
+            "replica" | "standby" => Target::Replica,
+            "prefer-replica" | "prefer_replica" | "prefer-standby" => Target::PreferReplica,
+            "any" => Target::Any,
+            _ => return None,
+        })
+    }
+}
+
 /// Picks a server now. Servers in `avoid` (those a retry just failed on) are used only
-/// when nothing else is admitted.
-pub fn pick(l: &ListenerState, avoid: &[usize]) -> Result<Slot, NoServer> {
-    match pick_among(l, |s| !avoid.contains(&s.node)) {
-        Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |_| true),
-        Err(NoServer::NoneUp) if l.config.fallback_to_leader => leader(l),
+/// when nothing else is eligible.
+pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, NoServer> {
+    let leader = l.leadership.leader();
+    let fallback = match target {
+        Target::Listener => l.config.fallback_to_leader,
+        Target::PreferReplica => true,
+        _ => false,
+    };
+    let first = match target {
+        Target::Primary => leader_slot(l, leader),
+        Target::Any => pick_among(l, |s| !avoid.contains(&s.node) && (s.is_up() || leader == Some(s.node)))
+            .or_else(|_| pick_among(l, |s| s.is_up() || leader == Some(s.node))),
+        _ => match pick_among(l, |s| s.is_up() && !avoid.contains(&s.node)) {
+            Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |s| s.is_up()),
+            other => other,
+        },
+    };
+    match first {
+        Err(NoServer::NoneUp) if fallback => leader_slot(l, leader),
         other => other,
     }
 }
 
-/// `fallback_to_leader`: with no server admitted by the check, the leader takes the session.
-fn leader(l: &ListenerState) -> Result<Slot, NoServer> {
-    let Some(node) = l.leadership.leader() else {
-        return Err(NoServer::NoneUp);
-    };
+/// The leader's server on this listener, as a slot that stays valid while it leads.
+fn leader_slot(l: &ListenerState, leader: Option<usize>) -> Result<Slot, NoServer> {
+    let node = leader.ok_or(NoServer::NoneUp)?;
     let server = l.servers.iter().find(|s| s.node == node).ok_or(NoServer::NoneUp)?;
     server.try_acquire(&l.wake).map(|slot| slot.as_fallback(&l.leadership)).ok_or(NoServer::Full)
 }
 
-fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {
-    let eligible = |s: &&Arc<Server>| s.is_up() && allowed(s);
+fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {
+    let eligible = |s: &&Arc<Server>| eligible(s);
     let up = l.servers.iter().filter(eligible).count();
     if up == 0 {
         return Err(NoServer::NoneUp);
@@ -75,8 +117,13 @@ fn pick_among(l: &ListenerState, allowed: impl Fn(&Server) -> bool) -> Result<Sl
 
 /// Picks a server, waiting in the listener's queue until `deadline` if none can take the
 /// session now. Returns the last reason when the deadline passes.
-pub async fn acquire(l: &Arc<ListenerState>, avoid: &[usize], deadline: Instant) -> Result<Slot, NoServer> {
-    if let Ok(slot) = pick(l, avoid) {
+pub async fn acquire(
+    l: &Arc<ListenerState>,
+    avoid: &[usize],
+    target: Target,
+    deadline: Instant,
+) -> Result<Slot, NoServer> {
+    if let Ok(slot) = pick(l, avoid, target) {
         return Ok(slot);
     }
     let _queued = QueueGuard::enter(l);
@@ -86,12 +133,12 @@ pub async fn acquire(l: &Arc<ListenerState>, avoid: &[usize], deadline: Instant)
         let notified = l.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let why = match pick(l, avoid) {
+        let why = match pick(l, avoid, target) {
             Ok(slot) => return Ok(slot),
             Err(e) => e,
         };
         if timeout_at(deadline, notified).await.is_err() {
-            return pick(l, avoid).map_err(|_| why);
+            return pick(l, avoid, target).map_err(|_| why);
         }
     }
 }

@@ -128,6 +128,21 @@ async fn pg_connect(addr: SocketAddr, tls: Tls) -> Result<Client, tokio_postgres
     Ok(client)
 }
 
+/// An error as an operator would want it read: SQLSTATE and message for server errors,
+/// the whole cause chain otherwise.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
 /// (in recovery, server address) of a session.
 async fn whereami(c: &Client) -> Result<(bool, String), tokio_postgres::Error> {
     let row = c.query_one("SELECT pg_is_in_recovery(), host(inet_server_addr())", &[]).await?;
@@ -278,10 +293,11 @@ impl Writer {
                     {
                         Ok(row) => c.lock().unwrap().push((tokio::time::Instant::now(), row.get::<_, String>(0))),
                         Err(err) => {
-                            if err.to_string().contains("read-only") {
+                            let text = describe(&err);
+                            if text.contains("read-only") {
                                 r.fetch_add(1, Ordering::SeqCst);
                             }
-                            e.lock().unwrap().push(err.to_string());
+                            e.lock().unwrap().push(text);
                             client = None;
                         }
                     }
@@ -314,6 +330,45 @@ async fn create_table(primary: SocketAddr) {
     .unwrap();
 }
 
+/// Opens a new session through `addr` every 100 ms, counting failures and sessions that
+/// land on a node in recovery.
+struct Connector {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>, u64)>,
+}
+
+impl Connector {
+    fn start(addr: SocketAddr) -> Connector {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut errors, mut wrong) = (0u64, Vec::new(), 0u64);
+            while !s.load(Ordering::SeqCst) {
+                let attempt = tokio::spawn(async move {
+                    let c = pg_connect(addr, Tls::Disable).await.map_err(|e| describe(&e))?;
+                    whereami(&c).await.map_err(|e| describe(&e))
+                });
+                match attempt.await.unwrap() {
+                    Ok((false, _)) => ok += 1,
+                    Ok((true, server)) => {
+                        wrong += 1;
+                        errors.push(format!("landed on {server} in recovery"));
+                    }
+                    Err(e) => errors.push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (ok, errors, wrong)
+        });
+        Connector { stop, task }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the lab cluster: run scripts/test"]
 async fn a_switchover_moves_writes_to_the_new_leader() {
@@ -326,6 +381,20 @@ async fn a_switchover_moves_writes_to_the_new_leader() {
     let (_, old_ip) = whereami(&old_session).await.unwrap();
     let writer = Writer::start(primary);
     eventually(LIVENESS, "writer commits before the switchover", || writer.committed_on(&old_ip)).await;
+    // Never two write targets: sample the leader listener throughout.
+    let most_up = Arc::new(AtomicU64::new(0));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watch = {
+        let (rt, most_up, watching) = (pg.shared().clone(), most_up.clone(), watching.clone());
+        tokio::spawn(async move {
+            while watching.load(Ordering::SeqCst) {
+                let n = rt.runtime.load().listener("primary").unwrap().servers_up() as u64;
+                most_up.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let connector = Connector::start(primary);
 
     cluster(&["switchover"]).await;
     let new_leader = cluster(&["leader"]).await.trim().to_owned();
@@ -343,7 +412,19 @@ async fn a_switchover_moves_writes_to_the_new_leader() {
     let c = pg_connect(primary, Tls::Disable).await.unwrap();
     assert_eq!(whereami(&c).await.unwrap(), (false, new_ip.to_owned()));
     let (commits, errors, read_only) = writer.finish().await;
-    eprintln!("switchover: {commits} commits, {} errors ({read_only} read-only)", errors.len());
+    let (connected, connect_errors, wrong) = connector.finish().await;
+    watching.store(false, Ordering::SeqCst);
+    watch.await.unwrap();
+    eprintln!(
+        "switchover: writer {commits} commits, errors {errors:?}; connector {connected} ok, errors {connect_errors:?}"
+    );
+    assert_eq!(read_only, 0, "no write reached a read-only node: {errors:?}");
+    assert_eq!(wrong, 0, "no new write session landed on a node in recovery");
+    assert!(
+        connect_errors.is_empty(),
+        "clients connecting during the switchover wait instead of failing: {connect_errors:?}"
+    );
+    assert_eq!(most_up.load(Ordering::SeqCst), 1, "at most one write target at any instant");
     healthy().await;
     pg.shutdown(Duration::from_secs(5)).await;
 }

@@ -30,6 +30,8 @@ pub struct ListenerStats {
     pub accepted: AtomicU64,
     /// Sessions refused with an error before reaching a server (queue timeout, no server).
     pub refused: AtomicU64,
+    /// CancelRequests forwarded.
+    pub cancels: AtomicU64,
 }
 
 /// One listener and its servers.

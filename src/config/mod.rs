@@ -161,6 +161,9 @@ pub struct Listener {
     pub shutdown_sessions: bool,
     /// Send sessions to the leader when no server passes this listener's check.
     pub fallback_to_leader: bool,
+    /// Honour `options=-c pgfront.target=primary|replica|prefer-replica|any` from
+    /// plain-text clients.
+    pub client_target: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -384,6 +387,11 @@ impl Validator<'_> {
         let timeout_connect = dur(&s.timeout_connect, defaults::TIMEOUT_CONNECT);
         let check = self.check(l.check.get_ref(), &s, timeout_connect, mode)?;
         let fallback_to_leader = l.fallback_to_leader.unwrap_or(false);
+        let client_target = l.client_target.unwrap_or(false);
+        if client_target && mode != CheckMode::Patroni {
+            let msg = "needs check_mode = \"patroni\" (pgfront must know which node leads)";
+            return Err(self.src.error(l.name.span(), "client_target", msg));
+        }
         if fallback_to_leader && mode != CheckMode::Patroni {
             return Err(self.src.error(
                 l.name.span(),
@@ -434,6 +442,7 @@ impl Validator<'_> {
             timeout_startup: self.nonzero(&s.timeout_startup, "timeout_startup", defaults::TIMEOUT_STARTUP)?,
             shutdown_sessions,
             fallback_to_leader,
+            client_target,
         })
     }
 

@@ -69,6 +69,7 @@ macro_rules! tunables {
             pub servers: Option<Spanned<Vec<Spanned<String>>>>,
             pub check: Spanned<RawCheck>,
             pub fallback_to_leader: Option<bool>,
+            pub client_target: Option<bool>,
             $(pub $field: Option<$ty>,)*
         }
 

@@ -1,6 +1,10 @@
 //! The PostgreSQL wire bits pgfront needs before a session reaches a server: pure
 //! functions over bytes, so they can be property-tested and fuzzed.
 
+mod startup;
+
+pub use startup::{sqlstate as error_sqlstate, Startup};
+
 /// The largest startup packet PostgreSQL accepts.
 pub const MAX_STARTUP_PACKET: u32 = 10_000;
 pub const SSL_REQUEST: u32 = 80_877_103;
@@ -34,6 +38,8 @@ pub enum BadOpening {
     Length(u32),
     #[error("unsupported frontend protocol {0}.{1}: pgfront and the server support 3.x")]
     Protocol(u16, u16),
+    #[error("malformed startup packet")]
+    Malformed,
 }
 
 /// Classifies the first eight bytes a client sends, as the PostgreSQL server would.

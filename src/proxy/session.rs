@@ -1,6 +1,8 @@
-//! One client session: read the opening packet, pick a server (waiting in the queue if
-//! none can take it), connect with retries, then copy until the session ends. Every
-//! refusal made before a server is chosen is a PostgreSQL error the client can print.
+//! One client session: read the opening, pick a server (waiting in the queue if none can
+//! take it), connect with retries, hand over the opening, then copy until the session
+//! ends. Every refusal made before a server is chosen is a PostgreSQL error the client can
+//! print, and a server that answers "cannot connect now" (57P03: shutting down, starting
+//! up) sends the session back to the queue instead of to the client.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -10,14 +12,19 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use super::copy::{self, End, Idle, Meters};
-use super::tweaks;
-use crate::balance::{self, NoServer};
+use super::{cancel, tweaks};
+use crate::balance::{self, NoServer, Target};
 use crate::cluster::{ListenerState, Server, Slot};
-use crate::pg::{self, sqlstate};
+use crate::pg::{self, sqlstate, Opening, Startup};
 use crate::state::Shared;
+
+/// The largest first server message pgfront reads (an auth request or an error).
+const MAX_FIRST_REPLY: usize = 64 * 1024;
+/// How long a session waits for a check to re-probe a server that was not ready.
+const NOT_READY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Why a session was refused before reaching a server.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,14 @@ impl Refusal {
     }
 }
 
+/// What the client sent before a server was chosen, forwarded to it first.
+struct Prelude {
+    bytes: Vec<u8>,
+    opening: Opening,
+    /// The parsed StartupMessage of a plain-text client.
+    startup: Option<Startup>,
+}
+
 /// Serves one accepted client to the end.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -89,34 +104,30 @@ pub async fn serve(
     if let Err(e) = tweaks::session(&client) {
         tracing::debug!(listener = %name, client = %peer, error = %e, "socket options");
     }
-    let result = async {
-        let head = opening(&mut client, listener.config.timeout_startup).await?;
-        let (slot, server) = connect(&shared, &listener).await?;
-        Ok::<_, Refusal>((head, slot, server))
+    let prelude = match read_prelude(&mut client, listener.config.timeout_startup).await {
+        Ok(p) => p,
+        Err(refusal) => return refused(&listener, &mut client, peer, started, refusal, None).await,
+    };
+    if let Opening::CancelRequest { .. } = prelude.opening {
+        cancel::forward(&listener, &prelude.bytes, peer).await;
+        return;
     }
-    .await;
-    let (head, slot, mut upstream) = match result {
+    let target = target_of(&listener, prelude.startup.as_ref());
+    let (slot, mut upstream, reply) = match establish(&shared, &listener, &prelude, target).await {
         Ok(v) => v,
-        Err(refusal) => {
-            listener.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(listener = %name, client = %peer, reason = refusal.as_label(), detail = %refusal,
-                duration_ms = started.elapsed().as_millis() as u64, "session refused");
-            if let Some(msg) = refusal.message(&name) {
-                refuse(&mut client, &msg).await;
-            }
-            return;
-        }
+        Err(refusal) => return refused(&listener, &mut client, peer, started, refusal, Some(&prelude.opening)).await,
     };
     let server = Arc::clone(slot.server());
     // A child of the server's token, itself a child of the process's session token: cut by
     // mark-down, by an operator, or by the end of a graceful stop.
     let token = server.session_token();
-    let mut moved = copy::Moved::default();
-    let end = match upstream.write_all(&head).await {
-        Err(e) => End::ServerError(e),
+    let mut moved = copy::Moved { to_server: prelude.bytes.len() as u64, to_client: 0 };
+    server.stats.bytes_in.fetch_add(prelude.bytes.len() as u64, Ordering::Relaxed);
+    let end = match client.write_all(&reply).await {
+        Err(e) => End::ClientError(e),
         Ok(()) => {
-            moved.to_server = head.len() as u64;
-            server.stats.bytes_in.fetch_add(head.len() as u64, Ordering::Relaxed);
+            moved.to_client = reply.len() as u64;
+            server.stats.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
             let meters = Meters { to_server: &server.stats.bytes_in, to_client: &server.stats.bytes_out };
             let idle = Idle { client: listener.config.timeout_client, server: listener.config.timeout_server };
             let (end, m) = copy::bidirectional(&mut client, &mut upstream, meters, idle, &token).await;
@@ -125,13 +136,40 @@ pub async fn serve(
             end
         }
     };
-    if matches!(end, End::ServerError(_)) {
+    // PostgreSQL ends sessions on its own only when something happens to it (shutdown,
+    // demotion, crash, an administrator): look at the node now, not at the next interval.
+    if matches!(end, End::ServerError(_) | End::ServerClosed) {
         server.check.kick();
     }
     tracing::info!(listener = %name, server = %server.name, client = %peer, reason = end.as_label(),
         detail = %EndDetail(&end), duration_ms = started.elapsed().as_millis() as u64,
         bytes_to_server = moved.to_server, bytes_to_client = moved.to_client, "session closed");
     drop(slot);
+}
+
+/// The target a session asks for: `options=-c pgfront.target=...` where the listener
+/// honours it, else the listener's own rule.
+fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Target {
+    if !listener.config.client_target {
+        return Target::Listener;
+    }
+    startup.and_then(|s| s.option("pgfront.target")).and_then(|v| Target::parse(&v)).unwrap_or(Target::Listener)
+}
+
+async fn refused(
+    listener: &ListenerState,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    started: Instant,
+    refusal: Refusal,
+    opening: Option<&Opening>,
+) {
+    listener.stats.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(listener = %listener.config.name, client = %peer, reason = refusal.as_label(), detail = %refusal,
+        duration_ms = started.elapsed().as_millis() as u64, "session refused");
+    if let Some(msg) = refusal.message(&listener.config.name) {
+        refuse(client, &msg, opening, listener.config.timeout_startup).await;
+    }
 }
 
 struct EndDetail<'a>(&'a End);
@@ -145,31 +183,139 @@ impl std::fmt::Display for EndDetail<'_> {
     }
 }
 
-/// Reads and checks the client's first eight bytes; they are forwarded to the server first.
-async fn opening(client: &mut TcpStream, limit: Duration) -> Result<[u8; 8], Refusal> {
+/// Reads the client's opening: eight bytes, then the rest of a StartupMessage or a
+/// CancelRequest (bounded by the 10000-byte limit and `timeout_startup`).
+async fn read_prelude(client: &mut TcpStream, limit: Duration) -> Result<Prelude, Refusal> {
+    let deadline = Instant::now() + limit;
     let mut head = [0u8; 8];
-    match timeout(limit, client.read_exact(&mut head)).await {
-        Err(_) => Err(Refusal::Silent),
-        Ok(Err(_)) => Err(Refusal::Gone),
-        Ok(Ok(_)) => {
-            pg::classify(head)?;
-            Ok(head)
+    match timeout_at(deadline, client.read_exact(&mut head)).await {
+        Err(_) => return Err(Refusal::Silent),
+        Ok(Err(_)) => return Err(Refusal::Gone),
+        Ok(Ok(_)) => {}
+    }
+    let opening = pg::classify(head)?;
+    let mut bytes = head.to_vec();
+    let rest = match opening {
+        Opening::Startup { len, .. } | Opening::CancelRequest { len } => len as usize - 8,
+        _ => 0,
+    };
+    if rest > 0 {
+        bytes.resize(8 + rest, 0);
+        match timeout_at(deadline, client.read_exact(&mut bytes[8..])).await {
+            Err(_) => return Err(Refusal::Silent),
+            Ok(Err(_)) => return Err(Refusal::Gone),
+            Ok(Ok(_)) => {}
         }
+    }
+    let startup = match opening {
+        Opening::Startup { .. } => Some(Startup::parse(&bytes)?),
+        _ => None,
+    };
+    Ok(Prelude { bytes, opening, startup })
+}
+
+/// Connects a server and hands it the prelude. For a plain-text StartupMessage the
+/// server's first message is read: "cannot connect now" (57P03) sends the session back to
+/// the queue (and the node's check to an immediate re-probe) until the listener's hold
+/// bound; anything else is returned to be forwarded to the client.
+async fn establish(
+    shared: &Shared,
+    listener: &Arc<ListenerState>,
+    prelude: &Prelude,
+    target: Target,
+) -> Result<(Slot, TcpStream, Vec<u8>), Refusal> {
+    let cfg = &listener.config;
+    let hold_until = Instant::now() + cfg.timeout_queue;
+    loop {
+        let (slot, mut upstream) = connect(shared, listener, target, hold_until).await?;
+        let server = Arc::clone(slot.server());
+        let first = async {
+            upstream.write_all(&prelude.bytes).await?;
+            if prelude.startup.is_none() {
+                return Ok(Vec::new());
+            }
+            read_message(&mut upstream).await
+        };
+        let reply = match timeout(cfg.timeout_connect, first).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                not_ready(&server, listener, &format!("handshake failed: {e}"));
+                pause(listener, hold_until).await?;
+                continue;
+            }
+            Err(_) => {
+                not_ready(&server, listener, "no answer to the startup packet in time");
+                pause(listener, hold_until).await?;
+                continue;
+            }
+        };
+        let cannot_connect_now =
+            reply.first() == Some(&b'E') && pg::error_sqlstate(&reply[5..]) == Some(sqlstate::CANNOT_CONNECT_NOW);
+        if cannot_connect_now && Instant::now() < hold_until {
+            not_ready(&server, listener, "the server cannot accept sessions now (57P03)");
+            drop((slot, upstream));
+            pause(listener, hold_until).await?;
+            continue;
+        }
+        return Ok((slot, upstream, reply));
     }
 }
 
+/// A server that accepted the connection but could not take the session.
+fn not_ready(server: &Server, listener: &ListenerState, why: &str) {
+    server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
+    server.check.kick();
+    tracing::info!(listener = %listener.config.name, server = %server.name, why, "server not ready; session held");
+}
+
+/// Waits for a change on the listener (a server up, a slot freed) or a short pause, within
+/// the hold bound.
+async fn pause(listener: &ListenerState, hold_until: Instant) -> Result<(), Refusal> {
+    let now = Instant::now();
+    if now >= hold_until {
+        return Err(Refusal::Queue(NoServer::NoneUp, listener.config.timeout_queue));
+    }
+    let wake = listener.wake.notified();
+    let _ = timeout_at((now + NOT_READY_PAUSE).min(hold_until), wake).await;
+    Ok(())
+}
+
+/// Reads one backend message (type, length, body), bounded in size.
+async fn read_message(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if !(4..=MAX_FIRST_REPLY).contains(&len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("first server message of {len} bytes"),
+        ));
+    }
+    let mut msg = head.to_vec();
+    msg.resize(1 + len, 0);
+    s.read_exact(&mut msg[5..]).await?;
+    Ok(msg)
+}
+
 /// Picks a server and connects, retrying failed connects up to `retries` times, on
-/// another server where the balance allows.
-async fn connect(shared: &Shared, listener: &Arc<ListenerState>) -> Result<(Slot, TcpStream), Refusal> {
+/// another server where the balance allows. While the hold bound lasts, exhausted retries
+/// send the session back to the queue rather than to the client: a leader that refuses
+/// connections is about to be replaced.
+async fn connect(
+    shared: &Shared,
+    listener: &Arc<ListenerState>,
+    target: Target,
+    hold_until: Instant,
+) -> Result<(Slot, TcpStream), Refusal> {
     let cfg = &listener.config;
     let mut avoid: Vec<usize> = Vec::new();
     let mut failed: Option<Arc<Server>> = None;
-    let mut retries = 0;
+    let mut attempts = 0;
+    let queued_at = Instant::now();
     loop {
-        let queued_at = Instant::now();
         let slot = tokio::select! {
-            r = balance::acquire(listener, &avoid, queued_at + cfg.timeout_queue) => r.map_err(|e| Refusal::Queue(e, queued_at.elapsed()))?,
-            () = shared.tokens.accept.cancelled(), if !shared.tokens.accept.is_cancelled() => return Err(Refusal::Stopping),
+            r = balance::acquire(listener, &avoid, target, hold_until.max(Instant::now())) => r.map_err(|e| Refusal::Queue(e, queued_at.elapsed()))?,
+            () = shared.tokens.accept.cancelled() => return Err(Refusal::Stopping),
         };
         let server = Arc::clone(slot.server());
         if let Some(prev) = failed.take() {
@@ -190,15 +336,23 @@ async fn connect(shared: &Shared, listener: &Arc<ListenerState>) -> Result<(Slot
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("connect timeout after {:?}", cfg.timeout_connect),
         };
+        attempts += 1;
         server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
         server.check.kick();
-        tracing::warn!(listener = %cfg.name, server = %server.name, error = %error, retry = retries + 1, "connect failed");
-        if retries >= cfg.retries {
-            return Err(Refusal::Connect { server: server.name.clone(), address: server.address.clone(), error });
-        }
-        retries += 1;
-        server.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %cfg.name, server = %server.name, error = %error, attempt = attempts, "connect failed");
         drop(slot);
+        if attempts > cfg.retries {
+            let refusal = || Refusal::Connect { server: server.name.clone(), address: server.address.clone(), error };
+            if Instant::now() + NOT_READY_PAUSE >= hold_until {
+                return Err(refusal());
+            }
+            // Hold: wait for the checks to catch up, then start over.
+            pause(listener, hold_until).await.map_err(|_| refusal())?;
+            attempts = 0;
+            avoid.clear();
+            continue;
+        }
+        server.stats.retries.fetch_add(1, Ordering::Relaxed);
         let alternative = listener.servers.iter().any(|s| s.node != server.node && s.is_up());
         if !alternative {
             // HAProxy waits about min(timeout connect, 1s) before retrying the same server.
@@ -209,18 +363,27 @@ async fn connect(shared: &Shared, listener: &Arc<ListenerState>) -> Result<(Slot
     }
 }
 
-/// Sends a PostgreSQL error and closes without resetting: the client's unread bytes are
-/// drained briefly so the kernel does not answer them with RST before the error is read.
-async fn refuse(client: &mut TcpStream, message: &[u8]) {
-    let _ = timeout(Duration::from_secs(2), async {
-        let _ = client.write_all(message).await;
-        let _ = client.shutdown().await;
-        let mut sink = [0u8; 1024];
-        while let Ok(n) = client.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
+/// Sends a PostgreSQL error and closes without resetting. A client that opened with an
+/// SSLRequest or GSSENCRequest is first told "no encryption" and its StartupMessage read,
+/// because libpq does not show an error sent in answer to the request itself; the client's
+/// unread bytes are drained briefly so the kernel does not reset before the error is read.
+async fn refuse(client: &mut TcpStream, message: &[u8], opening: Option<&Opening>, limit: Duration) {
+    let _ = timeout(limit.min(Duration::from_secs(5)), async {
+        if matches!(opening, Some(Opening::SslRequest | Opening::GssEncRequest)) {
+            client.write_all(b"N").await?;
+            // A client that insists on encryption closes here; one that falls back sends its
+            // StartupMessage in plain text, then reads the error.
+            let mut len = [0u8; 4];
+            client.read_exact(&mut len).await?;
+            let n = u32::from_be_bytes(len).clamp(4, pg::MAX_STARTUP_PACKET) as usize - 4;
+            let mut rest = vec![0u8; n];
+            client.read_exact(&mut rest).await?;
         }
+        client.write_all(message).await?;
+        client.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while client.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }

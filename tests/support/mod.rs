@@ -331,6 +331,12 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
     if stream.read_exact(&mut first).await.is_err() {
         return Err(Fatal { code: String::new(), message: "closed without a word".into() });
     }
+    if first[0] == b'N' {
+        // pgfront refuses an SSLRequest client in plain text, as libpq reads errors best:
+        // "no encryption", then the error after the StartupMessage.
+        stream.write_all(&startup_message(&[("user", "test")])).await.unwrap();
+        stream.read_exact(&mut first).await.unwrap();
+    }
     if first[0] == b'E' {
         return Err(read_error(&mut stream).await);
     }
@@ -348,6 +354,21 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
     stream.read_exact(&mut echo).await.unwrap();
     assert_eq!(echo, OPENING);
     Ok(Client { stream, server: String::from_utf8(name).unwrap() })
+}
+
+/// A StartupMessage for protocol 3.0 with `params`.
+pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend(body);
+    p
 }
 
 /// Reads the rest of an ErrorResponse whose type byte was consumed.

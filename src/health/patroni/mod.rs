@@ -134,7 +134,13 @@ impl Verdict {
 /// Would Patroni answer 200 on `endpoint` for a node in `status`?
 pub fn verdict(endpoint: &Endpoint, status: &NodeStatus, view: View<'_>, lag_excluded: bool) -> Verdict {
     match endpoint {
-        Endpoint::Primary if view.is_leader => Verdict::pass(),
+        // Patroni can answer 200 while the node is still finishing its promotion (its JSON
+        // still says replica) or already demoting (PostgreSQL stopping): either way writes
+        // would fail, with read-only errors or 57P03, so it is no write target yet or any more.
+        Endpoint::Primary if view.is_leader && status.is_running() && status.is_primary() => Verdict::pass(),
+        Endpoint::Primary if view.is_leader => {
+            Verdict::fail(format!("holds the leader lock, but PostgreSQL is {} as {}", status.state, status.role))
+        }
         Endpoint::Primary => Verdict::fail(format!("not the leader (role {})", status.role)),
         Endpoint::Leader if view.is_leader || status.role == "standby_leader" => Verdict::pass(),
         Endpoint::Leader => Verdict::fail(format!("does not hold the leader lock (role {})", status.role)),

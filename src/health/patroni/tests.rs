@@ -31,6 +31,11 @@ fn leader_endpoints_follow_arbitration() {
     assert!(!verdict(&ep("/master"), &l, View::default(), false).passed, "a claimant that lost arbitration");
     assert!(verdict(&ep("/read-only"), &l, yes, false).passed);
     assert!(!verdict(&ep("/replica"), &l, yes, false).passed);
+    let mut stopping = l.clone();
+    stopping.state = "stopping".into();
+    assert!(!verdict(&ep("/master"), &stopping, yes, false).passed, "a demoting leader takes no new writes");
+    let promoting = parse(REPLICA);
+    assert!(!verdict(&ep("/master"), &promoting, yes, false).passed, "not a write target before its promotion ends");
 }
 
 #[test]
