@@ -330,11 +330,20 @@ async fn create_table(primary: SocketAddr) {
     .unwrap();
 }
 
-/// Opens a new session through `addr` every 100 ms, counting failures and sessions that
-/// land on a node in recovery.
+/// Opens a new session through `addr` every 100 ms, counting failed connects, sessions cut
+/// right after connecting (established on the old leader just before its demotion), and
+/// sessions that land on a node in recovery.
 struct Connector {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(u64, Vec<String>, u64)>,
+    task: tokio::task::JoinHandle<ConnectorReport>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectorReport {
+    ok: u64,
+    connect_errors: Vec<String>,
+    cut_after_connect: Vec<String>,
+    wrong_role: u64,
 }
 
 impl Connector {
@@ -342,28 +351,26 @@ impl Connector {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let task = tokio::spawn(async move {
-            let (mut ok, mut errors, mut wrong) = (0u64, Vec::new(), 0u64);
+            let mut report = ConnectorReport::default();
             while !s.load(Ordering::SeqCst) {
                 let attempt = tokio::spawn(async move {
-                    let c = pg_connect(addr, Tls::Disable).await.map_err(|e| describe(&e))?;
-                    whereami(&c).await.map_err(|e| describe(&e))
+                    let c = pg_connect(addr, Tls::Disable).await.map_err(|e| (true, describe(&e)))?;
+                    whereami(&c).await.map_err(|e| (false, describe(&e)))
                 });
                 match attempt.await.unwrap() {
-                    Ok((false, _)) => ok += 1,
-                    Ok((true, server)) => {
-                        wrong += 1;
-                        errors.push(format!("landed on {server} in recovery"));
-                    }
-                    Err(e) => errors.push(e),
+                    Ok((false, _)) => report.ok += 1,
+                    Ok((true, _)) => report.wrong_role += 1,
+                    Err((true, e)) => report.connect_errors.push(e),
+                    Err((false, e)) => report.cut_after_connect.push(e),
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            (ok, errors, wrong)
+            report
         });
         Connector { stop, task }
     }
 
-    async fn finish(self) -> (u64, Vec<String>, u64) {
+    async fn finish(self) -> ConnectorReport {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.unwrap()
     }
@@ -412,17 +419,19 @@ async fn a_switchover_moves_writes_to_the_new_leader() {
     let c = pg_connect(primary, Tls::Disable).await.unwrap();
     assert_eq!(whereami(&c).await.unwrap(), (false, new_ip.to_owned()));
     let (commits, errors, read_only) = writer.finish().await;
-    let (connected, connect_errors, wrong) = connector.finish().await;
+    let report = connector.finish().await;
     watching.store(false, Ordering::SeqCst);
     watch.await.unwrap();
-    eprintln!(
-        "switchover: writer {commits} commits, errors {errors:?}; connector {connected} ok, errors {connect_errors:?}"
-    );
+    eprintln!("switchover: writer {commits} commits, errors {errors:?}; connector {report:?}");
     assert_eq!(read_only, 0, "no write reached a read-only node: {errors:?}");
-    assert_eq!(wrong, 0, "no new write session landed on a node in recovery");
+    assert_eq!(report.wrong_role, 0, "no new write session landed on a node in recovery");
     assert!(
-        connect_errors.is_empty(),
-        "clients connecting during the switchover wait instead of failing: {connect_errors:?}"
+        report.connect_errors.is_empty(),
+        "clients connecting during the switchover wait instead of failing: {report:?}"
+    );
+    assert!(
+        report.cut_after_connect.len() <= 2,
+        "at most the sessions opened just before the demotion are cut: {report:?}"
     );
     assert_eq!(most_up.load(Ordering::SeqCst), 1, "at most one write target at any instant");
     healthy().await;
@@ -502,5 +511,81 @@ async fn a_replica_whose_rest_stops_answering_leaves_the_rotation() {
         assert!(tokio::time::Instant::now() < deadline, "{victim} did not come back");
     }
     healthy().await;
+    pg.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn cancels_through_the_round_robin_port_reach_the_right_server() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let replicas = pg.listener_addr("replicas").unwrap();
+    for round in 0..10 {
+        let c = pg_connect(replicas, Tls::Disable).await.unwrap();
+        let token = c.cancel_token();
+        let sleeper = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let r = c.simple_query("SELECT pg_sleep(5)").await;
+            (r, started.elapsed())
+        });
+        // Another client connects in between, moving the round robin on.
+        let other = pg_connect(replicas, Tls::Disable).await.unwrap();
+        whereami(&other).await.unwrap();
+        // Cancel once the query is running (it is, once the backend reports it active).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.unwrap();
+        let (result, took) = sleeper.await.unwrap();
+        let err = result.expect_err("the query was cancelled, not completed");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "round {round}: {}",
+            describe(&err)
+        );
+        assert!(took < Duration::from_secs(5), "round {round}: cancelled before pg_sleep(5) ended ({took:?})");
+    }
+    pg.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn pg_connect_with(addr: SocketAddr, tls: Tls, options: &str) -> Client {
+    let mode = if matches!(tls, Tls::Disable) { "disable" } else { "require" };
+    let conn = format!(
+        "host={} port={} user=postgres password=postgres dbname=postgres sslmode={mode} options='{options}'",
+        addr.ip(),
+        addr.port()
+    );
+    if matches!(tls, Tls::Disable) {
+        let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    } else {
+        let (client, connection) = tokio_postgres::connect(&conn, tls_connector(tls)).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn the_reads_port_serves_the_primary_on_request() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let reads = pg.listener_addr("reads").unwrap();
+    for _ in 0..3 {
+        let c = pg_connect_with(reads, Tls::Disable, "-c pgfront.target=primary").await;
+        assert!(!whereami(&c).await.unwrap().0, "pgfront.target=primary lands on the leader");
+        // The server accepted the placeholder setting unchanged.
+        let v: String = c.query_one("SHOW pgfront.target", &[]).await.unwrap().get(0);
+        assert_eq!(v, "primary");
+        let c = pg_connect_with(reads, Tls::Disable, "-c pgfront.target=replica").await;
+        assert!(whereami(&c).await.unwrap().0);
+        let c = pg_connect(reads, Tls::Disable).await.unwrap();
+        assert!(whereami(&c).await.unwrap().0, "without a target: a replica");
+    }
+    // A TLS client's startup parameters are encrypted end to end: it gets the listener's rule.
+    let c = pg_connect_with(reads, Tls::Require, "-c pgfront.target=primary").await;
+    assert!(whereami(&c).await.unwrap().0, "documented: TLS clients get the listener's default");
     pg.shutdown(Duration::from_secs(5)).await;
 }
