@@ -2,9 +2,9 @@
 //! gracefully. `main.rs` is a thin CLI over this; tests run it in-process on port 0.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -59,12 +59,20 @@ impl Bound {
 /// A running pgfront.
 pub struct Pgfront {
     shared: Arc<Shared>,
+    probe: Arc<dyn Probe>,
     /// Checkers, accept loops and the web server (not sessions: those are in `shared`).
     tasks: TaskTracker,
-    checkers: CancellationToken,
+    serving: Mutex<Serving>,
     web_stop: CancellationToken,
-    addrs: HashMap<String, SocketAddr>,
     web_addr: Option<SocketAddr>,
+}
+
+/// What serves the current configuration; replaced piece by piece on reload.
+struct Serving {
+    /// Per listener: the configured bind, the bound address, the accept loop's token.
+    listeners: HashMap<String, (SocketAddr, SocketAddr, CancellationToken)>,
+    /// Stops the checkers of the current runtime.
+    checkers: CancellationToken,
 }
 
 /// What a graceful stop did.
@@ -74,36 +82,133 @@ pub struct Stopped {
     pub cut: usize,
 }
 
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+impl ReloadError {
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            ReloadError::Config(e) => e.as_label(),
+            ReloadError::Bind(_) => "bind",
+        }
+    }
+}
+
 impl Pgfront {
     /// Starts serving `config` on `bound`, probing with `probe`. Must run inside a Tokio runtime.
     pub fn start(config: Config, bound: Bound, probe: Arc<dyn Probe>) -> Pgfront {
         let tokens = Tokens::new();
+        let binds: HashMap<String, SocketAddr> = config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
         let runtime = Runtime::build(Arc::new(config), &tokens.sessions);
         let shared = Arc::new(Shared::new(runtime, tokens));
         let tasks = TaskTracker::new();
         let checkers = shared.tokens.root.child_token();
-        health::spawn_checkers(&shared.runtime.load_full(), probe, &tasks, &checkers);
-        let mut addrs = HashMap::new();
+        health::spawn_checkers(&shared.runtime.load_full(), Arc::clone(&probe), &tasks, &checkers);
+        let mut listeners = HashMap::new();
         for (name, socket) in bound.listeners {
-            if let Some(addr) = proxy::local_addr(&socket) {
-                addrs.insert(name.clone(), addr);
-            }
-            tracing::info!(listener = %name, bind = ?addrs.get(&name), "listening");
-            tasks.spawn(proxy::accept_loop(Arc::clone(&shared), name, socket));
+            let token = spawn_listener(&shared, &tasks, name.clone(), socket);
+            listeners.insert(name.clone(), (binds[&name], token.0, token.1));
         }
         let web_stop = shared.tokens.root.child_token();
-        let web_addr = bound.web.map(|socket| {
+        let web_addr = bound.web.and_then(|socket| {
             let addr = proxy::local_addr(&socket);
             tracing::info!(bind = ?addr, "stats page listening");
             tasks.spawn(web::serve(Arc::clone(&shared), socket, web_stop.clone()));
             addr
         });
-        Pgfront { shared, tasks, checkers, web_stop, addrs, web_addr: web_addr.flatten() }
+        let serving = Mutex::new(Serving { listeners, checkers });
+        Pgfront { shared, probe, tasks, serving, web_stop, web_addr }
+    }
+
+    /// Applies a new configuration without dropping live sessions: nodes, checks and
+    /// servers that did not change keep their health state and sessions; new listeners are
+    /// bound first, so a bind failure changes nothing; removed servers and listeners take no
+    /// new sessions and their open ones run to their end.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = self.apply(config);
+        let stats = &self.shared.reloads;
+        match &result {
+            Ok(()) => {
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+                stats.set_last_error(None);
+                tracing::info!("configuration reloaded");
+                self.shared.runtime.load().events.push("configuration reloaded".to_owned());
+            }
+            Err(e) => self.reload_failed(e),
+        }
+        result
+    }
+
+    /// Records a reload that failed before a configuration could be built (unreadable or
+    /// invalid file): nothing changes, and the reason is logged and shown.
+    pub fn reload_failed(&self, e: &ReloadError) {
+        self.shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
+        self.shared.reloads.set_last_error(Some(e.to_string()));
+        tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
+        self.shared.runtime.load().events.push(format!("reload refused: {e}"));
+    }
+
+    fn apply(&self, config: Config) -> Result<(), ReloadError> {
+        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        // Bind what is new or moved before touching anything.
+        let mut fresh = Vec::new();
+        for l in &config.listeners {
+            let same = serving.listeners.get(&l.name).is_some_and(|(configured, _, _)| *configured == l.bind);
+            if !same {
+                let socket = proxy::bind(l.bind).map_err(|source| BindError {
+                    what: format!("listener {:?}", l.name),
+                    addr: l.bind,
+                    source,
+                })?;
+                fresh.push((l.name.clone(), l.bind, socket));
+            }
+        }
+        let old = self.shared.runtime.load_full();
+        if let Some(w) = &config.web {
+            if old.config.web.as_ref().map(|o| o.bind) != Some(w.bind) {
+                tracing::warn!(bind = %w.bind, "the web bind address changes only with a restart");
+            }
+        }
+        let new_max = config.global.maxconn;
+        let old_max = old.config.global.maxconn;
+        let runtime = Arc::new(Runtime::build_from(Arc::new(config), &self.shared.tokens.sessions, Some(&old)));
+        // Checkers: the new set starts (reused checks keep their state), the old set stops.
+        let checkers = self.shared.tokens.root.child_token();
+        health::spawn_checkers(&runtime, Arc::clone(&self.probe), &self.tasks, &checkers);
+        std::mem::replace(&mut serving.checkers, checkers).cancel();
+        let names: Vec<String> = runtime.config.listeners.iter().map(|l| l.name.clone()).collect();
+        self.shared.runtime.store(runtime);
+        if new_max > old_max {
+            self.shared.global.add_permits(new_max - old_max);
+        } else {
+            self.shared.global.forget_permits(old_max - new_max);
+        }
+        for (name, configured, socket) in fresh {
+            let (addr, token) = spawn_listener(&self.shared, &self.tasks, name.clone(), socket);
+            if let Some((_, _, old)) = serving.listeners.insert(name, (configured, addr, token)) {
+                old.cancel();
+            }
+        }
+        serving.listeners.retain(|name, (_, _, token)| {
+            let keep = names.contains(name);
+            if !keep {
+                tracing::info!(listener = %name, "listener removed; its open sessions run to their end");
+                token.cancel();
+            }
+            keep
+        });
+        Ok(())
     }
 
     /// The address a listener is bound to.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.addrs.get(name).copied()
+        self.serving.lock().unwrap_or_else(|p| p.into_inner()).listeners.get(name).map(|l| l.1)
     }
 
     pub fn web_addr(&self) -> Option<SocketAddr> {
@@ -132,7 +237,7 @@ impl Pgfront {
                 n
             }
         };
-        self.checkers.cancel();
+        self.serving.lock().unwrap_or_else(|p| p.into_inner()).checkers.cancel();
         self.web_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -140,14 +245,20 @@ impl Pgfront {
         tracing::info!(cut, "stopped");
         Stopped { cut }
     }
+}
 
-    /// Serves until `signal` completes, then stops gracefully within the configured
-    /// `hard_stop_after`.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Stopped {
-        signal.await;
-        let grace = self.shared.runtime.load().config.global.hard_stop_after;
-        self.shutdown(grace).await
-    }
+/// Starts an accept loop for a bound listener; returns its address and its stop token.
+fn spawn_listener(
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    name: String,
+    socket: TcpListener,
+) -> (SocketAddr, CancellationToken) {
+    let addr = proxy::local_addr(&socket).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    tracing::info!(listener = %name, bind = %addr, "listening");
+    let token = shared.tokens.accept.child_token();
+    tasks.spawn(proxy::accept_loop(Arc::clone(shared), name, socket, token.clone()));
+    (addr, token)
 }
 
 /// Starts pgfront with the production probe.

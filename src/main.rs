@@ -1,11 +1,12 @@
 //! The `pgfront` binary: parses the command line and hands a validated configuration and
 //! bound sockets to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pgfront::{app, Bound, Config};
+use pgfront::{app, Bound, Config, Pgfront};
+use sd_notify::NotifyState;
 
 #[derive(Parser)]
 #[command(name = "pgfront", version, about = "A PostgreSQL-aware TCP load balancer for Patroni clusters")]
@@ -75,21 +76,73 @@ fn run(path: PathBuf) -> ExitCode {
             }
         };
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "pgfront starting");
-        app::start(config, bound).run_until(stop_signal()).await;
+        let pgfront = app::start(config, bound);
+        systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        systemd::spawn_watchdog();
+        if let Err(e) = serve_signals(&pgfront, &path).await {
+            tracing::error!(error = %e, "cannot install signal handlers; stopping");
+        }
+        systemd::notify(&[NotifyState::Stopping, NotifyState::Status("draining sessions")]);
+        let grace = pgfront.shared().runtime.load().config.global.hard_stop_after;
+        pgfront.shutdown(grace).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn serve_signals(pgfront: &Pgfront, path: &Path) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received: stopping"); return Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT received: stopping"); return Ok(()) }
+            _ = hup.recv() => {
+                tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+                let mut states = vec![NotifyState::Reloading];
+                if let Ok(now) = NotifyState::monotonic_usec_now() {
+                    states.push(now);
+                }
+                systemd::notify(&states);
+                match Config::load(path) {
+                    Ok(config) => {
+                        let _ = pgfront.reload(config);
+                    }
+                    Err(e) => pgfront.reload_failed(&e.into()),
+                }
+                systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+            }
+        }
+    }
+}
+
+/// systemd integration: readiness, reload and stop notifications, and the watchdog.
+/// Every call is a no-op when not started by systemd (NOTIFY_SOCKET unset).
+mod systemd {
+    use std::time::Duration;
+
+    use sd_notify::NotifyState;
+
+    pub fn notify(states: &[NotifyState]) {
+        if let Err(e) = sd_notify::notify(false, states) {
+            tracing::warn!(error = %e, "sd_notify failed");
+        }
+    }
+
+    /// Pings the watchdog at half its interval while the runtime is responsive.
+    pub fn spawn_watchdog() {
+        let mut usec = 0;
+        if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+            let every = Duration::from_micros(usec / 2);
+            tokio::spawn(async move {
+                loop {
+                    notify(&[NotifyState::Watchdog]);
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! What every task of a running pgfront shares: the current runtime (swapped whole on
 //! reload), the process-wide session limit, and the cancellation hierarchy.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
@@ -42,11 +43,37 @@ pub struct Shared {
     pub tokens: Tokens,
     /// Every session task, so a stop can wait for them to drain.
     pub sessions: TaskTracker,
+    pub reloads: Reloads,
+}
+
+/// Reload outcomes, for logs, metrics and the dashboard.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Reloads {
+    /// The error of the last reload, if it failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, tokens: Tokens) -> Shared {
         let global = Arc::new(Semaphore::new(runtime.config.global.maxconn));
-        Shared { runtime: ArcSwap::from_pointee(runtime), global, tokens, sessions: TaskTracker::new() }
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            global,
+            tokens,
+            sessions: TaskTracker::new(),
+            reloads: Reloads::default(),
+        }
     }
 }

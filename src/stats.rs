@@ -6,14 +6,56 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::cluster::{ListenerState, Runtime, Server};
+use std::time::UNIX_EPOCH;
+
+use crate::cluster::{ListenerState, NodeState, Server};
+use crate::state::Shared;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub version: &'static str,
     pub uptime_secs: u64,
     pub sessions: usize,
+    /// The node that takes writes now, if any.
+    pub leader: Option<String>,
+    pub leader_since_secs: u64,
+    /// Several nodes claim leadership on one timeline: writes are held.
+    pub leader_conflict: bool,
+    pub leader_changes: u64,
+    /// Sessions waiting in a queue now, across listeners.
+    pub sessions_held: usize,
+    pub nodes: Vec<NodeSnap>,
     pub listeners: Vec<ListenerSnap>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Why the last reload was refused, while it is the latest.
+    pub reload_error: Option<String>,
+    /// Recent transitions, newest first.
+    pub events: Vec<EventSnap>,
+}
+
+/// A node as Patroni describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSnap {
+    pub name: String,
+    pub rest: String,
+    pub is_leader: bool,
+    pub role: Option<String>,
+    pub state: Option<String>,
+    pub timeline: Option<u64>,
+    pub replication_state: Option<String>,
+    /// Replay lag behind the leader, in bytes.
+    pub lag_bytes: Option<u64>,
+    pub tags: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The last answer of its REST API, e.g. `L7OK/200 in 1ms`.
+    pub last_check: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSnap {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +69,9 @@ pub struct ListenerSnap {
     pub queue_max: usize,
     pub accepted: u64,
     pub refused: u64,
+    pub cancels: u64,
+    /// The listener's check names the leader (a write listener).
+    pub writes: bool,
     pub servers_up: usize,
     pub servers: Vec<ServerSnap>,
 }
@@ -38,6 +83,8 @@ pub struct ServerSnap {
     /// HAProxy's status text: `UP`, `DOWN`, `UP 1/3`, `DOWN 1/2`.
     pub status: String,
     pub up: bool,
+    /// The node's role per Patroni, so a replica on a write listener reads as such.
+    pub role: Option<String>,
     /// Seconds since the status last changed.
     pub last_change_secs: u64,
     /// Why the status last changed.
@@ -65,18 +112,54 @@ pub struct ServerSnap {
 }
 
 impl Snapshot {
-    pub fn of(rt: &Runtime) -> Snapshot {
+    pub fn of(shared: &Shared) -> Snapshot {
+        let rt = shared.runtime.load();
         let now = Instant::now();
+        let leader = rt.leadership.leader();
+        let leader_pos = leader.and_then(|l| rt.nodes[l].report().status).and_then(|s| s.xlog.location);
+        let nodes: Vec<NodeSnap> = rt.nodes.iter().map(|n| node(n, leader == Some(n.index), leader_pos)).collect();
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: now.saturating_duration_since(rt.started).as_secs(),
             sessions: rt.sessions(),
-            listeners: rt.listeners.iter().map(|l| listener(l, now)).collect(),
+            leader: leader.map(|l| rt.nodes[l].name.clone()),
+            leader_since_secs: now.saturating_duration_since(rt.leadership.since()).as_secs(),
+            leader_conflict: rt.leadership.conflict(),
+            leader_changes: rt.leadership.changes.load(Ordering::Relaxed),
+            sessions_held: rt.listeners.iter().map(|l| l.stats.queue_cur.load(Ordering::Relaxed)).sum(),
+            listeners: rt.listeners.iter().map(|l| listener(l, now, &nodes)).collect(),
+            nodes,
+            reloads_ok: shared.reloads.ok.load(Ordering::Relaxed),
+            reloads_failed: shared.reloads.failed.load(Ordering::Relaxed),
+            reload_error: shared.reloads.last_error(),
+            events: rt
+                .events
+                .recent()
+                .into_iter()
+                .map(|e| EventSnap { at: e.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), text: e.text })
+                .collect(),
         }
     }
 }
 
-fn listener(l: &ListenerState, now: Instant) -> ListenerSnap {
+fn node(n: &NodeState, is_leader: bool, leader_pos: Option<u64>) -> NodeSnap {
+    let r = n.report();
+    let st = r.status.as_ref();
+    NodeSnap {
+        name: n.name.clone(),
+        rest: n.target.clone(),
+        is_leader,
+        role: st.map(|s| s.role.clone()),
+        state: st.map(|s| s.state.clone()),
+        timeline: st.and_then(|s| s.timeline),
+        replication_state: st.and_then(|s| s.replication_state.clone()),
+        lag_bytes: st.filter(|s| s.role == "replica").and_then(|s| s.lag(leader_pos)),
+        tags: st.map(|s| s.tags.clone()).unwrap_or_default(),
+        last_check: r.last.as_ref().map_or_else(|| "not checked yet".to_owned(), |l| l.summary()),
+    }
+}
+
+fn listener(l: &ListenerState, now: Instant, nodes: &[NodeSnap]) -> ListenerSnap {
     let c = &l.config;
     ListenerSnap {
         name: c.name.clone(),
@@ -87,12 +170,14 @@ fn listener(l: &ListenerState, now: Instant) -> ListenerSnap {
         queue_max: l.stats.queue_max.load(Ordering::Relaxed),
         accepted: l.stats.accepted.load(Ordering::Relaxed),
         refused: l.stats.refused.load(Ordering::Relaxed),
+        cancels: l.stats.cancels.load(Ordering::Relaxed),
+        writes: c.check.is_leader(),
         servers_up: l.servers_up(),
-        servers: l.servers.iter().map(|s| server(s, now)).collect(),
+        servers: l.servers.iter().map(|s| server(s, now, nodes.get(s.node).and_then(|n| n.role.clone()))).collect(),
     }
 }
 
-fn server(s: &Server, now: Instant) -> ServerSnap {
+fn server(s: &Server, now: Instant, role: Option<String>) -> ServerSnap {
     let report = s.check.report();
     let st = &s.stats;
     let last = report.last.as_ref();
@@ -101,6 +186,7 @@ fn server(s: &Server, now: Instant) -> ServerSnap {
         address: s.address.clone(),
         status: report.machine.label(),
         up: report.machine.is_up(),
+        role,
         last_change_secs: now.saturating_duration_since(report.last_change).as_secs(),
         reason: report.reason.clone(),
         check_code: last.map(|r| r.code.as_str()),

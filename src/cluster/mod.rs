@@ -3,6 +3,7 @@
 //! proxy, the checkers and the web views never see half of a reload.
 
 mod check;
+mod events;
 mod node;
 mod server;
 
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use check::{Check, CheckReport};
+pub use events::{Event, EventLog};
 pub use node::{Decision, Leadership, NodeReport, NodeState};
 pub use server::{Server, ServerStats, Slot};
 
@@ -46,7 +48,9 @@ pub struct ListenerState {
     pub(crate) wake: Arc<Notify>,
     /// Who leads, for `fallback_to_leader`.
     pub(crate) leadership: Arc<Leadership>,
-    pub stats: ListenerStats,
+    /// Kept across reloads, like the queue's wake-up, so counters and waiting sessions
+    /// carry over.
+    pub stats: Arc<ListenerStats>,
 }
 
 impl ListenerState {
@@ -73,6 +77,8 @@ pub struct Runtime {
     /// Who leads (patroni check mode); arbitration is serialised by `arbitration`.
     pub leadership: Arc<Leadership>,
     pub(crate) arbitration: tokio::sync::Mutex<()>,
+    /// Recent transitions, kept across reloads.
+    pub events: Arc<EventLog>,
     pub started: Instant,
 }
 
@@ -80,17 +86,37 @@ impl Runtime {
     /// Builds the live state for `config`. Server session tokens are children of `sessions`,
     /// so a hard stop cuts everything at once.
     pub fn build(config: Arc<Config>, sessions: &CancellationToken) -> Runtime {
+        Runtime::build_from(config, sessions, None)
+    }
+
+    /// Builds the live state for a reloaded `config`, reusing from `previous` every node,
+    /// check and server that did not change: their health state, counters and open
+    /// sessions carry over, and only what changed starts afresh (DOWN until checked).
+    pub fn build_from(config: Arc<Config>, sessions: &CancellationToken, previous: Option<&Runtime>) -> Runtime {
         let nodes: Vec<Arc<NodeState>> = config
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| Arc::new(NodeState::new(i, n.name.clone(), n.check_address.clone())))
+            .map(|(i, n)| {
+                previous
+                    .and_then(|p| p.nodes.get(i).filter(|o| o.name == n.name && o.target == n.check_address).cloned())
+                    .unwrap_or_else(|| Arc::new(NodeState::new(i, n.name.clone(), n.check_address.clone())))
+            })
             .collect();
-        let leadership = Arc::new(Leadership::default());
+        let leadership = match previous {
+            Some(p) if p.nodes.iter().zip(&nodes).all(|(a, b)| Arc::ptr_eq(a, b)) && p.nodes.len() == nodes.len() => {
+                Arc::clone(&p.leadership)
+            }
+            _ => Arc::new(Leadership::default()),
+        };
         let mut checks: Vec<Arc<Check>> = Vec::new();
         let mut by_key: HashMap<(usize, CheckSpec), Arc<Check>> = HashMap::new();
+        let old_check = |i: usize, spec: &CheckSpec| {
+            previous?.checks.iter().find(|c| Arc::ptr_eq(&c.node_state, &nodes[i]) && &c.spec == spec).cloned()
+        };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
+            let old_listener = previous.and_then(|p| p.listener(&l.name));
             let servers = l
                 .servers
                 .iter()
@@ -99,26 +125,32 @@ impl Runtime {
                     let check = by_key
                         .entry((i, l.check.clone()))
                         .or_insert_with(|| {
-                            let c = Arc::new(Check::new(
-                                Arc::clone(&nodes[i]),
-                                node.check_address.clone(),
-                                l.check.clone(),
-                            ));
+                            let c = old_check(i, &l.check).unwrap_or_else(|| {
+                                Arc::new(Check::new(Arc::clone(&nodes[i]), node.check_address.clone(), l.check.clone()))
+                            });
                             checks.push(Arc::clone(&c));
                             c
                         })
                         .clone();
                     let maxconn = node.maxconn.unwrap_or(l.maxconn);
-                    Arc::new(Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions))
+                    let same = |s: &&Arc<Server>| {
+                        s.name == node.name
+                            && s.address == node.address
+                            && s.maxconn == maxconn
+                            && Arc::ptr_eq(&s.check, &check)
+                    };
+                    old_listener.and_then(|o| o.servers.iter().find(same).cloned()).unwrap_or_else(|| {
+                        Arc::new(Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions))
+                    })
                 })
                 .collect();
             listeners.push(Arc::new(ListenerState {
                 config: l.clone(),
                 servers,
                 rr: AtomicUsize::new(0),
-                wake: Arc::new(Notify::new()),
+                wake: old_listener.map_or_else(|| Arc::new(Notify::new()), |o| Arc::clone(&o.wake)),
                 leadership: Arc::clone(&leadership),
-                stats: ListenerStats::default(),
+                stats: old_listener.map_or_else(Arc::default, |o| Arc::clone(&o.stats)),
             }));
         }
         Runtime {
@@ -128,7 +160,8 @@ impl Runtime {
             nodes,
             leadership,
             arbitration: tokio::sync::Mutex::new(()),
-            started: Instant::now(),
+            events: previous.map_or_else(Arc::default, |p| Arc::clone(&p.events)),
+            started: previous.map_or_else(Instant::now, |p| p.started),
         }
     }
 

@@ -152,6 +152,7 @@ async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
     let was_conflict = rt.leadership.conflict();
     let decision = rt.leadership.decide(&claims);
     if decision.conflict && !was_conflict {
+        rt.events.push("several nodes claim leadership on the same timeline: writes held".to_owned());
         tracing::error!(claimants = ?claims.iter().map(|c| &rt.nodes[c.0].name).collect::<Vec<_>>(),
             "several nodes claim leadership on the same timeline: writes are held until one remains");
     }
@@ -196,6 +197,12 @@ fn leader_changed(rt: &Runtime, previous: Option<usize>, leader: Option<usize>, 
     let name = |i: Option<usize>| i.map_or("none".to_owned(), |i| rt.nodes[i].name.clone());
     let timeline = leader.and_then(|l| claims.iter().find(|c| c.0 == l).and_then(|c| c.1));
     tracing::warn!(previous = %name(previous), leader = %name(leader), timeline = ?timeline, "leader changed");
+    rt.events.push(format!(
+        "leader: {} -> {}{}",
+        name(previous),
+        name(leader),
+        timeline.map_or(String::new(), |t| format!(" (timeline {t})"))
+    ));
     if let Some(prev) = previous {
         if leader.is_some() {
             let reason =
@@ -231,12 +238,17 @@ fn publish(rt: &Runtime, check: &Arc<Check>, t: Transition) {
             Transition::WentUp => {
                 tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
                     servers_up = remaining, "server is UP");
+                rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.reason));
                 listener.wake_queue();
             }
             Transition::WentDown => {
                 let cut = if listener.config.shutdown_sessions { server.cut_sessions() } else { 0 };
                 tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
                     servers_up = remaining, sessions_cut = cut, "server is DOWN");
+                rt.events.push(format!(
+                    "{}/{} DOWN: {} ({cut} sessions cut, {remaining} servers up)",
+                    listener.config.name, server.name, report.reason
+                ));
             }
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use copy::End;
 pub use tweaks::bind;
@@ -19,8 +20,7 @@ use crate::state::Shared;
 /// Accepts on `socket` for the listener named `name` until the accept token is cancelled.
 /// The listener's policy is looked up in the current runtime at each accept, so a reload
 /// applies to the next session without rebinding.
-pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener) {
-    let stop = shared.tokens.accept.clone();
+pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener, stop: CancellationToken) {
     loop {
         // Global maxconn: wait for a free session before accepting, as HAProxy does; the
         // kernel's backlog holds clients meanwhile.

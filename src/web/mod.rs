@@ -2,6 +2,7 @@
 //! JSON, all behind basic auth and all rendered from one [`Snapshot`].
 
 mod auth;
+mod metrics;
 mod page;
 
 use std::convert::Infallible;
@@ -60,6 +61,14 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
 fn handle(shared: &Shared, req: &Request<Incoming>) -> Reply {
     let runtime = shared.runtime.load();
     let path = req.uri().path();
+    if path == "/metrics" {
+        // Numbers only, no secrets: scraped without credentials, like /health.
+        return text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(&Snapshot::of(shared)),
+        );
+    }
     if path == "/health" {
         // For Pacemaker or an outer balancer: alive, and serving at least one listener.
         return text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
@@ -74,7 +83,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Reply {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into());
     }
-    let snap = Snapshot::of(&runtime);
+    let snap = Snapshot::of(shared);
     let query = req.uri().query().unwrap_or("");
     match path {
         "/" | "/stats" if query == "csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),

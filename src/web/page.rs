@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::stats::{ListenerSnap, ServerSnap, Snapshot};
+use crate::stats::{ListenerSnap, NodeSnap, ServerSnap, Snapshot};
 
 /// Escapes text for HTML element and attribute content.
 fn esc(s: &str) -> String {
@@ -59,6 +59,9 @@ th,td{{border:1px solid #bbb;padding:2px 7px;text-align:right;white-space:nowrap
 th{{background:#e8e8f0}} td.l{{text-align:left}}
 tr.up td.st{{background:#b7f0b7}} tr.down td.st{{background:#f3b0b0}} tr.goingdown td.st{{background:#f5e08a}} tr.goingup td.st{{background:#c6e5ff}}
 h2{{margin:.2em 0}} .muted{{color:#666}}
+tr.replica td.st{{background:#e4e4ea}} tr.leader td{{font-weight:bold}}
+.banner{{padding:.5em 1em;margin:.5em 0;border-radius:4px;background:#e8f4e8}} .alert{{background:#f8d7d7}}
+ol.events{{font-family:monospace;font-size:12px}}
 </style></head><body>
 <h1>pgfront <span class="muted">{}</span></h1>
 <p class="muted">uptime {} &middot; {} sessions open &middot; refreshes every {refresh_secs}s &middot;
@@ -68,11 +71,66 @@ h2{{margin:.2em 0}} .muted{{color:#666}}
         ago(s.uptime_secs),
         s.sessions,
     );
+    match (&s.leader, s.leader_conflict) {
+        (_, true) => h.push_str(r#"<p class="banner alert">Several nodes claim leadership on the same timeline: writes are held until one remains.</p>"#),
+        (Some(l), _) => {
+            let _ = write!(h, r#"<p class="banner">Leader: <b>{}</b> for {} ({} leader changes)</p>"#, esc(l), ago(s.leader_since_secs), s.leader_changes);
+        }
+        (None, _) => {
+            let _ = write!(h, r#"<p class="banner alert">No leader for {}: new write sessions are held ({} waiting)</p>"#, ago(s.leader_since_secs), s.sessions_held);
+        }
+    }
+    if let Some(e) = &s.reload_error {
+        let _ = write!(
+            h,
+            r#"<p class="banner alert">The last reload was refused; the running configuration is unchanged: {}</p>"#,
+            esc(e)
+        );
+    }
+    cluster(&mut h, &s.nodes);
     for l in &s.listeners {
         listener(&mut h, l);
     }
-    h.push_str("</body></html>\n");
+    h.push_str("<h2>Recent transitions</h2>\n<ol class=\"events\">\n");
+    for e in s.events.iter().take(30) {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at);
+        let _ = writeln!(h, "<li>{} {}</li>", humantime::format_rfc3339_seconds(at), esc(&e.text));
+    }
+    let _ = write!(
+        h,
+        "</ol>\n<p class=\"muted\">reloads: {} ok, {} refused</p>\n</body></html>\n",
+        s.reloads_ok, s.reloads_failed
+    );
     h
+}
+
+/// The cluster as Patroni describes it.
+fn cluster(h: &mut String, nodes: &[NodeSnap]) {
+    h.push_str(r#"<h2 id="cluster">Cluster</h2>
+<table><tr><th class="l">node</th><th class="l">role</th><th class="l">state</th><th>timeline</th><th class="l">replication</th><th>lag</th><th class="l">tags</th><th class="l">REST</th><th class="l">last answer</th></tr>
+"#);
+    for n in nodes {
+        let tags: Vec<String> = n.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            h,
+            r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{role}</td><td class="l">{state}</td><td>{tl}</td><td class="l">{repl}</td><td>{lag}</td><td class="l">{tags}</td><td class="l">{rest}</td><td class="l">{last}</td></tr>"#,
+            class = if n.is_leader { "leader" } else { "" },
+            name = esc(&n.name),
+            role = esc(&match (&n.role, n.is_leader) {
+                (Some(r), true) => format!("{r} (leader)"),
+                (Some(r), false) => r.clone(),
+                (None, _) => "unknown".to_owned(),
+            }),
+            state = esc(n.state.as_deref().unwrap_or("-")),
+            tl = n.timeline.map_or("-".to_owned(), |t| t.to_string()),
+            repl = esc(n.replication_state.as_deref().unwrap_or("-")),
+            lag = n.lag_bytes.map_or("-".to_owned(), bytes),
+            tags = esc(&tags.join(" ")),
+            rest = esc(&n.rest),
+            last = esc(&n.last_check),
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 fn listener(h: &mut String, l: &ListenerSnap) {
@@ -97,24 +155,28 @@ queue {qcur} (max {qmax}) &middot; accepted {acc} &middot; refused {refused}</p>
         refused = l.refused,
     );
     for v in &l.servers {
-        server(h, v);
+        server(h, v, l.writes);
     }
     h.push_str("</table>\n");
 }
 
-fn server(h: &mut String, v: &ServerSnap) {
+fn server(h: &mut String, v: &ServerSnap, writes: bool) {
+    // On a write listener a healthy replica is not a failure: say what it is.
+    let replica = writes && !v.up && v.role.as_deref() == Some("replica");
     let class = match (v.up, v.status.contains('/')) {
+        _ if replica => "replica",
         (true, false) => "up",
         (true, true) => "goingdown",
         (false, true) => "goingup",
         (false, false) => "down",
     };
+    let status = if replica { "replica, not eligible for writes".to_owned() } else { v.status.clone() };
     let _ = writeln!(
         h,
         r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st">{status}</td><td>{since}</td><td class="l">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="l">{reason}</td></tr>"#,
         name = esc(&v.name),
         addr = esc(&v.address),
-        status = esc(&v.status),
+        status = esc(&status),
         since = ago(v.last_change_secs),
         check = esc(&v.last_check),
         chkfail = v.check_failures,

@@ -1,0 +1,145 @@
+//! Prometheus exposition of the same snapshot the stats page shows. Names follow HAProxy's
+//! exporter where the meaning is the same (`haproxy_server_current_sessions` becomes
+//! `pgfront_server_current_sessions`), plus what only pgfront knows: leadership, Patroni
+//! roles, timelines and lag, sessions held, reloads.
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::stats::Snapshot;
+
+/// Renders `snap` in the Prometheus text format.
+pub fn render(snap: &Snapshot) -> String {
+    let mut m = Metrics::default();
+    let server = ["listener", "server"];
+    let st = m.gauge("server_status", "Server status: 1 for the current state.", &["listener", "server", "state"]);
+    let cur = m.gauge("server_current_sessions", "Sessions open on the server.", &server);
+    let max = m.gauge("server_max_sessions", "Most sessions ever open at once on the server.", &server);
+    let lim = m.gauge("server_limit_sessions", "The server's maxconn.", &server);
+    let tot = m.counter("server_sessions_total", "Sessions sent to the server.", &server);
+    let bin = m.counter("server_bytes_in_total", "Bytes from clients to the server.", &server);
+    let bout = m.counter("server_bytes_out_total", "Bytes from the server to clients.", &server);
+    let econ = m.counter("server_connection_errors_total", "Failed connects to the server.", &server);
+    let wretr = m.counter("server_retry_warnings_total", "Connect retries on the server.", &server);
+    let wredis = m.counter(
+        "server_redispatch_warnings_total",
+        "Sessions moved to another server after a failed connect.",
+        &server,
+    );
+    let chkfail = m.counter("server_check_failures_total", "Failed health checks.", &server);
+    let chkdown = m.counter("server_check_up_down_total", "UP to DOWN transitions.", &server);
+    let lastchg = m.gauge("server_check_last_change_seconds", "Seconds since the last status change.", &server);
+    let downtime = m.counter("server_downtime_seconds_total", "Seconds spent DOWN.", &server);
+    let chkdur = m.fgauge("server_check_duration_seconds", "Duration of the last health check.", &server);
+    let active = m.gauge("backend_active_servers", "Servers taking new sessions.", &["listener"]);
+    let qcur = m.gauge("backend_current_queue", "Sessions waiting for a server.", &["listener"]);
+    let qmax = m.gauge("backend_max_queue", "Most sessions ever waiting at once.", &["listener"]);
+    let accepted = m.counter("listener_sessions_total", "Sessions accepted.", &["listener"]);
+    let refused = m.counter(
+        "listener_refused_total",
+        "Sessions refused with a PostgreSQL error before reaching a server.",
+        &["listener"],
+    );
+    let cancels = m.counter("listener_cancels_total", "Cancel requests forwarded.", &["listener"]);
+    for l in &snap.listeners {
+        let ln = l.name.as_str();
+        active.with_label_values(&[ln]).set(l.servers_up as i64);
+        qcur.with_label_values(&[ln]).set(l.queue_cur as i64);
+        qmax.with_label_values(&[ln]).set(l.queue_max as i64);
+        accepted.with_label_values(&[ln]).inc_by(l.accepted);
+        refused.with_label_values(&[ln]).inc_by(l.refused);
+        cancels.with_label_values(&[ln]).inc_by(l.cancels);
+        for s in &l.servers {
+            let v = [ln, s.name.as_str()];
+            for state in ["UP", "DOWN"] {
+                let on = (state == "UP") == s.up;
+                st.with_label_values(&[ln, &s.name, state]).set(i64::from(on));
+            }
+            cur.with_label_values(&v).set(s.cur as i64);
+            max.with_label_values(&v).set(s.max as i64);
+            lim.with_label_values(&v).set(s.limit as i64);
+            tot.with_label_values(&v).inc_by(s.total);
+            bin.with_label_values(&v).inc_by(s.bytes_in);
+            bout.with_label_values(&v).inc_by(s.bytes_out);
+            econ.with_label_values(&v).inc_by(s.conn_errors);
+            wretr.with_label_values(&v).inc_by(s.retries);
+            wredis.with_label_values(&v).inc_by(s.redispatches);
+            chkfail.with_label_values(&v).inc_by(s.check_failures);
+            chkdown.with_label_values(&v).inc_by(s.downs);
+            lastchg.with_label_values(&v).set(s.last_change_secs as i64);
+            downtime.with_label_values(&v).inc_by(s.downtime_secs);
+            chkdur.with_label_values(&v).set(s.check_duration_ms.unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+    let node = ["node"];
+    let role = m.gauge("node_role", "The node's role per Patroni: 1 for the current role.", &["node", "role"]);
+    let leader = m.gauge("node_is_leader", "1 for the node pgfront sends writes to.", &node);
+    let timeline = m.gauge("node_timeline", "The node's PostgreSQL timeline.", &node);
+    let lag = m.gauge("node_replication_lag_bytes", "Replay lag behind the leader, in bytes.", &node);
+    for n in &snap.nodes {
+        leader.with_label_values(&[&n.name]).set(i64::from(n.is_leader));
+        if let Some(r) = &n.role {
+            role.with_label_values(&[&n.name, r]).set(1);
+        }
+        if let Some(t) = n.timeline {
+            timeline.with_label_values(&[&n.name]).set(t as i64);
+        }
+        if let Some(b) = n.lag_bytes {
+            lag.with_label_values(&[&n.name]).set(b as i64);
+        }
+    }
+    let none: [&str; 0] = [];
+    m.counter("leader_changes_total", "Changes of the write target (including to none).", &none)
+        .with_label_values(&none)
+        .inc_by(snap.leader_changes);
+    m.gauge("leader_conflict", "1 while several nodes claim leadership on one timeline (writes held).", &none)
+        .with_label_values(&none)
+        .set(i64::from(snap.leader_conflict));
+    m.gauge("sessions_held", "Sessions waiting in a queue, e.g. for a new leader.", &none)
+        .with_label_values(&none)
+        .set(snap.sessions_held as i64);
+    m.gauge("current_sessions", "Sessions open across listeners.", &none)
+        .with_label_values(&none)
+        .set(snap.sessions as i64);
+    let reloads = m.counter("config_reloads_total", "Configuration reloads by result.", &["result"]);
+    reloads.with_label_values(&["ok"]).inc_by(snap.reloads_ok);
+    reloads.with_label_values(&["failed"]).inc_by(snap.reloads_failed);
+    m.gauge("config_last_reload_successful", "0 while the last reload was refused.", &none)
+        .with_label_values(&none)
+        .set(i64::from(snap.reload_error.is_none()));
+    m.gauge("build_info", "pgfront's version.", &["version"]).with_label_values(&[snap.version]).set(1);
+    m.encode()
+}
+
+/// A registry made per scrape: the snapshot already holds every value, so nothing is kept
+/// between scrapes and no metric can go stale.
+#[derive(Default)]
+struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    fn gauge(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(format!("pgfront_{name}"), help), labels).expect("valid metric");
+        self.registry.register(Box::new(g.clone())).expect("unique metric");
+        g
+    }
+
+    fn fgauge(&mut self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        let g = GaugeVec::new(Opts::new(format!("pgfront_{name}"), help), labels).expect("valid metric");
+        self.registry.register(Box::new(g.clone())).expect("unique metric");
+        g
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(format!("pgfront_{name}"), help), labels).expect("valid metric");
+        self.registry.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+
+    fn encode(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,215 @@
+//! The operator's surface: Prometheus metrics, live reload, the cluster view.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pgfront::Config;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = auth.map(|a| format!("Authorization: Basic {a}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+const ADMIN: &str = "YWRtaW46c2VjcmV0";
+
+fn up_count(pg: &pgfront::Pgfront, listener: &str) -> usize {
+    pg.shared().runtime.load().listener(listener).map_or(0, |l| l.servers_up())
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(Path::new("reload.toml"), text).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_expose_every_series() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let c = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    let (status, body) = get(pg.web_addr().unwrap(), "/metrics", None).await;
+    assert_eq!(status, 200);
+    for series in [
+        r#"pgfront_server_status{listener="primary",server="node1",state="UP"} 1"#,
+        r#"pgfront_server_status{listener="primary",server="node2",state="DOWN"} 1"#,
+        r#"pgfront_server_current_sessions{listener="primary",server="node1"} 1"#,
+        r#"pgfront_server_limit_sessions{listener="primary",server="node1"} 100"#,
+        r#"pgfront_server_sessions_total{listener="primary",server="node1"} 1"#,
+        "pgfront_server_bytes_in_total",
+        "pgfront_server_bytes_out_total",
+        "pgfront_server_connection_errors_total",
+        "pgfront_server_check_failures_total",
+        "pgfront_server_check_up_down_total",
+        "pgfront_server_check_last_change_seconds",
+        "pgfront_server_downtime_seconds_total",
+        "pgfront_server_check_duration_seconds",
+        r#"pgfront_backend_active_servers{listener="replicas"} 2"#,
+        "pgfront_backend_current_queue",
+        r#"pgfront_node_role{node="node1",role="primary"} 1"#,
+        r#"pgfront_node_is_leader{node="node1"} 1"#,
+        r#"pgfront_node_timeline{node="node2"} 2"#,
+        "pgfront_node_replication_lag_bytes",
+        "pgfront_leader_changes_total 1",
+        "pgfront_sessions_held 0",
+        r#"pgfront_config_reloads_total{result="failed"} 0"#,
+        "pgfront_config_last_reload_successful 1",
+    ] {
+        assert!(body.contains(series), "missing {series}\n{body}");
+    }
+    drop(c);
+    // promtool's own linter, where it is installed (scripts/deps installs it for CI).
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else if std::env::var_os("CI").is_some() {
+        panic!("promtool is not installed");
+    }
+}
+
+#[tokio::test]
+async fn a_good_reload_keeps_live_sessions_and_health() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    let replicas = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2).await;
+    let mut live = connect(replicas).await.unwrap();
+    // Change a timeout and restrict the replica listener to node2 and node3 explicitly.
+    let changed = text.replace("timeout_connect = \"500ms\"", "timeout_connect = \"700ms\"");
+    pg.reload(parse(&changed)).unwrap();
+    // Health carried over: no server went back to DOWN-until-checked.
+    assert_eq!(up_count(&pg, "replicas"), 2, "unchanged checks keep their state");
+    assert_eq!(pg.listener_addr("replicas").unwrap(), replicas, "the socket stays");
+    live.echo(b"still here after the reload").await.unwrap();
+    let rt = pg.shared().runtime.load();
+    assert_eq!(rt.listener("replicas").unwrap().config.timeout_connect, Duration::from_millis(700));
+    assert!(
+        rt.listener("replicas").unwrap().servers.iter().map(|s| s.stats.total.load(Ordering::SeqCst)).sum::<u64>() >= 1,
+        "counters carried over"
+    );
+    assert_eq!(pg.shared().reloads.ok.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_changed_check_takes_effect_and_removed_servers_drain() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    let replicas = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2).await;
+    let mut on_node3 = loop {
+        let c = connect(replicas).await.unwrap();
+        if c.server == "node3" {
+            break c;
+        }
+    };
+    // /read-only admits the leader too; and node3 leaves the listener.
+    let changed = text.replace(
+        "check = { method = \"OPTIONS\", path = \"/replica\", expect = 200 }",
+        "check = { method = \"OPTIONS\", path = \"/read-only\", expect = 200 }\nservers = [\"node1\", \"node2\"]",
+    );
+    pg.reload(parse(&changed)).unwrap();
+    eventually(LIMIT, "leader admitted by /read-only", || up_count(&pg, "replicas") == 2).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(connect(replicas).await.unwrap().server);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["node1", "node2"]);
+    on_node3.echo(b"a removed server's session runs to its end").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_reload_changes_nothing_and_says_why() {
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let err = Config::parse(Path::new("/etc/pgfront/pgfront.toml"), "[defaults]\nintre = \"3s\"\n").unwrap_err();
+    pg.reload_failed(&err.into());
+    assert_eq!(pg.shared().reloads.failed.load(Ordering::SeqCst), 1);
+    connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    let (_, html) = get(pg.web_addr().unwrap(), "/", Some(ADMIN)).await;
+    assert!(html.contains("reload was refused") && html.contains("intre"), "the page says why");
+    let (_, metrics) = get(pg.web_addr().unwrap(), "/metrics", None).await;
+    assert!(metrics.contains("pgfront_config_last_reload_successful 0"));
+    // A reload whose new listener cannot bind also changes nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = lab.config("").replace(
+        "[web]",
+        &format!(
+            "[[listener]]\nname = \"extra\"\nbind = \"{}\"\ncheck = {{ path = \"/replica\" }}\n\n[web]",
+            taken.local_addr().unwrap()
+        ),
+    );
+    assert!(pg.reload(parse(&text)).is_err());
+    assert!(pg.shared().runtime.load().listener("extra").is_none());
+}
+
+#[tokio::test]
+async fn a_new_listener_is_bound_on_reload() {
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    let added = text.replace(
+        "[web]",
+        "[[listener]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\ncheck = { path = \"/replica\" }\n\n[web]",
+    );
+    pg.reload(parse(&added)).unwrap();
+    let addr = pg.listener_addr("extra").expect("bound");
+    eventually(LIMIT, "replica up on the new listener", || up_count(&pg, "extra") == 1).await;
+    assert_eq!(connect(addr).await.unwrap().server, "node2");
+    // And removed again: it stops accepting.
+    pg.reload(parse(&text)).unwrap();
+    assert!(pg.listener_addr("extra").is_none());
+    eventually(LIMIT, "closed", || std::net::TcpStream::connect(addr).is_err()).await;
+}
+
+#[tokio::test]
+async fn the_page_shows_the_cluster() {
+    let lab = Lab::start(3).await;
+    lab.leader(1);
+    let pg = start(&lab.config(""));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let (_, html) = get(pg.web_addr().unwrap(), "/", Some(ADMIN)).await;
+    assert!(html.contains("Leader: <b>node2</b>"), "the leader is named");
+    assert!(html.contains("primary (leader)"));
+    assert!(
+        html.contains("replica, not eligible for writes"),
+        "replicas on the write listener are not shown as failures"
+    );
+    assert!(html.contains("leader: none -&gt; node2"), "the transition log");
+    let (_, json) = get(pg.web_addr().unwrap(), "/status.json", Some(ADMIN)).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["leader"], "node2");
+    assert_eq!(v["nodes"][1]["role"], "primary");
+    assert_eq!(v["nodes"][0]["timeline"], 2);
+}
