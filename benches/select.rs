@@ -55,7 +55,7 @@ fn selection(c: &mut Criterion) {
         let l = &rt.listeners[0];
         c.bench_function(&format!("pick/{b}/3 servers, 1 down"), |bench| {
             bench.iter(|| {
-                let slot = balance::pick(black_box(l), &[]).unwrap();
+                let slot = balance::pick(black_box(l), &[], balance::Target::Listener).unwrap();
                 black_box(&slot);
             })
         });

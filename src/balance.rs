@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::time::{timeout_at, Instant};
 
-use crate::cluster::{ListenerState, Server, Slot};
+use crate::cluster::{AdminState, ListenerState, Server, Slot};
 use crate::config::Balance;
 
 /// Why no server could be had.
@@ -68,8 +68,10 @@ pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, 
     };
     let first = match target {
         Target::Primary => leader_slot(l, leader),
-        Target::Any => pick_among(l, |s| !avoid.contains(&s.node) && (s.is_up() || leader == Some(s.node)))
-            .or_else(|_| pick_among(l, |s| s.is_up() || leader == Some(s.node))),
+        Target::Any => {
+            let usable = |s: &Server| s.is_up() || (leader == Some(s.node) && s.admin() == AdminState::Ready);
+            pick_among(l, |s| !avoid.contains(&s.node) && usable(s)).or_else(|_| pick_among(l, usable))
+        }
         _ => match pick_among(l, |s| s.is_up() && !avoid.contains(&s.node)) {
             Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |s| s.is_up()),
             other => other,
@@ -84,8 +86,8 @@ pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, 
 /// The leader's server on this listener, as a slot that stays valid while it leads.
 fn leader_slot(l: &ListenerState, leader: Option<usize>) -> Result<Slot, NoServer> {
     let node = leader.ok_or(NoServer::NoneUp)?;
-    let server = l.servers.iter().find(|s| s.node == node).ok_or(NoServer::NoneUp)?;
-    server.try_acquire(&l.wake).map(|slot| slot.as_fallback(&l.leadership)).ok_or(NoServer::Full)
+    let server = l.servers.iter().find(|s| s.node == node && s.admin() == AdminState::Ready).ok_or(NoServer::NoneUp)?;
+    server.try_acquire(&l.wake).map(|slot| slot.into_fallback(&l.leadership)).ok_or(NoServer::Full)
 }
 
 fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use std::time::UNIX_EPOCH;
 
-use crate::cluster::{ListenerState, NodeState, Server};
+use crate::cluster::{AdminState, ListenerState, NodeState, Server};
 use crate::state::Shared;
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,8 +184,12 @@ fn server(s: &Server, now: Instant, role: Option<String>) -> ServerSnap {
     ServerSnap {
         name: s.name.clone(),
         address: s.address.clone(),
-        status: report.machine.label(),
-        up: report.machine.is_up(),
+        // HAProxy shows the operator's setting in place of the health state.
+        status: match s.admin() {
+            AdminState::Ready => report.machine.label(),
+            other => other.as_str().to_owned(),
+        },
+        up: s.is_up(),
         role,
         last_change_secs: now.saturating_duration_since(report.last_change).as_secs(),
         reason: report.reason.clone(),

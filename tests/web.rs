@@ -96,3 +96,79 @@ async fn transitional_states_are_shown() {
     let (_, html) = get(web, "/", Some(ADMIN)).await;
     assert!(html.contains("DOWN 1/2"), "transitional state on the page");
 }
+
+/// viewer:look
+const VIEWER: &str = "dmlld2VyOmxvb2s=";
+
+/// POSTs a form; returns the status.
+async fn post(addr: SocketAddr, auth: &str, body: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /admin HTTP/1.0\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn csrf(web: SocketAddr) -> String {
+    let (_, html) = get(web, "/", Some(ADMIN)).await;
+    let at = html.find("name=\"csrf\" value=\"").expect("admin forms carry the token") + 19;
+    html[at..at + 64].to_owned()
+}
+
+#[tokio::test]
+async fn admin_actions_need_an_admin_and_the_csrf_token() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    let replicas = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "replicas up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2)
+        .await;
+    let token = csrf(web).await;
+    let form = |action: &str, t: &str| format!("listener=replicas&server=node2&action={action}&csrf={t}");
+
+    let (_, page) = get(web, "/", Some(VIEWER)).await;
+    assert!(!page.contains("name=\"csrf\""), "read-only users get no forms");
+    assert_eq!(post(web, VIEWER, &form("drain", &token)).await, 403, "read-only user");
+    assert_eq!(post(web, ADMIN, &form("drain", "")).await, 403, "missing token");
+    assert_eq!(post(web, ADMIN, &form("drain", &"0".repeat(64))).await, 403, "wrong token");
+    assert_eq!(post(web, "YWRtaW46d3Jvbmc=", &form("drain", &token)).await, 401);
+    assert!(connect(replicas).await.is_ok());
+
+    // drain: no new sessions, open ones stay.
+    let mut on_node2 = loop {
+        let c = connect(replicas).await.unwrap();
+        if c.server == "node2" {
+            break c;
+        }
+    };
+    assert_eq!(post(web, ADMIN, &form("drain", &token)).await, 303);
+    for _ in 0..4 {
+        assert_eq!(connect(replicas).await.unwrap().server, "node3");
+    }
+    on_node2.echo(b"draining, not cut").await.unwrap();
+    let (_, csv) = get(web, "/;csv", Some(ADMIN)).await;
+    assert!(csv.lines().any(|l| l.starts_with("replicas,node2,") && l.contains(",DRAIN,")), "{csv}");
+
+    // shutdown: its sessions are cut.
+    assert_eq!(post(web, ADMIN, &form("shutdown", &token)).await, 303);
+    assert!(on_node2.closed_within(LIMIT).await);
+
+    // maint, then ready again.
+    assert_eq!(post(web, ADMIN, &form("maint", &token)).await, 303);
+    let (_, csv) = get(web, "/;csv", Some(ADMIN)).await;
+    assert!(csv.lines().any(|l| l.starts_with("replicas,node2,") && l.contains(",MAINT,")));
+    assert_eq!(post(web, ADMIN, &form("ready", &token)).await, 303);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(connect(replicas).await.unwrap().server);
+    }
+    assert_eq!(seen.len(), 2, "node2 back in rotation");
+    let (_, html) = get(web, "/", Some(ADMIN)).await;
+    assert!(html.contains("by admin"), "actions are in the transition log with the user");
+    assert!(!html.contains("secret") && !html.contains("look"), "no password on the page");
+}

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub use check::{Check, CheckReport};
 pub use events::{Event, EventLog};
 pub use node::{Decision, Leadership, NodeReport, NodeState};
-pub use server::{Server, ServerStats, Slot};
+pub use server::{AdminState, Server, ServerStats, Slot};
 
 use crate::config::{CheckSpec, Config, Listener};
 

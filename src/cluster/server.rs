@@ -2,7 +2,7 @@
 //! It owns the per-server session limit, the counters, and the cancellation token that
 //! cuts its sessions on mark-down.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -35,6 +35,27 @@ pub struct ServerStats {
     pub killed: AtomicU64,
 }
 
+/// An operator's setting for a server, as HAProxy's `set server ... state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes sessions when its check admits it.
+    Ready,
+    /// No new sessions; open ones stay.
+    Drain,
+    /// No new sessions, and its check results are ignored for routing.
+    Maint,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "READY",
+            AdminState::Drain => "DRAIN",
+            AdminState::Maint => "MAINT",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Server {
     /// Index of the node in the configuration.
@@ -49,6 +70,8 @@ pub struct Server {
     /// `parent` each time the server's sessions are cut.
     sessions: Mutex<CancellationToken>,
     parent: CancellationToken,
+    /// 0 ready, 1 drain, 2 maint; kept across reloads with the server.
+    admin: AtomicU8,
 }
 
 impl Server {
@@ -69,12 +92,30 @@ impl Server {
             stats: ServerStats::default(),
             sessions: Mutex::new(parent.child_token()),
             parent: parent.clone(),
+            admin: AtomicU8::new(0),
         }
     }
 
     /// Whether new sessions may be sent here.
     pub fn is_up(&self) -> bool {
-        self.check.is_up()
+        self.admin() == AdminState::Ready && self.check.is_up()
+    }
+
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Ordering::Acquire) {
+            0 => AdminState::Ready,
+            1 => AdminState::Drain,
+            _ => AdminState::Maint,
+        }
+    }
+
+    pub fn set_admin(&self, state: AdminState) {
+        let v = match state {
+            AdminState::Ready => 0,
+            AdminState::Drain => 1,
+            AdminState::Maint => 2,
+        };
+        self.admin.store(v, Ordering::Release);
     }
 
     /// Takes a session slot if the server is below maxconn.
@@ -130,7 +171,7 @@ impl Slot {
     }
 
     /// Marks the slot as a fallback to the leader.
-    pub(crate) fn as_fallback(mut self, leadership: &Arc<Leadership>) -> Slot {
+    pub(crate) fn into_fallback(mut self, leadership: &Arc<Leadership>) -> Slot {
         self.fallback = Some(Arc::clone(leadership));
         self
     }
@@ -139,7 +180,7 @@ impl Slot {
     /// fallback, still the leader.
     pub fn eligible(&self) -> bool {
         match &self.fallback {
-            Some(l) => l.leader() == Some(self.server.node),
+            Some(l) => l.leader() == Some(self.server.node) && self.server.admin() == AdminState::Ready,
             None => self.server.is_up(),
         }
     }

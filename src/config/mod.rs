@@ -176,7 +176,28 @@ pub struct Web {
 #[derive(Clone, PartialEq)]
 pub struct User {
     pub name: String,
-    pub password: String,
+    pub secret: Secret,
+    pub role: Role,
+}
+
+/// How a user's password is checked.
+#[derive(Clone, PartialEq)]
+pub enum Secret {
+    /// In clear in the file (as HAProxy's `stats auth`).
+    Clear(String),
+    /// An Argon2 PHC string (`$argon2id$...`).
+    Argon2(String),
+    /// A bcrypt hash (`$2b$...`).
+    Bcrypt(String),
+}
+
+/// What a user may do on the web surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Read the pages and exports.
+    ReadOnly,
+    /// Also act on servers (ready, drain, maint, shut down sessions).
+    Admin,
 }
 
 impl std::fmt::Debug for User {
@@ -280,7 +301,43 @@ impl Validator<'_> {
                             "a user name must be non-empty and contain no ':'",
                         ));
                     }
-                    users.push(User { name: u.name.into_inner(), password: u.password });
+                    let secret = match (&u.password, &u.password_hash) {
+                        (Some(p), None) => Secret::Clear(p.get_ref().clone()),
+                        (None, Some(h)) => {
+                            let text = h.get_ref().clone();
+                            if text.starts_with("$argon2") {
+                                argon2::PasswordHash::new(&text).map_err(|e| {
+                                    self.src.error(
+                                        h.span(),
+                                        "web.user.password_hash",
+                                        format!("not a valid Argon2 hash: {e}"),
+                                    )
+                                })?;
+                                Secret::Argon2(text)
+                            } else if text.starts_with("$2") && text.len() == 60 {
+                                Secret::Bcrypt(text)
+                            } else {
+                                let msg = "expected an Argon2 ($argon2id$...) or bcrypt ($2b$...) hash";
+                                return Err(self.src.error(h.span(), "web.user.password_hash", msg));
+                            }
+                        }
+                        _ => {
+                            let msg = "give exactly one of password and password_hash";
+                            return Err(self.src.error(u.name.span(), "web.user", msg));
+                        }
+                    };
+                    let role = match &u.role {
+                        None => Role::ReadOnly,
+                        Some(r) => match r.get_ref().as_str() {
+                            "admin" => Role::Admin,
+                            "read-only" | "readonly" => Role::ReadOnly,
+                            other => {
+                                let msg = format!("unknown role {other:?}; expected \"admin\" or \"read-only\"");
+                                return Err(self.src.error(r.span(), "web.user.role", msg));
+                            }
+                        },
+                    };
+                    users.push(User { name: u.name.into_inner(), secret, role });
                 }
                 Some(Web { bind, refresh: w.refresh.map_or(defaults::WEB_REFRESH, |d| d.0), users })
             }

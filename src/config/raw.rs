@@ -142,5 +142,7 @@ pub struct RawWeb {
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     pub name: Spanned<String>,
-    pub password: String,
+    pub password: Option<Spanned<String>>,
+    pub password_hash: Option<Spanned<String>>,
+    pub role: Option<Spanned<String>>,
 }

@@ -77,7 +77,9 @@ fn shipped_files_are_valid() {
     assert_eq!(binds, ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"]);
     assert_eq!(local.web.as_ref().unwrap().bind.to_string(), "127.0.0.1:7000");
     let u = &local.web.as_ref().unwrap().users[0];
-    assert_eq!((u.name.as_str(), u.password.as_str()), ("admin", "secret"));
+    assert_eq!(u.name, "admin");
+    assert!(u.secret == Secret::Clear("secret".into()));
+    assert_eq!(u.role, Role::Admin);
 }
 
 #[test]
@@ -219,4 +221,21 @@ fn fallback_to_leader_needs_patroni_mode() {
     let (_, key, _) = err_at(&text);
     assert_eq!(key, "fallback_to_leader");
     assert!(parse(&format!("{BASE}fallback_to_leader = true\n")).unwrap().listeners[0].fallback_to_leader);
+}
+
+#[test]
+fn users_take_a_clear_password_or_a_hash_and_a_role() {
+    let web = |user: &str| format!("{BASE}\n[web]\nbind = \"127.0.0.1:7000\"\n[[web.user]]\n{user}\n");
+    let argon = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3k4BDXdaJ/xsWY32y0rsM6WWO1gxVV9R+9N5TNtPkQU";
+    let c = parse(&web(&format!("name = \"ops\"\npassword_hash = \"{argon}\"\nrole = \"admin\""))).unwrap();
+    let u = &c.web.unwrap().users[0];
+    assert!(matches!(u.secret, Secret::Argon2(_)) && u.role == Role::Admin);
+    let c = parse(&web("name = \"viewer\"\npassword = \"x\"")).unwrap();
+    assert_eq!(c.web.unwrap().users[0].role, Role::ReadOnly, "read-only unless said otherwise");
+    let (_, key, _) = err_at(&web("name = \"a\"\npassword_hash = \"md5:abc\""));
+    assert_eq!(key, "web.user.password_hash");
+    let (_, key, _) = err_at(&web("name = \"a\""));
+    assert_eq!(key, "web.user");
+    let (_, key, _) = err_at(&web("name = \"a\"\npassword = \"x\"\nrole = \"god\""));
+    assert_eq!(key, "web.user.role");
 }

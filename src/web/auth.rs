@@ -1,13 +1,60 @@
-//! Basic authentication against the users of the configuration.
+//! Basic authentication against the configured users (clear passwords, Argon2 or bcrypt
+//! hashes), and the CSRF token that guards admin actions.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
 use hyper::header::{HeaderMap, AUTHORIZATION};
 
-use crate::config::User;
+use crate::config::{Secret, User};
 
-/// The authenticated user, if the request carries valid credentials.
-pub fn user<'a>(headers: &HeaderMap, users: &'a [User]) -> Option<&'a User> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+/// Remembers credentials that verified, so a page refresh does not pay for an Argon2 or
+/// bcrypt verification each time (they are slow on purpose).
+#[derive(Default)]
+pub struct Verified {
+    /// Authorization header value -> user name, for as long as that user's secret is unchanged.
+    seen: Mutex<HashMap<String, (String, SecretId)>>,
+}
+
+/// Identifies a secret without holding the password itself.
+type SecretId = u64;
+
+const CACHE: usize = 256;
+
+fn id(s: &Secret) -> SecretId {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match s {
+        Secret::Clear(p) | Secret::Argon2(p) | Secret::Bcrypt(p) => p.hash(&mut h),
+    }
+    h.finish()
+}
+
+impl Verified {
+    /// The authenticated user, if the request carries valid credentials.
+    pub fn user<'a>(&self, headers: &HeaderMap, users: &'a [User]) -> Option<&'a User> {
+        let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+        {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((name, secret)) = seen.get(value) {
+                if let Some(u) = users.iter().find(|u| &u.name == name && id(&u.secret) == *secret) {
+                    return Some(u);
+                }
+            }
+        }
+        let user = check(value, users)?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= CACHE {
+            seen.clear();
+        }
+        seen.insert(value.to_owned(), (user.name.clone(), id(&user.secret)));
+        Some(user)
+    }
+}
+
+fn check<'a>(value: &str, users: &'a [User]) -> Option<&'a User> {
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -15,25 +62,46 @@ pub fn user<'a>(headers: &HeaderMap, users: &'a [User]) -> Option<&'a User> {
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (name, password) = decoded.split_once(':')?;
-    users.iter().find(|u| u.name == name && constant_time_eq(u.password.as_bytes(), password.as_bytes()))
+    let user = users.iter().find(|u| u.name == name)?;
+    let ok = match &user.secret {
+        Secret::Clear(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
+        Secret::Argon2(h) => PasswordHash::new(h)
+            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()),
+        Secret::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+    };
+    ok.then_some(user)
 }
 
 /// Compares without an early exit, so response time does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A random token per process, embedded in the admin forms and required with every admin
+/// POST: another site can make a browser send the POST, but cannot read the token.
+pub fn csrf_token() -> String {
+    let mut bytes = [0u8; 32];
+    // Without an entropy source the token is still unguessable enough from the process's
+    // own randomised hashing state; getrandom failing on Linux means no /dev/urandom at all.
+    if getrandom::fill(&mut bytes).is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id().into());
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Role;
     use hyper::header::HeaderValue;
-
-    fn users() -> Vec<User> {
-        vec![User { name: "admin".into(), password: "secret".into() }]
-    }
 
     fn with(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -41,14 +109,62 @@ mod tests {
         h
     }
 
+    fn users() -> Vec<User> {
+        let argon = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3k4BDXdaJ/xsWY32y0rsM6WWO1gxVV9R+9N5TNtPkQU";
+        vec![
+            User { name: "admin".into(), secret: Secret::Clear("secret".into()), role: Role::Admin },
+            User { name: "argon".into(), secret: Secret::Argon2(argon.into()), role: Role::ReadOnly },
+            User {
+                name: "bcrypt".into(),
+                secret: Secret::Bcrypt(bcrypt::hash("pw", 4).unwrap()),
+                role: Role::ReadOnly,
+            },
+        ]
+    }
+
+    fn basic(user: &str, pw: &str) -> String {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+    }
+
     #[test]
     fn accepts_the_right_credentials_only() {
         let u = users();
-        assert!(user(&with("Basic YWRtaW46c2VjcmV0"), &u).is_some());
-        assert!(user(&with("basic YWRtaW46c2VjcmV0"), &u).is_some());
-        assert!(user(&with("Basic YWRtaW46d3Jvbmc="), &u).is_none()); // admin:wrong
-        assert!(user(&with("Basic !!!"), &u).is_none());
-        assert!(user(&with("Bearer YWRtaW46c2VjcmV0"), &u).is_none());
-        assert!(user(&HeaderMap::new(), &u).is_none());
+        let v = Verified::default();
+        assert!(v.user(&with("Basic YWRtaW46c2VjcmV0"), &u).is_some());
+        assert!(v.user(&with("basic YWRtaW46c2VjcmV0"), &u).is_some());
+        assert!(v.user(&with("Basic YWRtaW46d3Jvbmc="), &u).is_none()); // admin:wrong
+        assert!(v.user(&with("Basic !!!"), &u).is_none());
+        assert!(v.user(&with("Bearer YWRtaW46c2VjcmV0"), &u).is_none());
+        assert!(v.user(&HeaderMap::new(), &u).is_none());
+    }
+
+    #[test]
+    fn verifies_hashes() {
+        let u = users();
+        let v = Verified::default();
+        assert_eq!(v.user(&with(&basic("bcrypt", "pw")), &u).map(|u| u.name.as_str()), Some("bcrypt"));
+        assert!(v.user(&with(&basic("bcrypt", "nope")), &u).is_none());
+        assert!(v.user(&with(&basic("argon", "wrong")), &u).is_none());
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap();
+        let hash = Argon2::default().hash_password(b"pw", &salt).unwrap().to_string();
+        let u = vec![User { name: "a".into(), secret: Secret::Argon2(hash), role: Role::Admin }];
+        assert!(v.user(&with(&basic("a", "pw")), &u).is_some());
+    }
+
+    #[test]
+    fn a_changed_secret_invalidates_the_cache() {
+        let mut u = users();
+        let v = Verified::default();
+        let h = with(&basic("admin", "secret"));
+        assert!(v.user(&h, &u).is_some());
+        u[0].secret = Secret::Clear("rotated".into());
+        assert!(v.user(&h, &u).is_none());
+    }
+
+    #[test]
+    fn csrf_tokens_differ() {
+        assert_ne!(csrf_token(), csrf_token());
+        assert_eq!(csrf_token().len(), 64);
     }
 }

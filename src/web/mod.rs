@@ -1,6 +1,8 @@
-//! The stats surface on :7000: an HTML page that refreshes itself, HAProxy-style CSV, and
-//! JSON, all behind basic auth and all rendered from one [`Snapshot`].
+//! The operator's surface on :7000: an HTML page that refreshes itself, HAProxy-style CSV,
+//! JSON and Prometheus metrics, all rendered from one [`Snapshot`]; basic auth with
+//! read-only and admin users; admin actions as CSRF-protected POSTs.
 
+mod admin;
 mod auth;
 mod metrics;
 mod page;
@@ -19,13 +21,22 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Role;
 use crate::state::Shared;
 use crate::stats::{self, Snapshot};
 
 type Reply = Response<Full<Bytes>>;
 
-/// Serves the stats surface until `stop` is cancelled.
+/// What the web surface keeps for its whole life.
+struct Web {
+    shared: Arc<Shared>,
+    verified: auth::Verified,
+    csrf: String,
+}
+
+/// Serves the web surface until `stop` is cancelled.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationToken) {
+    let web = Arc::new(Web { shared, verified: auth::Verified::default(), csrf: auth::csrf_token() });
     loop {
         let (stream, _) = tokio::select! {
             r = socket.accept() => match r {
@@ -37,12 +48,12 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
             },
             () = stop.cancelled() => return,
         };
-        let shared = Arc::clone(&shared);
+        let web = Arc::clone(&web);
         let stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+                let web = Arc::clone(&web);
+                async move { Ok::<_, Infallible>(web.handle(req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -58,45 +69,54 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
     }
 }
 
-fn handle(shared: &Shared, req: &Request<Incoming>) -> Reply {
-    let runtime = shared.runtime.load();
-    let path = req.uri().path();
-    if path == "/metrics" {
-        // Numbers only, no secrets: scraped without credentials, like /health.
-        return text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(&Snapshot::of(shared)),
-        );
-    }
-    if path == "/health" {
-        // For Pacemaker or an outer balancer: alive, and serving at least one listener.
-        return text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
-    }
-    let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
-    if auth::user(req.headers(), users).is_none() {
-        let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "authentication required\n".into());
-        r.headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pgfront\", charset=\"UTF-8\""));
-        return r;
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into());
-    }
-    let snap = Snapshot::of(shared);
-    let query = req.uri().query().unwrap_or("");
-    match path {
-        "/" | "/stats" if query == "csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
-        "/;csv" | "/stats;csv" | "/stats.csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
-        "/status.json" | "/stats.json" => match serde_json::to_string_pretty(&snap) {
-            Ok(body) => text(StatusCode::OK, "application/json", body),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
-        },
-        "/" | "/stats" => {
-            let refresh = runtime.config.web.as_ref().map_or(5, |w| w.refresh.as_secs().max(1));
-            text(StatusCode::OK, "text/html; charset=utf-8", page::render(&snap, refresh))
+impl Web {
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_owned();
+        if path == "/metrics" {
+            // Numbers only, no secrets: scraped without credentials, like /health.
+            let body = metrics::render(&Snapshot::of(&self.shared));
+            return text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body);
         }
-        _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
+        if path == "/health" {
+            // For Pacemaker or an outer balancer: the process is up and serving.
+            return text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
+        }
+        let runtime = self.shared.runtime.load();
+        let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
+        let Some(user) = self.verified.user(req.headers(), users) else {
+            let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "authentication required\n".into());
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pgfront\", charset=\"UTF-8\""));
+            return r;
+        };
+        let (user, role) = (user.name.clone(), user.role);
+        drop(runtime);
+        if req.method() == Method::POST && path == "/admin" {
+            if role != Role::Admin {
+                tracing::warn!(user = %user, "admin action refused: read-only user");
+                return text(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "admin role required\n".into());
+            }
+            return admin::act(&self.shared, &user, &self.csrf, req).await;
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into());
+        }
+        let snap = Snapshot::of(&self.shared);
+        let query = req.uri().query().unwrap_or("");
+        match path.as_str() {
+            "/" | "/stats" if query == "csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
+            "/;csv" | "/stats;csv" | "/stats.csv" => text(StatusCode::OK, "text/csv; charset=utf-8", stats::csv(&snap)),
+            "/status.json" | "/stats.json" => match serde_json::to_string_pretty(&snap) {
+                Ok(body) => text(StatusCode::OK, "application/json", body),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
+            },
+            "/" | "/stats" => {
+                let refresh = self.shared.runtime.load().config.web.as_ref().map_or(5, |w| w.refresh.as_secs().max(1));
+                let csrf = (role == Role::Admin).then_some(self.csrf.as_str());
+                text(StatusCode::OK, "text/html; charset=utf-8", page::render(&snap, refresh, csrf))
+            }
+            _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
+        }
     }
 }
 

@@ -45,7 +45,8 @@ fn bytes(n: u64) -> String {
     }
 }
 
-pub fn render(s: &Snapshot, refresh_secs: u64) -> String {
+/// Renders the page; `csrf` is given to admin users, who get the action forms.
+pub fn render(s: &Snapshot, refresh_secs: u64, csrf: Option<&str>) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let _ = write!(
         h,
@@ -89,7 +90,7 @@ ol.events{{font-family:monospace;font-size:12px}}
     }
     cluster(&mut h, &s.nodes);
     for l in &s.listeners {
-        listener(&mut h, l);
+        listener(&mut h, l, csrf);
     }
     h.push_str("<h2>Recent transitions</h2>\n<ol class=\"events\">\n");
     for e in s.events.iter().take(30) {
@@ -133,7 +134,7 @@ fn cluster(h: &mut String, nodes: &[NodeSnap]) {
     h.push_str("</table>\n");
 }
 
-fn listener(h: &mut String, l: &ListenerSnap) {
+fn listener(h: &mut String, l: &ListenerSnap, csrf: Option<&str>) {
     let _ = write!(
         h,
         r#"<h2 id="l-{name}">{name}</h2>
@@ -141,7 +142,7 @@ fn listener(h: &mut String, l: &ListenerSnap) {
 queue {qcur} (max {qmax}) &middot; accepted {acc} &middot; refused {refused}</p>
 <table><tr><th class="l">server</th><th class="l">address</th><th>status</th><th>since</th><th class="l">last check</th>
 <th>chk fail</th><th>downs</th><th>downtime</th><th>cur</th><th>max</th><th>limit</th><th>total</th>
-<th>bytes in</th><th>bytes out</th><th>conn err</th><th>retries</th><th>redisp</th><th class="l">reason</th></tr>
+<th>bytes in</th><th>bytes out</th><th>conn err</th><th>retries</th><th>redisp</th><th class="l">reason</th>{admin_th}</tr>
 "#,
         name = esc(&l.name),
         bind = esc(&l.bind),
@@ -153,9 +154,14 @@ queue {qcur} (max {qmax}) &middot; accepted {acc} &middot; refused {refused}</p>
         qmax = l.queue_max,
         acc = l.accepted,
         refused = l.refused,
+        admin_th = if csrf.is_some() { "<th class=\"l\">actions</th>" } else { "" },
     );
     for v in &l.servers {
         server(h, v, l.writes);
+        if let Some(token) = csrf {
+            actions(h, &l.name, &v.name, token);
+        }
+        h.push_str("</tr>\n");
     }
     h.push_str("</table>\n");
 }
@@ -171,9 +177,9 @@ fn server(h: &mut String, v: &ServerSnap, writes: bool) {
         (false, false) => "down",
     };
     let status = if replica { "replica, not eligible for writes".to_owned() } else { v.status.clone() };
-    let _ = writeln!(
+    let _ = write!(
         h,
-        r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st">{status}</td><td>{since}</td><td class="l">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="l">{reason}</td></tr>"#,
+        r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st">{status}</td><td>{since}</td><td class="l">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="l">{reason}</td>"#,
         name = esc(&v.name),
         addr = esc(&v.address),
         status = esc(&status),
@@ -193,6 +199,20 @@ fn server(h: &mut String, v: &ServerSnap, writes: bool) {
         wredis = v.redispatches,
         reason = esc(&v.reason),
     );
+}
+
+/// Admin buttons: plain forms, so they work without JavaScript; POST with the CSRF token.
+fn actions(h: &mut String, listener: &str, server: &str, csrf: &str) {
+    h.push_str("<td class=\"l\">");
+    for (action, label) in [("ready", "ready"), ("drain", "drain"), ("maint", "maint"), ("shutdown", "kill sessions")] {
+        let _ = write!(
+            h,
+            r#"<form method="post" action="/admin" style="display:inline"><input type="hidden" name="listener" value="{l}"><input type="hidden" name="server" value="{s}"><input type="hidden" name="action" value="{action}"><input type="hidden" name="csrf" value="{csrf}"><button>{label}</button></form>"#,
+            l = esc(listener),
+            s = esc(server),
+        );
+    }
+    h.push_str("</td>");
 }
 
 #[cfg(test)]

@@ -298,6 +298,11 @@ bind = "127.0.0.1:0"
 [[web.user]]
 name = "admin"
 password = "secret"
+role = "admin"
+
+[[web.user]]
+name = "viewer"
+password = "look"
 "#
         )
     }

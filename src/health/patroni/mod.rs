@@ -95,7 +95,7 @@ fn truthy(v: &serde_json::Value) -> bool {
 fn tag_matches(v: &serde_json::Value, want: &str) -> bool {
     match v {
         serde_json::Value::String(s) => s == want,
-        other => other.to_string() == want,
+        other => other.to_string().as_str() == want,
     }
 }
 
