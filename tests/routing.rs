@@ -330,3 +330,22 @@ async fn patroni_mode_asks_each_node_one_question() {
         assert_eq!(n.rest.hits("/master") + n.rest.hits("/replica"), 0, "derived from the /primary answer");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_gives_up_in_the_queue_takes_no_server() {
+    let lab = Lab::start(2).await;
+    for n in &lab.nodes {
+        n.rest.patroni("replica", 1);
+    }
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut c, &OPENING).await.unwrap();
+    let queue = || pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst);
+    eventually(LIMIT, "queued", || queue() == 1).await;
+    drop(c);
+    eventually(LIMIT, "left the queue", || queue() == 0).await;
+    lab.leader(0);
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    assert_eq!(lab.nodes[0].backend.accepted.load(Ordering::SeqCst), 0, "no server connection for a client that left");
+}

@@ -133,6 +133,19 @@ impl Check {
         transition
     }
 
+    /// Marks the check UP now on an authoritative answer (the arbitrated leader found while
+    /// a failover is under way), instead of waiting for `rise` passes.
+    pub fn promote(&self, result: ProbeResult, reason: String) -> Option<Transition> {
+        let mut r = self.lock();
+        let t = r.machine.force(Status::Up);
+        if let Some(t) = t {
+            Self::transition(&mut r, t, reason);
+        }
+        self.admit.store(true, Ordering::Release);
+        r.last = Some(result);
+        t
+    }
+
     /// Marks the check DOWN now, whatever its counters say (another node won the leadership).
     pub fn force_down(&self, reason: String) -> Option<Transition> {
         let mut r = self.lock();

@@ -90,6 +90,9 @@ pub struct Leadership {
     conflict: AtomicBool,
     /// Leader changes seen (for metrics).
     pub changes: AtomicU64,
+    /// A leader has been seen since start: from then on, losing it means a failover is
+    /// under way (at start-up, nothing is known yet).
+    had_leader: AtomicBool,
     since: Mutex<Instant>,
 }
 
@@ -115,6 +118,7 @@ impl Default for Leadership {
             leader: AtomicU64::new(NONE),
             conflict: AtomicBool::new(false),
             changes: AtomicU64::new(0),
+            had_leader: AtomicBool::new(false),
             since: Mutex::new(Instant::now()),
         }
     }
@@ -126,6 +130,11 @@ impl Leadership {
             NONE => None,
             i => Some(i as usize),
         }
+    }
+
+    /// Whether a leader was known before the current one (or before the current absence).
+    pub fn had_leader(&self) -> bool {
+        self.had_leader.load(Ordering::Acquire)
     }
 
     pub fn conflict(&self) -> bool {
@@ -157,6 +166,9 @@ impl Leadership {
             }
         };
         self.conflict.store(conflict, Ordering::Release);
+        if previous.is_some() {
+            self.had_leader.store(true, Ordering::Release);
+        }
         if leader != previous {
             self.leader.store(leader.map_or(NONE, |i| i as u64), Ordering::Release);
             self.changes.fetch_add(1, Ordering::Relaxed);

@@ -183,7 +183,17 @@ async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
             }
             _ => (ProbeResult { body: None, ..result.clone() }, None),
         };
-        if let Some(t) = c.record_with(r, lag) {
+        // Fast promotion: while a failover is under way (a leader was known and is gone),
+        // the node every claim agrees on, answering as a running primary, is the write
+        // target now; waiting `rise` more intervals would only lengthen the outage.
+        let promote = c.strict && r.passed() && view.is_leader && rt.leadership.had_leader() && rt.leader_lost();
+        let t = if promote {
+            let reason = format!("{}: new leader found while none was admitted", r.summary());
+            c.promote(r, reason)
+        } else {
+            c.record_with(r, lag)
+        };
+        if let Some(t) = t {
             publish(rt, c, t);
         }
         wake_if_admitting(rt, c);

@@ -31,7 +31,7 @@ const NOT_READY_PAUSE: Duration = Duration::from_millis(250);
 enum Refusal {
     #[error("client sent nothing in time")]
     Silent,
-    #[error("client closed before its first packet")]
+    #[error("client closed before a server was reached")]
     Gone,
     #[error("{0}")]
     Garbage(#[from] pg::BadOpening),
@@ -113,7 +113,12 @@ pub async fn serve(
         return;
     }
     let target = target_of(&listener, prelude.startup.as_ref());
-    let (slot, mut upstream, reply) = match establish(&shared, &listener, &prelude, target).await {
+    let established = tokio::select! {
+        r = establish(&shared, &listener, &prelude, target) => r,
+        // A client that gives up while held in the queue must not later take a server slot.
+        () = gone(&client) => Err(Refusal::Gone),
+    };
+    let (slot, mut upstream, reply) = match established {
         Ok(v) => v,
         Err(refusal) => return refused(&listener, &mut client, peer, started, refusal, Some(&prelude.opening)).await,
     };
@@ -180,6 +185,16 @@ impl std::fmt::Display for EndDetail<'_> {
             End::ClientError(e) | End::ServerError(e) => write!(f, "{e}"),
             _ => Ok(()),
         }
+    }
+}
+
+/// Completes when the client closes (or resets) while it should be waiting for an answer;
+/// never completes if it sends more (a pipelining client), which is the server's business.
+async fn gone(client: &TcpStream) {
+    let mut b = [0u8; 1];
+    match client.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
