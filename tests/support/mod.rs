@@ -188,6 +188,8 @@ impl Backend {
         let me = b.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = socket.accept().await {
+                // Like PostgreSQL: no Nagle delay on small replies.
+                let _ = stream.set_nodelay(true);
                 let me = me.clone();
                 me.accepted.fetch_add(1, Ordering::SeqCst);
                 me.open.fetch_add(1, Ordering::SeqCst);
@@ -331,6 +333,7 @@ pub struct Fatal {
 /// Connects through pgfront: Ok with the backend's name, or the FATAL pgfront sent.
 pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.set_nodelay(true);
     stream.write_all(&OPENING).await.unwrap();
     let mut first = [0u8; 1];
     if stream.read_exact(&mut first).await.is_err() {
