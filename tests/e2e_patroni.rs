@@ -595,3 +595,41 @@ async fn the_reads_port_serves_the_primary_on_request() {
     assert!(whereami(&c).await.unwrap().0, "documented: TLS clients get the listener's default");
     pg.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn the_dashboard_renders_in_a_real_browser() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let url = format!("http://{}/", pg.web_addr().unwrap());
+    let shot = repo().join("target/dashboard.png");
+    let shot_arg = shot.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(repo().join("scripts/browser-check"))
+            .args([url.as_str(), "admin", "secret", shot_arg.to_str().unwrap()])
+            .env("BROWSER_CHECK_WINDOW", "1900,1600")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "browser-check: {}", String::from_utf8_lossy(&out.stderr));
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let leader = cluster(&["leader"]).await.trim().to_owned();
+    for node in ["node1", "node2", "node3"] {
+        let role = if node == leader { "primary (leader)" } else { "replica" };
+        let row = dom
+            .lines()
+            .find(|l| l.contains(&format!(">{node}<")) && l.contains("<td class=\"l\">") && l.contains(role));
+        assert!(row.is_some(), "the cluster table shows {node} as {role}");
+    }
+    assert!(dom.contains(&format!("Leader: <b>{leader}</b>")));
+    assert!(
+        std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false),
+        "screenshot written to {}",
+        shot.display()
+    );
+    eprintln!("dashboard screenshot: {}", shot.display());
+    pg.shutdown(Duration::from_secs(5)).await;
+}

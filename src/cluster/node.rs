@@ -90,8 +90,8 @@ pub struct Leadership {
     conflict: AtomicBool,
     /// Leader changes seen (for metrics).
     pub changes: AtomicU64,
-    /// A leader has been seen since start: from then on, losing it means a failover is
-    /// under way (at start-up, nothing is known yet).
+    /// A leader has been admitted since start: from then on, losing it means a failover is
+    /// under way (at start-up, nothing is known yet and `rise` applies).
     had_leader: AtomicBool,
     since: Mutex<Instant>,
 }
@@ -132,9 +132,15 @@ impl Leadership {
         }
     }
 
-    /// Whether a leader was known before the current one (or before the current absence).
+    /// Whether a leader has been admitted (taken writes) since start: from then on, a
+    /// write listener without one means a failover is under way.
     pub fn had_leader(&self) -> bool {
         self.had_leader.load(Ordering::Acquire)
+    }
+
+    /// Records that a leader check admitted its node.
+    pub fn admitted(&self) {
+        self.had_leader.store(true, Ordering::Release);
     }
 
     pub fn conflict(&self) -> bool {
@@ -166,9 +172,6 @@ impl Leadership {
             }
         };
         self.conflict.store(conflict, Ordering::Release);
-        if previous.is_some() {
-            self.had_leader.store(true, Ordering::Release);
-        }
         if leader != previous {
             self.leader.store(leader.map_or(NONE, |i| i as u64), Ordering::Release);
             self.changes.fetch_add(1, Ordering::Relaxed);

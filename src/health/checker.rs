@@ -246,6 +246,9 @@ fn publish(rt: &Runtime, check: &Arc<Check>, t: Transition) {
         let remaining = listener.servers_up();
         match t {
             Transition::WentUp => {
+                if check.strict {
+                    rt.leadership.admitted();
+                }
                 tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
                     servers_up = remaining, "server is UP");
                 rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.reason));
