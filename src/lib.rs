@@ -14,6 +14,7 @@ pub mod pg;
 pub mod proxy;
 pub mod state;
 pub mod stats;
+pub mod tls;
 pub mod web;
 
 pub use app::{Bound, Pgfront};

@@ -17,6 +17,8 @@ use error::Source;
 use raw::{Dur, RawCheck, RawConfig, RawDefaults, RawListener, RawNode};
 use toml::Spanned;
 
+use crate::tls::{ServerTls, TlsSettings};
+
 /// HAProxy's values in the reference deployment; a ported haproxy.cfg means the same here.
 pub mod defaults {
     use std::time::Duration;
@@ -162,8 +164,11 @@ pub struct Listener {
     /// Send sessions to the leader when no server passes this listener's check.
     pub fallback_to_leader: bool,
     /// Honour `options=-c pgfront.target=primary|replica|prefer-replica|any` from
-    /// plain-text clients.
+    /// plain-text clients (and TLS clients where this listener terminates TLS).
     pub client_target: bool,
+    /// Terminate TLS here (to read TLS clients' startup parameters); `None` passes TLS
+    /// through end to end.
+    pub tls: Option<TlsSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -456,6 +461,10 @@ impl Validator<'_> {
                 "needs check_mode = \"patroni\" (pgfront must know which node leads)",
             ));
         }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => Some(self.tls(t)?),
+        };
         // A leader listener holds sessions through a switchover unless told otherwise.
         let queue_default = if check.is_leader() { defaults::LEADER_TIMEOUT_QUEUE } else { timeout_connect };
         let shutdown_sessions = match &s.on_marked_down {
@@ -500,6 +509,7 @@ impl Validator<'_> {
             shutdown_sessions,
             fallback_to_leader,
             client_target,
+            tls,
         })
     }
 
@@ -554,6 +564,25 @@ impl Validator<'_> {
             },
             endpoint,
         })
+    }
+
+    fn tls(&self, t: &Spanned<raw::RawTls>) -> Result<TlsSettings> {
+        let raw = t.get_ref();
+        let server = match raw.server.as_deref() {
+            None | Some("require") => ServerTls::Require,
+            Some("verify-full") => ServerTls::VerifyFull,
+            Some("disable") => ServerTls::Disable,
+            Some(other) => {
+                let msg =
+                    format!("unknown server TLS mode {other:?}; expected \"require\", \"verify-full\" or \"disable\"");
+                return Err(self.src.error(t.span(), "listener.tls.server", msg));
+            }
+        };
+        // Relative paths are relative to the configuration file.
+        let base = self.src.path.parent().unwrap_or(Path::new("."));
+        let path = |p: &str| base.join(p);
+        TlsSettings::load(path(&raw.cert), path(&raw.key), server, raw.server_ca.as_deref().map(path))
+            .map_err(|e| self.src.error(t.span(), "listener.tls", e))
     }
 
     fn nonzero(&self, v: &Option<Spanned<Dur>>, key: &str, default: Duration) -> Result<Duration> {

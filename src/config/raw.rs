@@ -70,6 +70,7 @@ macro_rules! tunables {
             pub check: Spanned<RawCheck>,
             pub fallback_to_leader: Option<bool>,
             pub client_target: Option<bool>,
+            pub tls: Option<Spanned<RawTls>>,
             $(pub $field: Option<$ty>,)*
         }
 
@@ -127,6 +128,16 @@ fn default_method() -> Spanned<String> {
 
 fn default_expect() -> u16 {
     200
+}
+
+/// A listener's `tls` table: terminate TLS with this certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    pub server: Option<String>,
+    pub server_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

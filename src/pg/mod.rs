@@ -71,6 +71,34 @@ pub fn classify(head: [u8; 8]) -> Result<Opening, BadOpening> {
     }
 }
 
+/// An SSLRequest, as pgfront sends it to a server.
+pub fn ssl_request() -> [u8; 8] {
+    let mut r = [0u8; 8];
+    r[..4].copy_from_slice(&8u32.to_be_bytes());
+    r[4..].copy_from_slice(&SSL_REQUEST.to_be_bytes());
+    r
+}
+
+/// Removes the channel-binding (`-PLUS`) mechanisms from an AuthenticationSASL message
+/// (`R`, code 10) in place; other messages are left alone.
+pub fn strip_channel_binding(msg: &mut Vec<u8>) {
+    if msg.len() < 9 || msg[0] != b'R' || msg[5..9] != 10u32.to_be_bytes() {
+        return;
+    }
+    let names: Vec<Vec<u8>> =
+        msg[9..].split(|b| *b == 0).filter(|n| !n.is_empty() && !n.ends_with(b"-PLUS")).map(<[u8]>::to_vec).collect();
+    let mut out = vec![b'R', 0, 0, 0, 0];
+    out.extend_from_slice(&10u32.to_be_bytes());
+    for n in names {
+        out.extend_from_slice(&n);
+        out.push(0);
+    }
+    out.push(0);
+    let len = (out.len() - 1) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    *msg = out;
+}
+
 /// SQLSTATEs pgfront uses when it refuses a client itself.
 pub mod sqlstate {
     /// cannot_connect_now: no server is available (yet).
@@ -152,6 +180,22 @@ mod tests {
         fn classify_never_panics(bytes: [u8; 8]) {
             let _ = classify(bytes);
         }
+    }
+
+    #[test]
+    fn strips_channel_binding_from_sasl_offers() {
+        let mut m = vec![b'R', 0, 0, 0, 0];
+        m.extend_from_slice(&10u32.to_be_bytes());
+        m.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let len = (m.len() - 1) as u32;
+        m[1..5].copy_from_slice(&len.to_be_bytes());
+        strip_channel_binding(&mut m);
+        assert_eq!(&m[9..], b"SCRAM-SHA-256\0\0");
+        assert_eq!(u32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize, m.len() - 1);
+        let mut md5 = vec![b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4];
+        let before = md5.clone();
+        strip_channel_binding(&mut md5);
+        assert_eq!(md5, before, "other authentication requests pass unchanged");
     }
 
     #[test]

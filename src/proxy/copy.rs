@@ -79,8 +79,44 @@ pub async fn bidirectional(
     idle: Idle,
     cut: &CancellationToken,
 ) -> (End, Moved) {
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
+    // Plain TCP on both sides: borrowed halves, no lock.
+    let (cr, cw) = client.split();
+    let (sr, sw) = server.split();
+    halves(cr, cw, sr, sw, meters, idle, cut).await
+}
+
+/// The same for any streams (TLS on either side).
+pub async fn bidirectional_io<C, S>(
+    client: &mut C,
+    server: &mut S,
+    meters: Meters<'_>,
+    idle: Idle,
+    cut: &CancellationToken,
+) -> (End, Moved)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (cr, cw) = tokio::io::split(client);
+    let (sr, sw) = tokio::io::split(server);
+    halves(cr, cw, sr, sw, meters, idle, cut).await
+}
+
+async fn halves<CR, CW, SR, SW>(
+    mut cr: CR,
+    mut cw: CW,
+    mut sr: SR,
+    mut sw: SW,
+    meters: Meters<'_>,
+    idle: Idle,
+    cut: &CancellationToken,
+) -> (End, Moved)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved in either direction. Both sides
     // see the same traffic in a forwarding proxy, so one clock serves both limits.

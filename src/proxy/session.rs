@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio_util::either::Either;
 
 use super::copy::{self, End, Idle, Meters};
 use super::{cancel, tweaks};
@@ -20,6 +21,7 @@ use crate::balance::{self, NoServer, Target};
 use crate::cluster::{ListenerState, Server, Slot};
 use crate::pg::{self, sqlstate, Opening, Startup};
 use crate::state::Shared;
+use crate::tls::{self, Rewind};
 
 /// The largest first server message pgfront reads (an auth request or an error).
 const MAX_FIRST_REPLY: usize = 64 * 1024;
@@ -91,11 +93,16 @@ struct Prelude {
     startup: Option<Startup>,
 }
 
+/// The client's side of a session: plain TCP, or TLS that pgfront terminates.
+type ClientIo = Either<TcpStream, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
+/// The server's side: plain TCP, or TLS pgfront negotiated with PostgreSQL.
+type ServerIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// Serves one accepted client to the end.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: Arc<ListenerState>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -104,9 +111,9 @@ pub async fn serve(
     if let Err(e) = tweaks::session(&client) {
         tracing::debug!(listener = %name, client = %peer, error = %e, "socket options");
     }
-    let prelude = match read_prelude(&mut client, listener.config.timeout_startup).await {
-        Ok(p) => p,
-        Err(refusal) => return refused(&listener, &mut client, peer, started, refusal, None).await,
+    let (mut client, prelude) = match open(client, &listener).await {
+        Ok(v) => v,
+        Err((client, refusal)) => return refused(&listener, client, peer, started, refusal, None).await,
     };
     if let Opening::CancelRequest { .. } = prelude.opening {
         cancel::forward(&listener, &prelude.bytes, peer).await;
@@ -114,13 +121,13 @@ pub async fn serve(
     }
     let target = target_of(&listener, prelude.startup.as_ref());
     let established = tokio::select! {
-        r = establish(&shared, &listener, &prelude, target) => r,
+        r = establish(&shared, &listener, &prelude, target, matches!(client, Either::Right(_))) => r,
         // A client that gives up while held in the queue must not later take a server slot.
         () = gone(&client) => Err(Refusal::Gone),
     };
-    let (slot, mut upstream, reply) = match established {
+    let (slot, upstream, reply) = match established {
         Ok(v) => v,
-        Err(refusal) => return refused(&listener, &mut client, peer, started, refusal, Some(&prelude.opening)).await,
+        Err(refusal) => return refused(&listener, Some(client), peer, started, refusal, Some(&prelude.opening)).await,
     };
     let server = Arc::clone(slot.server());
     // A child of the server's token, itself a child of the process's session token: cut by
@@ -135,7 +142,12 @@ pub async fn serve(
             server.stats.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
             let meters = Meters { to_server: &server.stats.bytes_in, to_client: &server.stats.bytes_out };
             let idle = Idle { client: listener.config.timeout_client, server: listener.config.timeout_server };
-            let (end, m) = copy::bidirectional(&mut client, &mut upstream, meters, idle, &token).await;
+            let (end, m) = match (client, upstream) {
+                (Either::Left(mut c), Either::Left(mut s)) => {
+                    copy::bidirectional(&mut c, &mut s, meters, idle, &token).await
+                }
+                (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, meters, idle, &token).await,
+            };
             moved.to_server += m.to_server;
             moved.to_client += m.to_client;
             end
@@ -152,6 +164,59 @@ pub async fn serve(
     drop(slot);
 }
 
+/// Reads the client's opening. On a listener that terminates TLS, an SSLRequest is
+/// answered `S` and a direct-TLS ClientHello accepted, and the opening is read again inside
+/// TLS; a GSSENCRequest is answered `N` (as poolers do). Elsewhere TLS passes through.
+async fn open(
+    mut client: TcpStream,
+    listener: &ListenerState,
+) -> Result<(ClientIo, Prelude), (Option<ClientIo>, Refusal)> {
+    let deadline = Instant::now() + listener.config.timeout_startup;
+    let Some(tls) = &listener.config.tls else {
+        return match read_prelude(&mut client, deadline).await {
+            Ok(p) => Ok((Either::Left(client), p)),
+            Err(r) => Err((Some(Either::Left(client)), r)),
+        };
+    };
+    let mut prelude = match read_prelude(&mut client, deadline).await {
+        Ok(p) => p,
+        Err(r) => return Err((Some(Either::Left(client)), r)),
+    };
+    if prelude.opening == Opening::GssEncRequest {
+        if client.write_all(b"N").await.is_err() {
+            return Err((None, Refusal::Gone));
+        }
+        prelude = match read_prelude(&mut client, deadline).await {
+            Ok(p) => p,
+            Err(r) => return Err((Some(Either::Left(client)), r)),
+        };
+    }
+    let prefix = match prelude.opening {
+        Opening::SslRequest => {
+            if client.write_all(b"S").await.is_err() {
+                return Err((None, Refusal::Gone));
+            }
+            Vec::new()
+        }
+        // The eight bytes read belong to the ClientHello: hand them back to the handshake.
+        Opening::DirectTls => prelude.bytes.clone(),
+        _ => return Ok((Either::Left(client), prelude)),
+    };
+    let accepted = timeout_at(deadline, tls.context().acceptor.accept(Rewind::new(prefix, client))).await;
+    let mut stream = match accepted {
+        Ok(Ok(s)) => s,
+        // The handshake failed or timed out: nothing readable can be sent; the socket closes.
+        Ok(Err(_)) | Err(_) => return Err((None, Refusal::Gone)),
+    };
+    match read_prelude(&mut stream, deadline).await {
+        Ok(p) if matches!(p.opening, Opening::Startup { .. } | Opening::CancelRequest { .. }) => {
+            Ok((Either::Right(stream), p))
+        }
+        Ok(_) => Err((Some(Either::Right(stream)), Refusal::Garbage(pg::BadOpening::Malformed))),
+        Err(r) => Err((Some(Either::Right(stream)), r)),
+    }
+}
+
 /// The target a session asks for: `options=-c pgfront.target=...` where the listener
 /// honours it, else the listener's own rule.
 fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Target {
@@ -163,7 +228,7 @@ fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Target {
 
 async fn refused(
     listener: &ListenerState,
-    client: &mut TcpStream,
+    client: Option<ClientIo>,
     peer: SocketAddr,
     started: Instant,
     refusal: Refusal,
@@ -172,8 +237,10 @@ async fn refused(
     listener.stats.refused.fetch_add(1, Ordering::Relaxed);
     tracing::info!(listener = %listener.config.name, client = %peer, reason = refusal.as_label(), detail = %refusal,
         duration_ms = started.elapsed().as_millis() as u64, "session refused");
-    if let Some(msg) = refusal.message(&listener.config.name) {
-        refuse(client, &msg, opening, listener.config.timeout_startup).await;
+    if let (Some(mut client), Some(msg)) = (client, refusal.message(&listener.config.name)) {
+        // Inside TLS, the opening that counts is the one read after the handshake.
+        let opening = if matches!(client, Either::Right(_)) { None } else { opening };
+        refuse(&mut client, &msg, opening, listener.config.timeout_startup).await;
     }
 }
 
@@ -190,18 +257,21 @@ impl std::fmt::Display for EndDetail<'_> {
 
 /// Completes when the client closes (or resets) while it should be waiting for an answer;
 /// never completes if it sends more (a pipelining client), which is the server's business.
-async fn gone(client: &TcpStream) {
+async fn gone(client: &ClientIo) {
     let mut b = [0u8; 1];
-    match client.peek(&mut b).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+    match client {
+        Either::Left(tcp) => match tcp.peek(&mut b).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        },
+        // Inside TLS a close arrives as a record that cannot be peeked at: not watched.
+        Either::Right(_) => std::future::pending().await,
     }
 }
 
 /// Reads the client's opening: eight bytes, then the rest of a StartupMessage or a
 /// CancelRequest (bounded by the 10000-byte limit and `timeout_startup`).
-async fn read_prelude(client: &mut TcpStream, limit: Duration) -> Result<Prelude, Refusal> {
-    let deadline = Instant::now() + limit;
+async fn read_prelude<S: AsyncRead + Unpin>(client: &mut S, deadline: Instant) -> Result<Prelude, Refusal> {
     let mut head = [0u8; 8];
     match timeout_at(deadline, client.read_exact(&mut head)).await {
         Err(_) => return Err(Refusal::Silent),
@@ -238,21 +308,24 @@ async fn establish(
     listener: &Arc<ListenerState>,
     prelude: &Prelude,
     target: Target,
-) -> Result<(Slot, TcpStream, Vec<u8>), Refusal> {
+    client_tls: bool,
+) -> Result<(Slot, ServerIo, Vec<u8>), Refusal> {
     let cfg = &listener.config;
     let hold_until = Instant::now() + cfg.timeout_queue;
     loop {
-        let (slot, mut upstream) = connect(shared, listener, target, hold_until).await?;
+        let (slot, stream) = connect(shared, listener, target, hold_until).await?;
         let server = Arc::clone(slot.server());
         let first = async {
+            let mut upstream = secure(stream, listener, &server.address).await?;
             upstream.write_all(&prelude.bytes).await?;
             if prelude.startup.is_none() {
-                return Ok(Vec::new());
+                return Ok((upstream, Vec::new()));
             }
-            read_message(&mut upstream).await
+            let reply = read_message(&mut upstream).await?;
+            Ok::<_, std::io::Error>((upstream, reply))
         };
-        let reply = match timeout(cfg.timeout_connect, first).await {
-            Ok(Ok(reply)) => reply,
+        let (upstream, mut reply) = match timeout(cfg.timeout_connect, first).await {
+            Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 not_ready(&server, listener, &format!("handshake failed: {e}"));
                 pause(listener, hold_until).await?;
@@ -272,8 +345,27 @@ async fn establish(
             pause(listener, hold_until).await?;
             continue;
         }
+        if client_tls {
+            // SCRAM channel binding ties the client's proof to the TLS certificate it sees,
+            // which is pgfront's, not the server's: offering it would fail every login.
+            pg::strip_channel_binding(&mut reply);
+        }
         return Ok((slot, upstream, reply));
     }
+}
+
+/// Negotiates TLS with PostgreSQL when the listener terminates TLS and says so.
+async fn secure(mut stream: TcpStream, listener: &ListenerState, address: &str) -> std::io::Result<ServerIo> {
+    let Some(connector) = listener.config.tls.as_ref().and_then(|t| t.context().connector.clone()) else {
+        return Ok(Either::Left(stream));
+    };
+    stream.write_all(&pg::ssl_request()).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "the server does not accept TLS"));
+    }
+    Ok(Either::Right(connector.connect(tls::server_name(address)?, stream).await?))
 }
 
 /// A server that accepted the connection but could not take the session.
@@ -296,7 +388,7 @@ async fn pause(listener: &ListenerState, hold_until: Instant) -> Result<(), Refu
 }
 
 /// Reads one backend message (type, length, body), bounded in size.
-async fn read_message(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
     let mut head = [0u8; 5];
     s.read_exact(&mut head).await?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -382,7 +474,12 @@ async fn connect(
 /// SSLRequest or GSSENCRequest is first told "no encryption" and its StartupMessage read,
 /// because libpq does not show an error sent in answer to the request itself; the client's
 /// unread bytes are drained briefly so the kernel does not reset before the error is read.
-async fn refuse(client: &mut TcpStream, message: &[u8], opening: Option<&Opening>, limit: Duration) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    message: &[u8],
+    opening: Option<&Opening>,
+    limit: Duration,
+) {
     let _ = timeout(limit.min(Duration::from_secs(5)), async {
         if matches!(opening, Some(Opening::SslRequest | Opening::GssEncRequest)) {
             client.write_all(b"N").await?;
