@@ -555,9 +555,14 @@ async fn cancels_through_the_round_robin_port_reach_the_right_server() {
 }
 
 async fn pg_connect_with(addr: SocketAddr, tls: Tls, options: &str) -> Client {
+    pg_connect_extra(addr, tls, options, "").await
+}
+
+/// Connects with `options` and further connection-string settings `extra`.
+async fn pg_connect_extra(addr: SocketAddr, tls: Tls, options: &str, extra: &str) -> Client {
     let mode = if matches!(tls, Tls::Disable) { "disable" } else { "require" };
     let conn = format!(
-        "host={} port={} user=postgres password=postgres dbname=postgres sslmode={mode} options='{options}'",
+        "host={} port={} user=postgres password=postgres dbname=postgres sslmode={mode} options='{options}' {extra}",
         addr.ip(),
         addr.port()
     );
@@ -631,5 +636,60 @@ async fn the_dashboard_renders_in_a_real_browser() {
         shot.display()
     );
     eprintln!("dashboard screenshot: {}", shot.display());
+    pg.shutdown(Duration::from_secs(5)).await;
+}
+
+/// conf/local.toml with 5002 terminating TLS (the lab CA's certificate for 127.0.0.1),
+/// connecting to PostgreSQL as `server` says.
+fn start_pgfront_tls(server: &str) -> Pgfront {
+    let text = std::fs::read_to_string(repo().join("conf/local.toml")).unwrap();
+    let lab = lab_dir();
+    let tls = format!(
+        "client_target = true\ntls = {{ cert = \"{}\", key = \"{}\", server = \"{server}\", server_ca = \"{}\" }}",
+        lab.join("certs/node1.crt").display(),
+        lab.join("certs/node1.key").display(),
+        lab.join("ca.crt").display()
+    );
+    let text = text.replacen("client_target = true", &tls, 1);
+    let text = ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:7000"]
+        .iter()
+        .fold(text, |t, a| t.replace(&format!("\"{a}\""), "\"127.0.0.1:0\""));
+    support::start(&text)
+}
+
+async fn server_ssl(c: &Client) -> bool {
+    c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn a_tls_terminating_listener_routes_tls_clients_by_parameter() {
+    healthy().await;
+    let pg = start_pgfront_tls("disable");
+    ready(&pg).await;
+    let reads = pg.listener_addr("reads").unwrap();
+    for _ in 0..3 {
+        // verify-full against pgfront's certificate; the target is read inside TLS; SCRAM
+        // works because channel binding is not offered through a terminator.
+        let c = pg_connect_with(reads, Tls::VerifyFull, "-c pgfront.target=primary").await;
+        assert!(!whereami(&c).await.unwrap().0, "TLS client with pgfront.target=primary lands on the leader");
+        assert!(!server_ssl(&c).await, "server = disable: TLS ends at pgfront");
+        let c = pg_connect_with(reads, Tls::Require, "").await;
+        assert!(whereami(&c).await.unwrap().0, "no target: a replica");
+    }
+    // Plain-text clients are still served on the same port.
+    let c = pg_connect(reads, Tls::Disable).await.unwrap();
+    assert!(whereami(&c).await.unwrap().0);
+    pg.shutdown(Duration::from_secs(5)).await;
+
+    // TLS to PostgreSQL as well (verify-full against the lab CA). A SCRAM client that
+    // supports channel binding cannot log in through any TLS terminator when the server
+    // side is TLS too (documented); one that does not bind (channel_binding=disable) can.
+    let pg = start_pgfront_tls("verify-full");
+    ready(&pg).await;
+    let reads = pg.listener_addr("reads").unwrap();
+    let c = pg_connect_extra(reads, Tls::VerifyFull, "-c pgfront.target=primary", "channel_binding=disable").await;
+    assert!(!whereami(&c).await.unwrap().0);
+    assert!(server_ssl(&c).await, "server = verify-full: pgfront to PostgreSQL is encrypted");
     pg.shutdown(Duration::from_secs(5)).await;
 }

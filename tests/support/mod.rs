@@ -173,6 +173,8 @@ pub struct Backend {
     pub accepted: Arc<AtomicUsize>,
     pub open: Arc<AtomicUsize>,
     pub bytes: Arc<AtomicU64>,
+    /// The last StartupMessage received, as received.
+    pub last_startup: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Backend {
@@ -184,6 +186,7 @@ impl Backend {
             accepted: Arc::default(),
             open: Arc::default(),
             bytes: Arc::default(),
+            last_startup: Arc::default(),
         };
         let me = b.clone();
         tokio::spawn(async move {
@@ -194,7 +197,24 @@ impl Backend {
                 me.accepted.fetch_add(1, Ordering::SeqCst);
                 me.open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let _ = stream.write_all(format!("{}\n", me.name).as_bytes()).await;
+                    // A StartupMessage gets AuthenticationOk, as from a trusting PostgreSQL,
+                    // then the name; any other opening is echoed after the name.
+                    let mut head = [0u8; 8];
+                    if stream.read_exact(&mut head).await.is_ok() {
+                        me.bytes.fetch_add(8, Ordering::SeqCst);
+                        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                        let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+                        if code >> 16 == 3 && (9..=10_000).contains(&len) {
+                            let mut rest = vec![0u8; len - 8];
+                            let _ = stream.read_exact(&mut rest).await;
+                            *me.last_startup.lock().unwrap() = [head.to_vec(), rest].concat();
+                            let _ = stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await;
+                            let _ = stream.write_all(format!("{}\n", me.name).as_bytes()).await;
+                        } else {
+                            let _ = stream.write_all(format!("{}\n", me.name).as_bytes()).await;
+                            let _ = stream.write_all(&head).await;
+                        }
+                    }
                     let mut buf = [0u8; 16 * 1024];
                     loop {
                         match stream.read(&mut buf).await {
