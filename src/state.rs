@@ -44,6 +44,8 @@ pub struct Shared {
     /// Every session task, so a stop can wait for them to drain.
     pub sessions: TaskTracker,
     pub reloads: Reloads,
+    /// Cancel keys of the sessions pgfront can read, to route cancels precisely.
+    pub cancel_keys: crate::proxy::keys::CancelKeys,
 }
 
 /// Reload outcomes, for logs, metrics and the dashboard.
@@ -74,6 +76,7 @@ impl Shared {
             tokens,
             sessions: TaskTracker::new(),
             reloads: Reloads::default(),
+            cancel_keys: Default::default(),
         }
     }
 }

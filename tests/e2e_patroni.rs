@@ -529,6 +529,9 @@ async fn cancels_through_the_round_robin_port_reach_the_right_server() {
     let replicas = pg.listener_addr("replicas").unwrap();
     for round in 0..10 {
         let c = pg_connect(replicas, Tls::Disable).await.unwrap();
+        // pgfront read this plain-text session's BackendKeyData: the cancel goes straight
+        // to its server (encrypted sessions' cancels go to every server instead).
+        assert!(pg.shared().cancel_keys.len() >= 1, "the session's cancel key is known");
         let token = c.cancel_token();
         let sleeper = tokio::spawn(async move {
             let started = tokio::time::Instant::now();
@@ -551,6 +554,14 @@ async fn cancels_through_the_round_robin_port_reach_the_right_server() {
         );
         assert!(took < Duration::from_secs(5), "round {round}: cancelled before pg_sleep(5) ended ({took:?})");
     }
+    // Encrypted end to end: the key is invisible to pgfront (a cancel for it goes to every
+    // server of the listener; tested without a cluster in tests/routing.rs).
+    eventually(LIVENESS, "plain sessions gone", || pg.shared().cancel_keys.is_empty()).await;
+    let c = pg_connect(replicas, Tls::Require).await.unwrap();
+    whereami(&c).await.unwrap();
+    assert!(pg.shared().cancel_keys.is_empty(), "no key is read from a session encrypted end to end");
+    drop(c);
+    eventually(LIVENESS, "keys unregistered when sessions end", || pg.shared().cancel_keys.is_empty()).await;
     pg.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -349,3 +349,26 @@ async fn a_client_that_gives_up_in_the_queue_takes_no_server() {
     eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
     assert_eq!(lab.nodes[0].backend.accepted.load(Ordering::SeqCst), 0, "no server connection for a client that left");
 }
+
+#[tokio::test]
+async fn a_cancel_with_an_unknown_key_goes_to_every_server_of_the_listener() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "replicas up", || up_count(&pg, "replicas") == 2).await;
+    let mut cancel = 16u32.to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102u32.to_be_bytes());
+    cancel.extend_from_slice(&[0, 0, 0x30, 0x39, 9, 9, 9, 9]);
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut c, &cancel).await.unwrap();
+    // No reply: the connection is closed once the cancel is passed on.
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read_to_end(&mut c, &mut rest)).await.unwrap().unwrap();
+    assert!(rest.is_empty());
+    // Every server of the listener got it, the leader too (the query may be anywhere).
+    for n in &lab.nodes {
+        eventually(LIMIT, "cancel delivered", || n.backend.accepted.load(Ordering::SeqCst) == 1).await;
+    }
+    assert_eq!(pg.shared().runtime.load().listener("replicas").unwrap().stats.cancels.load(Ordering::SeqCst), 1);
+}

@@ -1,8 +1,9 @@
 //! Query cancels. A CancelRequest arrives on a new connection carrying the key of the
 //! session to cancel, and round robin would send it to any server: 0 of 10 cancels reached
-//! the right server through HAProxy's replica port. pgfront sends it to every server of the
-//! listener; PostgreSQL acts only where the key matches and ignores it elsewhere. This works
-//! whether or not the session itself is encrypted, since the key is never needed here.
+//! the right server through HAProxy's replica port. pgfront sends it to the server that
+//! issued the key when it saw the key (sessions it can read), and otherwise to every server
+//! of the listener: PostgreSQL acts only where the key matches and ignores it elsewhere, so
+//! this works even for sessions encrypted end to end.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -13,13 +14,19 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use crate::cluster::ListenerState;
+use crate::state::Shared;
 
 /// Forwards a CancelRequest packet to every server of `listener`, whatever its health:
 /// the query to cancel may be running on a server that was just marked down.
-pub async fn forward(listener: &ListenerState, packet: &[u8], peer: SocketAddr) {
+pub async fn forward(shared: &Shared, listener: &ListenerState, packet: &[u8], peer: SocketAddr) {
+    let known = packet.get(8..).and_then(|key| shared.cancel_keys.lookup(key));
+    let targets: Vec<String> = match &known {
+        Some(address) => vec![address.clone()],
+        None => listener.servers.iter().map(|s| s.address.clone()).collect(),
+    };
     let mut sends = JoinSet::new();
-    for server in &listener.servers {
-        let (address, packet, limit) = (server.address.clone(), packet.to_vec(), listener.config.timeout_connect);
+    for address in targets {
+        let (packet, limit) = (packet.to_vec(), listener.config.timeout_connect);
         sends.spawn(async move {
             timeout(limit, async {
                 let mut s = TcpStream::connect(&address).await?;
@@ -38,5 +45,6 @@ pub async fn forward(listener: &ListenerState, packet: &[u8], peer: SocketAddr) 
         }
     }
     listener.stats.cancels.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(listener = %listener.config.name, client = %peer, servers = delivered, "cancel request forwarded");
+    tracing::info!(listener = %listener.config.name, client = %peer, servers = delivered, key_known = known.is_some(),
+        "cancel request forwarded");
 }

@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::keys::KeySniffer;
+
 /// Buffer per direction. PostgreSQL messages are mostly small; 16 KiB keeps bulk COPY
 /// efficient without holding much per idle session.
 const BUF: usize = 16 * 1024;
@@ -78,11 +80,12 @@ pub async fn bidirectional(
     meters: Meters<'_>,
     idle: Idle,
     cut: &CancellationToken,
+    sniffer: Option<&mut KeySniffer<'_>>,
 ) -> (End, Moved) {
     // Plain TCP on both sides: borrowed halves, no lock.
     let (cr, cw) = client.split();
     let (sr, sw) = server.split();
-    halves(cr, cw, sr, sw, meters, idle, cut).await
+    halves(cr, cw, sr, sw, meters, idle, cut, sniffer).await
 }
 
 /// The same for any streams (TLS on either side).
@@ -92,6 +95,7 @@ pub async fn bidirectional_io<C, S>(
     meters: Meters<'_>,
     idle: Idle,
     cut: &CancellationToken,
+    sniffer: Option<&mut KeySniffer<'_>>,
 ) -> (End, Moved)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -99,7 +103,7 @@ where
 {
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
-    halves(cr, cw, sr, sw, meters, idle, cut).await
+    halves(cr, cw, sr, sw, meters, idle, cut, sniffer).await
 }
 
 async fn halves<CR, CW, SR, SW>(
@@ -110,6 +114,7 @@ async fn halves<CR, CW, SR, SW>(
     meters: Meters<'_>,
     idle: Idle,
     cut: &CancellationToken,
+    sniffer: Option<&mut KeySniffer<'_>>,
 ) -> (End, Moved)
 where
     CR: AsyncRead + Unpin,
@@ -123,8 +128,8 @@ where
     let activity = AtomicU64::new(0);
     let mut moved = Moved::default();
     let (end, client_done_first) = {
-        let up = one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &activity, start);
-        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &activity, start);
+        let up = one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &activity, start, None);
+        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &activity, start, sniffer);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         let idle_limit = idle.client.min(idle.server);
@@ -167,6 +172,7 @@ async fn one_way<R, W>(
     moved: &mut u64,
     activity: &AtomicU64,
     start: Instant,
+    mut sniffer: Option<&mut KeySniffer<'_>>,
 ) -> Result<(), Side>
 where
     R: AsyncRead + Unpin,
@@ -178,6 +184,13 @@ where
         if n == 0 {
             // Half-close: pass the FIN on and keep the other direction open.
             return w.shutdown().await.map_err(Side::Write);
+        }
+        // Only during the startup phase: the cancel key, then nothing more per chunk.
+        if let Some(s) = sniffer.as_deref_mut() {
+            s.feed(&buf[..n]);
+            if s.done {
+                sniffer = None;
+            }
         }
         w.write_all(&buf[..n]).await.map_err(Side::Write)?;
         meter.fetch_add(n as u64, Ordering::Relaxed);

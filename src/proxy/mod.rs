@@ -2,6 +2,7 @@
 
 mod cancel;
 mod copy;
+pub mod keys;
 mod session;
 mod tweaks;
 

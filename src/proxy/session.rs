@@ -16,6 +16,7 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::either::Either;
 
 use super::copy::{self, End, Idle, Meters};
+use super::keys::KeySniffer;
 use super::{cancel, tweaks};
 use crate::balance::{self, NoServer, Target};
 use crate::cluster::{ListenerState, Server, Slot};
@@ -116,7 +117,7 @@ pub async fn serve(
         Err((client, refusal)) => return refused(&listener, client, peer, started, refusal, None).await,
     };
     if let Opening::CancelRequest { .. } = prelude.opening {
-        cancel::forward(&listener, &prelude.bytes, peer).await;
+        cancel::forward(&shared, &listener, &prelude.bytes, peer).await;
         return;
     }
     let target = target_of(&listener, prelude.startup.as_ref());
@@ -142,11 +143,15 @@ pub async fn serve(
             server.stats.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
             let meters = Meters { to_server: &server.stats.bytes_in, to_client: &server.stats.bytes_out };
             let idle = Idle { client: listener.config.timeout_client, server: listener.config.timeout_server };
+            // The cancel key is readable when pgfront read the StartupMessage (plain text,
+            // or TLS it terminated).
+            let mut sniffer =
+                prelude.startup.as_ref().map(|_| KeySniffer::new(&shared.cancel_keys, server.address.clone()));
             let (end, m) = match (client, upstream) {
                 (Either::Left(mut c), Either::Left(mut s)) => {
-                    copy::bidirectional(&mut c, &mut s, meters, idle, &token).await
+                    copy::bidirectional(&mut c, &mut s, meters, idle, &token, sniffer.as_mut()).await
                 }
-                (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, meters, idle, &token).await,
+                (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, meters, idle, &token, sniffer.as_mut()).await,
             };
             moved.to_server += m.to_server;
             moved.to_client += m.to_client;
