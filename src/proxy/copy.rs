@@ -72,56 +72,44 @@ enum Side {
     Write(io::Error),
 }
 
+/// What a copy needs besides the two streams.
+pub struct Watch<'a, 'k> {
+    pub meters: Meters<'a>,
+    pub idle: Idle,
+    /// Cancelled when the session must end (mark-down, an operator, the end of a stop).
+    pub cut: &'a CancellationToken,
+    /// Reads the cancel key from the server's first messages, when they are readable.
+    pub sniffer: Option<&'a mut KeySniffer<'k>>,
+}
+
 /// Copies until both directions have closed, a side errs, the session idles out, or
 /// `cut` is cancelled.
-pub async fn bidirectional(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
-    meters: Meters<'_>,
-    idle: Idle,
-    cut: &CancellationToken,
-    sniffer: Option<&mut KeySniffer<'_>>,
-) -> (End, Moved) {
+pub async fn bidirectional(client: &mut TcpStream, server: &mut TcpStream, watch: Watch<'_, '_>) -> (End, Moved) {
     // Plain TCP on both sides: borrowed halves, no lock.
     let (cr, cw) = client.split();
     let (sr, sw) = server.split();
-    halves(cr, cw, sr, sw, meters, idle, cut, sniffer).await
+    halves(cr, cw, sr, sw, watch).await
 }
 
 /// The same for any streams (TLS on either side).
-pub async fn bidirectional_io<C, S>(
-    client: &mut C,
-    server: &mut S,
-    meters: Meters<'_>,
-    idle: Idle,
-    cut: &CancellationToken,
-    sniffer: Option<&mut KeySniffer<'_>>,
-) -> (End, Moved)
+pub async fn bidirectional_io<C, S>(client: &mut C, server: &mut S, watch: Watch<'_, '_>) -> (End, Moved)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
-    halves(cr, cw, sr, sw, meters, idle, cut, sniffer).await
+    halves(cr, cw, sr, sw, watch).await
 }
 
-async fn halves<CR, CW, SR, SW>(
-    mut cr: CR,
-    mut cw: CW,
-    mut sr: SR,
-    mut sw: SW,
-    meters: Meters<'_>,
-    idle: Idle,
-    cut: &CancellationToken,
-    sniffer: Option<&mut KeySniffer<'_>>,
-) -> (End, Moved)
+async fn halves<CR, CW, SR, SW>(mut cr: CR, mut cw: CW, mut sr: SR, mut sw: SW, watch: Watch<'_, '_>) -> (End, Moved)
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
+    let Watch { meters, idle, cut, sniffer } = watch;
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved in either direction. Both sides
     // see the same traffic in a forwarding proxy, so one clock serves both limits.

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::either::Either;
 
-use super::copy::{self, End, Idle, Meters};
+use super::copy::{self, End, Idle, Meters, Watch};
 use super::keys::KeySniffer;
 use super::{cancel, tweaks};
 use crate::balance::{self, NoServer, Target};
@@ -147,11 +147,10 @@ pub async fn serve(
             // or TLS it terminated).
             let mut sniffer =
                 prelude.startup.as_ref().map(|_| KeySniffer::new(&shared.cancel_keys, server.address.clone()));
+            let watch = Watch { meters, idle, cut: &token, sniffer: sniffer.as_mut() };
             let (end, m) = match (client, upstream) {
-                (Either::Left(mut c), Either::Left(mut s)) => {
-                    copy::bidirectional(&mut c, &mut s, meters, idle, &token, sniffer.as_mut()).await
-                }
-                (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, meters, idle, &token, sniffer.as_mut()).await,
+                (Either::Left(mut c), Either::Left(mut s)) => copy::bidirectional(&mut c, &mut s, watch).await,
+                (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, watch).await,
             };
             moved.to_server += m.to_server;
             moved.to_client += m.to_client;
