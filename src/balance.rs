@@ -8,6 +8,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::cluster::{AdminState, ListenerState, Server, Slot};
 use crate::config::Balance;
+pub use crate::config::Target;
 
 /// Why no server could be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -24,36 +25,6 @@ impl NoServer {
             NoServer::NoneUp => "no_server",
             NoServer::Full => "maxconn",
         }
-    }
-}
-
-/// Which servers a session may use: the listener's own rule, or what the client asked
-/// for with `options=-c pgfront.target=...` where the listener allows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Target {
-    /// Servers admitted by the listener's check, then the leader if `fallback_to_leader`.
-    #[default]
-    Listener,
-    /// The leader only.
-    Primary,
-    /// Servers admitted by the listener's check only.
-    Replica,
-    /// Replicas first, the leader when none is eligible.
-    PreferReplica,
-    /// Any admitted server or the leader, in rotation.
-    Any,
-}
-
-impl Target {
-    /// Parses a client's `pgfront.target` value.
-    pub fn parse(v: &str) -> Option<Target> {
-        Some(match v {
-            "primary" | "leader" | "master" => Target::Primary,
-            "replica" | "standby" => Target::Replica,
-            "prefer-replica" | "prefer_replica" | "prefer-standby" => Target::PreferReplica,
-            "any" => Target::Any,
-            _ => return None,
-        })
     }
 }
 

@@ -372,3 +372,44 @@ async fn a_cancel_with_an_unknown_key_goes_to_every_server_of_the_listener() {
     }
     assert_eq!(pg.shared().runtime.load().listener("replicas").unwrap().stats.cancels.load(Ordering::SeqCst), 1);
 }
+
+/// Connects in plain text with a StartupMessage of `params`; returns the server's name.
+async fn connect_startup(addr: std::net::SocketAddr, params: &[(&str, &str)]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &startup_message(params)).await.unwrap();
+    let mut ok = [0u8; 9];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut ok).await.unwrap();
+    assert_eq!(ok[0], b'R', "AuthenticationOk forwarded");
+    let mut name = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut b).await.unwrap();
+        if b[0] == b'\n' {
+            return String::from_utf8(name).unwrap();
+        }
+        name.push(b[0]);
+    }
+}
+
+#[tokio::test]
+async fn routes_match_user_database_and_application_name() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("").replace(
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"",
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\nclient_target = true\ndefault_target = \"replica\"\n\
+         routes = [ { user = \"etl\", target = \"primary\" }, { database = \"reports\", application_name = \"grafana\", target = \"prefer-replica\" } ]",
+    );
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    assert_eq!(connect_startup(addr, &[("user", "etl")]).await, "node1", "route on user");
+    assert_ne!(connect_startup(addr, &[("user", "app")]).await, "node1", "default: a replica");
+    let grafana = [("user", "bi"), ("database", "reports"), ("application_name", "grafana")];
+    assert_ne!(connect_startup(addr, &grafana).await, "node1", "prefer-replica while replicas are up");
+    // The client's own choice comes first.
+    let asked = [("user", "app"), ("options", "-c pgfront.target=primary")];
+    assert_eq!(connect_startup(addr, &asked).await, "node1");
+    let asked = [("user", "etl"), ("options", "-c pgfront.target=replica")];
+    assert_ne!(connect_startup(addr, &asked).await, "node1");
+}

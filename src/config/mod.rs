@@ -41,6 +41,55 @@ pub mod defaults {
     pub const WEB_REFRESH: Duration = Duration::from_secs(5);
 }
 
+/// Which servers a session may use: the listener's own rule, or what the client asked
+/// for with `options=-c pgfront.target=...` where the listener allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Target {
+    /// Servers admitted by the listener's check, then the leader if `fallback_to_leader`.
+    #[default]
+    Listener,
+    /// The leader only.
+    Primary,
+    /// Servers admitted by the listener's check only.
+    Replica,
+    /// Replicas first, the leader when none is eligible.
+    PreferReplica,
+    /// Any admitted server or the leader, in rotation.
+    Any,
+}
+
+impl Target {
+    /// Parses a client's `pgfront.target` value.
+    pub fn parse(v: &str) -> Option<Target> {
+        Some(match v {
+            "primary" | "leader" | "master" => Target::Primary,
+            "replica" | "standby" => Target::Replica,
+            "prefer-replica" | "prefer_replica" | "prefer-standby" => Target::PreferReplica,
+            "any" => Target::Any,
+            _ => return None,
+        })
+    }
+}
+
+/// A routing rule: sessions whose startup parameters match every given field go to
+/// `target` (read from plain-text clients, and TLS clients where the listener terminates TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    pub target: Target,
+}
+
+impl Route {
+    /// Whether the parameters match; `database` defaults to the user name, as in PostgreSQL.
+    pub fn matches(&self, user: Option<&str>, database: Option<&str>, application_name: Option<&str>) -> bool {
+        let database = database.or(user);
+        let eq = |want: &Option<String>, got: Option<&str>| want.as_deref().is_none_or(|w| Some(w) == got);
+        eq(&self.user, user) && eq(&self.database, database) && eq(&self.application_name, application_name)
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -169,6 +218,10 @@ pub struct Listener {
     /// Terminate TLS here (to read TLS clients' startup parameters); `None` passes TLS
     /// through end to end.
     pub tls: Option<TlsSettings>,
+    /// Rules on user, database and application_name, first match wins.
+    pub routes: Vec<Route>,
+    /// Where sessions go when neither the client nor a route says.
+    pub default_target: Target,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -461,6 +514,40 @@ impl Validator<'_> {
                 "needs check_mode = \"patroni\" (pgfront must know which node leads)",
             ));
         }
+        let parse_target = |v: &Spanned<String>, key: &str| {
+            Target::parse(v.get_ref()).or((v.get_ref() == "listener").then_some(Target::Listener)).ok_or_else(|| {
+                let msg = format!(
+                    "unknown target {:?}; expected primary, replica, prefer-replica, any or listener",
+                    v.get_ref()
+                );
+                self.src.error(v.span(), key, msg)
+            })
+        };
+        let default_target = match &l.default_target {
+            None => Target::Listener,
+            Some(t) => parse_target(t, "listener.default_target")?,
+        };
+        let mut routes = Vec::new();
+        for r in l.routes.iter().flatten() {
+            let raw = r.get_ref();
+            if raw.user.is_none() && raw.database.is_none() && raw.application_name.is_none() {
+                return Err(self.src.error(
+                    r.span(),
+                    "listener.routes",
+                    "a route must match user, database or application_name",
+                ));
+            }
+            routes.push(Route {
+                user: raw.user.clone(),
+                database: raw.database.clone(),
+                application_name: raw.application_name.clone(),
+                target: parse_target(&raw.target, "listener.routes.target")?,
+            });
+        }
+        if (!routes.is_empty() || default_target != Target::Listener) && mode != CheckMode::Patroni {
+            let msg = "needs check_mode = \"patroni\" (pgfront must know which node leads)";
+            return Err(self.src.error(l.name.span(), "listener.routes", msg));
+        }
         let tls = match &l.tls {
             None => None,
             Some(t) => Some(self.tls(t)?),
@@ -510,6 +597,8 @@ impl Validator<'_> {
             fallback_to_leader,
             client_target,
             tls,
+            routes,
+            default_target,
         })
     }
 

@@ -71,6 +71,8 @@ macro_rules! tunables {
             pub fallback_to_leader: Option<bool>,
             pub client_target: Option<bool>,
             pub tls: Option<Spanned<RawTls>>,
+            pub routes: Option<Vec<Spanned<RawRoute>>>,
+            pub default_target: Option<Spanned<String>>,
             $(pub $field: Option<$ty>,)*
         }
 
@@ -128,6 +130,16 @@ fn default_method() -> Spanned<String> {
 
 fn default_expect() -> u16 {
     200
+}
+
+/// A routing rule on startup parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    pub target: Spanned<String>,
 }
 
 /// A listener's `tls` table: terminate TLS with this certificate.

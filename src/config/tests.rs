@@ -239,3 +239,27 @@ fn users_take_a_clear_password_or_a_hash_and_a_role() {
     let (_, key, _) = err_at(&web("name = \"a\"\npassword = \"x\"\nrole = \"god\""));
     assert_eq!(key, "web.user.role");
 }
+
+#[test]
+fn routes_and_default_target() {
+    let text =
+        format!("{BASE}default_target = \"prefer-replica\"\nroutes = [ {{ user = \"etl\", target = \"primary\" }} ]\n");
+    let l = &parse(&text).unwrap().listeners[0];
+    assert_eq!(l.default_target, Target::PreferReplica);
+    assert_eq!(l.routes[0].target, Target::Primary);
+    assert!(l.routes[0].matches(Some("etl"), None, None));
+    assert!(!l.routes[0].matches(Some("app"), None, None));
+    let (_, key, _) = err_at(&format!("{BASE}routes = [ {{ target = \"primary\" }} ]\n"));
+    assert_eq!(key, "listener.routes");
+    let (_, key, _) = err_at(&format!("{BASE}routes = [ {{ user = \"a\", target = \"mars\" }} ]\n"));
+    assert_eq!(key, "listener.routes.target");
+    let (_, key, _) = err_at(&format!("{BASE}default_target = \"nowhere\"\n"));
+    assert_eq!(key, "listener.default_target");
+}
+
+#[test]
+fn a_route_on_database_defaults_it_to_the_user() {
+    let r = Route { user: None, database: Some("bi".into()), application_name: None, target: Target::Replica };
+    assert!(r.matches(Some("bi"), None, None), "no database parameter: the user's name");
+    assert!(!r.matches(Some("bi"), Some("other"), None));
+}

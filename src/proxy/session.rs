@@ -221,13 +221,24 @@ async fn open(
     }
 }
 
-/// The target a session asks for: `options=-c pgfront.target=...` where the listener
-/// honours it, else the listener's own rule.
+/// Where a session goes: the client's `options=-c pgfront.target=...` where the listener
+/// honours it, else the first route matching its user, database and application_name,
+/// else the listener's default. Only readable startups (plain text, or TLS terminated here)
+/// can ask; the rest get the default.
 fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Target {
-    if !listener.config.client_target {
-        return Target::Listener;
+    let cfg = &listener.config;
+    let Some(s) = startup else {
+        return cfg.default_target;
+    };
+    if cfg.client_target {
+        if let Some(t) = s.option("pgfront.target").and_then(|v| Target::parse(&v)) {
+            return t;
+        }
     }
-    startup.and_then(|s| s.option("pgfront.target")).and_then(|v| Target::parse(&v)).unwrap_or(Target::Listener)
+    cfg.routes
+        .iter()
+        .find(|r| r.matches(s.get("user"), s.get("database"), s.get("application_name")))
+        .map_or(cfg.default_target, |r| r.target)
 }
 
 async fn refused(
