@@ -1,0 +1,117 @@
+//! The `pgfront` binary itself: `check` and its exit codes, and `run` with SIGHUP reloads
+//! and a SIGTERM stop, as systemd and operators drive it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const BIN: &str = env!("CARGO_BIN_EXE_pgfront");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nAuthorization: Basic YWRtaW46c2VjcmV0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one() {
+    for f in ["conf/local.toml", "conf/pgfront.toml"] {
+        let out =
+            Command::new(BIN).args(["check", "--config", f]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("listeners:"));
+    }
+    let dir = std::env::temp_dir().join(format!("pgfront-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[defaults]\nretries = 2\ninter = \"3\"\n").unwrap();
+    let out = Command::new(BIN).args(["check", "--config", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:9: `inter`", bad.display())), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn run_reloads_on_sighup_and_stops_on_sigterm() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let (p1, p2, web) = (free_port(), free_port(), free_port());
+    let text = lab
+        .config("")
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+    let dir = std::env::temp_dir().join(format!("pgfront-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgfront.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let web: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let status = || async { json(&get(web, "/status.json").await.unwrap_or_default()) };
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while status().await["listeners"][1]["servers_up"] != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "pgfront did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut live = connect(format!("127.0.0.1:{p2}").parse().unwrap()).await.unwrap();
+
+    // A broken file: nothing changes, and the reason is shown.
+    std::fs::write(&path, text.replace("[defaults]", "[defaults]\nintre = \"3s\"")).unwrap();
+    signal(pid, "-HUP");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while status().await["reload_error"].is_null() {
+        assert!(tokio::time::Instant::now() < deadline, "refused reload not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(status().await["reload_error"].as_str().unwrap().contains("intre"));
+    live.echo(b"still served").await.unwrap();
+
+    // A good file with a changed check: /read-only admits the leader too.
+    std::fs::write(&path, text.replace("path = \"/replica\"", "path = \"/read-only\"")).unwrap();
+    signal(pid, "-HUP");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while status().await["listeners"][1]["servers_up"] != 3 {
+        assert!(tokio::time::Instant::now() < deadline, "changed check not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = status().await;
+    assert_eq!((s["reloads_ok"].as_u64(), s["reloads_failed"].as_u64()), (Some(1), Some(1)));
+    assert!(s["reload_error"].is_null());
+    live.echo(b"the session survived both reloads").await.unwrap();
+
+    // SIGTERM: drains (the open session ends first), exits 0.
+    drop(live);
+    signal(pid, "-TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(code.success(), "{code:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
