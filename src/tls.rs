@@ -109,12 +109,7 @@ impl TlsSettings {
         server.alpn_protocols = vec![ALPN.to_vec()];
         let connector = match self.server {
             ServerTls::Disable => None,
-            ServerTls::Require => Some(
-                rustls::ClientConfig::builder()
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoVerify))
-                    .with_no_client_auth(),
-            ),
+            ServerTls::Require => Some(client_config_without_verification()),
             ServerTls::VerifyFull => {
                 let mut roots = rustls::RootCertStore::empty();
                 let pem = self.ca_pem.as_deref().unwrap_or_default();
@@ -136,6 +131,15 @@ impl TlsSettings {
 pub fn server_name(address: &str) -> io::Result<ServerName<'static>> {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_owned()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// A client configuration that encrypts without checking the peer's certificate
+/// (libpq's sslmode=require), for pgfront's side towards PostgreSQL and for tests.
+pub fn client_config_without_verification() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify))
+        .with_no_client_auth()
 }
 
 /// sslmode=require towards PostgreSQL: encryption without checking who answers.

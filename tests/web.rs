@@ -10,16 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A minimal HTTP/1.0 GET; returns the status and the body.
 async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = auth.map(|a| format!("Authorization: Basic {a}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    http_get(addr, path, auth).await
 }
 
 /// admin:secret

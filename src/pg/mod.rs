@@ -3,7 +3,7 @@
 
 mod startup;
 
-pub use startup::{sqlstate as error_sqlstate, Startup};
+pub use startup::{sqlstate as error_sqlstate, startup_message, Startup};
 
 /// The largest startup packet PostgreSQL accepts.
 pub const MAX_STARTUP_PACKET: u32 = 10_000;

@@ -97,6 +97,22 @@ fn split_options(s: &str) -> Vec<String> {
     words
 }
 
+/// Builds a protocol 3.0 StartupMessage with `params` (for clients pgfront itself plays:
+/// tests, benchmarks, the fuzz corpus).
+pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend(body);
+    p
+}
+
 /// The SQLSTATE of an ErrorResponse body (the bytes after type and length).
 pub fn sqlstate(body: &[u8]) -> Option<&str> {
     body.split(|b| *b == 0).find(|f| f.first() == Some(&b'C')).and_then(|f| std::str::from_utf8(&f[1..]).ok())
@@ -106,18 +122,8 @@ pub fn sqlstate(body: &[u8]) -> Option<&str> {
 mod tests {
     use super::*;
 
-    pub fn packet(params: &[(&str, &str)]) -> Vec<u8> {
-        let mut body = 196_608u32.to_be_bytes().to_vec();
-        for (k, v) in params {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        p.extend(body);
-        p
+    fn packet(params: &[(&str, &str)]) -> Vec<u8> {
+        startup_message(params)
     }
 
     #[test]

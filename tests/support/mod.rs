@@ -384,20 +384,7 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
     Ok(Client { stream, server: String::from_utf8(name).unwrap() })
 }
 
-/// A StartupMessage for protocol 3.0 with `params`.
-pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend(body);
-    p
-}
+pub use pgfront::pg::startup_message;
 
 /// Reads the rest of an ErrorResponse whose type byte was consumed.
 pub async fn read_error(stream: &mut TcpStream) -> Fatal {
@@ -432,4 +419,16 @@ impl Client {
         let mut b = [0u8; 64];
         matches!(tokio::time::timeout(limit, self.stream.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
+}
+
+/// A minimal HTTP/1.0 GET with optional basic-auth credentials (base64); returns the
+/// status and the body.
+pub async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = auth.map(|a| format!("Authorization: Basic {a}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
