@@ -50,6 +50,30 @@ async fn run(addr: SocketAddr, sessions: usize, size: usize, secs: u64) -> Cell 
     cell
 }
 
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Memory held per idle session: open `n` sessions, each having exchanged one message,
+/// and compare the growth with the same sessions opened directly (which counts the
+/// client and the echo backend, leaving pgfront's share).
+async fn idle_memory(addr: SocketAddr, n: usize) -> (u64, Vec<support::Client>) {
+    let before = rss_kib();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = connect(addr).await.unwrap();
+        c.echo(b"ping").await.unwrap();
+        held.push(c);
+    }
+    (rss_kib().saturating_sub(before), held)
+}
+
 fn pct(v: &[Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -64,7 +88,7 @@ fn main() {
     rt.block_on(async {
         let lab = Lab::start(1).await;
         lab.leader(0);
-        let pg = support::start(&lab.config("maxconn = 1000"));
+        let pg = support::start(&lab.config("maxconn = 5000"));
         eventually(Duration::from_secs(10), "leader up", || {
             pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1
         })
@@ -88,5 +112,12 @@ fn main() {
                 }
             }
         }
+        let n = 2000;
+        let (direct_kib, held) = idle_memory(direct, n).await;
+        drop(held);
+        let (via_kib, held) = idle_memory(via, n).await;
+        let per = (via_kib as f64 - direct_kib as f64) / n as f64;
+        println!("idle sessions: {n} direct grew RSS {direct_kib} KiB, through pgfront {via_kib} KiB: pgfront holds about {per:.1} KiB per idle session");
+        drop(held);
     });
 }
