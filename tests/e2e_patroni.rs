@@ -100,6 +100,8 @@ async fn ready(pg: &Pgfront) {
 #[derive(Clone, Copy, Debug)]
 enum Tls {
     Disable,
+    /// TLS if the server offers it (libpq's default).
+    Prefer,
     /// Encrypted, certificate not checked (libpq's sslmode=require).
     Require,
     /// Encrypted, certificate checked against the lab CA and the host name (verify-full).
@@ -107,7 +109,11 @@ enum Tls {
 }
 
 async fn pg_connect(addr: SocketAddr, tls: Tls) -> Result<Client, tokio_postgres::Error> {
-    let mode = if matches!(tls, Tls::Disable) { "disable" } else { "require" };
+    let mode = match tls {
+        Tls::Disable => "disable",
+        Tls::Prefer => "prefer",
+        _ => "require",
+    };
     let conn = format!(
         "host={} port={} user=postgres password=postgres dbname=postgres sslmode={mode} connect_timeout=60",
         addr.ip(),
@@ -119,7 +125,7 @@ async fn pg_connect(addr: SocketAddr, tls: Tls) -> Result<Client, tokio_postgres
             tokio::spawn(connection);
             client
         }
-        Tls::Require | Tls::VerifyFull => {
+        Tls::Prefer | Tls::Require | Tls::VerifyFull => {
             let (client, connection) = tokio_postgres::connect(&conn, tls_connector(tls)).await?;
             tokio::spawn(connection);
             client
@@ -175,7 +181,7 @@ async fn ports_land_on_the_right_roles_in_plain_text_and_tls() {
     let primary = pg.listener_addr("primary").unwrap();
     let replicas = pg.listener_addr("replicas").unwrap();
     let reads = pg.listener_addr("reads").unwrap();
-    for tls in [Tls::Disable, Tls::Require, Tls::VerifyFull] {
+    for tls in [Tls::Disable, Tls::Prefer, Tls::Require, Tls::VerifyFull] {
         let c = pg_connect(primary, tls).await.unwrap_or_else(|e| panic!("{tls:?}: {e}"));
         let (recovery, _) = whereami(&c).await.unwrap();
         assert!(!recovery, "5000 with {tls:?} landed on a replica");
@@ -191,6 +197,9 @@ async fn ports_land_on_the_right_roles_in_plain_text_and_tls() {
         }
         let c = pg_connect(reads, tls).await.unwrap_or_else(|e| panic!("{tls:?}: {e}"));
         assert!(whereami(&c).await.unwrap().0, "5002 serves reads from a replica");
+        // The outcome the README documents: encrypted end to end except with disable.
+        let encrypted = !matches!(tls, Tls::Disable);
+        assert_eq!(server_ssl(&c).await, encrypted, "{tls:?}: TLS passes through to PostgreSQL");
     }
     pg.shutdown(Duration::from_secs(5)).await;
 }
@@ -664,5 +673,42 @@ async fn a_tls_terminating_listener_routes_tls_clients_by_parameter() {
     let c = pg_connect_extra(reads, Tls::VerifyFull, "-c pgfront.target=primary", "channel_binding=disable").await;
     assert!(!whereami(&c).await.unwrap().0);
     assert!(server_ssl(&c).await, "server = verify-full: pgfront to PostgreSQL is encrypted");
+    pg.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn a_stopped_replica_leaves_the_rotation_and_comes_back() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let replicas = pg.listener_addr("replicas").unwrap();
+    let session = pg_connect(replicas, Tls::Disable).await.unwrap();
+    let (_, ip) = whereami(&session).await.unwrap();
+    let victim = node_of(&ip);
+    cluster(&["stop", &victim]).await;
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while session.simple_query("SELECT 1").await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the session on the stopped {victim} stays open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually(LIVENESS, "the stopped replica leaves the rotation", || {
+        pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1
+    })
+    .await;
+    for _ in 0..4 {
+        let c = pg_connect(replicas, Tls::Disable).await.unwrap();
+        assert_ne!(whereami(&c).await.unwrap().1, ip, "{victim} is stopped");
+    }
+    cluster(&["start", &victim]).await;
+    healthy().await;
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let c = pg_connect(replicas, Tls::Disable).await.unwrap();
+        if whereami(&c).await.unwrap().1 == ip {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{victim} did not come back");
+    }
     pg.shutdown(Duration::from_secs(5)).await;
 }
