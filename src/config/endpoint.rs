@@ -35,6 +35,9 @@ pub struct ReplicaFilter {
     pub max_lag: Option<u64>,
     /// `tag_KEY=VALUE`: tags the node must carry.
     pub tags: Vec<(String, String)>,
+    /// pgfront's `max_replay_delay`: how old the last replayed transaction may be while
+    /// the replica is behind the leader (Patroni has no time bound of its own).
+    pub max_delay: Option<std::time::Duration>,
 }
 
 impl Endpoint {
@@ -59,6 +62,14 @@ impl Endpoint {
             r if r.contains("master") || r.contains("primary") => Endpoint::Primary,
             _ => return Ok(None),
         }))
+    }
+
+    /// The replica conditions, for endpoints that have them.
+    pub fn filter_mut(&mut self) -> Option<&mut ReplicaFilter> {
+        match self {
+            Endpoint::Replica(f) | Endpoint::ReadOnly(f) | Endpoint::Sync(f) | Endpoint::Async(f) => Some(f),
+            _ => None,
+        }
     }
 
     /// True for endpoints that name at most one node at a time: the write target.
@@ -111,7 +122,7 @@ mod tests {
         assert_eq!(Endpoint::parse("/"), Ok(Some(Endpoint::Primary)));
         assert_eq!(Endpoint::parse("/read-write"), Ok(Some(Endpoint::Primary)));
         assert_eq!(Endpoint::parse("/replica"), Ok(Some(Endpoint::Replica(ReplicaFilter::default()))));
-        let f = ReplicaFilter { max_lag: Some(16 << 20), tags: vec![("dc".into(), "east".into())] };
+        let f = ReplicaFilter { max_lag: Some(16 << 20), tags: vec![("dc".into(), "east".into())], max_delay: None };
         assert_eq!(Endpoint::parse("/replica?lag=16MB&tag_dc=east"), Ok(Some(Endpoint::Replica(f))));
         assert_eq!(Endpoint::parse("/nonsense"), Ok(None));
         assert!(Endpoint::parse("/replica?lag=lots").is_err());

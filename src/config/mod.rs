@@ -619,7 +619,20 @@ impl Validator<'_> {
                 format!("{path:?} must start with '/' and contain no spaces"),
             ));
         }
-        let endpoint = Endpoint::parse(path).map_err(|e| self.src.error(c.path.span(), "check.path", e))?;
+        let mut endpoint = Endpoint::parse(path).map_err(|e| self.src.error(c.path.span(), "check.path", e))?;
+        if let Some(d) = &s.max_replay_delay {
+            let filter = endpoint.as_mut().and_then(Endpoint::filter_mut).filter(|_| mode == CheckMode::Patroni);
+            match filter {
+                Some(f) => f.max_delay = Some(d.get_ref().0),
+                None if c.path.get_ref().starts_with("/replica") || mode == CheckMode::Http => {
+                    let msg =
+                        "needs check_mode = \"patroni\" and a replica check (/replica, /read-only, /sync, /async)";
+                    return Err(self.src.error(d.span(), "max_replay_delay", msg));
+                }
+                // A leader check on a listener that inherits the default: not applicable.
+                None => {}
+            }
+        }
         if mode == CheckMode::Patroni {
             if endpoint.is_none() {
                 return Err(self.src.error(c.path.span(), "check.path", format!("{path:?} is not a Patroni health endpoint; use one of /primary, /replica, /read-only, /leader, /health, ... or set [global] check_mode = \"http\"")));

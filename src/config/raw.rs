@@ -103,6 +103,7 @@ tunables! {
     rise: Spanned<u32>,
     check_port: Spanned<u16>,
     on_marked_down: Spanned<String>,
+    max_replay_delay: Spanned<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

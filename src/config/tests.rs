@@ -263,3 +263,21 @@ fn a_route_on_database_defaults_it_to_the_user() {
     assert!(r.matches(Some("bi"), None, None), "no database parameter: the user's name");
     assert!(!r.matches(Some("bi"), Some("other"), None));
 }
+
+#[test]
+fn max_replay_delay_applies_to_replica_checks() {
+    let replica = BASE.replace("/master", "/replica?lag=16MB");
+    let c = parse(&format!("[defaults]\nmax_replay_delay = \"30s\"\n{replica}")).unwrap();
+    match &c.listeners[0].check.endpoint {
+        Some(Endpoint::Replica(f)) => {
+            assert_eq!(f.max_delay, Some(Duration::from_secs(30)));
+            assert_eq!(f.max_lag, Some(16 << 20));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Inherited by a leader listener, it does not apply.
+    assert!(parse(&format!("[defaults]\nmax_replay_delay = \"30s\"\n{BASE}")).is_ok());
+    let http = format!("[global]\ncheck_mode = \"http\"\n{replica}max_replay_delay = \"30s\"\n");
+    let (_, key, _) = err_at(&http);
+    assert_eq!(key, "max_replay_delay");
+}

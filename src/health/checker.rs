@@ -164,6 +164,7 @@ async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
         is_leader: decision.leader == Some(unit.node),
         leader_position: leader_status.as_ref().and_then(|s| s.xlog.location),
         standbys: leader_status.as_ref().map_or(&[], |s| s.replication.as_slice()),
+        now: Some(std::time::SystemTime::now()),
     };
     for c in &unit.checks {
         let (r, lag) = match (&status, c.spec.endpoint.as_ref()) {

@@ -3,6 +3,7 @@
 //! every rule is tested without a cluster.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,9 @@ pub struct Xlog {
     pub location: Option<u64>,
     pub received_location: Option<u64>,
     pub replayed_location: Option<u64>,
+    /// When the last replayed transaction committed on the primary, as PostgreSQL prints
+    /// it (`2026-11-26 06:38:20.796853+00:00`).
+    pub replayed_timestamp: Option<String>,
     pub paused: Option<bool>,
 }
 
@@ -77,9 +81,43 @@ impl NodeStatus {
         self.tags.get("noloadbalance").is_some_and(truthy)
     }
 
+    /// How long ago the last replayed transaction committed, while the replica is behind
+    /// `leader_position` (an idle primary commits nothing, so an old timestamp alone means
+    /// nothing when the replica is caught up).
+    pub fn replay_delay(&self, leader_position: Option<u64>, now: SystemTime) -> Option<Duration> {
+        if self.lag(leader_position)? == 0 {
+            return Some(Duration::ZERO);
+        }
+        let at = parse_pg_timestamp(self.xlog.replayed_timestamp.as_deref()?)?;
+        Some(now.duration_since(at).unwrap_or_default())
+    }
+
     /// Bytes this replica's replay trails `leader_position`.
     pub fn lag(&self, leader_position: Option<u64>) -> Option<u64> {
         Some(leader_position?.saturating_sub(self.xlog.replayed_location?))
+    }
+}
+
+/// Parses PostgreSQL's `YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]` timestamps.
+fn parse_pg_timestamp(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    // The offset starts at the last '+' or '-' after the time part.
+    let split = s.rfind(['+', '-']).filter(|&i| i > 10)?;
+    let (local, offset) = s.split_at(split);
+    let at = humantime::parse_rfc3339_weak(local.trim()).ok()?;
+    let sign = if offset.starts_with('-') { -1i64 } else { 1 };
+    let digits: String = offset[1..].chars().filter(char::is_ascii_digit).collect();
+    let (h, m) = match digits.len() {
+        2 => (digits.parse::<i64>().ok()?, 0),
+        4 => (digits[..2].parse::<i64>().ok()?, digits[2..].parse::<i64>().ok()?),
+        _ => return None,
+    };
+    let secs = sign * (h * 3600 + m * 60);
+    // Local time minus the offset is UTC.
+    if secs >= 0 {
+        at.checked_sub(Duration::from_secs(secs as u64))
+    } else {
+        at.checked_add(Duration::from_secs((-secs) as u64))
     }
 }
 
@@ -108,6 +146,8 @@ pub struct View<'a> {
     pub leader_position: Option<u64>,
     /// The leader's standbys, for /sync and /async.
     pub standbys: &'a [Standby],
+    /// Wall-clock time of the answer, for replay delay.
+    pub now: Option<SystemTime>,
 }
 
 /// A check's verdict on one node answer.
@@ -196,6 +236,15 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
         let limit = if lag_excluded { max / 2 } else { max };
         if lag > limit {
             return Verdict { passed: false, why: format!("replay lag {lag} bytes over {limit}"), lag_excluded: true };
+        }
+    }
+    if let (Some(max), Some(now)) = (f.max_delay, view.now) {
+        if let Some(delay) = st.replay_delay(view.leader_position, now) {
+            let limit = if lag_excluded { max / 2 } else { max };
+            if delay > limit {
+                let why = format!("replay delay {:.1}s over {:.1}s", delay.as_secs_f64(), limit.as_secs_f64());
+                return Verdict { passed: false, why, lag_excluded: true };
+            }
         }
     }
     Verdict::pass()

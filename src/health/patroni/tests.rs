@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const LEADER: &str = r#"{"state": "running", "role": "primary", "server_version": 150018, "xlog": {"location": 67108960}, "timeline": 3, "replication": [{"usename": "replicator", "application_name": "node2", "client_addr": "127.0.0.1", "state": "streaming", "sync_state": "sync", "sync_priority": 1}, {"application_name": "node3", "state": "streaming", "sync_state": "async"}], "patroni": {"version": "4.1.5", "scope": "lab", "name": "node1"}}"#;
 const REPLICA: &str = r#"{"state": "running", "role": "replica", "server_version": 150018, "xlog": {"received_location": 67108000, "replayed_location": 67100000, "replayed_timestamp": "2026-11-26 06:38:20.796853+00:00", "paused": false}, "timeline": 3, "replication_state": "streaming", "patroni": {"version": "4.1.5", "scope": "lab", "name": "node2"}}"#;
@@ -85,4 +86,27 @@ fn sync_and_async() {
     r3.patroni.name = Some("node3".into());
     assert!(!verdict(&ep("/sync"), &r3, view, false).passed);
     assert!(verdict(&ep("/async"), &r3, view, false).passed);
+}
+
+#[test]
+fn replay_delay_counts_only_while_behind() {
+    let mut r = parse(REPLICA); // replayed 67100000 at 06:38:20.796853 UTC
+    let at = humantime::parse_rfc3339("2026-11-26T06:38:20.796853Z").unwrap();
+    let now = at + Duration::from_secs(40);
+    assert_eq!(r.replay_delay(Some(67_200_000), now), Some(Duration::from_secs(40)));
+    assert_eq!(r.replay_delay(Some(67_100_000), now), Some(Duration::ZERO), "caught up: an idle primary is no delay");
+    r.xlog.replayed_timestamp = Some("2026-11-26 07:38:20.796853+01:00".into());
+    assert_eq!(r.replay_delay(Some(67_200_000), now), Some(Duration::from_secs(40)), "offsets are honoured");
+    let mut f = match ep("/replica") {
+        Endpoint::Replica(f) => f,
+        _ => unreachable!(),
+    };
+    f.max_delay = Some(Duration::from_secs(30));
+    let view = View { leader_position: Some(67_200_000), now: Some(now), ..View::default() };
+    let v = verdict(&Endpoint::Replica(f.clone()), &r, view, false);
+    assert!(!v.passed && v.lag_excluded && v.why.contains("replay delay"), "{v:?}");
+    let soon = View { now: Some(at + Duration::from_secs(20)), ..view };
+    assert!(!verdict(&Endpoint::Replica(f.clone()), &r, soon, true).passed, "20s > half of 30s: still out");
+    let later = View { now: Some(at + Duration::from_secs(10)), ..view };
+    assert!(verdict(&Endpoint::Replica(f), &r, later, true).passed, "back in under half the bound");
 }
