@@ -5,16 +5,13 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::buffers::{Slot, Source};
 use super::keys::KeySniffer;
-
-/// Buffer per direction. PostgreSQL messages are mostly small; 16 KiB keeps bulk COPY
-/// efficient without holding much per idle session.
-const BUF: usize = 16 * 1024;
 
 /// Why a session ended (in the spirit of HAProxy's termination codes).
 #[derive(Debug)]
@@ -94,8 +91,8 @@ pub async fn bidirectional(client: &mut TcpStream, server: &mut TcpStream, watch
 /// The same for any streams (TLS on either side).
 pub async fn bidirectional_io<C, S>(client: &mut C, server: &mut S, watch: Watch<'_, '_>) -> (End, Moved)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
@@ -104,9 +101,9 @@ where
 
 async fn halves<CR, CW, SR, SW>(mut cr: CR, mut cw: CW, mut sr: SR, mut sw: SW, watch: Watch<'_, '_>) -> (End, Moved)
 where
-    CR: AsyncRead + Unpin,
+    CR: Source,
     CW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
+    SR: Source,
     SW: AsyncWrite + Unpin,
 {
     let Watch { meters, idle, cut, sniffer } = watch;
@@ -163,24 +160,25 @@ async fn one_way<R, W>(
     mut sniffer: Option<&mut KeySniffer<'_>>,
 ) -> Result<(), Side>
 where
-    R: AsyncRead + Unpin,
+    R: Source,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut slot = Slot::default();
     loop {
-        let n = r.read(&mut buf).await.map_err(Side::Read)?;
+        let n = r.read_chunk(&mut slot).await.map_err(Side::Read)?;
+        let buf = slot.filled(n);
         if n == 0 {
             // Half-close: pass the FIN on and keep the other direction open.
             return w.shutdown().await.map_err(Side::Write);
         }
         // Only during the startup phase: the cancel key, then nothing more per chunk.
         if let Some(s) = sniffer.as_deref_mut() {
-            s.feed(&buf[..n]);
+            s.feed(buf);
             if s.done {
                 sniffer = None;
             }
         }
-        w.write_all(&buf[..n]).await.map_err(Side::Write)?;
+        w.write_all(buf).await.map_err(Side::Write)?;
         meter.fetch_add(n as u64, Ordering::Relaxed);
         *moved += n as u64;
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);

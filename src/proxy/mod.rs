@@ -1,5 +1,6 @@
 //! The data path: listeners accept clients and hand each to a session task.
 
+mod buffers;
 mod cancel;
 mod copy;
 pub mod keys;

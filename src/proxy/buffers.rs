@@ -1,0 +1,103 @@
+//! Copy buffers held only while data is in flight, as HAProxy does: an idle session holds
+//! none. Plain TCP sources wait for readiness without a buffer and take one from a
+//! per-thread pool for the burst; sources that cannot wait that way (TLS) keep theirs.
+//! Taking and returning is a thread-local push and pop: no allocation in steady state and
+//! no lock on the data path.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Buffer size: PostgreSQL messages are mostly small; 16 KiB keeps bulk COPY efficient.
+pub const BUF: usize = 16 * 1024;
+
+/// Buffers a thread keeps for reuse; more are freed.
+const POOL: usize = 256;
+
+thread_local! {
+    static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take() -> Box<[u8]> {
+    FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())
+}
+
+fn give(buf: Box<[u8]>) {
+    FREE.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < POOL {
+            f.push(buf);
+        }
+    });
+}
+
+/// A buffer slot of one copy direction; returns its buffer to the pool when dropped.
+#[derive(Default)]
+pub struct Slot(Option<Box<[u8]>>);
+
+impl Slot {
+    /// The bytes of the last read.
+    pub fn filled(&self, n: usize) -> &[u8] {
+        self.0.as_deref().map_or(&[][..], |b| &b[..n])
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            give(b);
+        }
+    }
+}
+
+/// Where a copy direction reads from.
+pub trait Source {
+    /// Reads the next chunk into `slot`, taking a buffer when there is something to read.
+    fn read_chunk<'a>(&'a mut self, slot: &'a mut Slot) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+}
+
+impl Source for tokio::net::tcp::ReadHalf<'_> {
+    async fn read_chunk(&mut self, slot: &mut Slot) -> io::Result<usize> {
+        let stream = self.as_ref();
+        loop {
+            if slot.0.is_none() {
+                // Idle: wait with no buffer held.
+                stream.readable().await?;
+                slot.0 = Some(take());
+            }
+            let buf = slot.0.as_mut().expect("taken above");
+            match stream.try_read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Drained: give the buffer back until the next burst.
+                    if let Some(b) = slot.0.take() {
+                        give(b);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Send> Source for tokio::io::ReadHalf<T> {
+    async fn read_chunk(&mut self, slot: &mut Slot) -> io::Result<usize> {
+        let buf = slot.0.get_or_insert_with(take);
+        self.read(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_reuses_buffers() {
+        let a = take();
+        let ptr = a.as_ptr();
+        give(a);
+        assert_eq!(take().as_ptr(), ptr);
+    }
+}
