@@ -98,6 +98,7 @@ mod tests {
         let a = take();
         let ptr = a.as_ptr();
         give(a);
-        assert_eq!(take().as_ptr(), ptr);
+        let again = take();
+        assert_eq!(again.as_ptr(), ptr);
     }
 }
