@@ -41,7 +41,10 @@ pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, 
         Target::Primary => leader_slot(l, leader),
         Target::Any => {
             let usable = |s: &Server| s.is_up() || (leader == Some(s.node) && s.admin() == AdminState::Ready);
-            pick_among(l, |s| !avoid.contains(&s.node) && usable(s)).or_else(|_| pick_among(l, usable))
+            let slot = pick_among(l, |s| !avoid.contains(&s.node) && usable(s)).or_else(|_| pick_among(l, usable));
+            // The leader taken without the check admitting it is a fallback: it stays
+            // eligible while it leads, and its session ends when leadership moves on.
+            slot.map(|s| if s.server().is_up() { s } else { s.into_fallback(&l.leadership) })
         }
         _ => match pick_among(l, |s| s.is_up() && !avoid.contains(&s.node)) {
             Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |s| s.is_up()),

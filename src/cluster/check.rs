@@ -146,6 +146,12 @@ impl Check {
         t
     }
 
+    /// Stops admitting new sessions without a transition (nobody may lead for now);
+    /// the next passing verdict admits again.
+    pub fn suspend(&self) {
+        self.admit.store(false, Ordering::Release);
+    }
+
     /// Marks the check DOWN now, whatever its counters say (another node won the leadership).
     pub fn force_down(&self, reason: String) -> Option<Transition> {
         let mut r = self.lock();

@@ -74,9 +74,8 @@ pub struct Runtime {
     pub listeners: Vec<Arc<ListenerState>>,
     /// One per configured node: Patroni's latest answer.
     pub nodes: Vec<Arc<NodeState>>,
-    /// Who leads (patroni check mode); arbitration is serialised by `arbitration`.
+    /// Who leads (patroni check mode).
     pub leadership: Arc<Leadership>,
-    pub(crate) arbitration: tokio::sync::Mutex<()>,
     /// Recent transitions, kept across reloads.
     pub events: Arc<EventLog>,
     pub started: Instant,
@@ -107,7 +106,8 @@ impl Runtime {
             Some(p) if p.nodes.iter().zip(&nodes).all(|(a, b)| Arc::ptr_eq(a, b)) && p.nodes.len() == nodes.len() => {
                 Arc::clone(&p.leadership)
             }
-            _ => Arc::new(Leadership::default()),
+            Some(p) => Arc::new(Leadership::succeeding(&p.leadership)),
+            None => Arc::new(Leadership::default()),
         };
         let mut checks: Vec<Arc<Check>> = Vec::new();
         let mut by_key: HashMap<(usize, CheckSpec), Arc<Check>> = HashMap::new();
@@ -159,7 +159,6 @@ impl Runtime {
             listeners,
             nodes,
             leadership,
-            arbitration: tokio::sync::Mutex::new(()),
             events: previous.map_or_else(Arc::default, |p| Arc::clone(&p.events)),
             started: previous.map_or_else(Instant::now, |p| p.started),
         }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::health::{NodeStatus, ProbeResult};
 
@@ -90,10 +91,19 @@ pub struct Leadership {
     conflict: AtomicBool,
     /// Leader changes seen (for metrics).
     pub changes: AtomicU64,
+    /// The highest timeline a leader was decided on: a claim on an older one is a stale
+    /// answer from a demoted node, whatever happens to the current leader's probes.
+    max_timeline: AtomicU64,
+    /// Serialises arbitration across every checker (and across the old and new checkers
+    /// of a reload, since the leadership carries over).
+    pub(crate) serial: tokio::sync::Mutex<()>,
     /// A leader has been admitted since start: from then on, losing it means a failover is
     /// under way (at start-up, nothing is known yet and `rise` applies).
     had_leader: AtomicBool,
     since: Mutex<Instant>,
+    /// Cancelled and replaced at every leader change: sessions sent to the leader by a
+    /// listener whose own check does not follow leadership hold a child of it.
+    term: Mutex<CancellationToken>,
 }
 
 /// The result of one arbitration.
@@ -119,7 +129,10 @@ impl Default for Leadership {
             conflict: AtomicBool::new(false),
             changes: AtomicU64::new(0),
             had_leader: AtomicBool::new(false),
+            max_timeline: AtomicU64::new(0),
+            serial: tokio::sync::Mutex::new(()),
             since: Mutex::new(Instant::now()),
+            term: Mutex::new(CancellationToken::new()),
         }
     }
 }
@@ -136,6 +149,20 @@ impl Leadership {
     /// write listener without one means a failover is under way.
     pub fn had_leader(&self) -> bool {
         self.had_leader.load(Ordering::Acquire)
+    }
+
+    /// A fresh leadership for a rebuilt node list (a reload that changed the nodes) that
+    /// keeps what must not be forgotten: that a leader was seen, and on which timeline.
+    pub fn succeeding(old: &Leadership) -> Leadership {
+        let l = Leadership::default();
+        l.had_leader.store(old.had_leader(), Ordering::Release);
+        l.max_timeline.store(old.max_timeline.load(Ordering::Acquire), Ordering::Release);
+        l
+    }
+
+    /// A token for a session sent to the current leader; cancelled when it stops leading.
+    pub fn term_token(&self) -> CancellationToken {
+        self.term.lock().unwrap_or_else(|p| p.into_inner()).child_token()
     }
 
     /// Records that a leader check admitted its node.
@@ -158,6 +185,10 @@ impl Leadership {
     /// The caller serialises calls (the checkers hold the runtime's arbitration lock).
     pub fn decide(&self, claims: &[(usize, Option<u64>)]) -> Decision {
         let previous = self.leader();
+        let floor = self.max_timeline.load(Ordering::Acquire);
+        let current: Vec<(usize, Option<u64>)> =
+            claims.iter().copied().filter(|c| c.1.is_none_or(|t| t >= floor)).collect();
+        let claims = current.as_slice();
         let (leader, conflict) = match claims {
             [] => (None, false),
             [(i, _)] => (Some(*i), false),
@@ -172,10 +203,15 @@ impl Leadership {
             }
         };
         self.conflict.store(conflict, Ordering::Release);
+        if let Some(t) = leader.and_then(|l| claims.iter().find(|c| c.0 == l)).and_then(|c| c.1) {
+            self.max_timeline.fetch_max(t, Ordering::AcqRel);
+        }
         if leader != previous {
             self.leader.store(leader.map_or(NONE, |i| i as u64), Ordering::Release);
             self.changes.fetch_add(1, Ordering::Relaxed);
             *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            std::mem::replace(&mut *self.term.lock().unwrap_or_else(|p| p.into_inner()), CancellationToken::new())
+                .cancel();
         }
         Decision { leader, previous, conflict }
     }
@@ -211,6 +247,18 @@ mod tests {
         assert!(l.conflict());
         let d = l.decide(&[(1, Some(3))]);
         assert_eq!((d.leader, d.conflict), (Some(1), false));
+    }
+
+    #[test]
+    fn a_stale_claim_cannot_come_back_when_the_leader_misses_a_probe() {
+        let l = Leadership::default();
+        l.decide(&[(0, Some(3))]);
+        assert_eq!(l.decide(&[(0, Some(3)), (1, Some(4))]).leader, Some(1));
+        // node1's probe failed once; node0 still answers 200 on timeline 3.
+        assert_eq!(l.decide(&[(0, Some(3))]).leader, None, "a claim on an older timeline never leads again");
+        assert_eq!(l.decide(&[(0, Some(3)), (1, Some(4))]).leader, Some(1));
+        let next = Leadership::succeeding(&l);
+        assert_eq!(next.decide(&[(0, Some(3))]).leader, None, "remembered across a reload");
     }
 
     #[test]

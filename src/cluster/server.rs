@@ -133,7 +133,16 @@ impl Server {
         }
         self.stats.max.fetch_max(n + 1, Ordering::Relaxed);
         self.stats.total.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { server: Arc::clone(self), wake: Arc::clone(wake), fallback: None })
+        // The session token is taken with the slot, before any eligibility check: a cut
+        // that lands after this cancels it, and one that landed before has already
+        // cleared the server's admission, so no session slips between the two.
+        Some(Slot {
+            server: Arc::clone(self),
+            wake: Arc::clone(wake),
+            fallback: None,
+            token: self.session_token(),
+            term: None,
+        })
     }
 
     /// The token a new session selects on; cancelled when the server's sessions are cut.
@@ -163,6 +172,10 @@ pub struct Slot {
     wake: Arc<Notify>,
     /// Set when the server was chosen only because it leads (`fallback_to_leader`).
     fallback: Option<Arc<Leadership>>,
+    /// The session's token: cancelled when the server's sessions are cut.
+    token: CancellationToken,
+    /// For a session sent to the leader: cancelled when leadership moves on.
+    term: Option<CancellationToken>,
 }
 
 impl Slot {
@@ -172,8 +185,20 @@ impl Slot {
 
     /// Marks the slot as a fallback to the leader.
     pub(crate) fn into_fallback(mut self, leadership: &Arc<Leadership>) -> Slot {
+        self.term = Some(leadership.term_token());
         self.fallback = Some(Arc::clone(leadership));
         self
+    }
+
+    /// The token the session selects on.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// For a session that went to the leader without the listener's check admitting it:
+    /// the token of the current leadership term, cancelled when the leader changes.
+    pub fn term(&self) -> Option<&CancellationToken> {
+        self.term.as_ref()
     }
 
     /// Whether the server may still take this session: admitted by its check, or, for a

@@ -89,7 +89,7 @@ async fn run(rt: Arc<Runtime>, unit: Unit, probe: Arc<dyn Probe>, stop: Cancella
             tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
         }
         match rt.config.global.check_mode {
-            CheckMode::Patroni => patroni_answer(&rt, &unit, result).await,
+            CheckMode::Patroni => patroni_answer(&rt, &unit, result, &stop).await,
             CheckMode::Http => http_answer(&rt, &unit, &result),
         }
         let mut delay = unit.checks.iter().map(|c| c.next_interval()).min().unwrap_or(unit.spec.timing.inter);
@@ -129,7 +129,7 @@ fn http_answer(rt: &Runtime, unit: &Unit, result: &ProbeResult) {
 
 /// Patroni mode: record the node's answer, arbitrate leadership across nodes, then give
 /// each of the node's checks the verdict Patroni would have given its endpoint.
-async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
+async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult, stop: &CancellationToken) {
     let node = &rt.nodes[unit.node];
     let status = match (&result.status, &result.body) {
         (Some(_), Some(body)) => Some(NodeStatus::parse(body)),
@@ -140,7 +140,11 @@ async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
     let claims_leader = result.status == Some(200) && parsed.is_some();
     node.set(NodeReport { last: Some(result.clone()), status: parsed.clone(), claims_leader });
 
-    let _serial = rt.arbitration.lock().await;
+    let _serial = rt.leadership.serial.lock().await;
+    // A reload may have replaced this checker while it waited: the new one decides now.
+    if stop.is_cancelled() {
+        return;
+    }
     let claims: Vec<(usize, Option<u64>)> = rt
         .nodes
         .iter()
@@ -158,6 +162,12 @@ async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
     }
     if decision.changed() {
         leader_changed(rt, decision.previous, decision.leader, &claims);
+    }
+    if decision.conflict {
+        // Writes to neither: stop admitting, without cutting anyone yet.
+        for c in rt.checks.iter().filter(|c| c.strict) {
+            c.suspend();
+        }
     }
     let leader_status = decision.leader.and_then(|l| rt.nodes[l].report().status);
     let view = View {
@@ -201,8 +211,8 @@ async fn patroni_answer(rt: &Runtime, unit: &Unit, result: ProbeResult) {
     }
 }
 
-/// A new leader (or none): the former leader's leader checks go DOWN at once, cutting its
-/// sessions, without waiting for its own `fall` failures; with no leader, every node is
+/// A new leader (or none): every other node's leader checks go DOWN at once, cutting their
+/// sessions, without waiting for their own `fall` failures; with no leader, every node is
 /// probed at once so the next one is found quickly.
 fn leader_changed(rt: &Runtime, previous: Option<usize>, leader: Option<usize>, claims: &[(usize, Option<u64>)]) {
     let name = |i: Option<usize>| i.map_or("none".to_owned(), |i| rt.nodes[i].name.clone());
@@ -214,14 +224,14 @@ fn leader_changed(rt: &Runtime, previous: Option<usize>, leader: Option<usize>, 
         name(leader),
         timeline.map_or(String::new(), |t| format!(" (timeline {t})"))
     ));
-    if let Some(prev) = previous {
-        if leader.is_some() {
-            let reason =
-                format!("{} now leads (timeline {})", name(leader), timeline.map_or("?".into(), |t| t.to_string()));
-            for c in rt.checks_of(prev).filter(|c| c.strict) {
-                if let Some(t) = c.force_down(reason.clone()) {
-                    publish(rt, c, t);
-                }
+    if let Some(new) = leader {
+        // Every other node's leader checks go down now, not only the previous leader's: a
+        // former leader may be two decisions back (a conflict or a missed claim between).
+        let reason =
+            format!("{} now leads (timeline {})", name(leader), timeline.map_or("?".into(), |t| t.to_string()));
+        for c in rt.checks.iter().filter(|c| c.strict && c.node != new) {
+            if let Some(t) = c.force_down(reason.clone()) {
+                publish(rt, c, t);
             }
         }
     }

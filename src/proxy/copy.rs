@@ -2,7 +2,7 @@
 //! counters and cancellation. Bytes are forwarded unchanged and in order.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -28,6 +28,8 @@ pub enum End {
     ServerError(io::Error),
     /// The server was marked down (shutdown-sessions) or an operator cut it.
     Cut,
+    /// The session went to the leader, and another node leads now.
+    LeaderChanged,
 }
 
 impl End {
@@ -40,6 +42,7 @@ impl End {
             End::ClientError(_) => "client_error",
             End::ServerError(_) => "server_error",
             End::Cut => "server_down",
+            End::LeaderChanged => "leader_changed",
         }
     }
 }
@@ -64,6 +67,26 @@ pub struct Moved {
     pub to_client: u64,
 }
 
+/// PostgreSQL's Terminate message, the last thing a client sends before closing.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+/// Shared by both directions and the idle timer.
+struct Clock {
+    start: Instant,
+    /// Milliseconds since `start` of the last byte moved either way.
+    last: AtomicU64,
+    /// The client's last chunk ended with Terminate.
+    goodbye: AtomicBool,
+}
+
+/// What a direction does besides copying.
+enum Direction<'a, 'k> {
+    /// Client to server: notes a Terminate.
+    Up(&'a AtomicBool),
+    /// Server to client: reads the cancel key during the startup phase.
+    Down(Option<&'a mut KeySniffer<'k>>),
+}
+
 enum Side {
     Read(io::Error),
     Write(io::Error),
@@ -75,6 +98,8 @@ pub struct Watch<'a, 'k> {
     pub idle: Idle,
     /// Cancelled when the session must end (mark-down, an operator, the end of a stop).
     pub cut: &'a CancellationToken,
+    /// A second reason to end: the leadership term of a session sent to the leader.
+    pub term: Option<&'a CancellationToken>,
     /// Reads the cancel key from the server's first messages, when they are readable.
     pub sniffer: Option<&'a mut KeySniffer<'k>>,
 }
@@ -106,19 +131,26 @@ where
     SR: Source,
     SW: AsyncWrite + Unpin,
 {
-    let Watch { meters, idle, cut, sniffer } = watch;
-    let start = Instant::now();
+    let Watch { meters, idle, cut, term, sniffer } = watch;
+    let term_ended = async {
+        match term {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(term_ended);
+    let clock = Clock { start: Instant::now(), last: AtomicU64::new(0), goodbye: AtomicBool::new(false) };
     // Milliseconds since `start` of the last byte moved in either direction. Both sides
     // see the same traffic in a forwarding proxy, so one clock serves both limits.
-    let activity = AtomicU64::new(0);
     let mut moved = Moved::default();
     let (end, client_done_first) = {
-        let up = one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &activity, start, None);
-        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &activity, start, sniffer);
+        let up =
+            one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &clock, Direction::Up(&clock.goodbye));
+        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &clock, Direction::Down(sniffer));
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         let idle_limit = idle.client.min(idle.server);
-        let timer = idle_timer(&activity, start, idle_limit);
+        let timer = idle_timer(&clock, idle_limit);
         tokio::pin!(timer);
         loop {
             tokio::select! {
@@ -143,10 +175,16 @@ where
                     break (Some(end), false);
                 }
                 () = cut.cancelled() => break (Some(End::Cut), false),
+                () = &mut term_ended => break (Some(End::LeaderChanged), false),
             }
         }
     };
     let end = end.unwrap_or(if client_done_first { End::ClientClosed } else { End::ServerClosed });
+    // A server that closes after the client's Terminate is answering it, not failing.
+    let end = match end {
+        End::ServerClosed | End::ServerError(_) if clock.goodbye.load(Ordering::Relaxed) => End::ClientClosed,
+        other => other,
+    };
     (end, moved)
 }
 
@@ -155,14 +193,17 @@ async fn one_way<R, W>(
     w: &mut W,
     meter: &AtomicU64,
     moved: &mut u64,
-    activity: &AtomicU64,
-    start: Instant,
-    mut sniffer: Option<&mut KeySniffer<'_>>,
+    clock: &Clock,
+    direction: Direction<'_, '_>,
 ) -> Result<(), Side>
 where
     R: Source,
     W: AsyncWrite + Unpin,
 {
+    let (goodbye, mut sniffer) = match direction {
+        Direction::Up(g) => (Some(g), None),
+        Direction::Down(s) => (None, s),
+    };
     let mut slot = Slot::default();
     loop {
         let n = r.read_chunk(&mut slot).await.map_err(Side::Read)?;
@@ -181,7 +222,11 @@ where
         w.write_all(buf).await.map_err(Side::Write)?;
         meter.fetch_add(n as u64, Ordering::Relaxed);
         *moved += n as u64;
-        activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(g) = goodbye {
+            // The client's Terminate ends its last chunk: whoever closes next, it said goodbye.
+            g.store(buf.ends_with(&TERMINATE), Ordering::Relaxed);
+        }
+        clock.last.store(clock.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -191,9 +236,9 @@ fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
-async fn idle_timer(activity: &AtomicU64, start: Instant, limit: Duration) {
+async fn idle_timer(clock: &Clock, limit: Duration) {
     loop {
-        let deadline = start + Duration::from_millis(activity.load(Ordering::Relaxed)) + limit;
+        let deadline = clock.start + Duration::from_millis(clock.last.load(Ordering::Relaxed)) + limit;
         if Instant::now() >= deadline {
             return;
         }

@@ -132,8 +132,8 @@ pub async fn serve(
     };
     let server = Arc::clone(slot.server());
     // A child of the server's token, itself a child of the process's session token: cut by
-    // mark-down, by an operator, or by the end of a graceful stop.
-    let token = server.session_token();
+    // mark-down, by an operator, or by the end of a graceful stop. Taken with the slot.
+    let token = slot.token().clone();
     let mut moved = copy::Moved { to_server: prelude.bytes.len() as u64, to_client: 0 };
     server.stats.bytes_in.fetch_add(prelude.bytes.len() as u64, Ordering::Relaxed);
     let end = match client.write_all(&reply).await {
@@ -147,7 +147,7 @@ pub async fn serve(
             // or TLS it terminated).
             let mut sniffer =
                 prelude.startup.as_ref().map(|_| KeySniffer::new(&shared.cancel_keys, server.address.clone()));
-            let watch = Watch { meters, idle, cut: &token, sniffer: sniffer.as_mut() };
+            let watch = Watch { meters, idle, cut: &token, term: slot.term(), sniffer: sniffer.as_mut() };
             let (end, m) = match (client, upstream) {
                 (Either::Left(mut c), Either::Left(mut s)) => copy::bidirectional(&mut c, &mut s, watch).await,
                 (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, watch).await,
@@ -448,8 +448,14 @@ async fn connect(
         let error = match timeout(cfg.timeout_connect, TcpStream::connect(&server.address)).await {
             Ok(Ok(stream)) => {
                 // The server may have been marked down between the pick and now; its
-                // sessions were cut then, so this one must not slip through.
+                // sessions were cut then, so this one must not slip through. Try the others,
+                // without spinning, within the hold bound.
                 if !slot.eligible() {
+                    avoid.push(server.node);
+                    drop((slot, stream));
+                    pause(listener, hold_until)
+                        .await
+                        .map_err(|_| Refusal::Queue(NoServer::NoneUp, queued_at.elapsed()))?;
                     continue;
                 }
                 let _ = tweaks::session(&stream);
