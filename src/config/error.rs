@@ -53,7 +53,13 @@ impl Source<'_> {
     pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         let key = self.key_on_line(span.start);
-        self.error(span, key, err.message().to_owned())
+        // serde quotes the offending value; a mistyped password must not reach a log or page.
+        let message = if key.contains("password") {
+            "invalid value (expected a string)".to_owned()
+        } else {
+            err.message().to_owned()
+        };
+        self.error(span, key, message)
     }
 
     /// The key written on the line holding `offset` (`name = ...` or a `[table]` header).

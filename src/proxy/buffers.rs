@@ -21,11 +21,12 @@ thread_local! {
 }
 
 fn take() -> Box<[u8]> {
-    FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())
+    FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())
 }
 
 fn give(buf: Box<[u8]>) {
-    FREE.with(|f| {
+    // During thread teardown the pool may be gone: the buffer is simply freed.
+    let _ = FREE.try_with(|f| {
         let mut f = f.borrow_mut();
         if f.len() < POOL {
             f.push(buf);

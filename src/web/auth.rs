@@ -11,11 +11,19 @@ use hyper::header::{HeaderMap, AUTHORIZATION};
 use crate::config::{Secret, User};
 
 /// Remembers credentials that verified, so a page refresh does not pay for an Argon2 or
-/// bcrypt verification each time (they are slow on purpose).
-#[derive(Default)]
+/// bcrypt verification each time (they are slow on purpose), and runs those verifications
+/// one at a time on a blocking thread, so a flood of wrong passwords cannot stall the
+/// proxy's workers.
 pub struct Verified {
     /// Authorization header value -> user name, for as long as that user's secret is unchanged.
     seen: Mutex<HashMap<String, (String, SecretId)>>,
+    slow: tokio::sync::Semaphore,
+}
+
+impl Default for Verified {
+    fn default() -> Self {
+        Verified { seen: Mutex::default(), slow: tokio::sync::Semaphore::new(1) }
+    }
 }
 
 /// Identifies a secret without holding the password itself.
@@ -34,7 +42,7 @@ fn id(s: &Secret) -> SecretId {
 
 impl Verified {
     /// The authenticated user, if the request carries valid credentials.
-    pub fn user<'a>(&self, headers: &HeaderMap, users: &'a [User]) -> Option<&'a User> {
+    pub async fn user<'a>(&self, headers: &HeaderMap, users: &'a [User]) -> Option<&'a User> {
         let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
         {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -44,7 +52,17 @@ impl Verified {
                 }
             }
         }
-        let user = check(value, users)?;
+        let (name, ok) = {
+            let (name, password, secret) = credentials(value, users)?;
+            if let Secret::Clear(p) = &secret {
+                (name, constant_time_eq(p.as_bytes(), password.as_bytes()))
+            } else {
+                let _one_at_a_time = self.slow.acquire().await.ok()?;
+                let ok = tokio::task::spawn_blocking(move || verify_hash(&secret, &password)).await.unwrap_or(false);
+                (name, ok)
+            }
+        };
+        let user = users.iter().find(|u| u.name == name).filter(|_| ok)?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= CACHE {
             seen.clear();
@@ -54,7 +72,8 @@ impl Verified {
     }
 }
 
-fn check<'a>(value: &str, users: &'a [User]) -> Option<&'a User> {
+/// The user name, the password given, and that user's secret, from a Basic header.
+fn credentials(value: &str, users: &[User]) -> Option<(String, String, Secret)> {
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -63,13 +82,17 @@ fn check<'a>(value: &str, users: &'a [User]) -> Option<&'a User> {
     let decoded = String::from_utf8(decoded).ok()?;
     let (name, password) = decoded.split_once(':')?;
     let user = users.iter().find(|u| u.name == name)?;
-    let ok = match &user.secret {
+    Some((user.name.clone(), password.to_owned(), user.secret.clone()))
+}
+
+/// Checks a password against a secret; Argon2 and bcrypt are slow by design.
+fn verify_hash(secret: &Secret, password: &str) -> bool {
+    match secret {
         Secret::Clear(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
         Secret::Argon2(h) => PasswordHash::new(h)
             .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()),
         Secret::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
-    };
-    ok.then_some(user)
+    }
 }
 
 /// Compares without an early exit, so response time does not reveal how much matched.
@@ -126,40 +149,40 @@ mod tests {
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
     }
 
-    #[test]
-    fn accepts_the_right_credentials_only() {
+    #[tokio::test]
+    async fn accepts_the_right_credentials_only() {
         let u = users();
         let v = Verified::default();
-        assert!(v.user(&with("Basic YWRtaW46c2VjcmV0"), &u).is_some());
-        assert!(v.user(&with("basic YWRtaW46c2VjcmV0"), &u).is_some());
-        assert!(v.user(&with("Basic YWRtaW46d3Jvbmc="), &u).is_none()); // admin:wrong
-        assert!(v.user(&with("Basic !!!"), &u).is_none());
-        assert!(v.user(&with("Bearer YWRtaW46c2VjcmV0"), &u).is_none());
-        assert!(v.user(&HeaderMap::new(), &u).is_none());
+        assert!(v.user(&with("Basic YWRtaW46c2VjcmV0"), &u).await.is_some());
+        assert!(v.user(&with("basic YWRtaW46c2VjcmV0"), &u).await.is_some());
+        assert!(v.user(&with("Basic YWRtaW46d3Jvbmc="), &u).await.is_none()); // admin:wrong
+        assert!(v.user(&with("Basic !!!"), &u).await.is_none());
+        assert!(v.user(&with("Bearer YWRtaW46c2VjcmV0"), &u).await.is_none());
+        assert!(v.user(&HeaderMap::new(), &u).await.is_none());
     }
 
-    #[test]
-    fn verifies_hashes() {
+    #[tokio::test]
+    async fn verifies_hashes() {
         let u = users();
         let v = Verified::default();
-        assert_eq!(v.user(&with(&basic("bcrypt", "pw")), &u).map(|u| u.name.as_str()), Some("bcrypt"));
-        assert!(v.user(&with(&basic("bcrypt", "nope")), &u).is_none());
-        assert!(v.user(&with(&basic("argon", "wrong")), &u).is_none());
+        assert_eq!(v.user(&with(&basic("bcrypt", "pw")), &u).await.map(|u| u.name.as_str()), Some("bcrypt"));
+        assert!(v.user(&with(&basic("bcrypt", "nope")), &u).await.is_none());
+        assert!(v.user(&with(&basic("argon", "wrong")), &u).await.is_none());
         use argon2::password_hash::{PasswordHasher, SaltString};
         let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap();
         let hash = Argon2::default().hash_password(b"pw", &salt).unwrap().to_string();
         let u = vec![User { name: "a".into(), secret: Secret::Argon2(hash), role: Role::Admin }];
-        assert!(v.user(&with(&basic("a", "pw")), &u).is_some());
+        assert!(v.user(&with(&basic("a", "pw")), &u).await.is_some());
     }
 
-    #[test]
-    fn a_changed_secret_invalidates_the_cache() {
+    #[tokio::test]
+    async fn a_changed_secret_invalidates_the_cache() {
         let mut u = users();
         let v = Verified::default();
         let h = with(&basic("admin", "secret"));
-        assert!(v.user(&h, &u).is_some());
+        assert!(v.user(&h, &u).await.is_some());
         u[0].secret = Secret::Clear("rotated".into());
-        assert!(v.user(&h, &u).is_none());
+        assert!(v.user(&h, &u).await.is_none());
     }
 
     #[test]

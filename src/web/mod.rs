@@ -42,7 +42,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
             r = socket.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
+                    // Out of descriptors (the proxy's sessions come first): back off, don't spin.
                     tracing::debug!(error = %e, "web accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -83,7 +85,7 @@ impl Web {
         }
         let runtime = self.shared.runtime.load();
         let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
-        let Some(user) = self.verified.user(req.headers(), users) else {
+        let Some(user) = self.verified.user(req.headers(), users).await else {
             let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "authentication required\n".into());
             r.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pgfront\", charset=\"UTF-8\""));
