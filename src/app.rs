@@ -184,11 +184,7 @@ impl Pgfront {
         std::mem::replace(&mut serving.checkers, checkers).cancel();
         let names: Vec<String> = runtime.config.listeners.iter().map(|l| l.name.clone()).collect();
         self.shared.runtime.store(runtime);
-        if new_max > old_max {
-            self.shared.global.add_permits(new_max - old_max);
-        } else {
-            self.shared.global.forget_permits(old_max - new_max);
-        }
+        self.shared.resize(old_max, new_max);
         for (name, configured, socket) in fresh {
             let (addr, token) = spawn_listener(&self.shared, &self.tasks, name.clone(), socket);
             if let Some((_, _, old)) = serving.listeners.insert(name, (configured, addr, token)) {

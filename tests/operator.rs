@@ -206,3 +206,38 @@ async fn the_page_shows_the_cluster() {
     assert_eq!(v["nodes"][1]["role"], "primary");
     assert_eq!(v["nodes"][0]["timeline"], 2);
 }
+
+#[tokio::test]
+async fn sessions_on_a_rebuilt_server_are_still_cut_on_mark_down() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    let replicas = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2).await;
+    let mut on_node2 = loop {
+        let c = connect(replicas).await.unwrap();
+        if c.server == "node2" {
+            break c;
+        }
+    };
+    // Another check and maxconn: the servers are rebuilt, not reused.
+    let changed = text.replace(
+        "check = { method = \"OPTIONS\", path = \"/replica\", expect = 200 }",
+        "check = { method = \"OPTIONS\", path = \"/read-only\", expect = 200 }\nmaxconn = 50",
+    );
+    pg.reload(parse(&changed)).unwrap();
+    let rt = pg.shared().runtime.load_full();
+    let node2 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
+    assert_eq!(node2.maxconn, 50);
+    assert_eq!(node2.stats.cur.load(Ordering::SeqCst), 1, "the open session still counts against maxconn");
+    on_node2.echo(b"kept by the reload").await.unwrap();
+    // The rebuilt check starts DOWN until checked, like any new one; once it has passed,
+    // its mark-down reaches the session opened under the old one.
+    eventually(LIMIT, "rebuilt check up", || node2.check.report().machine.is_up()).await;
+    lab.nodes[1].rest.set_all(Some(Answer::Hang));
+    assert!(
+        on_node2.closed_within(LIMIT).await,
+        "mark-down of the rebuilt server cuts the session opened before the reload"
+    );
+}

@@ -139,8 +139,13 @@ impl Runtime {
                             && s.maxconn == maxconn
                             && Arc::ptr_eq(&s.check, &check)
                     };
-                    old_listener.and_then(|o| o.servers.iter().find(same).cloned()).unwrap_or_else(|| {
-                        Arc::new(Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions))
+                    let old_same = old_listener.and_then(|o| o.servers.iter().find(same).cloned());
+                    let predecessor = old_listener.and_then(|o| o.servers.iter().find(|s| s.name == node.name));
+                    old_same.unwrap_or_else(|| {
+                        Arc::new(match predecessor {
+                            Some(p) => Server::succeed(p, i, node.address.clone(), maxconn, check),
+                            None => Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions),
+                        })
                     })
                 })
                 .collect();

@@ -65,13 +65,15 @@ pub struct Server {
     pub address: String,
     pub maxconn: usize,
     pub check: Arc<Check>,
-    pub stats: ServerStats,
+    /// Shared with the server this one replaced on a reload, so sessions, counters and the
+    /// operator's setting carry over when only its check or maxconn changed.
+    pub stats: Arc<ServerStats>,
     /// Parent of every session token of this server; replaced by a fresh child of
     /// `parent` each time the server's sessions are cut.
-    sessions: Mutex<CancellationToken>,
+    sessions: Arc<Mutex<CancellationToken>>,
     parent: CancellationToken,
-    /// 0 ready, 1 drain, 2 maint; kept across reloads with the server.
-    admin: AtomicU8,
+    /// 0 ready, 1 drain, 2 maint.
+    admin: Arc<AtomicU8>,
 }
 
 impl Server {
@@ -89,10 +91,27 @@ impl Server {
             address,
             maxconn,
             check,
-            stats: ServerStats::default(),
-            sessions: Mutex::new(parent.child_token()),
+            stats: Arc::default(),
+            sessions: Arc::new(Mutex::new(parent.child_token())),
             parent: parent.clone(),
-            admin: AtomicU8::new(0),
+            admin: Arc::new(AtomicU8::new(0)),
+        }
+    }
+
+    /// The same server (listener and node) rebuilt by a reload with another check,
+    /// address or maxconn: its open sessions stay reachable by mark-down and operator cuts,
+    /// and its counters (sessions open against maxconn among them) continue.
+    pub fn succeed(old: &Server, node: usize, address: String, maxconn: usize, check: Arc<Check>) -> Server {
+        Server {
+            node,
+            name: old.name.clone(),
+            address,
+            maxconn,
+            check,
+            stats: Arc::clone(&old.stats),
+            sessions: Arc::clone(&old.sessions),
+            parent: old.parent.clone(),
+            admin: Arc::clone(&old.admin),
         }
     }
 

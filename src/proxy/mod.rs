@@ -27,9 +27,9 @@ pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener,
         // Global maxconn: wait for a free session before accepting, as HAProxy does; the
         // kernel's backlog holds clients meanwhile.
         let permit = tokio::select! {
-            p = Arc::clone(&shared.global).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
+            p = shared.permit() => match p {
+                Some(p) => p,
+                None => return,
             },
             () = stop.cancelled() => return,
         };

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::either::Either;
 
@@ -21,7 +20,7 @@ use super::{cancel, tweaks};
 use crate::balance::{self, NoServer, Target};
 use crate::cluster::{ListenerState, Server, Slot};
 use crate::pg::{self, sqlstate, Opening, Startup};
-use crate::state::Shared;
+use crate::state::{Permit, Shared};
 use crate::tls::{self, Rewind};
 
 /// The largest first server message pgfront reads (an auth request or an error).
@@ -105,7 +104,7 @@ pub async fn serve(
     listener: Arc<ListenerState>,
     client: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
 ) {
     let started = Instant::now();
     let name = listener.config.name.clone();
