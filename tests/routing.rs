@@ -413,3 +413,35 @@ async fn routes_match_user_database_and_application_name() {
     let asked = [("user", "etl"), ("options", "-c pgfront.target=replica")];
     assert_ne!(connect_startup(addr, &asked).await, "node1");
 }
+
+#[tokio::test]
+async fn sessions_sent_to_the_leader_end_when_it_stops_leading() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("").replace(
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"",
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\nclient_target = true",
+    );
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    // A session that asked the read listener for the primary.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        &startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")]),
+    )
+    .await
+    .unwrap();
+    let mut ok = [0u8; 9];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut ok).await.unwrap();
+    let mut name = [0u8; 6];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut name).await.unwrap();
+    assert_eq!(&name, b"node1\n");
+    // node3 takes over: the session on the former leader ends, although the replica
+    // listener's own check never admitted node1.
+    lab.leader(2);
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read(&mut s, &mut b)).await.expect("closed in time");
+    assert!(matches!(r, Ok(0) | Err(_)), "session to the former leader ends: {r:?}");
+}
