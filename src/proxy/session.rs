@@ -185,7 +185,9 @@ async fn open(
         Ok(p) => p,
         Err(r) => return Err((Some(Either::Left(client)), r)),
     };
-    if prelude.opening == Opening::GssEncRequest {
+    // A client may ask for GSS encryption more than once; each gets "N" (bounded by the
+    // startup deadline, since every request is a read).
+    while prelude.opening == Opening::GssEncRequest {
         if client.write_all(b"N").await.is_err() {
             return Err((None, Refusal::Gone));
         }
