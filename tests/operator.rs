@@ -118,12 +118,7 @@ async fn a_changed_check_takes_effect_and_removed_servers_drain() {
     let pg = start(&text);
     let replicas = pg.listener_addr("replicas").unwrap();
     eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2).await;
-    let mut on_node3 = loop {
-        let c = connect(replicas).await.unwrap();
-        if c.server == "node3" {
-            break c;
-        }
-    };
+    let mut on_node3 = connect_to(replicas, "node3").await;
     // /read-only admits the leader too; and node3 leaves the listener.
     let changed = text.replace(
         "check = { method = \"OPTIONS\", path = \"/replica\", expect = 200 }",
@@ -215,12 +210,7 @@ async fn sessions_on_a_rebuilt_server_are_still_cut_on_mark_down() {
     let pg = start(&text);
     let replicas = pg.listener_addr("replicas").unwrap();
     eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2).await;
-    let mut on_node2 = loop {
-        let c = connect(replicas).await.unwrap();
-        if c.server == "node2" {
-            break c;
-        }
-    };
+    let mut on_node2 = connect_to(replicas, "node2").await;
     // Another check and maxconn: the servers are rebuilt, not reused.
     let changed = text.replace(
         "check = { method = \"OPTIONS\", path = \"/replica\", expect = 200 }",

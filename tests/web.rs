@@ -132,12 +132,7 @@ async fn admin_actions_need_an_admin_and_the_csrf_token() {
     assert!(connect(replicas).await.is_ok());
 
     // drain: no new sessions, open ones stay.
-    let mut on_node2 = loop {
-        let c = connect(replicas).await.unwrap();
-        if c.server == "node2" {
-            break c;
-        }
-    };
+    let mut on_node2 = connect_to(replicas, "node2").await;
     assert_eq!(post(web, ADMIN, &form("drain", &token)).await, 303);
     for _ in 0..4 {
         assert_eq!(connect(replicas).await.unwrap().server, "node3");

@@ -386,6 +386,17 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
 
 pub use pgfront::pg::startup_message;
 
+/// Connects through pgfront until round robin hands out a session on `server`.
+pub async fn connect_to(addr: SocketAddr, server: &str) -> Client {
+    for _ in 0..100 {
+        let c = connect(addr).await.unwrap();
+        if c.server == server {
+            return c;
+        }
+    }
+    panic!("no session reached {server} in 100 tries");
+}
+
 /// Reads the rest of an ErrorResponse whose type byte was consumed.
 pub async fn read_error(stream: &mut TcpStream) -> Fatal {
     let mut len = [0u8; 4];
