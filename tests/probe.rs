@@ -23,6 +23,7 @@ fn spec(method: &str, path: &str) -> CheckSpec {
             timeout: Duration::from_millis(300),
         },
         endpoint: None,
+        source: None,
     }
 }
 

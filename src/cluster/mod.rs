@@ -136,6 +136,7 @@ impl Runtime {
                     let same = |s: &&Arc<Server>| {
                         s.name == node.name
                             && s.address == node.address
+                            && s.source == node.source
                             && s.maxconn == maxconn
                             && Arc::ptr_eq(&s.check, &check)
                     };
@@ -143,8 +144,10 @@ impl Runtime {
                     let predecessor = old_listener.and_then(|o| o.servers.iter().find(|s| s.name == node.name));
                     old_same.unwrap_or_else(|| {
                         Arc::new(match predecessor {
-                            Some(p) => Server::succeed(p, i, node.address.clone(), maxconn, check),
-                            None => Server::new(i, node.name.clone(), node.address.clone(), maxconn, check, sessions),
+                            Some(p) => Server::succeed(p, i, node.address.clone(), node.source, maxconn, check),
+                            None => {
+                                Server::new(i, node.name.clone(), node.address.clone(), node.source, maxconn, check, sessions)
+                            }
                         })
                     })
                 })

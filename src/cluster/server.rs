@@ -2,6 +2,7 @@
 //! It owns the per-server session limit, the counters, and the cancellation token that
 //! cuts its sessions on mark-down.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +64,8 @@ pub struct Server {
     pub name: String,
     /// PostgreSQL's address, `host:port`.
     pub address: String,
+    /// The local address connections to this server leave from (`source`).
+    pub source: Option<IpAddr>,
     pub maxconn: usize,
     pub check: Arc<Check>,
     /// Shared with the server this one replaced on a reload, so sessions, counters and the
@@ -81,6 +84,7 @@ impl Server {
         node: usize,
         name: String,
         address: String,
+        source: Option<IpAddr>,
         maxconn: usize,
         check: Arc<Check>,
         parent: &CancellationToken,
@@ -89,6 +93,7 @@ impl Server {
             node,
             name,
             address,
+            source,
             maxconn,
             check,
             stats: Arc::default(),
@@ -101,11 +106,19 @@ impl Server {
     /// The same server (listener and node) rebuilt by a reload with another check,
     /// address or maxconn: its open sessions stay reachable by mark-down and operator cuts,
     /// and its counters (sessions open against maxconn among them) continue.
-    pub fn succeed(old: &Server, node: usize, address: String, maxconn: usize, check: Arc<Check>) -> Server {
+    pub fn succeed(
+        old: &Server,
+        node: usize,
+        address: String,
+        source: Option<IpAddr>,
+        maxconn: usize,
+        check: Arc<Check>,
+    ) -> Server {
         Server {
             node,
             name: old.name.clone(),
             address,
+            source,
             maxconn,
             check,
             stats: Arc::clone(&old.stats),

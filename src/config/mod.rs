@@ -7,7 +7,7 @@ mod error;
 mod raw;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -111,6 +111,9 @@ pub struct Global {
     /// Probe interval for every node while a leader listener has no leader (a switchover
     /// or failover in progress), so the new leader is found within a fraction of a second.
     pub hunt_inter: Duration,
+    /// The address pgfront's connections to servers and REST APIs leave from (HAProxy's
+    /// `source`), unless a node sets its own.
+    pub source: Option<IpAddr>,
 }
 
 /// How health is learned from Patroni.
@@ -135,6 +138,9 @@ pub struct Node {
     pub check_address: String,
     /// Overrides the listener's per-server maxconn for this node, when set.
     pub maxconn: Option<usize>,
+    /// The local address connections to this node (PostgreSQL and Patroni's REST API)
+    /// leave from: the node's own `source`, else `[global] source`, else the kernel's choice.
+    pub source: Option<IpAddr>,
 }
 
 /// How a listener picks a server among those admitted by its check.
@@ -182,6 +188,9 @@ pub struct CheckSpec {
     pub timing: CheckTiming,
     /// The Patroni endpoint the path names, when it names one.
     pub endpoint: Option<Endpoint>,
+    /// The local address the probe connects from (the node's `source`); set per probe
+    /// target by the checker, `None` in a listener's spec.
+    pub source: Option<IpAddr>,
 }
 
 impl CheckSpec {
@@ -305,8 +314,9 @@ impl Validator<'_> {
             hard_stop_after: raw.global.hard_stop_after.map_or(defaults::HARD_STOP_AFTER, |d| d.0),
             check_mode,
             hunt_inter: self.nonzero(&raw.global.hunt_inter, "global.hunt_inter", defaults::HUNT_INTER)?,
+            source: raw.global.source.as_ref().map(|s| self.ip(s, "global.source")).transpose()?,
         };
-        let nodes = self.nodes(&raw.nodes, &raw.defaults)?;
+        let nodes = self.nodes(&raw.nodes, &raw.defaults, global.source)?;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         let mut binds: HashMap<SocketAddr, String> = HashMap::new();
         for l in &raw.listeners {
@@ -403,7 +413,7 @@ impl Validator<'_> {
         Ok(Config { path: self.src.path.to_owned(), global, nodes, listeners, web })
     }
 
-    fn nodes(&self, raw: &[RawNode], defaults: &RawDefaults) -> Result<Vec<Node>> {
+    fn nodes(&self, raw: &[RawNode], defaults: &RawDefaults, source: Option<IpAddr>) -> Result<Vec<Node>> {
         let check_port = defaults.check_port.as_ref().map_or(defaults::CHECK_PORT, |p| *p.get_ref());
         let mut nodes: Vec<Node> = Vec::with_capacity(raw.len());
         for n in raw {
@@ -432,6 +442,10 @@ impl Validator<'_> {
                 address: n.address.get_ref().clone(),
                 check_address,
                 maxconn: self.positive(n.maxconn.as_ref(), "node.maxconn")?,
+                source: match &n.source {
+                    Some(s) => Some(self.ip(s, "node.source")?),
+                    None => source,
+                },
             });
         }
         Ok(nodes)
@@ -665,6 +679,7 @@ impl Validator<'_> {
                 timeout: self.nonzero(&s.timeout_check, "timeout_check", defaults::TIMEOUT_CHECK)?,
             },
             endpoint,
+            source: None,
         })
     }
 
@@ -719,6 +734,13 @@ impl Validator<'_> {
             Some((host, p.parse::<u16>().ok().filter(|p| *p != 0)?))
         });
         parsed.ok_or_else(|| self.src.error(v.span(), key, format!("{text:?} is not host:port")))
+    }
+
+    /// A local IP address to bind outgoing connections to.
+    fn ip(&self, v: &Spanned<String>, key: &str) -> Result<IpAddr> {
+        v.get_ref().trim().parse::<IpAddr>().map_err(|_| {
+            self.src.error(v.span(), key, format!("{:?} is not an IP address (a local address to connect from)", v.get_ref()))
+        })
     }
 
     /// A listening address: `ip:port`, `*:port` (all IPv4 addresses) or `host:port`.

@@ -13,14 +13,25 @@ use toml::Spanned;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+/// The longest duration accepted, HAProxy's own limit (2^31 - 1 ms, about 24.8 days): every
+/// timer stays far from the clock's range, so no deadline computed from a setting can overflow.
+pub const MAX_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(text.trim()).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration {text:?} ({e}); write it with a unit, like \"3s\", \"500ms\" or \"30m\""
             ))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is too long; the most is {} (as in HAProxy)",
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
+        Ok(Dur(d))
     }
 }
 
@@ -45,6 +56,7 @@ pub struct RawGlobal {
     pub hard_stop_after: Option<Dur>,
     pub check_mode: Option<Spanned<String>>,
     pub hunt_inter: Option<Spanned<Dur>>,
+    pub source: Option<Spanned<String>>,
 }
 
 /// Declares the settings that `[defaults]` holds and any `[[listener]]` may override, once,
@@ -113,6 +125,7 @@ pub struct RawNode {
     pub address: Spanned<String>,
     pub check_address: Option<Spanned<String>>,
     pub maxconn: Option<Spanned<usize>>,
+    pub source: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -281,3 +281,30 @@ fn max_replay_delay_applies_to_replica_checks() {
     let (_, key, _) = err_at(&http);
     assert_eq!(key, "max_replay_delay");
 }
+
+#[test]
+fn absurd_durations_are_refused_with_their_line() {
+    // Before: accepted, and a session task panicked computing its queue deadline.
+    let text = format!("[defaults]\ntimeout_queue = \"100000000d\"\n{BASE}");
+    let (line, key, message) = err_at(&text);
+    assert_eq!(line, 2);
+    assert!(key.contains("timeout_queue"), "{key}");
+    assert!(message.contains("too long"), "{message}");
+    assert!(parse(&format!("[defaults]\ntimeout_client = \"24d\"\n{BASE}")).is_ok(), "HAProxy's range is accepted");
+}
+
+#[test]
+fn source_applies_to_every_node_unless_a_node_sets_its_own() {
+    let text = format!("[global]\nsource = \"127.0.0.2\"\n{BASE}").replace(
+        "address = \"127.0.0.12:5432\"",
+        "address = \"127.0.0.12:5432\"\nsource = \"127.0.0.3\"",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.global.source, Some("127.0.0.2".parse().unwrap()));
+    assert_eq!(c.nodes[0].source, Some("127.0.0.2".parse().unwrap()));
+    assert_eq!(c.nodes[1].source, Some("127.0.0.3".parse().unwrap()));
+    assert_eq!(parse(BASE).unwrap().nodes[0].source, None);
+    let (line, key, message) = err_at(&format!("[global]\nsource = \"lb1\"\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "global.source"));
+    assert!(message.contains("not an IP address"), "{message}");
+}

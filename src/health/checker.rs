@@ -70,6 +70,7 @@ fn units(rt: &Runtime) -> Vec<Unit> {
                     ..first.timing
                 },
                 endpoint: None,
+                source: rt.config.nodes[node].source,
             };
             Unit { node, target: checks[0].target.clone(), spec, checks }
         })

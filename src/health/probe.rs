@@ -108,7 +108,7 @@ impl Probe for HttpProbe {
 
 async fn http_probe(target: &str, spec: &CheckSpec) -> ProbeResult {
     let started = Instant::now();
-    let connect = timeout_at(started + spec.timing.connect_timeout, TcpStream::connect(target)).await;
+    let connect = timeout_at(started + spec.timing.connect_timeout, crate::net::connect(target, spec.source)).await;
     let mut stream = match connect {
         Err(_) => return ProbeResult::fail(CheckCode::L4Tout, started, "connect timeout"),
         Ok(Err(e)) => return ProbeResult::fail(CheckCode::L4Con, started, e.to_string()),

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -20,16 +19,17 @@ use crate::state::Shared;
 /// the query to cancel may be running on a server that was just marked down.
 pub async fn forward(shared: &Shared, listener: &ListenerState, packet: &[u8], peer: SocketAddr) {
     let known = packet.get(8..).and_then(|key| shared.cancel_keys.lookup(key));
-    let targets: Vec<String> = match &known {
-        Some(address) => vec![address.clone()],
-        None => listener.servers.iter().map(|s| s.address.clone()).collect(),
+    let source_of = |address: &str| listener.servers.iter().find(|s| s.address == address).and_then(|s| s.source);
+    let targets: Vec<(String, Option<std::net::IpAddr>)> = match &known {
+        Some(address) => vec![(address.clone(), source_of(address))],
+        None => listener.servers.iter().map(|s| (s.address.clone(), s.source)).collect(),
     };
     let mut sends = JoinSet::new();
-    for address in targets {
+    for (address, source) in targets {
         let (packet, limit) = (packet.to_vec(), listener.config.timeout_connect);
         sends.spawn(async move {
             timeout(limit, async {
-                let mut s = TcpStream::connect(&address).await?;
+                let mut s = crate::net::connect(&address, source).await?;
                 s.write_all(&packet).await?;
                 s.shutdown().await
             })

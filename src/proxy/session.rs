@@ -446,7 +446,7 @@ async fn connect(
                 prev.stats.redispatches.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let error = match timeout(cfg.timeout_connect, TcpStream::connect(&server.address)).await {
+        let error = match timeout(cfg.timeout_connect, crate::net::connect(&server.address, server.source)).await {
             Ok(Ok(stream)) => {
                 // The server may have been marked down between the pick and now; its
                 // sessions were cut then, so this one must not slip through. Try the others,
