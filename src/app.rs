@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::Runtime;
+use crate::cluster::{self, Runtime};
 use crate::config::Config;
 use crate::health::{self, Probe};
 use crate::state::{Shared, Tokens};
@@ -109,7 +109,13 @@ impl Pgfront {
         let shared = Arc::new(Shared::new(runtime, tokens));
         let tasks = TaskTracker::new();
         let checkers = shared.tokens.root.child_token();
-        health::spawn_checkers(&shared.runtime.load_full(), Arc::clone(&probe), &tasks, &checkers);
+        cluster::spawn_checkers(
+            &shared.runtime.load_full(),
+            Arc::clone(&probe),
+            Arc::new(proxy::Reactor),
+            &tasks,
+            &checkers,
+        );
         let mut listeners = HashMap::new();
         for (name, socket) in bound.listeners {
             let token = spawn_listener(&shared, &tasks, name.clone(), socket);
@@ -180,7 +186,7 @@ impl Pgfront {
         let runtime = Arc::new(Runtime::build_from(Arc::new(config), &self.shared.tokens.sessions, Some(&old)));
         // Checkers: the new set starts (reused checks keep their state), the old set stops.
         let checkers = self.shared.tokens.root.child_token();
-        health::spawn_checkers(&runtime, Arc::clone(&self.probe), &self.tasks, &checkers);
+        cluster::spawn_checkers(&runtime, Arc::clone(&self.probe), Arc::new(proxy::Reactor), &self.tasks, &checkers);
         std::mem::replace(&mut serving.checkers, checkers).cancel();
         let names: Vec<String> = runtime.config.listeners.iter().map(|l| l.name.clone()).collect();
         self.shared.runtime.store(runtime);

@@ -48,9 +48,14 @@ fn main() -> ExitCode {
 
 fn run(path: PathBuf) -> ExitCode {
     use std::io::IsTerminal;
+    // Logs go to stderr (the journal under systemd) through a non-blocking writer: a slow
+    // reader (journald under load) never stalls a worker thread serving sessions; lines
+    // are dropped, not waited for, if its buffer fills. The guard flushes at exit.
+    let (writer, _flush) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         // Colour codes only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let config = match Config::load(&path) {
@@ -106,11 +111,15 @@ async fn serve_signals(pgfront: &Pgfront, path: &Path) -> std::io::Result<()> {
                     states.push(now);
                 }
                 systemd::notify(&states);
-                match Config::load(path) {
-                    Ok(config) => {
+                // Reading the file, resolving names and loading TLS files block: not on a
+                // worker that serves sessions.
+                let file = path.to_owned();
+                match tokio::task::spawn_blocking(move || Config::load(&file)).await {
+                    Ok(Ok(config)) => {
                         let _ = pgfront.reload(config);
                     }
-                    Err(e) => pgfront.reload_failed(&e.into()),
+                    Ok(Err(e)) => pgfront.reload_failed(&e.into()),
+                    Err(e) => tracing::error!(error = %e, "reload task failed; the running configuration is unchanged"),
                 }
                 systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
             }

@@ -94,6 +94,18 @@ impl Shared {
         Some(Permit { permit: Some(p), owed: Arc::clone(&self.owed) })
     }
 
+    /// A place under global maxconn if one is free now.
+    pub fn try_permit(&self) -> Option<Permit> {
+        let p = Arc::clone(&self.global).try_acquire_owned().ok()?;
+        Some(Permit { permit: Some(p), owed: Arc::clone(&self.owed) })
+    }
+
+    /// Waits until a place under global maxconn is free, without taking it: an accept
+    /// loop waiting for a client holds no place that a session on another listener needs.
+    pub async fn place_free(&self) -> bool {
+        self.global.acquire().await.is_ok()
+    }
+
     /// Applies a new global maxconn: raising it pays debts first, lowering takes back the
     /// free places at once and the held ones as their sessions end.
     pub fn resize(&self, old: usize, new: usize) {

@@ -22,6 +22,10 @@ pub struct Snapshot {
     /// Several nodes claim leadership on one timeline: writes are held.
     pub leader_conflict: bool,
     pub leader_changes: u64,
+    /// Patroni's `database_system_identifier` of the cluster pgfront follows.
+    pub system_identifier: Option<String>,
+    /// Times the system identifier changed (a rebuilt cluster).
+    pub identity_changes: u64,
     /// Sessions waiting in a queue now, across listeners.
     pub sessions_held: usize,
     pub nodes: Vec<NodeSnap>,
@@ -109,6 +113,10 @@ pub struct ServerSnap {
     pub conn_errors: u64,
     pub retries: u64,
     pub redispatches: u64,
+    /// The operator's setting: `READY`, `DRAIN` or `MAINT`.
+    pub admin: &'static str,
+    /// The last connect or handshake failure that was the server's doing.
+    pub last_error: Option<String>,
 }
 
 impl Snapshot {
@@ -126,6 +134,8 @@ impl Snapshot {
             leader_since_secs: now.saturating_duration_since(rt.leadership.since()).as_secs(),
             leader_conflict: rt.leadership.conflict(),
             leader_changes: rt.leadership.changes.load(Ordering::Relaxed),
+            system_identifier: rt.leadership.system_id(),
+            identity_changes: rt.leadership.identity_changes.load(Ordering::Relaxed),
             sessions_held: rt.listeners.iter().map(|l| l.stats.queue_cur.load(Ordering::Relaxed)).sum(),
             listeners: rt.listeners.iter().map(|l| listener(l, now, &nodes)).collect(),
             nodes,
@@ -210,6 +220,8 @@ fn server(s: &Server, now: Instant, role: Option<String>) -> ServerSnap {
         conn_errors: st.conn_errors.load(Ordering::Relaxed),
         retries: st.retries.load(Ordering::Relaxed),
         redispatches: st.redispatches.load(Ordering::Relaxed),
+        admin: s.admin().as_str(),
+        last_error: st.last_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, e)| e.clone()),
     }
 }
 

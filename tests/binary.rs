@@ -68,10 +68,10 @@ async fn run_reloads_on_sighup_and_stops_on_sigterm() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("pgfront.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -111,7 +111,11 @@ async fn run_reloads_on_sighup_and_stops_on_sigterm() {
     // SIGTERM: drains (the open session ends first), exits 0.
     drop(live);
     signal(pid, "-TERM");
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    assert!(code.success(), "{code:?}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    // Logs go to stderr, as the unit says (before: to stdout).
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stderr.contains("pgfront starting") && stderr.contains("configuration reloaded"), "{stderr}");
+    assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }

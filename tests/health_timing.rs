@@ -8,9 +8,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pgfront::cluster::spawn_checkers;
 use pgfront::cluster::Runtime;
 use pgfront::config::{CheckSpec, Config};
-use pgfront::health::{spawn_checkers, CheckCode, Probe, ProbeResult};
+use pgfront::health::{CheckCode, Probe, ProbeResult};
+use pgfront::proxy::Reactor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -130,7 +132,7 @@ async fn intervals_follow_haproxy_semantics() {
     probe.set("b:8008", "/master", &[false]);
     let stop = CancellationToken::new();
     let start = Instant::now();
-    spawn_checkers(&rt, probe.clone(), &TaskTracker::new(), &stop);
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
 
     advance_to(start, 500).await;
     assert!(!up(&rt, "primary", "a"), "a server starts DOWN before its checks pass");
@@ -166,7 +168,7 @@ async fn identical_checks_are_probed_once_per_interval() {
     }
     let stop = CancellationToken::new();
     let start = Instant::now();
-    spawn_checkers(&rt, probe.clone(), &TaskTracker::new(), &stop);
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
     advance_to(start, 30_500).await;
     stop.cancel();
     let replica_a = probe.times("a:8008", "/replica", start).len();
@@ -186,7 +188,7 @@ async fn a_kick_probes_early_but_not_in_a_storm() {
     }
     let stop = CancellationToken::new();
     let start = Instant::now();
-    spawn_checkers(&rt, probe.clone(), &TaskTracker::new(), &stop);
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
     advance_to(start, 2_000).await;
     let check = rt.listener("primary").unwrap().servers[0].check.clone();
     for _ in 0..100 {
@@ -276,7 +278,7 @@ async fn patroni_mode_makes_one_request_per_node_per_interval() {
     *agents.leader.lock().unwrap() = Some("a:8008".into());
     let stop = CancellationToken::new();
     let start = Instant::now();
-    spawn_checkers(&rt, agents.clone(), &TaskTracker::new(), &stop);
+    spawn_checkers(&rt, agents.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
     advance_to(start, 2_000).await;
     assert!(up(&rt, "primary", "a") && !up(&rt, "primary", "b"));
     assert!(up(&rt, "replicas", "b") && !up(&rt, "replicas", "a"));
@@ -298,7 +300,7 @@ async fn a_new_leader_demotes_the_old_at_once_and_hunting_finds_it_fast() {
     *agents.timeline.lock().unwrap() = 1;
     let stop = CancellationToken::new();
     let start = Instant::now();
-    spawn_checkers(&rt, agents.clone(), &TaskTracker::new(), &stop);
+    spawn_checkers(&rt, agents.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
     advance_to(start, 2_000).await;
     assert!(up(&rt, "primary", "a"));
 
@@ -333,7 +335,7 @@ async fn a_stale_claim_on_an_older_timeline_loses_and_is_cut() {
     let agents = Arc::new(StaleAgents::default());
     let stop = CancellationToken::new();
     let start = Instant::now();
-    spawn_checkers(&rt, agents.clone(), &TaskTracker::new(), &stop);
+    spawn_checkers(&rt, agents.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
     advance_to(start, 2_000).await;
     assert!(up(&rt, "primary", "a"));
     // b claims on a newer timeline while a (stale) still claims its old one.

@@ -27,10 +27,12 @@ pub struct Check {
     /// when `fall` has not yet marked it down, so a demoting leader gets no new writes.
     pub strict: bool,
     /// Whether new sessions may be sent: UP, and for a strict check, the latest answer passed.
-    admit: AtomicBool,
+    /// Shared with the check this one replaced on a reload that changed only timings.
+    admit: Arc<AtomicBool>,
     /// The node's shared state, which also carries the re-probe request.
     pub node_state: Arc<NodeState>,
-    report: Mutex<CheckReport>,
+    /// Shared like `admit`, so health, counters and history carry over a timing change.
+    report: Arc<Mutex<CheckReport>>,
 }
 
 /// What the stats page shows about a check, kept together so one lock gives a
@@ -75,9 +77,9 @@ impl Check {
             node_name,
             target,
             spec,
-            admit: AtomicBool::new(false),
+            admit: Arc::new(AtomicBool::new(false)),
             node_state,
-            report: Mutex::new(CheckReport {
+            report: Arc::new(Mutex::new(CheckReport {
                 machine,
                 last: None,
                 last_change: Instant::now(),
@@ -86,7 +88,31 @@ impl Check {
                 downs: 0,
                 downtime_before: Duration::ZERO,
                 reason: "not checked yet".to_owned(),
-            }),
+            })),
+        }
+    }
+
+    /// Whether `spec` asks the same question of the node as this check: the same request
+    /// and verdict, whatever the timings (inter, fall, rise, timeouts).
+    pub fn asks_the_same(&self, spec: &CheckSpec) -> bool {
+        let s = &self.spec;
+        (&s.method, &s.path, s.expect, &s.endpoint) == (&spec.method, &spec.path, spec.expect, &spec.endpoint)
+    }
+
+    /// The same check with new timings (a reload that changed only `inter`, `fall`,
+    /// `timeout_connect`, ...): it shares its health, counters and admission with `old`,
+    /// so no server goes back to DOWN; the new timings apply from the next probe on.
+    pub fn retimed(old: &Check, spec: CheckSpec) -> Check {
+        old.lock().machine.retune(spec.timing.rise, spec.timing.fall);
+        Check {
+            node: old.node,
+            node_name: old.node_name.clone(),
+            target: old.target.clone(),
+            strict: spec.is_leader(),
+            spec,
+            admit: Arc::clone(&old.admit),
+            node_state: Arc::clone(&old.node_state),
+            report: Arc::clone(&old.report),
         }
     }
 

@@ -1,9 +1,11 @@
-//! A short log of what changed and why (servers up and down, leader changes, reloads),
-//! kept across reloads for the stats page.
+//! What the control plane decides ([`Change`]), and a short log of what changed and why
+//! (servers up and down, leader changes, reloads), kept across reloads for the stats page.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use super::{Check, Runtime};
 
 const KEEP: usize = 100;
 
@@ -31,4 +33,29 @@ impl EventLog {
     pub fn recent(&self) -> Vec<Event> {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
     }
+}
+
+/// A decision of the control plane, handed to the data plane, which acts on it: cutting
+/// sessions, waking queued ones, logging. The checkers decide; they never touch a session.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A check went UP: its servers take sessions again.
+    Up { check: Arc<Check> },
+    /// A check went DOWN: its servers take no new sessions, and on listeners with
+    /// shutdown-sessions their open sessions are cut.
+    Down { check: Arc<Check> },
+    /// A check admits again (or anew) without a transition: queued sessions look again.
+    Admitting { check: Arc<Check> },
+    /// Another node leads (or none). Sessions sent to the old leader by listeners that do
+    /// not check for it end with its term (their token is already cancelled).
+    LeaderChanged { from: Option<String>, to: Option<String>, timeline: Option<u64> },
+    /// Several nodes claim leadership at once: writes are held.
+    Conflict { claimants: Vec<String> },
+    /// The cluster's system identifier changed: it was rebuilt, and its timelines start over.
+    IdentityChanged { from: Option<String>, to: String },
+}
+
+/// The data plane's side of [`Change`]s.
+pub trait React: Send + Sync + 'static {
+    fn react(&self, rt: &Runtime, change: Change);
 }

@@ -3,6 +3,7 @@
 //! proxy, the checkers and the web views never see half of a reload.
 
 mod check;
+mod checker;
 mod events;
 mod node;
 mod server;
@@ -11,15 +12,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use check::{Check, CheckReport};
-pub use events::{Event, EventLog};
-pub use node::{Decision, Leadership, NodeReport, NodeState};
-pub use server::{AdminState, Server, ServerStats, Slot};
+pub use checker::spawn_checkers;
+pub use events::{Change, Event, EventLog, React};
+pub use node::{Answer, Claim, Decision, Leadership, NodeReport, NodeState};
+pub use server::{AdminState, Server, ServerStats};
 
+use crate::balance::Queue;
 use crate::config::{CheckSpec, Config, Listener};
 
 /// Per-listener counters.
@@ -43,9 +45,9 @@ pub struct ListenerState {
     pub servers: Vec<Arc<Server>>,
     /// Round-robin position.
     pub(crate) rr: AtomicUsize,
-    /// Woken when a server of this listener comes up or frees a slot, so queued sessions
-    /// proceed the moment they can.
-    pub(crate) wake: Arc<Notify>,
+    /// Sessions waiting for a server, served first come first served as places free up;
+    /// kept across reloads, and always serving from the current generation.
+    pub queue: Arc<Queue>,
     /// Who leads, for `fallback_to_leader`.
     pub(crate) leadership: Arc<Leadership>,
     /// Kept across reloads, like the queue's wake-up, so counters and waiting sessions
@@ -54,9 +56,10 @@ pub struct ListenerState {
 }
 
 impl ListenerState {
-    /// Wakes sessions waiting in this listener's queue.
+    /// Something changed that may let queued sessions proceed (a server up, an operator's
+    /// action, a new leader): serve the queue.
     pub fn wake_queue(&self) {
-        self.wake.notify_waiters();
+        self.queue.changed();
     }
 
     /// Servers currently admitted by the check.
@@ -106,13 +109,21 @@ impl Runtime {
             Some(p) if p.nodes.iter().zip(&nodes).all(|(a, b)| Arc::ptr_eq(a, b)) && p.nodes.len() == nodes.len() => {
                 Arc::clone(&p.leadership)
             }
-            Some(p) => Arc::new(Leadership::succeeding(&p.leadership)),
+            Some(p) => {
+                // Same node (name and REST address) under its new index, if it stays.
+                let index = |old: usize| nodes.iter().position(|n| Arc::ptr_eq(n, &p.nodes[old]));
+                Arc::new(Leadership::succeeding(&p.leadership, index))
+            }
             None => Arc::new(Leadership::default()),
         };
         let mut checks: Vec<Arc<Check>> = Vec::new();
         let mut by_key: HashMap<(usize, CheckSpec), Arc<Check>> = HashMap::new();
+        // A check asked the same question of the same node is kept, with its health; a
+        // change of timings alone (inter, fall, timeout_connect, ...) applies to it as is.
         let old_check = |i: usize, spec: &CheckSpec| {
-            previous?.checks.iter().find(|c| Arc::ptr_eq(&c.node_state, &nodes[i]) && &c.spec == spec).cloned()
+            let old =
+                previous?.checks.iter().find(|c| Arc::ptr_eq(&c.node_state, &nodes[i]) && c.asks_the_same(spec))?;
+            Some(if &old.spec == spec { Arc::clone(old) } else { Arc::new(Check::retimed(old, spec.clone())) })
         };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -145,21 +156,29 @@ impl Runtime {
                     old_same.unwrap_or_else(|| {
                         Arc::new(match predecessor {
                             Some(p) => Server::succeed(p, i, node.address.clone(), node.source, maxconn, check),
-                            None => {
-                                Server::new(i, node.name.clone(), node.address.clone(), node.source, maxconn, check, sessions)
-                            }
+                            None => Server::new(
+                                i,
+                                node.name.clone(),
+                                node.address.clone(),
+                                node.source,
+                                maxconn,
+                                check,
+                                sessions,
+                            ),
                         })
                     })
                 })
                 .collect();
-            listeners.push(Arc::new(ListenerState {
+            let listener = Arc::new(ListenerState {
                 config: l.clone(),
                 servers,
                 rr: AtomicUsize::new(0),
-                wake: old_listener.map_or_else(|| Arc::new(Notify::new()), |o| Arc::clone(&o.wake)),
+                queue: old_listener.map_or_else(Arc::default, |o| Arc::clone(&o.queue)),
                 leadership: Arc::clone(&leadership),
                 stats: old_listener.map_or_else(Arc::default, |o| Arc::clone(&o.stats)),
-            }));
+            });
+            listener.queue.serve_from(&listener);
+            listeners.push(listener);
         }
         Runtime {
             config,

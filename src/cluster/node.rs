@@ -1,8 +1,13 @@
 //! What pgfront knows of each node from Patroni, and who leads: the arbitration that
 //! keeps at most one write target at any instant.
+//!
+//! The rules are pure functions over plain values ([`NodeReport::after`],
+//! [`Leadership::decide`]), each tested with a table of cases; the checker tasks only feed
+//! them answers and hand the resulting [`Decision`] on as events.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -24,13 +29,56 @@ pub struct NodeState {
     kicked: Notify,
 }
 
+/// A node's claim to lead, as its last authoritative answer made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub timeline: Option<u64>,
+    /// Patroni's `database_system_identifier`: which database this is. A different one
+    /// means the cluster was rebuilt (re-bootstrapped or restored), and its timelines start over.
+    pub system_id: Option<String>,
+    /// The latest answer itself made the claim, as a running primary: only then does the
+    /// node take new write sessions (a claim kept through a failed probe takes none).
+    pub ready: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct NodeReport {
     pub last: Option<ProbeResult>,
     /// The parsed status of the last answer that carried one.
     pub status: Option<NodeStatus>,
-    /// The last answer said this node holds the leader lock and runs as primary.
-    pub claims_leader: bool,
+    /// The node's claim to lead: made by a 200 on `/primary` with a readable status, ended
+    /// by an answer that says otherwise, and kept through up to `fall - 1` failed probes
+    /// (a timeout, a reset, a restarting agent), so a REST blip is not a leader change.
+    pub claim: Option<Claim>,
+    /// Probes in a row that brought no readable answer.
+    pub failures: u32,
+}
+
+/// One probe's outcome, as far as leadership is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A readable answer: whether it claims the leader lock (200 on `/primary`), and the status.
+    Says { leads: bool, timeline: Option<u64>, system_id: Option<String>, running_primary: bool },
+    /// No readable answer (refused, timed out, reset, garbage).
+    Failed,
+}
+
+impl NodeReport {
+    /// The report after `answer`, with `fall` failed probes ending a claim. Pure.
+    pub fn after(&self, answer: &Answer, fall: u32) -> (Option<Claim>, u32) {
+        match answer {
+            Answer::Says { leads: true, timeline, system_id, running_primary } => {
+                let claim = Claim { timeline: *timeline, system_id: system_id.clone(), ready: *running_primary };
+                (Some(claim), 0)
+            }
+            Answer::Says { leads: false, .. } => (None, 0),
+            Answer::Failed => {
+                let failures = self.failures.saturating_add(1);
+                let claim = self.claim.clone().filter(|_| failures < fall.max(1)).map(|c| Claim { ready: false, ..c });
+                (claim, failures)
+            }
+        }
+    }
 }
 
 impl NodeState {
@@ -73,8 +121,21 @@ impl NodeState {
         self.lock().clone()
     }
 
-    pub fn set(&self, report: NodeReport) {
-        *self.lock() = report;
+    /// Records a probe's result and what it says about leadership.
+    pub fn record(&self, result: ProbeResult, status: Option<NodeStatus>, answer: &Answer, fall: u32) {
+        let mut r = self.lock();
+        let (claim, failures) = r.after(answer, fall);
+        r.claim = claim;
+        r.failures = failures;
+        if status.is_some() {
+            r.status = status;
+        }
+        r.last = Some(result);
+    }
+
+    /// Every claim, for arbitration.
+    pub fn claim(&self) -> Option<Claim> {
+        self.lock().claim.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NodeReport> {
@@ -82,18 +143,25 @@ impl NodeState {
     }
 }
 
-/// Who leads, decided from every node's latest claim.
+/// Who leads, decided from every node's claim.
 #[derive(Debug)]
 pub struct Leadership {
     /// Index of the leader node, or `usize::MAX` for none; read lock-free by balance.
     leader: AtomicU64,
-    /// Two nodes claim leadership on the same timeline: neither gets writes.
+    /// The leader's latest answer claimed the lock as a running primary: new sessions that
+    /// ask for the primary may go to it (the same rule as a leader listener's admission).
+    ready: AtomicBool,
+    /// Two nodes claim leadership on the same timeline (or of two different databases):
+    /// neither gets writes.
     conflict: AtomicBool,
-    /// Leader changes seen (for metrics).
+    /// Leader changes seen (for metrics); carried across reloads.
     pub changes: AtomicU64,
-    /// The highest timeline a leader was decided on: a claim on an older one is a stale
-    /// answer from a demoted node, whatever happens to the current leader's probes.
-    max_timeline: AtomicU64,
+    /// Cluster identity changes seen (a rebuilt cluster), for metrics.
+    pub identity_changes: AtomicU64,
+    /// The floor and the database it belongs to: a claim on a timeline below the highest one
+    /// a leader was decided on is a stale answer from a demoted node, whatever happens to
+    /// the current leader's probes, but only within one database (system identifier).
+    floor: Mutex<Floor>,
     /// Serialises arbitration across every checker (and across the old and new checkers
     /// of a reload, since the leadership carries over).
     pub(crate) serial: tokio::sync::Mutex<()>,
@@ -102,16 +170,28 @@ pub struct Leadership {
     had_leader: AtomicBool,
     since: Mutex<Instant>,
     /// Cancelled and replaced at every leader change: sessions sent to the leader by a
-    /// listener whose own check does not follow leadership hold a child of it.
+    /// listener whose own check does not follow leadership hold a child of it. Carried
+    /// across reloads, so no such session outlives the term it was sent in.
     term: Mutex<CancellationToken>,
+    /// The leader's WAL position as last reported, and when: replica lag bounds use it
+    /// while no leader answers, for a bounded time (then they fail closed).
+    position: Mutex<Option<(u64, Instant)>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Floor {
+    timeline: u64,
+    system_id: Option<String>,
 }
 
 /// The result of one arbitration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub leader: Option<usize>,
     pub previous: Option<usize>,
     pub conflict: bool,
+    /// The cluster's system identifier changed (from, to): a rebuilt cluster.
+    pub identity_changed: Option<(Option<String>, String)>,
 }
 
 impl Decision {
@@ -126,15 +206,22 @@ impl Default for Leadership {
     fn default() -> Self {
         Leadership {
             leader: AtomicU64::new(NONE),
+            ready: AtomicBool::new(false),
             conflict: AtomicBool::new(false),
             changes: AtomicU64::new(0),
+            identity_changes: AtomicU64::new(0),
             had_leader: AtomicBool::new(false),
-            max_timeline: AtomicU64::new(0),
+            floor: Mutex::new(Floor::default()),
             serial: tokio::sync::Mutex::new(()),
             since: Mutex::new(Instant::now()),
             term: Mutex::new(CancellationToken::new()),
+            position: Mutex::new(None),
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Leadership {
@@ -145,24 +232,43 @@ impl Leadership {
         }
     }
 
+    /// The leader, if its latest answer claimed the lock as a running primary: the node
+    /// new sessions asking for the primary may go to.
+    pub fn ready_leader(&self) -> Option<usize> {
+        self.leader().filter(|_| self.ready.load(Ordering::Acquire))
+    }
+
     /// Whether a leader has been admitted (taken writes) since start: from then on, a
     /// write listener without one means a failover is under way.
     pub fn had_leader(&self) -> bool {
         self.had_leader.load(Ordering::Acquire)
     }
 
-    /// A fresh leadership for a rebuilt node list (a reload that changed the nodes) that
-    /// keeps what must not be forgotten: that a leader was seen, and on which timeline.
-    pub fn succeeding(old: &Leadership) -> Leadership {
-        let l = Leadership::default();
-        l.had_leader.store(old.had_leader(), Ordering::Release);
-        l.max_timeline.store(old.max_timeline.load(Ordering::Acquire), Ordering::Release);
-        l
+    /// The leadership for a rebuilt node list (a reload that changed the nodes). It keeps
+    /// what must not be forgotten: that a leader was seen, on which timeline of which
+    /// database, the change counters, the leader position, and the current term, so
+    /// sessions sent to the leader before the reload end when leadership moves on after
+    /// it. `index` maps an old node index to the new one (None: the node was removed).
+    pub fn succeeding(old: &Leadership, index: impl Fn(usize) -> Option<usize>) -> Leadership {
+        let leader = old.leader().and_then(&index);
+        Leadership {
+            leader: AtomicU64::new(leader.map_or(NONE, |i| i as u64)),
+            ready: AtomicBool::new(leader.is_some() && old.ready.load(Ordering::Acquire)),
+            conflict: AtomicBool::new(old.conflict()),
+            changes: AtomicU64::new(old.changes.load(Ordering::Relaxed)),
+            identity_changes: AtomicU64::new(old.identity_changes.load(Ordering::Relaxed)),
+            had_leader: AtomicBool::new(old.had_leader()),
+            floor: Mutex::new(lock(&old.floor).clone()),
+            serial: tokio::sync::Mutex::new(()),
+            since: Mutex::new(old.since()),
+            term: Mutex::new(lock(&old.term).clone()),
+            position: Mutex::new(*lock(&old.position)),
+        }
     }
 
     /// A token for a session sent to the current leader; cancelled when it stops leading.
     pub fn term_token(&self) -> CancellationToken {
-        self.term.lock().unwrap_or_else(|p| p.into_inner()).child_token()
+        lock(&self.term).child_token()
     }
 
     /// Records that a leader check admitted its node.
@@ -174,46 +280,89 @@ impl Leadership {
         self.conflict.load(Ordering::Acquire)
     }
 
-    /// When the current leader (or the absence of one) began.
-    pub fn since(&self) -> Instant {
-        *self.since.lock().unwrap_or_else(|p| p.into_inner())
+    /// The system identifier of the database the floor belongs to.
+    pub fn system_id(&self) -> Option<String> {
+        lock(&self.floor).system_id.clone()
     }
 
-    /// Decides from `(node, timeline)` of every node whose latest answer claims leadership:
-    /// one claimant leads; of several, the unique highest timeline leads (a stale answer
-    /// from a demoted leader carries an older timeline); a tie means nobody leads.
-    /// The caller serialises calls (the checkers hold the runtime's arbitration lock).
-    pub fn decide(&self, claims: &[(usize, Option<u64>)]) -> Decision {
+    /// When the current leader (or the absence of one) began.
+    pub fn since(&self) -> Instant {
+        *lock(&self.since)
+    }
+
+    /// Records the leader's WAL position from its latest answer.
+    pub fn note_position(&self, position: u64) {
+        *lock(&self.position) = Some((position, Instant::now()));
+    }
+
+    /// The leader's WAL position if it was reported within `max_age`: lag is measured
+    /// against it while no leader answers; older than that, nothing is known.
+    pub fn position(&self, max_age: Duration) -> Option<u64> {
+        lock(&self.position).filter(|(_, at)| at.elapsed() <= max_age).map(|(p, _)| p)
+    }
+
+    /// Decides from every node's claim `(node, claim)`: one claimant leads; of several,
+    /// the unique highest timeline leads (a stale answer from a demoted leader carries an
+    /// older one); a tie means nobody leads. Claims on a timeline below the floor are
+    /// stale, unless they come from another database than the floor's: a cluster whose
+    /// every claim names a new system identifier was rebuilt, and the floor starts over.
+    /// Claims from two databases at once are a conflict. The caller serialises calls (the
+    /// checkers hold the arbitration lock).
+    pub fn decide(&self, claims: &[(usize, Claim)]) -> Decision {
         let previous = self.leader();
-        let floor = self.max_timeline.load(Ordering::Acquire);
-        let current: Vec<(usize, Option<u64>)> =
-            claims.iter().copied().filter(|c| c.1.is_none_or(|t| t >= floor)).collect();
-        let claims = current.as_slice();
-        let (leader, conflict) = match claims {
-            [] => (None, false),
-            [(i, _)] => (Some(*i), false),
-            many => {
-                let best = many.iter().map(|c| c.1.unwrap_or(0)).max().unwrap_or(0);
-                let top: Vec<usize> = many.iter().filter(|c| c.1.unwrap_or(0) == best).map(|c| c.0).collect();
-                if top.len() == 1 {
-                    (Some(top[0]), false)
-                } else {
-                    (None, true)
+        let mut floor = lock(&self.floor);
+        let ids: Vec<&String> = {
+            let mut ids: Vec<&String> = claims.iter().filter_map(|c| c.1.system_id.as_ref()).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let mut identity_changed = None;
+        let (leader, conflict) = if ids.len() > 1 {
+            (None, true)
+        } else {
+            if let Some(&id) = ids.first() {
+                if floor.system_id.as_ref() != Some(id) {
+                    let from = floor.system_id.replace(id.clone());
+                    if from.is_some() {
+                        // A rebuilt cluster: its timelines start over.
+                        floor.timeline = 0;
+                        self.identity_changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    identity_changed = Some((from, id.clone()));
+                }
+            }
+            let current: Vec<&(usize, Claim)> =
+                claims.iter().filter(|c| c.1.timeline.is_none_or(|t| t >= floor.timeline)).collect();
+            match current.as_slice() {
+                [] => (None, false),
+                [(i, _)] => (Some(*i), false),
+                many => {
+                    let best = many.iter().map(|c| c.1.timeline.unwrap_or(0)).max().unwrap_or(0);
+                    let top: Vec<usize> =
+                        many.iter().filter(|c| c.1.timeline.unwrap_or(0) == best).map(|c| c.0).collect();
+                    if top.len() == 1 {
+                        (Some(top[0]), false)
+                    } else {
+                        (None, true)
+                    }
                 }
             }
         };
         self.conflict.store(conflict, Ordering::Release);
-        if let Some(t) = leader.and_then(|l| claims.iter().find(|c| c.0 == l)).and_then(|c| c.1) {
-            self.max_timeline.fetch_max(t, Ordering::AcqRel);
+        let won = leader.and_then(|l| claims.iter().find(|c| c.0 == l)).map(|c| &c.1);
+        if let Some(t) = won.and_then(|c| c.timeline) {
+            floor.timeline = floor.timeline.max(t);
         }
+        drop(floor);
+        self.ready.store(won.is_some_and(|c| c.ready), Ordering::Release);
         if leader != previous {
             self.leader.store(leader.map_or(NONE, |i| i as u64), Ordering::Release);
             self.changes.fetch_add(1, Ordering::Relaxed);
-            *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-            std::mem::replace(&mut *self.term.lock().unwrap_or_else(|p| p.into_inner()), CancellationToken::new())
-                .cancel();
+            *lock(&self.since) = Instant::now();
+            std::mem::replace(&mut *lock(&self.term), CancellationToken::new()).cancel();
         }
-        Decision { leader, previous, conflict }
+        Decision { leader, previous, conflict, identity_changed }
     }
 }
 
@@ -221,52 +370,158 @@ impl Leadership {
 mod tests {
     use super::*;
 
+    fn on(timeline: u64) -> Claim {
+        Claim { timeline: Some(timeline), system_id: Some("7001".into()), ready: true }
+    }
+
+    fn of(system_id: &str, timeline: u64) -> Claim {
+        Claim { timeline: Some(timeline), system_id: Some(system_id.into()), ready: true }
+    }
+
     #[test]
     fn one_claimant_leads() {
         let l = Leadership::default();
-        let d = l.decide(&[(1, Some(3))]);
+        let d = l.decide(&[(1, on(3))]);
         assert_eq!((d.leader, d.previous, d.conflict), (Some(1), None, false));
         assert!(d.changed());
-        assert!(!l.decide(&[(1, Some(3))]).changed());
+        assert!(!l.decide(&[(1, on(3))]).changed());
+        assert_eq!(l.ready_leader(), Some(1));
     }
 
     #[test]
     fn the_higher_timeline_wins_a_double_claim() {
         let l = Leadership::default();
-        l.decide(&[(0, Some(3))]);
-        let d = l.decide(&[(0, Some(3)), (2, Some(4))]);
+        l.decide(&[(0, on(3))]);
+        let d = l.decide(&[(0, on(3)), (2, on(4))]);
         assert_eq!((d.leader, d.previous, d.conflict), (Some(2), Some(0), false));
     }
 
     #[test]
     fn a_tie_means_no_leader_and_a_conflict() {
         let l = Leadership::default();
-        l.decide(&[(0, Some(3))]);
-        let d = l.decide(&[(0, Some(3)), (1, Some(3))]);
+        l.decide(&[(0, on(3))]);
+        let d = l.decide(&[(0, on(3)), (1, on(3))]);
         assert_eq!((d.leader, d.conflict), (None, true));
         assert!(l.conflict());
-        let d = l.decide(&[(1, Some(3))]);
+        let d = l.decide(&[(1, on(3))]);
         assert_eq!((d.leader, d.conflict), (Some(1), false));
     }
 
     #[test]
     fn a_stale_claim_cannot_come_back_when_the_leader_misses_a_probe() {
         let l = Leadership::default();
-        l.decide(&[(0, Some(3))]);
-        assert_eq!(l.decide(&[(0, Some(3)), (1, Some(4))]).leader, Some(1));
-        // node1's probe failed once; node0 still answers 200 on timeline 3.
-        assert_eq!(l.decide(&[(0, Some(3))]).leader, None, "a claim on an older timeline never leads again");
-        assert_eq!(l.decide(&[(0, Some(3)), (1, Some(4))]).leader, Some(1));
-        let next = Leadership::succeeding(&l);
-        assert_eq!(next.decide(&[(0, Some(3))]).leader, None, "remembered across a reload");
+        l.decide(&[(0, on(3))]);
+        assert_eq!(l.decide(&[(0, on(3)), (1, on(4))]).leader, Some(1));
+        // node1's claim ended; node0 still answers 200 on timeline 3.
+        assert_eq!(l.decide(&[(0, on(3))]).leader, None, "a claim on an older timeline never leads again");
+        assert_eq!(l.decide(&[(0, on(3)), (1, on(4))]).leader, Some(1));
+        let next = Leadership::succeeding(&l, Some);
+        assert_eq!(next.decide(&[(0, on(3))]).leader, None, "remembered across a reload");
+    }
+
+    #[test]
+    fn a_rebuilt_cluster_starts_the_floor_over() {
+        // Before: the floor (timeline 5) refused every claim of the rebuilt cluster forever.
+        let l = Leadership::default();
+        l.decide(&[(0, of("7001", 5))]);
+        let d = l.decide(&[(1, of("7999", 1))]);
+        assert_eq!(d.leader, Some(1), "a new system identifier is a new cluster");
+        assert_eq!(d.identity_changed, Some((Some("7001".into()), "7999".into())));
+        assert_eq!(l.system_id().as_deref(), Some("7999"));
+        assert_eq!(l.identity_changes.load(Ordering::Relaxed), 1);
+        // Its own stale claims are refused again from now on.
+        assert_eq!(l.decide(&[(1, of("7999", 3))]).leader, Some(1));
+        assert_eq!(l.decide(&[(0, of("7999", 2))]).leader, None);
+        // The first identity seen is not a change.
+        let fresh = Leadership::default();
+        assert_eq!(fresh.decide(&[(0, of("7001", 1))]).identity_changed, Some((None, "7001".into())));
+        assert_eq!(fresh.identity_changes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn claims_of_two_databases_at_once_are_a_conflict() {
+        let l = Leadership::default();
+        l.decide(&[(0, of("7001", 5))]);
+        let d = l.decide(&[(0, of("7001", 5)), (1, of("7999", 1))]);
+        assert_eq!((d.leader, d.conflict), (None, true));
+        assert_eq!(l.system_id().as_deref(), Some("7001"), "nothing adopted while both claim");
     }
 
     #[test]
     fn no_claim_no_leader() {
         let l = Leadership::default();
-        l.decide(&[(0, Some(3))]);
+        l.decide(&[(0, on(3))]);
         assert_eq!(l.decide(&[]).leader, None);
         assert_eq!(l.leader(), None);
         assert_eq!(l.changes.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_claim_survives_failed_probes_until_fall() {
+        let says =
+            |leads| Answer::Says { leads, timeline: Some(2), system_id: Some("7001".into()), running_primary: leads };
+        // (answers, fall) -> (claim kept?, ready?, failures)
+        let cases: &[(&[Answer], u32, bool, bool, u32)] = &[
+            (&[says(true)], 3, true, true, 0),
+            (&[says(true), Answer::Failed], 3, true, false, 1),
+            (&[says(true), Answer::Failed, Answer::Failed], 3, true, false, 2),
+            (&[says(true), Answer::Failed, Answer::Failed, Answer::Failed], 3, false, false, 3),
+            (&[says(true), Answer::Failed, says(true)], 3, true, true, 0),
+            (&[says(true), says(false)], 3, false, false, 0),
+            (&[says(true), Answer::Failed], 1, false, false, 1),
+            (&[Answer::Failed], 3, false, false, 1),
+        ];
+        for (answers, fall, kept, ready, failures) in cases {
+            let mut r = NodeReport::default();
+            for a in *answers {
+                (r.claim, r.failures) = r.after(a, *fall);
+            }
+            assert_eq!(
+                (r.claim.is_some(), r.claim.as_ref().is_some_and(|c| c.ready), r.failures),
+                (*kept, *ready, *failures),
+                "{answers:?} with fall {fall}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_claim_kept_through_a_blip_keeps_the_term_but_takes_no_new_sessions() {
+        let l = Leadership::default();
+        l.decide(&[(0, on(2))]);
+        let term = l.term_token();
+        let d = l.decide(&[(0, Claim { ready: false, ..on(2) })]);
+        assert!(!d.changed());
+        assert!(!term.is_cancelled(), "a blip is not a new term");
+        assert_eq!((l.leader(), l.ready_leader()), (Some(0), None));
+        l.decide(&[(0, on(2))]);
+        assert_eq!(l.ready_leader(), Some(0));
+        l.decide(&[]);
+        assert!(term.is_cancelled());
+    }
+
+    #[test]
+    fn the_term_carries_across_a_reload_that_rebuilds_the_node_list() {
+        // Before: the new leadership started a fresh term, and sessions sent to the old
+        // leader kept a token nothing would ever cancel.
+        let l = Leadership::default();
+        l.decide(&[(2, on(2))]);
+        let old_term = l.term_token();
+        // Node 2 becomes node 1 (a node before it was removed).
+        let next = Leadership::succeeding(&l, |i| i.checked_sub(1));
+        assert_eq!(next.leader(), Some(1));
+        assert!(!next.decide(&[(1, on(2))]).changed(), "the same leader under its new index");
+        assert!(!old_term.is_cancelled());
+        assert!(next.decide(&[(0, on(3))]).changed());
+        assert!(old_term.is_cancelled(), "a failover after the reload ends the old term");
+        assert_eq!(next.changes.load(Ordering::Relaxed), 2, "the counter carries over");
+    }
+
+    #[test]
+    fn the_leader_position_is_used_only_while_fresh() {
+        let l = Leadership::default();
+        assert_eq!(l.position(Duration::from_secs(9)), None);
+        l.note_position(1000);
+        assert_eq!(l.position(Duration::from_secs(9)), Some(1000));
+        assert_eq!(l.position(Duration::ZERO), None);
     }
 }

@@ -1,16 +1,14 @@
 //! A server: one node as seen by one listener (HAProxy's `server` line inside a backend).
-//! It owns the per-server session limit, the counters, and the cancellation token that
-//! cuts its sessions on mark-down.
+//! It owns the counters (sessions against `maxconn` among them) and the cancellation token
+//! that cuts its sessions on mark-down.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::check::Check;
-use super::node::Leadership;
 
 /// Counters every view reads (stats page, CSV, JSON, Prometheus): atomics, no locks on
 /// the data path.
@@ -34,6 +32,13 @@ pub struct ServerStats {
     pub redispatches: AtomicU64,
     /// Sessions closed by mark-down (shutdown-sessions).
     pub killed: AtomicU64,
+    /// Sessions connecting now (connect, TLS, authentication), bounded per listener by
+    /// `max_connecting` so a server that just became eligible is not handed the whole
+    /// queue's handshakes at once.
+    pub connecting: AtomicUsize,
+    /// The last connect or handshake failure that was the server's doing, and when: shown
+    /// on the stats page next to the error count.
+    pub last_error: Mutex<Option<(std::time::SystemTime, String)>>,
 }
 
 /// An operator's setting for a server, as HAProxy's `set server ... state`.
@@ -150,33 +155,6 @@ impl Server {
         self.admin.store(v, Ordering::Release);
     }
 
-    /// Takes a session slot if the server is below maxconn.
-    pub fn try_acquire(self: &Arc<Self>, wake: &Arc<Notify>) -> Option<Slot> {
-        let cur = &self.stats.cur;
-        let mut n = cur.load(Ordering::Relaxed);
-        loop {
-            if n >= self.maxconn {
-                return None;
-            }
-            match cur.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(actual) => n = actual,
-            }
-        }
-        self.stats.max.fetch_max(n + 1, Ordering::Relaxed);
-        self.stats.total.fetch_add(1, Ordering::Relaxed);
-        // The session token is taken with the slot, before any eligibility check: a cut
-        // that lands after this cancels it, and one that landed before has already
-        // cleared the server's admission, so no session slips between the two.
-        Some(Slot {
-            server: Arc::clone(self),
-            wake: Arc::clone(wake),
-            fallback: None,
-            token: self.session_token(),
-            term: None,
-        })
-    }
-
     /// The token a new session selects on; cancelled when the server's sessions are cut.
     pub fn session_token(&self) -> CancellationToken {
         self.lock().child_token()
@@ -192,60 +170,14 @@ impl Server {
         n
     }
 
+    /// Records a failure that was the server's doing (it answered but could not be spoken to).
+    pub fn note_error(&self, error: &str) {
+        self.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
+        *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::SystemTime::now(), error.to_owned()));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A held session slot on a server; dropping it frees the slot and wakes queued sessions.
-#[derive(Debug)]
-pub struct Slot {
-    server: Arc<Server>,
-    wake: Arc<Notify>,
-    /// Set when the server was chosen only because it leads (`fallback_to_leader`).
-    fallback: Option<Arc<Leadership>>,
-    /// The session's token: cancelled when the server's sessions are cut.
-    token: CancellationToken,
-    /// For a session sent to the leader: cancelled when leadership moves on.
-    term: Option<CancellationToken>,
-}
-
-impl Slot {
-    pub fn server(&self) -> &Arc<Server> {
-        &self.server
-    }
-
-    /// Marks the slot as a fallback to the leader.
-    pub(crate) fn into_fallback(mut self, leadership: &Arc<Leadership>) -> Slot {
-        self.term = Some(leadership.term_token());
-        self.fallback = Some(Arc::clone(leadership));
-        self
-    }
-
-    /// The token the session selects on.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    /// For a session that went to the leader without the listener's check admitting it:
-    /// the token of the current leadership term, cancelled when the leader changes.
-    pub fn term(&self) -> Option<&CancellationToken> {
-        self.term.as_ref()
-    }
-
-    /// Whether the server may still take this session: admitted by its check, or, for a
-    /// fallback, still the leader.
-    pub fn eligible(&self) -> bool {
-        match &self.fallback {
-            Some(l) => l.leader() == Some(self.server.node) && self.server.admin() == AdminState::Ready,
-            None => self.server.is_up(),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.server.stats.cur.fetch_sub(1, Ordering::AcqRel);
-        self.wake.notify_waiters();
     }
 }

@@ -38,6 +38,9 @@ pub mod defaults {
     pub const HUNT_INTER: Duration = Duration::from_millis(200);
     /// A leader listener holds sessions through a switchover (a few seconds) by default.
     pub const LEADER_TIMEOUT_QUEUE: Duration = Duration::from_secs(30);
+    /// Sessions connecting to one server at once (connect, TLS, authentication): a server
+    /// handed a whole queue at once after a failover answers the first ones promptly.
+    pub const MAX_CONNECTING: usize = 16;
     pub const WEB_REFRESH: Duration = Duration::from_secs(5);
 }
 
@@ -217,6 +220,8 @@ pub struct Listener {
     pub timeout_queue: Duration,
     /// Bound on the client's first packet (a client that sends nothing is closed).
     pub timeout_startup: Duration,
+    /// Sessions connecting to one server at once; the rest wait in the queue, oldest first.
+    pub max_connecting: usize,
     /// Close every session of a server when its check marks it down.
     pub shutdown_sessions: bool,
     /// Send sessions to the leader when no server passes this listener's check.
@@ -607,6 +612,9 @@ impl Validator<'_> {
             // HAProxy: "timeout queue" defaults to "timeout connect"; 30 s for the leader.
             timeout_queue: dur(&s.timeout_queue, queue_default),
             timeout_startup: self.nonzero(&s.timeout_startup, "timeout_startup", defaults::TIMEOUT_STARTUP)?,
+            max_connecting: self
+                .positive(s.max_connecting.as_ref(), "max_connecting")?
+                .unwrap_or(defaults::MAX_CONNECTING),
             shutdown_sessions,
             fallback_to_leader,
             client_target,
@@ -739,7 +747,11 @@ impl Validator<'_> {
     /// A local IP address to bind outgoing connections to.
     fn ip(&self, v: &Spanned<String>, key: &str) -> Result<IpAddr> {
         v.get_ref().trim().parse::<IpAddr>().map_err(|_| {
-            self.src.error(v.span(), key, format!("{:?} is not an IP address (a local address to connect from)", v.get_ref()))
+            self.src.error(
+                v.span(),
+                key,
+                format!("{:?} is not an IP address (a local address to connect from)", v.get_ref()),
+            )
         })
     }
 

@@ -116,6 +116,7 @@ tunables! {
     check_port: Spanned<u16>,
     on_marked_down: Spanned<String>,
     max_replay_delay: Spanned<Dur>,
+    max_connecting: Spanned<usize>,
 }
 
 #[derive(Debug, Deserialize)]

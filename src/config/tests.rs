@@ -295,10 +295,8 @@ fn absurd_durations_are_refused_with_their_line() {
 
 #[test]
 fn source_applies_to_every_node_unless_a_node_sets_its_own() {
-    let text = format!("[global]\nsource = \"127.0.0.2\"\n{BASE}").replace(
-        "address = \"127.0.0.12:5432\"",
-        "address = \"127.0.0.12:5432\"\nsource = \"127.0.0.3\"",
-    );
+    let text = format!("[global]\nsource = \"127.0.0.2\"\n{BASE}")
+        .replace("address = \"127.0.0.12:5432\"", "address = \"127.0.0.12:5432\"\nsource = \"127.0.0.3\"");
     let c = parse(&text).unwrap();
     assert_eq!(c.global.source, Some("127.0.0.2".parse().unwrap()));
     assert_eq!(c.nodes[0].source, Some("127.0.0.2".parse().unwrap()));

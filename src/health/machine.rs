@@ -65,6 +65,13 @@ impl Machine {
         }
     }
 
+    /// New rise and fall counts (a reload): the status stays; the streak counts towards the
+    /// new bounds from the next result on.
+    pub fn retune(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Forces a state, as an admin action or a leader arbitration does.
     pub fn force(&mut self, status: Status) -> Option<Transition> {
         if self.status == status {

@@ -1,12 +1,11 @@
 //! Health checking: the pure inter/fall/rise state machine, the probe seam with its
-//! Patroni HTTP implementation, and the checker tasks that join them.
+//! Patroni HTTP implementation, and Patroni's rules. Pure parts and probes only: the
+//! checker tasks that join them to the live cluster are `cluster::checker`.
 
-mod checker;
 mod machine;
 mod patroni;
 mod probe;
 
-pub use checker::spawn_checkers;
 pub use machine::{Machine, Status, Transition};
 pub use patroni::{verdict, NodeStatus, Verdict, View};
 pub use probe::{CheckCode, HttpProbe, Probe, ProbeResult};

@@ -52,6 +52,9 @@ pub struct KeySniffer<'a> {
     registered: Option<Vec<u8>>,
     seen: usize,
     pub done: bool,
+    /// The session's place among its server's connects in flight, given back at
+    /// ReadyForQuery: authentication is over, and the next queued session may connect.
+    connecting: Option<crate::balance::Connecting>,
 }
 
 /// Give up if the startup phase runs longer than this (nothing to learn, stop looking).
@@ -68,7 +71,14 @@ impl<'a> KeySniffer<'a> {
             registered: None,
             seen: 0,
             done: false,
+            connecting: None,
         }
+    }
+
+    /// Holds the session's connect place until the startup phase ends.
+    pub fn holding(mut self, connecting: Option<crate::balance::Connecting>) -> KeySniffer<'a> {
+        self.connecting = connecting;
+        self
     }
 
     /// Feeds bytes the server sent, in order.
@@ -116,6 +126,9 @@ impl<'a> KeySniffer<'a> {
                 b'Z' => self.done = true,
                 _ => self.skip = len - 4,
             }
+        }
+        if self.done {
+            self.connecting = None;
         }
     }
 }

@@ -4,6 +4,7 @@ mod buffers;
 mod cancel;
 mod copy;
 pub mod keys;
+mod react;
 mod session;
 mod tweaks;
 
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use copy::End;
+pub use react::Reactor;
 pub use tweaks::bind;
 
 use crate::state::Shared;
@@ -24,15 +26,13 @@ use crate::state::Shared;
 /// applies to the next session without rebinding.
 pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener, stop: CancellationToken) {
     loop {
-        // Global maxconn: wait for a free session before accepting, as HAProxy does; the
-        // kernel's backlog holds clients meanwhile.
-        let permit = tokio::select! {
-            p = shared.permit() => match p {
-                Some(p) => p,
-                None => return,
-            },
+        // Global maxconn: accept only while a place is free, as HAProxy does; the kernel's
+        // backlog holds clients meanwhile. The place is taken after the accept, so idle
+        // accept loops hold none.
+        tokio::select! {
+            free = shared.place_free() => if !free { return },
             () = stop.cancelled() => return,
-        };
+        }
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
                 Ok(v) => v,
@@ -42,6 +42,18 @@ pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener,
                 }
             },
             () = stop.cancelled() => return,
+        };
+        // Another listener may have taken the last place since: this client waits for
+        // the next one, as it would have in the backlog.
+        let permit = match shared.try_permit() {
+            Some(p) => p,
+            None => tokio::select! {
+                p = shared.permit() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            },
         };
         let runtime = shared.runtime.load();
         let Some(listener) = runtime.listener(&name).cloned() else {

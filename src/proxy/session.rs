@@ -17,14 +17,16 @@ use tokio_util::either::Either;
 use super::copy::{self, End, Idle, Meters, Watch};
 use super::keys::KeySniffer;
 use super::{cancel, tweaks};
-use crate::balance::{self, NoServer, Target};
-use crate::cluster::{ListenerState, Server, Slot};
+use crate::balance::{self, NoServer, Slot, Target};
+use crate::cluster::{ListenerState, Server};
 use crate::pg::{self, sqlstate, Opening, Startup};
 use crate::state::{Permit, Shared};
 use crate::tls::{self, Rewind};
 
 /// The largest first server message pgfront reads (an auth request or an error).
 const MAX_FIRST_REPLY: usize = 64 * 1024;
+/// How often a queued TLS client with unread data is looked at for a close.
+const GONE_POLL: Duration = Duration::from_millis(250);
 /// How long a session waits for a check to re-probe a server that was not ready.
 const NOT_READY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -41,6 +43,13 @@ enum Refusal {
     Queue(NoServer, Duration),
     #[error("could not connect to {server} ({address}): {error}")]
     Connect { server: String, address: String, error: String },
+    /// The server answered but TLS with it failed (it refused TLS, or its certificate was
+    /// not accepted): a configuration fault, not a failover, so it is not held.
+    #[error("TLS with {server} ({address}) failed: {error}")]
+    ServerTls { server: String, address: String, error: String },
+    /// The server accepted an SSLRequest, and the client did not start a TLS handshake.
+    #[error("expected a TLS handshake after the server accepted SSL")]
+    NotTls,
     #[error("shutting down")]
     Stopping,
 }
@@ -53,6 +62,8 @@ impl Refusal {
             Refusal::Garbage(_) => "protocol_violation",
             Refusal::Queue(e, _) => e.as_label(),
             Refusal::Connect { .. } => "connect_failed",
+            Refusal::ServerTls { .. } => "server_tls",
+            Refusal::NotTls => "protocol_violation",
             Refusal::Stopping => "stopping",
         }
     }
@@ -78,7 +89,10 @@ impl Refusal {
                 ),
                 None,
             ),
-            Refusal::Connect { .. } => (sqlstate::CONNECTION_FAILURE, format!("pgfront: {self}"), None),
+            Refusal::Connect { .. } | Refusal::ServerTls { .. } => {
+                (sqlstate::CONNECTION_FAILURE, format!("pgfront: {self}"), None)
+            }
+            Refusal::NotTls => (sqlstate::PROTOCOL_VIOLATION, format!("pgfront: {self}"), None),
             Refusal::Stopping => (sqlstate::CANNOT_CONNECT_NOW, "pgfront is shutting down".to_owned(), None),
         };
         Some(pg::fatal(code, &text, hint))
@@ -98,8 +112,29 @@ type ClientIo = Either<TcpStream, tokio_rustls::server::TlsStream<Rewind<TcpStre
 /// The server's side: plain TCP, or TLS pgfront negotiated with PostgreSQL.
 type ServerIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// Serves one accepted client to the end.
+/// Serves one accepted client to the end. The end of a graceful stop (`hard_stop_after`)
+/// ends it in any phase: held in the queue, connecting, being refused, or copying.
 pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerState>,
+    client: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+) {
+    let hard_stop = shared.tokens.sessions.clone();
+    let name = listener.config.name.clone();
+    tokio::select! {
+        biased;
+        // Copying sessions see the same cancellation through their server's token and end
+        // (and log) on their own; this arm ends the ones still before that.
+        () = serve_until_end(shared, listener, client, peer, permit) => {}
+        () = hard_stop.cancelled() => {
+            tracing::info!(listener = %name, client = %peer, reason = "stopping", "session closed before reaching a server");
+        }
+    }
+}
+
+async fn serve_until_end(
     shared: Arc<Shared>,
     listener: Arc<ListenerState>,
     client: TcpStream,
@@ -125,17 +160,42 @@ pub async fn serve(
         // A client that gives up while held in the queue must not later take a server slot.
         () = gone(&client) => Err(Refusal::Gone),
     };
-    let (slot, upstream, reply) = match established {
+    let (mut slot, mut upstream, reply) = match established {
         Ok(v) => v,
         Err(refusal) => return refused(&listener, Some(client), peer, started, refusal, Some(&prelude.opening)).await,
     };
     let server = Arc::clone(slot.server());
+    // The connect place is held until authentication ends where pgfront can see it
+    // (ReadyForQuery); for an opaque session, until the server answered its opening.
+    let connecting = slot.take_connecting();
+    let connecting = if prelude.startup.is_some() { connecting } else { None };
     // A child of the server's token, itself a child of the process's session token: cut by
     // mark-down, by an operator, or by the end of a graceful stop. Taken with the slot.
     let token = slot.token().clone();
     let mut moved = copy::Moved { to_server: prelude.bytes.len() as u64, to_client: 0 };
     server.stats.bytes_in.fetch_add(prelude.bytes.len() as u64, Ordering::Relaxed);
-    let end = match client.write_all(&reply).await {
+    let written = async {
+        client.write_all(&reply).await?;
+        // The server accepted TLS for a client pgfront passes through: what the client sends
+        // next must be a TLS handshake, within timeout_startup. Anything else would be
+        // relayed to a server waiting for a handshake, and hang both until a timeout.
+        if reply == b"S" && listener.config.tls.is_none() {
+            let deadline = Instant::now() + listener.config.timeout_startup;
+            let hello = tls_record_start(&mut client, deadline).await?;
+            upstream.write_all(&hello).await?;
+            moved.to_server += hello.len() as u64;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let end = match written.await {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            drop((slot, upstream));
+            return refused(&listener, Some(client), peer, started, Refusal::NotTls, None).await;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            drop((slot, upstream));
+            return refused(&listener, Some(client), peer, started, Refusal::Silent, None).await;
+        }
         Err(e) => End::ClientError(e),
         Ok(()) => {
             moved.to_client = reply.len() as u64;
@@ -144,8 +204,10 @@ pub async fn serve(
             let idle = Idle { client: listener.config.timeout_client, server: listener.config.timeout_server };
             // The cancel key is readable when pgfront read the StartupMessage (plain text,
             // or TLS it terminated).
-            let mut sniffer =
-                prelude.startup.as_ref().map(|_| KeySniffer::new(&shared.cancel_keys, server.address.clone()));
+            let mut sniffer = prelude
+                .startup
+                .as_ref()
+                .map(|_| KeySniffer::new(&shared.cancel_keys, server.address.clone()).holding(connecting));
             let watch = Watch { meters, idle, cut: &token, term: slot.term(), sniffer: sniffer.as_mut() };
             let (end, m) = match (client, upstream) {
                 (Either::Left(mut c), Either::Left(mut s)) => copy::bidirectional(&mut c, &mut s, watch).await,
@@ -280,8 +342,18 @@ async fn gone(client: &ClientIo) {
             Ok(0) | Err(_) => {}
             Ok(_) => std::future::pending().await,
         },
-        // Inside TLS a close arrives as a record that cannot be peeked at: not watched.
-        Either::Right(_) => std::future::pending().await,
+        // Inside TLS a close arrives as a record (close_notify) before the FIN, so a peek
+        // sees data; the socket's read-closed readiness (EPOLLRDHUP) tells the FIN itself.
+        Either::Right(tls) => {
+            let tcp = tls.get_ref().0.inner();
+            loop {
+                match tcp.ready(tokio::io::Interest::READABLE).await {
+                    Ok(r) if r.is_read_closed() => return,
+                    Ok(_) => sleep(GONE_POLL).await,
+                    Err(_) => return,
+                }
+            }
+        }
     }
 }
 
@@ -335,14 +407,28 @@ async fn establish(
             let mut upstream = secure(stream, listener, &server.address).await?;
             upstream.write_all(&prelude.bytes).await?;
             if prelude.startup.is_none() {
-                return Ok((upstream, Vec::new()));
+                // Pass-through TLS: the server's one-byte answer to an SSLRequest tells
+                // whether a TLS handshake must follow.
+                let mut answer = Vec::new();
+                if prelude.opening == Opening::SslRequest && cfg.tls.is_none() {
+                    let mut b = [0u8; 1];
+                    upstream.read_exact(&mut b).await?;
+                    answer.push(b[0]);
+                }
+                return Ok((upstream, answer));
             }
             let reply = read_message(&mut upstream).await?;
-            Ok::<_, std::io::Error>((upstream, reply))
+            Ok::<_, FirstError>((upstream, reply))
         };
         let (upstream, mut reply) = match timeout(cfg.timeout_connect, first).await {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
+            Ok(Err(FirstError::Tls(error))) => {
+                server.note_error(&format!("TLS: {error}"));
+                server.check.kick();
+                tracing::warn!(listener = %cfg.name, server = %server.name, error = %error, "TLS with the server failed");
+                return Err(Refusal::ServerTls { server: server.name.clone(), address: server.address.clone(), error });
+            }
+            Ok(Err(FirstError::Io(e))) => {
                 not_ready(&server, listener, &format!("handshake failed: {e}"));
                 pause(listener, hold_until).await?;
                 continue;
@@ -370,8 +456,24 @@ async fn establish(
     }
 }
 
+/// Why a server that accepted the connection could not take the session.
+#[derive(Debug)]
+enum FirstError {
+    /// TLS with it failed: it refused TLS, or its certificate or handshake was not
+    /// accepted. Retrying will not help.
+    Tls(String),
+    /// Anything else (a reset, a close): it may be going down; the session is held.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for FirstError {
+    fn from(e: std::io::Error) -> Self {
+        FirstError::Io(e)
+    }
+}
+
 /// Negotiates TLS with PostgreSQL when the listener terminates TLS and says so.
-async fn secure(mut stream: TcpStream, listener: &ListenerState, address: &str) -> std::io::Result<ServerIo> {
+async fn secure(mut stream: TcpStream, listener: &ListenerState, address: &str) -> Result<ServerIo, FirstError> {
     let Some(connector) = listener.config.tls.as_ref().and_then(|t| t.context().connector.clone()) else {
         return Ok(Either::Left(stream));
     };
@@ -379,9 +481,28 @@ async fn secure(mut stream: TcpStream, listener: &ListenerState, address: &str) 
     let mut answer = [0u8; 1];
     stream.read_exact(&mut answer).await?;
     if answer[0] != b'S' {
-        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "the server does not accept TLS"));
+        return Err(FirstError::Tls("the server does not accept TLS".into()));
     }
-    Ok(Either::Right(connector.connect(tls::server_name(address)?, stream).await?))
+    let name = tls::server_name(address).map_err(|e| FirstError::Tls(e.to_string()))?;
+    match connector.connect(name, stream).await {
+        Ok(s) => Ok(Either::Right(s)),
+        // rustls reports handshake and certificate failures as InvalidData.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(FirstError::Tls(e.to_string())),
+        Err(e) => Err(FirstError::Io(e)),
+    }
+}
+
+/// Reads the first bytes a client sends after the server accepted its SSLRequest: they
+/// must open a TLS handshake record (content type 22, version 3.x). Returns them to be
+/// forwarded; `InvalidData` when they are something else, `TimedOut` past `deadline`.
+async fn tls_record_start<S: AsyncRead + Unpin>(client: &mut S, deadline: Instant) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 3];
+    match timeout_at(deadline, client.read_exact(&mut head)).await {
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(_)) if head[0] == pg::TLS_HANDSHAKE && head[1] == 3 && head[2] <= 4 => Ok(head.to_vec()),
+        Ok(Ok(_)) => Err(std::io::ErrorKind::InvalidData.into()),
+    }
 }
 
 /// A server that accepted the connection but could not take the session.
@@ -398,7 +519,7 @@ async fn pause(listener: &ListenerState, hold_until: Instant) -> Result<(), Refu
     if now >= hold_until {
         return Err(Refusal::Queue(NoServer::NoneUp, listener.config.timeout_queue));
     }
-    let wake = listener.wake.notified();
+    let wake = listener.queue.changed.notified();
     let _ = timeout_at((now + NOT_READY_PAUSE).min(hold_until), wake).await;
     Ok(())
 }

@@ -50,9 +50,14 @@ pub fn render(snap: &Snapshot) -> String {
         cancels.with_label_values(&[ln]).inc_by(l.cancels);
         for s in &l.servers {
             let v = [ln, s.name.as_str()];
-            for state in ["UP", "DOWN"] {
-                let on = (state == "UP") == s.up;
-                st.with_label_values(&[ln, &s.name, state]).set(i64::from(on));
+            // As HAProxy's exporter: the operator's DRAIN or MAINT in place of the health state.
+            let now = match s.admin {
+                "READY" if s.up => "UP",
+                "READY" => "DOWN",
+                other => other,
+            };
+            for state in ["UP", "DOWN", "DRAIN", "MAINT"] {
+                st.with_label_values(&[ln, &s.name, state]).set(i64::from(state == now));
             }
             cur.with_label_values(&v).set(s.cur as i64);
             max.with_label_values(&v).set(s.max as i64);
@@ -94,6 +99,22 @@ pub fn render(snap: &Snapshot) -> String {
     m.gauge("leader_conflict", "1 while several nodes claim leadership on one timeline (writes held).", &none)
         .with_label_values(&none)
         .set(i64::from(snap.leader_conflict));
+    m.counter(
+        "cluster_identity_changes_total",
+        "Changes of the cluster's system identifier: the cluster was rebuilt and its timelines started over.",
+        &none,
+    )
+    .with_label_values(&none)
+    .inc_by(snap.identity_changes);
+    if let Some(id) = &snap.system_identifier {
+        m.gauge(
+            "cluster_info",
+            "The cluster pgfront follows, by Patroni's database_system_identifier.",
+            &["system_identifier"],
+        )
+        .with_label_values(&[id])
+        .set(1);
+    }
     m.gauge("sessions_held", "Sessions waiting in a queue, e.g. for a new leader.", &none)
         .with_label_values(&none)
         .set(snap.sessions_held as i64);

@@ -81,6 +81,17 @@ ol.events{{font-family:monospace;font-size:12px}}
             let _ = write!(h, r#"<p class="banner alert">No leader for {}: new write sessions are held ({} waiting)</p>"#, ago(s.leader_since_secs), s.sessions_held);
         }
     }
+    if let Some(id) = &s.system_identifier {
+        let _ = write!(h, r#"<p class="muted">cluster system identifier {}"#, esc(id));
+        if s.identity_changes > 0 {
+            let _ = write!(
+                h,
+                r#" &middot; <b>changed {} times</b>: the cluster was rebuilt, and its timelines started over (see the transitions below)"#,
+                s.identity_changes
+            );
+        }
+        h.push_str("</p>\n");
+    }
     if let Some(e) = &s.reload_error {
         let _ = write!(
             h,
@@ -179,7 +190,7 @@ fn server(h: &mut String, v: &ServerSnap, writes: bool) {
     let status = if replica { "replica, not eligible for writes".to_owned() } else { v.status.clone() };
     let _ = write!(
         h,
-        r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st">{status}</td><td>{since}</td><td class="l">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="l">{reason}</td>"#,
+        r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st">{status}</td><td>{since}</td><td class="l">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td{econ_title}>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="l">{reason}</td>"#,
         name = esc(&v.name),
         addr = esc(&v.address),
         status = esc(&status),
@@ -195,6 +206,7 @@ fn server(h: &mut String, v: &ServerSnap, writes: bool) {
         bin = bytes(v.bytes_in),
         bout = bytes(v.bytes_out),
         econ = v.conn_errors,
+        econ_title = v.last_error.as_ref().map_or(String::new(), |e| format!(r#" title="last: {}""#, esc(e))),
         wretr = v.retries,
         wredis = v.redispatches,
         reason = esc(&v.reason),

@@ -32,6 +32,10 @@ pub struct NodeStatus {
     pub pause: Option<bool>,
     #[serde(default)]
     pub patroni: PatroniInfo,
+    /// Which database this is (`pg_control`'s system identifier): the same on every member
+    /// of one cluster, new when the cluster is re-bootstrapped or restored.
+    #[serde(default)]
+    pub database_system_identifier: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -142,7 +146,8 @@ fn tag_matches(v: &serde_json::Value, want: &str) -> bool {
 pub struct View<'a> {
     /// Whether this node is the arbitrated leader (it claims leadership and wins).
     pub is_leader: bool,
-    /// The leader's WAL position, for replica lag.
+    /// The leader's WAL position, for replica lag: its latest known within `fall` x `inter`,
+    /// else `None`, and then replicas with a lag bound fail (closed, not open).
     pub leader_position: Option<u64>,
     /// The leader's standbys, for /sync and /async.
     pub standbys: &'a [Standby],
@@ -230,6 +235,15 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
         if !st.tags.get(k).is_some_and(|v| tag_matches(v, want)) {
             return Verdict::fail(format!("tag {k} is not {want}"));
         }
+    }
+    if (f.max_lag.is_some() || f.max_delay.is_some()) && view.leader_position.is_none() {
+        // Nothing to measure against (failover, conflict, the leader's REST API down for
+        // longer than fall x inter): a replica however far behind would pass, so none does.
+        return Verdict {
+            passed: false,
+            why: "leader position unknown: lag bound cannot be checked".into(),
+            lag_excluded,
+        };
     }
     if let (Some(max), Some(lag)) = (f.max_lag, st.lag(view.leader_position)) {
         // Hysteresis: out above the bound, back in only at half of it.

@@ -71,8 +71,22 @@ fn lag_has_hysteresis() {
     assert!(!at(67_108_000, true).passed, "8000 behind after exclusion: still out (above half the bound)");
     assert!(at(67_104_000, true).passed, "4000 behind: back in");
     assert!(at(67_111_000, false).why.contains("11000"));
+}
+
+#[test]
+fn lag_bounds_fail_closed_without_a_leader_position() {
+    // Before: with no leader known, a replica however far behind passed a lag bound.
+    let r = parse(REPLICA);
     let unknown = verdict(&ep("/replica?lag=1"), &r, View::default(), false);
-    assert!(unknown.passed, "lag unknown without a leader position, as in Patroni");
+    assert!(!unknown.passed && unknown.why.contains("leader position unknown"), "{unknown:?}");
+    let mut f = match ep("/replica") {
+        Endpoint::Replica(f) => f,
+        _ => unreachable!(),
+    };
+    f.max_delay = Some(Duration::from_secs(30));
+    let now = View { now: Some(std::time::SystemTime::now()), ..View::default() };
+    assert!(!verdict(&Endpoint::Replica(f), &r, now, false).passed, "max_replay_delay too");
+    assert!(verdict(&ep("/replica"), &r, View::default(), false).passed, "no bound, nothing to know");
 }
 
 #[test]

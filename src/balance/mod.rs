@@ -1,12 +1,18 @@
 //! Choosing a server for a new session, and holding the session in the listener's queue
-//! while no server can take it (none admitted by the check, or all at maxconn).
+//! while no server can take it (none admitted by the check, all at maxconn, or all at
+//! their bound of connects in flight).
+
+mod queue;
+mod slot;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::time::{timeout_at, Instant};
 
-use crate::cluster::{AdminState, ListenerState, Server, Slot};
+pub use self::queue::Queue;
+pub use self::slot::{try_acquire, Connecting, Slot};
+use crate::cluster::{AdminState, ListenerState, Server};
 use crate::config::Balance;
 pub use crate::config::Target;
 
@@ -31,7 +37,9 @@ impl NoServer {
 /// Picks a server now. Servers in `avoid` (those a retry just failed on) are used only
 /// when nothing else is eligible.
 pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, NoServer> {
-    let leader = l.leadership.leader();
+    // Sessions asking for the leader go to it only while its latest answer claimed the
+    // lock as a running primary: the admission rule of a leader listener.
+    let leader = l.leadership.ready_leader();
     let fallback = match target {
         Target::Listener => l.config.fallback_to_leader,
         Target::PreferReplica => true,
@@ -57,11 +65,15 @@ pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, 
     }
 }
 
+fn acquire_on(l: &ListenerState, s: &Arc<Server>) -> Option<Slot> {
+    try_acquire(s, &l.queue, l.config.max_connecting)
+}
+
 /// The leader's server on this listener, as a slot that stays valid while it leads.
 fn leader_slot(l: &ListenerState, leader: Option<usize>) -> Result<Slot, NoServer> {
     let node = leader.ok_or(NoServer::NoneUp)?;
     let server = l.servers.iter().find(|s| s.node == node && s.admin() == AdminState::Ready).ok_or(NoServer::NoneUp)?;
-    server.try_acquire(&l.wake).map(|slot| slot.into_fallback(&l.leadership)).ok_or(NoServer::Full)
+    acquire_on(l, server).map(|slot| slot.into_fallback(&l.leadership)).ok_or(NoServer::Full)
 }
 
 fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {
@@ -71,13 +83,13 @@ fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<S
         return Err(NoServer::NoneUp);
     }
     let slot = match l.config.balance {
-        Balance::First => l.servers.iter().filter(eligible).find_map(|s| s.try_acquire(&l.wake)),
+        Balance::First => l.servers.iter().filter(eligible).find_map(|s| acquire_on(l, s)),
         Balance::RoundRobin => {
             // Rotate over the eligible servers only, so a down server does not make its
             // successor take two turns.
             let start = l.rr.fetch_add(1, Ordering::Relaxed) % up;
             let ring = l.servers.iter().filter(eligible);
-            ring.clone().skip(start).chain(ring.take(start)).find_map(|s| s.try_acquire(&l.wake))
+            ring.clone().skip(start).chain(ring.take(start)).find_map(|s| acquire_on(l, s))
         }
         Balance::LeastConn => {
             let start = l.rr.fetch_add(1, Ordering::Relaxed) % up;
@@ -85,53 +97,62 @@ fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<S
             // Fewest sessions first; ties go to the round-robin position.
             let mut order: Vec<&Arc<Server>> = ring.clone().skip(start).chain(ring.take(start)).collect();
             order.sort_by_key(|s| s.stats.cur.load(Ordering::Relaxed));
-            order.into_iter().find_map(|s| s.try_acquire(&l.wake))
+            order.into_iter().find_map(|s| acquire_on(l, s))
         }
     };
     slot.ok_or(NoServer::Full)
 }
 
 /// Picks a server, waiting in the listener's queue until `deadline` if none can take the
-/// session now. Returns the last reason when the deadline passes.
+/// session now or others are already waiting (they are served first). Waiting sessions
+/// are served from the listener's current generation, so a reload applies to them too.
+/// Returns the last reason when the deadline passes.
 pub async fn acquire(
     l: &Arc<ListenerState>,
     avoid: &[usize],
     target: Target,
     deadline: Instant,
 ) -> Result<Slot, NoServer> {
-    if let Ok(slot) = pick(l, avoid, target) {
-        return Ok(slot);
-    }
-    let _queued = QueueGuard::enter(l);
-    loop {
-        // Register for a wake-up before looking again, so a change between the look and
-        // the wait is not missed.
-        let notified = l.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let why = match pick(l, avoid, target) {
-            Ok(slot) => return Ok(slot),
-            Err(e) => e,
-        };
-        if timeout_at(deadline, notified).await.is_err() {
-            return pick(l, avoid, target).map_err(|_| why);
+    let queue = &l.queue;
+    let current = queue.current().unwrap_or_else(|| Arc::clone(l));
+    if queue.is_empty() {
+        if let Ok(slot) = pick(&current, avoid, target) {
+            return Ok(slot);
         }
     }
+    let (id, mut rx) = queue.push(target, avoid);
+    let _queued = QueueGuard::enter(l, id);
+    queue.dispatch();
+    if let Ok(Ok(slot)) = timeout_at(deadline, &mut rx).await {
+        return Ok(slot);
+    }
+    queue.remove(id);
+    // Served in the instant between the deadline and leaving the queue: take it.
+    if let Ok(slot) = rx.try_recv() {
+        return Ok(slot);
+    }
+    let current = queue.current().unwrap_or_else(|| Arc::clone(l));
+    pick(&current, avoid, target)
 }
 
-/// Counts a session in the listener's queue for as long as it waits.
-struct QueueGuard<'a>(&'a ListenerState);
+/// Counts a session in the listener's queue for as long as it waits, and takes it out of
+/// the queue whatever ends the wait (a client that gives up drops the future).
+struct QueueGuard<'a>(&'a ListenerState, u64);
 
 impl<'a> QueueGuard<'a> {
-    fn enter(l: &'a ListenerState) -> Self {
+    fn enter(l: &'a ListenerState, id: u64) -> Self {
         let n = l.stats.queue_cur.fetch_add(1, Ordering::Relaxed) + 1;
         l.stats.queue_max.fetch_max(n, Ordering::Relaxed);
-        QueueGuard(l)
+        QueueGuard(l, id)
     }
 }
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
+        self.0.queue.remove(self.1);
         self.0.stats.queue_cur.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

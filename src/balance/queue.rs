@@ -1,0 +1,129 @@
+//! A listener's wait queue, as HAProxy's: first come, first served. A session that finds
+//! no server able to take it waits here; each freed place (a session ending, a connect
+//! completing, a server coming up) serves the oldest waiter that can use it, one waiter
+//! per place, instead of waking every waiter to race for it. Newcomers never overtake
+//! sessions already waiting. The queue outlives reloads and always serves from the
+//! current generation of its listener.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{oneshot, Notify};
+
+use super::{pick, Slot, Target};
+use crate::cluster::ListenerState;
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    waiters: Mutex<VecDeque<Waiter>>,
+    /// Waiters now; read without the lock so a freed slot with nobody waiting costs nothing.
+    len: AtomicUsize,
+    next_id: AtomicU64,
+    /// The listener's current generation (set by each reload): waiters get its servers.
+    current: Mutex<Weak<ListenerState>>,
+    /// Woken on changes that may help a session pausing after a server that was not ready.
+    pub(crate) changed: Notify,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    target: Target,
+    /// Servers a retry just failed on, used only when nothing else is eligible.
+    avoid: Vec<usize>,
+    tx: oneshot::Sender<Slot>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Queue {
+    /// Makes `listener` the generation the queue serves from.
+    pub fn serve_from(&self, listener: &Arc<ListenerState>) {
+        *lock(&self.current) = Arc::downgrade(listener);
+    }
+
+    /// The listener's current generation, if it still exists.
+    pub fn current(&self) -> Option<Arc<ListenerState>> {
+        lock(&self.current).upgrade()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Joins the tail; the slot arrives on the returned receiver.
+    pub(super) fn push(&self, target: Target, avoid: &[usize]) -> (u64, oneshot::Receiver<Slot>) {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut q = lock(&self.waiters);
+        q.push_back(Waiter { id, target, avoid: avoid.to_vec(), tx });
+        self.len.store(q.len(), Ordering::Release);
+        (id, rx)
+    }
+
+    /// Leaves the queue (served, timed out, or the client gone).
+    pub(super) fn remove(&self, id: u64) {
+        let mut q = lock(&self.waiters);
+        q.retain(|w| w.id != id);
+        self.len.store(q.len(), Ordering::Release);
+    }
+
+    /// Serves waiters in arrival order while servers can take them: each waiter is offered
+    /// a server by its own target; a waiter that cannot be served is passed over, and
+    /// later waiters with the same target are not even tried (nothing they could get).
+    pub fn dispatch(&self) {
+        if self.is_empty() {
+            return;
+        }
+        let Some(listener) = self.current() else { return };
+        let mut served = Vec::new();
+        {
+            let mut q = lock(&self.waiters);
+            let mut stuck: Vec<Target> = Vec::new();
+            let mut i = 0;
+            while i < q.len() {
+                let w = &q[i];
+                if w.tx.is_closed() {
+                    q.remove(i);
+                    continue;
+                }
+                if w.avoid.is_empty() && stuck.contains(&w.target) {
+                    i += 1;
+                    continue;
+                }
+                match pick(&listener, &w.avoid, w.target) {
+                    Ok(slot) => {
+                        if let Some(w) = q.remove(i) {
+                            served.push((w.tx, slot));
+                        }
+                    }
+                    Err(_) => {
+                        if w.avoid.is_empty() {
+                            stuck.push(w.target);
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            self.len.store(q.len(), Ordering::Release);
+        }
+        // Outside the lock: a waiter that left meanwhile hands its slot back, and dropping
+        // a slot dispatches again.
+        for (tx, slot) in served {
+            let _ = tx.send(slot);
+        }
+    }
+
+    /// Wakes sessions pausing after a server that was not ready, and serves the queue.
+    pub fn changed(&self) {
+        self.changed.notify_waiters();
+        self.dispatch();
+    }
+}

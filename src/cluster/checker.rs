@@ -1,0 +1,299 @@
+//! The checker tasks: the control plane. A task probes one target and turns the answer
+//! into a verdict for each check that depends on it, feeds their state machines and the
+//! leader arbitration, and hands every resulting decision to the data plane as a
+//! [`Change`]; it never touches a session itself.
+//!
+//! In `patroni` mode there is one task per node making one `GET /primary` per interval:
+//! the status says whether the node holds the leader lock, the JSON body answers every
+//! other check, and the claims of all nodes are arbitrated so that at most one node is the
+//! write target at any instant. In `http` mode there is one task per distinct
+//! (node, method, path), as in HAProxy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::node::{Answer, Claim};
+use super::{Change, Check, React, Runtime};
+use crate::config::{CheckMode, CheckSpec, CheckTiming};
+use crate::health::{verdict, CheckCode, NodeStatus, Probe, ProbeResult, Transition, View};
+
+/// The least time between two probes of the same target when probes are requested early
+/// (failed connects, resets), so a burst of failing sessions cannot become a check storm
+/// on Patroni's five REST worker threads.
+const MIN_KICK_GAP: Duration = Duration::from_millis(100);
+
+/// What Patroni mode asks every node.
+const PATRONI_PROBE_PATH: &str = "/primary";
+
+/// One probe target and the checks its answers feed.
+struct Target {
+    node: usize,
+    address: String,
+    spec: CheckSpec,
+    checks: Vec<Arc<Check>>,
+}
+
+/// Starts the checkers of `rt`; they stop when `stop` is cancelled. Their decisions go to `react`.
+pub fn spawn_checkers(
+    rt: &Arc<Runtime>,
+    probe: Arc<dyn Probe>,
+    react: Arc<dyn React>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    for target in targets(rt) {
+        let checker = Checker { rt: Arc::clone(rt), target, react: Arc::clone(&react), stop: stop.clone() };
+        tracker.spawn(checker.run(Arc::clone(&probe)));
+    }
+}
+
+fn targets(rt: &Runtime) -> Vec<Target> {
+    let mut groups: BTreeMap<(usize, String, String), Vec<Arc<Check>>> = BTreeMap::new();
+    for c in &rt.checks {
+        let key = match rt.config.global.check_mode {
+            CheckMode::Patroni => (c.node, "GET".to_owned(), PATRONI_PROBE_PATH.to_owned()),
+            CheckMode::Http => (c.node, c.spec.method.clone(), c.spec.path.clone()),
+        };
+        groups.entry(key).or_default().push(Arc::clone(c));
+    }
+    groups
+        .into_iter()
+        .map(|((node, method, path), checks)| {
+            let t =
+                |f: fn(&CheckTiming) -> Duration| checks.iter().map(|c| f(&c.spec.timing)).min().unwrap_or_default();
+            let first = &checks[0].spec;
+            let spec = CheckSpec {
+                method,
+                path,
+                expect: first.expect,
+                timing: CheckTiming {
+                    connect_timeout: t(|t| t.connect_timeout),
+                    timeout: t(|t| t.timeout),
+                    fall: checks.iter().map(|c| c.spec.timing.fall).min().unwrap_or(first.timing.fall),
+                    ..first.timing
+                },
+                endpoint: None,
+                source: rt.config.nodes[node].source,
+            };
+            Target { node, address: checks[0].target.clone(), spec, checks }
+        })
+        .collect()
+}
+
+struct Checker {
+    rt: Arc<Runtime>,
+    target: Target,
+    react: Arc<dyn React>,
+    stop: CancellationToken,
+}
+
+impl Checker {
+    async fn run(self, probe: Arc<dyn Probe>) {
+        let rt = &self.rt;
+        let node = Arc::clone(&rt.nodes[self.target.node]);
+        loop {
+            let started = Instant::now();
+            let seen = node.kicks();
+            let result = tokio::select! {
+                r = probe.probe(&self.target.address, &self.target.spec) => r,
+                () = self.stop.cancelled() => return,
+            };
+            if !result.passed() && result.status.is_none() {
+                tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
+            }
+            match rt.config.global.check_mode {
+                CheckMode::Patroni => self.patroni_answer(result).await,
+                CheckMode::Http => self.http_answer(&result),
+            }
+            let mut delay =
+                self.target.checks.iter().map(|c| c.next_interval()).min().unwrap_or(self.target.spec.timing.inter);
+            if rt.leader_lost() {
+                delay = delay.min(rt.config.global.hunt_inter);
+            }
+            tokio::select! {
+                () = sleep(delay) => {}
+                () = node.kicked_since(seen) => {
+                    // Re-probe early, but not faster than MIN_KICK_GAP.
+                    tokio::select! {
+                        () = sleep_until(started + MIN_KICK_GAP) => {}
+                        () = self.stop.cancelled() => return,
+                    }
+                }
+                () = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn emit(&self, change: Change) {
+        self.react.react(&self.rt, change);
+    }
+
+    /// A transition of `check`, as a change for the data plane.
+    fn transition(&self, check: &Arc<Check>, t: Transition) {
+        match t {
+            Transition::WentUp => {
+                if check.strict {
+                    self.rt.leadership.admitted();
+                }
+                self.emit(Change::Up { check: Arc::clone(check) });
+            }
+            Transition::WentDown => self.emit(Change::Down { check: Arc::clone(check) }),
+        }
+    }
+
+    fn admitting(&self, check: &Arc<Check>) {
+        if check.is_up() {
+            self.emit(Change::Admitting { check: Arc::clone(check) });
+        }
+    }
+
+    /// HAProxy's rule: the status must equal each check's `expect`.
+    fn http_answer(&self, result: &ProbeResult) {
+        for c in &self.target.checks {
+            let mut r = result.clone();
+            r.body = None;
+            if let Some(status) = r.status {
+                let ok = status == c.spec.expect;
+                r.code = if ok { CheckCode::L7Ok } else { CheckCode::L7Sts };
+                r.detail = if ok { String::new() } else { format!("status {status}, expected {}", c.spec.expect) };
+            }
+            if let Some(t) = c.record(r) {
+                self.transition(c, t);
+            }
+            self.admitting(c);
+        }
+    }
+
+    /// Patroni mode: record the node's answer, arbitrate leadership across nodes, then give
+    /// each of the node's checks the verdict Patroni would have given its endpoint.
+    async fn patroni_answer(&self, result: ProbeResult) {
+        let rt = &self.rt;
+        let index = self.target.node;
+        let node = &rt.nodes[index];
+        let status = match (&result.status, &result.body) {
+            (Some(_), Some(body)) => Some(NodeStatus::parse(body)),
+            _ => None,
+        };
+        let parsed = status.as_ref().and_then(|s| s.as_ref().ok()).cloned();
+        let answer = match (&parsed, result.status) {
+            // Only a 200 on /primary with a readable status is a leadership claim; any
+            // other readable answer says the node does not lead.
+            (Some(st), Some(code)) => Answer::Says {
+                leads: code == 200,
+                timeline: st.timeline,
+                system_id: st.database_system_identifier.clone(),
+                running_primary: st.is_running() && st.is_primary(),
+            },
+            _ => Answer::Failed,
+        };
+        let timing = &self.target.spec.timing;
+        node.record(result.clone(), parsed.clone(), &answer, timing.fall);
+
+        let _serial = rt.leadership.serial.lock().await;
+        // A reload may have replaced this checker while it waited: the new one decides now.
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let claims: Vec<(usize, Claim)> = rt.nodes.iter().filter_map(|n| Some((n.index, n.claim()?))).collect();
+        let was_conflict = rt.leadership.conflict();
+        let decision = rt.leadership.decide(&claims);
+        if let Some((from, to)) = &decision.identity_changed {
+            match from {
+                Some(_) => self.emit(Change::IdentityChanged { from: from.clone(), to: to.clone() }),
+                None => tracing::info!(system_identifier = %to, "cluster identified"),
+            }
+        }
+        if decision.conflict && !was_conflict {
+            let claimants = claims.iter().map(|c| rt.nodes[c.0].name.clone()).collect();
+            self.emit(Change::Conflict { claimants });
+        }
+        if decision.changed() {
+            self.leader_changed(decision.previous, decision.leader, &claims);
+        }
+        if decision.conflict {
+            // Writes to neither: stop admitting, without cutting anyone yet.
+            for c in rt.checks.iter().filter(|c| c.strict) {
+                c.suspend();
+            }
+        }
+        let is_leader = decision.leader == Some(index);
+        if let (true, Some(p)) = (is_leader, parsed.as_ref().and_then(|s| s.xlog.location)) {
+            rt.leadership.note_position(p);
+        }
+        let leader_status = decision.leader.and_then(|l| rt.nodes[l].report().status);
+        let view = View {
+            is_leader,
+            // Known within fall x inter; older than that, lag bounds fail closed.
+            leader_position: rt.leadership.position(timing.inter * timing.fall),
+            standbys: leader_status.as_ref().map_or(&[], |s| s.replication.as_slice()),
+            now: Some(std::time::SystemTime::now()),
+        };
+        for c in &self.target.checks {
+            let (r, lag) = match (&status, c.spec.endpoint.as_ref()) {
+                (Some(Ok(st)), Some(endpoint)) => {
+                    let v = verdict(endpoint, st, view, c.report().lag_excluded);
+                    let r = ProbeResult {
+                        code: if v.passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
+                        status: Some(if v.passed { 200 } else { 503 }),
+                        duration: result.duration,
+                        detail: v.why,
+                        body: None,
+                    };
+                    (r, Some(v.lag_excluded))
+                }
+                (Some(Err(why)), _) => {
+                    (ProbeResult { code: CheckCode::L7Rsp, detail: why.clone(), body: None, ..result.clone() }, None)
+                }
+                _ => (ProbeResult { body: None, ..result.clone() }, None),
+            };
+            // Fast promotion: while a failover is under way (a leader was known and is gone),
+            // the node every claim agrees on, answering as a running primary, is the write
+            // target now; waiting `rise` more intervals would only lengthen the outage.
+            let promote = c.strict && r.passed() && view.is_leader && rt.leadership.had_leader() && rt.leader_lost();
+            let t = if promote {
+                let reason = format!("{}: new leader found while none was admitted", r.summary());
+                c.promote(r, reason)
+            } else {
+                c.record_with(r, lag)
+            };
+            if let Some(t) = t {
+                self.transition(c, t);
+            }
+            self.admitting(c);
+        }
+    }
+
+    /// A new leader (or none): every other node's leader checks go DOWN at once, cutting their
+    /// sessions, without waiting for their own `fall` failures; with no leader, every node is
+    /// probed at once so the next one is found quickly.
+    fn leader_changed(&self, previous: Option<usize>, leader: Option<usize>, claims: &[(usize, Claim)]) {
+        let rt = &self.rt;
+        let name = |i: Option<usize>| i.map(|i| rt.nodes[i].name.clone());
+        let timeline = leader.and_then(|l| claims.iter().find(|c| c.0 == l).and_then(|c| c.1.timeline));
+        self.emit(Change::LeaderChanged { from: name(previous), to: name(leader), timeline });
+        if let Some(new) = leader {
+            // Every other node's leader checks go down now, not only the previous leader's: a
+            // former leader may be two decisions back (a conflict or a missed claim between).
+            let reason = format!(
+                "{} now leads (timeline {})",
+                rt.nodes[new].name,
+                timeline.map_or("?".into(), |t| t.to_string())
+            );
+            for c in rt.checks.iter().filter(|c| c.strict && c.node != new) {
+                if let Some(t) = c.force_down(reason.clone()) {
+                    self.transition(c, t);
+                }
+            }
+        }
+        if leader.is_none() {
+            for n in &rt.nodes {
+                n.kick();
+            }
+        }
+    }
+}

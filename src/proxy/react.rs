@@ -1,0 +1,74 @@
+//! The data plane's answer to the control plane's decisions: cutting the sessions a
+//! mark-down names, serving queues when servers come up, and saying what happened (a log
+//! line and an entry on the stats page for each).
+
+use std::sync::Arc;
+
+use crate::cluster::{Change, Check, React, Runtime};
+
+/// Acts on [`Change`]s for a running pgfront.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Reactor;
+
+impl React for Reactor {
+    fn react(&self, rt: &Runtime, change: Change) {
+        match change {
+            Change::Up { check } => up(rt, &check),
+            Change::Down { check } => down(rt, &check),
+            Change::Admitting { check } => {
+                for (l, _) in rt.servers_of(&check) {
+                    l.queue.dispatch();
+                }
+            }
+            Change::LeaderChanged { from, to, timeline } => {
+                let name = |n: &Option<String>| n.clone().unwrap_or_else(|| "none".into());
+                tracing::warn!(previous = %name(&from), leader = %name(&to), timeline = ?timeline, "leader changed");
+                rt.events.push(format!(
+                    "leader: {} -> {}{}",
+                    name(&from),
+                    name(&to),
+                    timeline.map_or(String::new(), |t| format!(" (timeline {t})"))
+                ));
+                // Fallback and primary-on-request sessions wait for the leader itself.
+                for l in &rt.listeners {
+                    l.wake_queue();
+                }
+            }
+            Change::Conflict { claimants } => {
+                rt.events.push("several nodes claim leadership on the same timeline: writes held".to_owned());
+                tracing::error!(claimants = ?claimants,
+                    "several nodes claim leadership on the same timeline: writes are held until one remains");
+            }
+            Change::IdentityChanged { from, to } => {
+                let from = from.unwrap_or_default();
+                tracing::warn!(previous = %from, system_identifier = %to,
+                    "cluster identity changed: the cluster was rebuilt (new system identifier); timelines start over");
+                rt.events.push(format!("cluster identity changed: system identifier {from} -> {to} (rebuilt cluster)"));
+            }
+        }
+    }
+}
+
+fn up(rt: &Runtime, check: &Arc<Check>) {
+    let report = check.report();
+    for (listener, server) in rt.servers_of(check) {
+        tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
+            servers_up = listener.servers_up(), "server is UP");
+        rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.reason));
+        listener.wake_queue();
+    }
+}
+
+fn down(rt: &Runtime, check: &Arc<Check>) {
+    let report = check.report();
+    for (listener, server) in rt.servers_of(check) {
+        let remaining = listener.servers_up();
+        let cut = if listener.config.shutdown_sessions { server.cut_sessions() } else { 0 };
+        tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
+            servers_up = remaining, sessions_cut = cut, "server is DOWN");
+        rt.events.push(format!(
+            "{}/{} DOWN: {} ({cut} sessions cut, {remaining} servers up)",
+            listener.config.name, server.name, report.reason
+        ));
+    }
+}
