@@ -166,3 +166,65 @@ fn a_missing_certificate_is_a_config_error_with_its_line() {
     let e = pgfront::Config::parse(std::path::Path::new("t.toml"), text).unwrap_err().to_string();
     assert!(e.starts_with("t.toml:8:") && e.contains("listener.tls") && e.contains("/nonexistent/c.pem"), "{e}");
 }
+
+#[tokio::test]
+async fn a_failed_tls_handshake_towards_the_server_is_08006_at_once_not_a_hold() {
+    // Before: held for the whole timeout_queue and then refused as 57P03, like a failover.
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let (_dir, cert, key) = cert();
+    // TLS towards servers that do not speak it (the echo backends answer the SSLRequest
+    // with their name); a 30 s queue on the read listener.
+    let text =
+        config(&lab, &cert, &key).replace("server = \"disable\" }", "server = \"require\" }\ntimeout_queue = \"30s\"");
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "replica up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1)
+        .await;
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain.write_all(&startup_message(&[("user", "app")])).await.unwrap();
+    let mut first = [0u8; 1];
+    tokio::time::timeout(LIMIT, plain.read_exact(&mut first)).await.expect("answered before the hold bound").unwrap();
+    assert_eq!(first[0], b'E');
+    let fatal = read_error(&mut plain).await;
+    assert_eq!(fatal.code, "08006", "{fatal:?}");
+    assert!(fatal.message.contains("TLS with node2"), "{}", fatal.message);
+    let (_, page) = http_get(pg.web_addr().unwrap(), "/", Some("YWRtaW46c2VjcmV0")).await;
+    assert!(page.contains("does not accept TLS"), "the page shows the reason");
+    let rt = pg.shared().runtime.load();
+    let node2 = &rt.listener("replicas").unwrap().servers[1];
+    assert_eq!(node2.stats.cur.load(std::sync::atomic::Ordering::SeqCst), 0, "the slot is released");
+}
+
+#[tokio::test]
+async fn a_tls_client_that_gives_up_while_queued_leaves_the_queue() {
+    // Before: a TLS client's close was never noticed while it waited.
+    let lab = Lab::start(1).await;
+    lab.leader(0); // node1 leads: the replica listener has nobody
+    let (_dir, cert, key) = cert();
+    let text =
+        config(&lab, &cert, &key).replace("server = \"disable\" }", "server = \"disable\" }\ntimeout_queue = \"30s\"");
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    let queued = || {
+        pg.shared()
+            .runtime
+            .load()
+            .listener("replicas")
+            .unwrap()
+            .stats
+            .queue_cur
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&OPENING).await.unwrap();
+    let mut s = [0u8; 1];
+    tcp.read_exact(&mut s).await.unwrap();
+    let mut tls = connector(true).connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+    tls.write_all(&startup_message(&[("user", "app")])).await.unwrap();
+    tls.flush().await.unwrap();
+    eventually(LIMIT, "queued", || queued() == 1).await;
+    tls.shutdown().await.unwrap();
+    drop(tls);
+    eventually(LIMIT, "the client that left is out of the queue", || queued() == 0).await;
+}

@@ -1,0 +1,288 @@
+//! Ordinary bad days, against scripted REST fakes and echo backends: a REST blip, a
+//! rebuilt cluster, reloads mid-flight, a frozen handshake, a stop with sessions held.
+//! Each test failed before the fix it guards (see the issue note for their output).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pgfront::Config;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn up_count(pg: &pgfront::Pgfront, listener: &str) -> usize {
+    pg.shared().runtime.load().listener(listener).map_or(0, |l| l.servers_up())
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(Path::new("faults.toml"), text).unwrap()
+}
+
+/// The usual config with the replica listener honouring `pgfront.target` (like 5002).
+fn reads_config(lab: &Lab, extra: &str) -> String {
+    lab.config(extra).replace(
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"",
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\nclient_target = true",
+    )
+}
+
+/// Opens a session asking for the primary; returns it and the backend's name.
+async fn primary_session(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")])).await.unwrap();
+    let mut ok = [0u8; 9];
+    s.read_exact(&mut ok).await.unwrap();
+    assert_eq!(ok[0], b'R');
+    let mut name = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        if b[0] == b'\n' {
+            return (s, String::from_utf8(name).unwrap());
+        }
+        name.push(b[0]);
+    }
+}
+
+async fn still_open(s: &mut TcpStream) -> bool {
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut b = [0u8; 4];
+    matches!(tokio::time::timeout(LIMIT, s.read_exact(&mut b)).await, Ok(Ok(_))) && &b == b"ping"
+}
+
+fn failures(pg: &pgfront::Pgfront, listener: &str, server: &str) -> u64 {
+    let rt = pg.shared().runtime.load();
+    let l = rt.listener(listener).unwrap();
+    l.servers.iter().find(|s| s.name == server).unwrap().check.report().failures
+}
+
+#[tokio::test]
+async fn a_rest_blip_of_the_leader_cuts_nothing_and_is_no_leader_change() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    // fall 4: a blip of one or two failed probes stays below it.
+    let pg = start(&reads_config(&lab, "").replace("fall = 2", "fall = 4"));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
+    assert_eq!(on, "node1");
+    let mut writer = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    let changes = pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst);
+
+    // The leader's agent stops answering for one probe (busy, or restarting), then is back.
+    let before = failures(&pg, "primary", "node1");
+    lab.nodes[0].rest.set_all(Some(Answer::Reset));
+    eventually(LIMIT, "one probe failed", || failures(&pg, "primary", "node1") > before).await;
+    lab.nodes[0].rest.set_all(None);
+    eventually(LIMIT, "answering again", || up_count(&pg, "primary") == 1).await;
+
+    assert!(still_open(&mut asked).await, "the session that asked for the primary was cut by a blip");
+    writer.echo(b"the writer too").await.unwrap();
+    let after = pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst);
+    assert_eq!(after, changes, "a blip counted as leader changes");
+
+    // Losing the leader for good still ends the term after fall failures.
+    lab.nodes[0].rest.set_all(Some(Answer::Reset));
+    let mut b = [0u8; 8];
+    let r = tokio::time::timeout(LIMIT, asked.read(&mut b)).await.expect("ended after fall");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_rebuilt_cluster_takes_writes_again_without_a_restart() {
+    let lab = Lab::start(3).await;
+    let status = |role: &str, tl: u64, id: &str| {
+        format!(
+            r#"{{"state": "running", "role": "{role}", "timeline": {tl}, "database_system_identifier": "{id}", "xlog": {{"location": 1000}}}}"#
+        )
+    };
+    let play = |leader: usize, tl: u64, id: &str| {
+        for (i, n) in lab.nodes.iter().enumerate() {
+            n.rest.patroni(if i == leader { "primary" } else { "replica" }, tl);
+            n.rest.set_json(&status(if i == leader { "primary" } else { "replica" }, tl, id));
+        }
+    };
+    play(0, 7, "7001");
+    let pg = start(&lab.config(""));
+    let writes = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "node1 leads on timeline 7", || up_count(&pg, "primary") == 1).await;
+    assert_eq!(connect(writes).await.unwrap().server, "node1");
+
+    // Re-bootstrapped: a new database, timeline 1, node2 leads.
+    play(1, 1, "7999");
+    eventually(LIMIT, "writes resume on the rebuilt cluster", || {
+        let rt = pg.shared().runtime.load();
+        rt.leadership.leader() == Some(1) && up_count(&pg, "primary") == 1
+    })
+    .await;
+    assert_eq!(connect(writes).await.unwrap().server, "node2");
+    let (_, metrics) = http_get(pg.web_addr().unwrap(), "/metrics", None).await;
+    assert!(metrics.contains("pgfront_cluster_identity_changes_total 1"), "{metrics}");
+    assert!(metrics.contains(r#"pgfront_cluster_info{system_identifier="7999"} 1"#));
+    let (_, page) = http_get(pg.web_addr().unwrap(), "/", Some("YWRtaW46c2VjcmV0")).await;
+    assert!(page.contains("cluster identity changed") && page.contains("7999"), "the page says so");
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_only_timings_keeps_every_server_up() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let mut live = connect(pg.listener_addr("replicas").unwrap()).await.unwrap();
+    // The check's connect bound is min(timeout_connect, inter): 50ms -> 30ms, and inter too.
+    let changed = text
+        .replace("timeout_connect = \"500ms\"", "timeout_connect = \"30ms\"")
+        .replace("inter = \"50ms\"\nfastinter", "inter = \"60ms\"\nfastinter");
+    let downs = |pg: &pgfront::Pgfront| -> u64 {
+        let rt = pg.shared().runtime.load();
+        rt.listeners.iter().flat_map(|l| &l.servers).map(|s| s.check.report().downs).sum()
+    };
+    let downs_before = downs(&pg);
+    pg.reload(parse(&changed)).unwrap();
+    assert_eq!(up_count(&pg, "replicas"), 2, "a timing change sent the replicas back to DOWN");
+    assert_eq!(up_count(&pg, "primary"), 1);
+    let rt = pg.shared().runtime.load();
+    let check = &rt.listener("replicas").unwrap().servers[1].check;
+    assert_eq!(check.spec.timing.connect_timeout, Duration::from_millis(30), "the new timing applies");
+    assert_eq!(check.spec.timing.inter, Duration::from_millis(60));
+    drop(rt);
+    live.echo(b"still here").await.unwrap();
+    assert_eq!(downs(&pg), downs_before);
+}
+
+#[tokio::test]
+async fn fallback_sessions_end_at_a_failover_after_a_reload_that_changed_the_nodes() {
+    let lab = Lab::start(4).await;
+    lab.leader(0);
+    let text = reads_config(&lab, "");
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 3 && up_count(&pg, "primary") == 1).await;
+    let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
+    assert_eq!(on, "node1");
+    // node4 leaves the configuration: a new node list, a rebuilt leadership.
+    let node4 = format!(
+        "[[node]]\nname = \"node4\"\naddress = \"{}\"\ncheck_address = \"{}\"\n\n",
+        lab.nodes[3].backend.addr, lab.nodes[3].rest.addr
+    );
+    assert!(text.contains(&node4));
+    pg.reload(parse(&text.replace(&node4, ""))).unwrap();
+    assert!(still_open(&mut asked).await, "the reload itself cuts nothing");
+    // A failover after the reload must end the session on the demoted leader.
+    lab.leader(2);
+    let mut b = [0u8; 8];
+    let r = tokio::time::timeout(LIMIT, asked.read(&mut b)).await.expect("the orphaned session was never cut");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_stop_ends_sessions_still_held_in_the_queue() {
+    let lab = Lab::start(2).await;
+    // No leader: sessions on the write listener wait up to timeout_queue (30 s).
+    lab.nodes[0].rest.patroni("replica", 1);
+    lab.nodes[1].rest.patroni("replica", 1);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    held.write_all(&startup_message(&[("user", "u")])).await.unwrap();
+    eventually(LIMIT, "held", || {
+        pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stopped = tokio::time::timeout(LIMIT, pg.shutdown(Duration::from_millis(100))).await;
+    assert!(stopped.is_ok(), "the hard stop waited for a session held in the queue");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(LIMIT, held.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the held client is closed by the stop");
+}
+
+#[tokio::test]
+async fn idle_accept_loops_hold_no_global_place() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config("").replace("hard_stop_after = \"5s\"", "hard_stop_after = \"5s\"\nmaxconn = 2"));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2).await;
+    let replicas = pg.listener_addr("replicas").unwrap();
+    let _one = connect(replicas).await.unwrap();
+    // One session of two is open: a second must be served, although the primary
+    // listener's accept loop sits idle.
+    let two = tokio::time::timeout(LIMIT, connect(replicas)).await;
+    assert!(two.is_ok_and(|c| c.is_ok()), "an idle accept loop held the place");
+}
+
+#[tokio::test]
+async fn drain_and_maint_are_reported_in_server_status() {
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    eventually(LIMIT, "up", || up_count(&pg, "primary") == 1 && up_count(&pg, "replicas") == 1).await;
+    let rt = pg.shared().runtime.load();
+    rt.listener("primary").unwrap().servers[0].set_admin(pgfront::cluster::AdminState::Drain);
+    rt.listener("replicas").unwrap().servers[1].set_admin(pgfront::cluster::AdminState::Maint);
+    let (_, m) = http_get(pg.web_addr().unwrap(), "/metrics", None).await;
+    for line in [
+        r#"pgfront_server_status{listener="primary",server="node1",state="DRAIN"} 1"#,
+        r#"pgfront_server_status{listener="primary",server="node1",state="UP"} 0"#,
+        r#"pgfront_server_status{listener="replicas",server="node2",state="MAINT"} 1"#,
+        r#"pgfront_server_status{listener="replicas",server="node2",state="DOWN"} 0"#,
+    ] {
+        assert!(m.contains(line), "missing {line}");
+    }
+}
+
+/// A PostgreSQL stand-in that accepts TLS (answers an SSLRequest `S`) and then waits.
+async fn accepts_ssl() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 8];
+                if s.read_exact(&mut head).await.is_ok() {
+                    let _ = s.write_all(b"S").await;
+                }
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn plain_text_after_the_server_accepted_ssl_is_refused_not_relayed() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let backend = accepts_ssl().await;
+    let text =
+        lab.config("timeout_startup = \"200ms\"").replace(&lab.nodes[0].backend.addr.to_string(), &backend.to_string());
+    let pg = start(&text);
+    eventually(LIMIT, "up", || up_count(&pg, "primary") == 1).await;
+    let mut c = TcpStream::connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    c.write_all(&OPENING).await.unwrap();
+    let mut s = [0u8; 1];
+    c.read_exact(&mut s).await.unwrap();
+    assert_eq!(&s, b"S", "the server's answer is relayed");
+    // A broken client continues in plain text instead of starting TLS.
+    c.write_all(&startup_message(&[("user", "u")])).await.unwrap();
+    let mut first = [0u8; 1];
+    let r = tokio::time::timeout(LIMIT, c.read_exact(&mut first)).await.expect("the session hung");
+    assert!(r.is_ok() && first[0] == b'E', "a readable error: {r:?} {first:?}");
+    let fatal = read_error(&mut c).await;
+    assert_eq!(fatal.code, "08P01", "{fatal:?}");
+    // A client that says nothing at all is closed after timeout_startup.
+    let mut quiet = TcpStream::connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    quiet.write_all(&OPENING).await.unwrap();
+    quiet.read_exact(&mut s).await.unwrap();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(LIMIT, quiet.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "a silent client after S hung");
+}
