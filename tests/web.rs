@@ -55,7 +55,7 @@ async fn views_show_state_and_counters() {
     assert_eq!(row[col("status")], "UP");
     assert_eq!(row[col("scur")], "1");
     assert_eq!(row[col("slim")], "100");
-    assert_eq!(row[col("bin")], "18", "8-byte opening + 10 bytes");
+    assert_eq!(row[col("bin")], "8", "the opening is counted at once; the session's own bytes within a second");
     assert_eq!(row[col("check_status")], "L7OK");
     assert_eq!(row[col("check_code")], "200");
     let down: Vec<&str> = csv.lines().find(|l| l.starts_with("primary,node2,")).unwrap().split(',').collect();
@@ -72,6 +72,20 @@ async fn views_show_state_and_counters() {
     assert_eq!(primary["servers"][0]["cur"], 1);
     assert_eq!(primary["servers"][0]["status"], "UP");
     assert_eq!(v["sessions"], 1);
+
+    // Byte counters are exact once the session ends.
+    drop(c);
+    let bytes_in = || async {
+        let (_, csv) = get(web, "/;csv", Some(ADMIN)).await;
+        let row: Vec<String> =
+            csv.lines().find(|l| l.starts_with("primary,node1,")).unwrap().split(',').map(str::to_owned).collect();
+        row[col("bin")].clone()
+    };
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while bytes_in().await != "18" {
+        assert!(tokio::time::Instant::now() < deadline, "8-byte opening + 10 bytes counted at the end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

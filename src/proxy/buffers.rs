@@ -36,18 +36,23 @@ fn give(buf: Box<[u8]>) {
 
 /// A buffer slot of one copy direction; returns its buffer to the pool when dropped.
 #[derive(Default)]
-pub struct Slot(Option<Box<[u8]>>);
+pub struct Slot {
+    buf: Option<Box<[u8]>>,
+    /// The last read did not fill the buffer: the socket was drained, so the next read
+    /// waits for readiness (with no buffer held) instead of trying and failing first.
+    drained: bool,
+}
 
 impl Slot {
     /// The bytes of the last read.
     pub fn filled(&self, n: usize) -> &[u8] {
-        self.0.as_deref().map_or(&[][..], |b| &b[..n])
+        self.buf.as_deref().map_or(&[][..], |b| &b[..n])
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
+        if let Some(b) = self.buf.take() {
             give(b);
         }
     }
@@ -61,31 +66,29 @@ pub trait Source {
 
 impl Source for tokio::net::tcp::ReadHalf<'_> {
     async fn read_chunk(&mut self, slot: &mut Slot) -> io::Result<usize> {
-        let stream = self.as_ref();
-        loop {
-            if slot.0.is_none() {
-                // Idle: wait with no buffer held.
-                stream.readable().await?;
-                slot.0 = Some(take());
-            }
-            let buf = slot.0.as_mut().expect("taken above");
-            match stream.try_read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Drained: give the buffer back until the next burst.
-                    if let Some(b) = slot.0.take() {
-                        give(b);
-                    }
-                }
-                Err(e) => return Err(e),
+        if slot.drained {
+            // Drained by the last read: give the buffer back until the next burst.
+            if let Some(b) = slot.buf.take() {
+                give(b);
             }
         }
+        if slot.buf.is_none() {
+            // Idle: wait with no buffer held.
+            self.as_ref().readable().await?;
+        }
+        let buf = slot.buf.get_or_insert_with(take);
+        // tokio's read clears the socket's readiness after a short read (epoll is edge
+        // triggered: a short read means the socket was drained), so no read is made just
+        // to learn that nothing is left: one recv per chunk.
+        let n = self.read(buf).await?;
+        slot.drained = n < buf.len();
+        Ok(n)
     }
 }
 
 impl<T: AsyncRead + Send> Source for tokio::io::ReadHalf<T> {
     async fn read_chunk(&mut self, slot: &mut Slot) -> io::Result<usize> {
-        let buf = slot.0.get_or_insert_with(take);
+        let buf = slot.buf.get_or_insert_with(take);
         self.read(buf).await
     }
 }

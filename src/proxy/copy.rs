@@ -139,14 +139,18 @@ where
         }
     };
     tokio::pin!(term_ended);
+    // Made once: a cancellation future registers with the token (under its lock) when
+    // first polled, and a new one per loop turn would do that on every wake-up.
+    let cut_ended = cut.cancelled();
+    tokio::pin!(cut_ended);
     let clock = Clock { start: Instant::now(), last: AtomicU64::new(0), goodbye: AtomicBool::new(false) };
     // Milliseconds since `start` of the last byte moved in either direction. Both sides
     // see the same traffic in a forwarding proxy, so one clock serves both limits.
     let mut moved = Moved::default();
+    let (mut up_counted, mut down_counted) = (Counted::new(meters.to_server), Counted::new(meters.to_client));
     let (end, client_done_first) = {
-        let up =
-            one_way(&mut cr, &mut sw, meters.to_server, &mut moved.to_server, &clock, Direction::Up(&clock.goodbye));
-        let down = one_way(&mut sr, &mut cw, meters.to_client, &mut moved.to_client, &clock, Direction::Down(sniffer));
+        let up = one_way(&mut cr, &mut sw, &mut up_counted, &clock, Direction::Up(&clock.goodbye));
+        let down = one_way(&mut sr, &mut cw, &mut down_counted, &clock, Direction::Down(sniffer));
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         let idle_limit = idle.client.min(idle.server);
@@ -174,11 +178,13 @@ where
                     let end = if idle.client <= idle.server { End::ClientIdle } else { End::ServerIdle };
                     break (Some(end), false);
                 }
-                () = cut.cancelled() => break (Some(End::Cut), false),
+                () = &mut cut_ended => break (Some(End::Cut), false),
                 () = &mut term_ended => break (Some(End::LeaderChanged), false),
             }
         }
     };
+    moved.to_server = up_counted.finish();
+    moved.to_client = down_counted.finish();
     let end = end.unwrap_or(if client_done_first { End::ClientClosed } else { End::ServerClosed });
     // A server that closes after the client's Terminate is answering it, not failing.
     let end = match end {
@@ -188,11 +194,49 @@ where
     (end, moved)
 }
 
+/// Bytes of one direction: counted in the session, and added to the server's shared
+/// counter at most once a second (and at the end), not per chunk: a shared counter bumped
+/// from every core on every chunk costs cache-line traffic on the hottest path.
+struct Counted<'a> {
+    meter: &'a AtomicU64,
+    total: u64,
+    flushed: u64,
+    /// Milliseconds (on the session's clock) of the last flush.
+    flushed_at: u64,
+}
+
+/// How stale a session's share of the server's byte counters may get while it moves data.
+const FLUSH_EVERY_MS: u64 = 1000;
+
+impl<'a> Counted<'a> {
+    fn new(meter: &'a AtomicU64) -> Self {
+        Counted { meter, total: 0, flushed: 0, flushed_at: 0 }
+    }
+
+    fn add(&mut self, n: usize, now_ms: u64) {
+        self.total += n as u64;
+        if now_ms.saturating_sub(self.flushed_at) >= FLUSH_EVERY_MS {
+            self.flush();
+            self.flushed_at = now_ms;
+        }
+    }
+
+    fn flush(&mut self) {
+        self.meter.fetch_add(self.total - self.flushed, Ordering::Relaxed);
+        self.flushed = self.total;
+    }
+
+    /// Flushes the rest; returns the direction's total.
+    fn finish(&mut self) -> u64 {
+        self.flush();
+        self.total
+    }
+}
+
 async fn one_way<R, W>(
     r: &mut R,
     w: &mut W,
-    meter: &AtomicU64,
-    moved: &mut u64,
+    counted: &mut Counted<'_>,
     clock: &Clock,
     direction: Direction<'_, '_>,
 ) -> Result<(), Side>
@@ -220,13 +264,13 @@ where
             }
         }
         w.write_all(buf).await.map_err(Side::Write)?;
-        meter.fetch_add(n as u64, Ordering::Relaxed);
-        *moved += n as u64;
+        let now_ms = clock.start.elapsed().as_millis() as u64;
+        counted.add(n, now_ms);
         if let Some(g) = goodbye {
             // The client's Terminate ends its last chunk: whoever closes next, it said goodbye.
             g.store(buf.ends_with(&TERMINATE), Ordering::Relaxed);
         }
-        clock.last.store(clock.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        clock.last.store(now_ms, Ordering::Relaxed);
     }
 }
 

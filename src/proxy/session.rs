@@ -146,7 +146,10 @@ async fn serve_until_end(
     if let Err(e) = tweaks::session(&client) {
         tracing::debug!(listener = %name, client = %peer, error = %e, "socket options");
     }
-    let (mut client, prelude) = match open(client, &listener).await {
+    // The startup phase's futures are boxed: their state (the TLS handshake, the parsed
+    // opening, the connect) is freed when the phase ends, instead of sizing every
+    // session's task for its whole life.
+    let (mut client, prelude) = match Box::pin(open(client, &listener)).await {
         Ok(v) => v,
         Err((client, refusal)) => return refused(&listener, client, peer, started, refusal, None).await,
     };
@@ -156,7 +159,7 @@ async fn serve_until_end(
     }
     let target = target_of(&listener, prelude.startup.as_ref());
     let established = tokio::select! {
-        r = establish(&shared, &listener, &prelude, target, matches!(client, Either::Right(_))) => r,
+        r = Box::pin(establish(&shared, &listener, &prelude, target, matches!(client, Either::Right(_)))) => r,
         // A client that gives up while held in the queue must not later take a server slot.
         () = gone(&client) => Err(Refusal::Gone),
     };
@@ -167,13 +170,17 @@ async fn serve_until_end(
     let server = Arc::clone(slot.server());
     // The connect place is held until authentication ends where pgfront can see it
     // (ReadyForQuery); for an opaque session, until the server answered its opening.
+    let readable = prelude.startup.is_some();
+    let sent = prelude.bytes.len() as u64;
+    // Nothing of the opening is needed any more: an idle session keeps none of it.
+    drop(prelude);
     let connecting = slot.take_connecting();
-    let connecting = if prelude.startup.is_some() { connecting } else { None };
+    let connecting = if readable { connecting } else { None };
     // A child of the server's token, itself a child of the process's session token: cut by
     // mark-down, by an operator, or by the end of a graceful stop. Taken with the slot.
     let token = slot.token().clone();
-    let mut moved = copy::Moved { to_server: prelude.bytes.len() as u64, to_client: 0 };
-    server.stats.bytes_in.fetch_add(prelude.bytes.len() as u64, Ordering::Relaxed);
+    let mut moved = copy::Moved { to_server: sent, to_client: 0 };
+    server.stats.bytes_in.fetch_add(sent, Ordering::Relaxed);
     let written = async {
         client.write_all(&reply).await?;
         // The server accepted TLS for a client pgfront passes through: what the client sends
@@ -200,14 +207,13 @@ async fn serve_until_end(
         Ok(()) => {
             moved.to_client = reply.len() as u64;
             server.stats.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
+            drop(reply);
             let meters = Meters { to_server: &server.stats.bytes_in, to_client: &server.stats.bytes_out };
             let idle = Idle { client: listener.config.timeout_client, server: listener.config.timeout_server };
             // The cancel key is readable when pgfront read the StartupMessage (plain text,
             // or TLS it terminated).
-            let mut sniffer = prelude
-                .startup
-                .as_ref()
-                .map(|_| KeySniffer::new(&shared.cancel_keys, server.address.clone()).holding(connecting));
+            let mut sniffer =
+                readable.then(|| KeySniffer::new(&shared.cancel_keys, server.address.clone()).holding(connecting));
             let watch = Watch { meters, idle, cut: &token, term: slot.term(), sniffer: sniffer.as_mut() };
             let (end, m) = match (client, upstream) {
                 (Either::Left(mut c), Either::Left(mut s)) => copy::bidirectional(&mut c, &mut s, watch).await,
