@@ -286,3 +286,24 @@ async fn plain_text_after_the_server_accepted_ssl_is_refused_not_relayed() {
     let r = tokio::time::timeout(LIMIT, quiet.read_to_end(&mut rest)).await;
     assert!(r.is_ok(), "a silent client after S hung");
 }
+
+#[tokio::test]
+async fn connects_in_flight_are_bounded_and_released_at_ready_for_query_or_timeout() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    // One connect at a time; the fake backends never send ReadyForQuery, so each place
+    // comes back only after timeout_connect (500ms).
+    let pg = start(&lab.config("max_connecting = 1\ntimeout_queue = \"5s\""));
+    eventually(LIMIT, "up", || up_count(&pg, "primary") == 1).await;
+    let addr = pg.listener_addr("primary").unwrap();
+    let (_first, on) = primary_session(addr).await;
+    assert_eq!(on, "node1");
+    let server =
+        || pg.shared().runtime.load().listener("primary").unwrap().servers[0].stats.connecting.load(Ordering::SeqCst);
+    assert_eq!(server(), 1, "the first session is still authenticating");
+    // The second waits for the place, then gets it: served, not refused.
+    let (_second, on) = tokio::time::timeout(LIMIT, primary_session(addr)).await.expect("never released");
+    assert_eq!(on, "node1");
+    let queued = pg.shared().runtime.load().listener("primary").unwrap().stats.queue_max.load(Ordering::SeqCst);
+    assert_eq!(queued, 1, "the second session waited in the queue");
+}

@@ -146,6 +146,17 @@ pub struct Node {
     pub source: Option<IpAddr>,
 }
 
+/// Which sessions are logged (HAProxy's `option dontlog-normal` is `errors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSessions {
+    /// A line for every session that ends and every refusal.
+    All,
+    /// Only sessions that end abnormally (errors, timeouts, cuts) and refusals.
+    Errors,
+    /// No per-session lines (transitions, reloads and admin actions are still logged).
+    None,
+}
+
 /// How a listener picks a server among those admitted by its check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Balance {
@@ -222,6 +233,8 @@ pub struct Listener {
     pub timeout_startup: Duration,
     /// Sessions connecting to one server at once; the rest wait in the queue, oldest first.
     pub max_connecting: usize,
+    /// Which sessions get a log line when they end or are refused.
+    pub log_sessions: LogSessions,
     /// Close every session of a server when its check marks it down.
     pub shutdown_sessions: bool,
     /// Send sessions to the leader when no server passes this listener's check.
@@ -615,6 +628,18 @@ impl Validator<'_> {
             max_connecting: self
                 .positive(s.max_connecting.as_ref(), "max_connecting")?
                 .unwrap_or(defaults::MAX_CONNECTING),
+            log_sessions: match &s.log_sessions {
+                None => LogSessions::All,
+                Some(v) => match v.get_ref().as_str() {
+                    "all" => LogSessions::All,
+                    "errors" => LogSessions::Errors,
+                    "none" => LogSessions::None,
+                    other => {
+                        let msg = format!("unknown value {other:?}; expected \"all\", \"errors\" or \"none\"");
+                        return Err(self.src.error(v.span(), "log_sessions", msg));
+                    }
+                },
+            },
             shutdown_sessions,
             fallback_to_leader,
             client_target,

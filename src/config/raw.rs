@@ -117,6 +117,7 @@ tunables! {
     on_marked_down: Spanned<String>,
     max_replay_delay: Spanned<Dur>,
     max_connecting: Spanned<usize>,
+    log_sessions: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -306,3 +306,13 @@ fn source_applies_to_every_node_unless_a_node_sets_its_own() {
     assert_eq!((line, key.as_str()), (2, "global.source"));
     assert!(message.contains("not an IP address"), "{message}");
 }
+
+#[test]
+fn log_sessions_is_all_errors_or_none() {
+    assert_eq!(parse(BASE).unwrap().listeners[0].log_sessions, LogSessions::All);
+    let c = parse(&format!("[defaults]\nlog_sessions = \"errors\"\n{BASE}")).unwrap();
+    assert_eq!(c.listeners[0].log_sessions, LogSessions::Errors);
+    let (line, key, message) = err_at(&format!("[defaults]\nlog_sessions = \"some\"\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "log_sessions"));
+    assert!(message.contains("\"errors\""), "{message}");
+}

@@ -11,7 +11,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::buffers::{Slot, Source};
-use super::keys::KeySniffer;
+use super::keys::{release, Held, KeySniffer};
 
 /// Why a session ended (in the spirit of HAProxy's termination codes).
 #[derive(Debug)]
@@ -33,6 +33,11 @@ pub enum End {
 }
 
 impl End {
+    /// A normal end: either side closed (the usual Terminate, or the server answering it).
+    pub fn is_normal(&self) -> bool {
+        matches!(self, End::ClientClosed | End::ServerClosed)
+    }
+
     pub fn as_label(&self) -> &'static str {
         match self {
             End::ClientClosed => "client_closed",
@@ -102,6 +107,9 @@ pub struct Watch<'a, 'k> {
     pub term: Option<&'a CancellationToken>,
     /// Reads the cancel key from the server's first messages, when they are readable.
     pub sniffer: Option<&'a mut KeySniffer<'k>>,
+    /// The session's connect place, given back after this long at the latest (the
+    /// sniffer gives it back earlier, at ReadyForQuery).
+    pub connecting: Option<(&'a Held, Duration)>,
 }
 
 /// Copies until both directions have closed, a side errs, the session idles out, or
@@ -131,7 +139,16 @@ where
     SR: Source,
     SW: AsyncWrite + Unpin,
 {
-    let Watch { meters, idle, cut, term, sniffer } = watch;
+    let Watch { meters, idle, cut, term, sniffer, connecting } = watch;
+    // Never completes: gives the connect place back once the bound passes.
+    let connect_bound = async {
+        if let Some((held, limit)) = connecting {
+            tokio::time::sleep(limit).await;
+            release(held);
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(connect_bound);
     let term_ended = async {
         match term {
             Some(t) => t.cancelled().await,
@@ -180,6 +197,7 @@ where
                 }
                 () = &mut cut_ended => break (Some(End::Cut), false),
                 () = &mut term_ended => break (Some(End::LeaderChanged), false),
+                () = &mut connect_bound => {}
             }
         }
     };

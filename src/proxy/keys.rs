@@ -54,7 +54,17 @@ pub struct KeySniffer<'a> {
     pub done: bool,
     /// The session's place among its server's connects in flight, given back at
     /// ReadyForQuery: authentication is over, and the next queued session may connect.
-    connecting: Option<crate::balance::Connecting>,
+    connecting: Option<&'a Held>,
+}
+
+/// A session's connect place, shared by the cancel-key reader (which gives it back at
+/// ReadyForQuery) and the copy (which gives it back after `timeout_connect` at the
+/// latest, for servers whose startup pgfront cannot follow). Session-local: uncontended.
+pub type Held = std::sync::Mutex<Option<crate::balance::Connecting>>;
+
+/// Gives a held connect place back.
+pub fn release(held: &Held) {
+    drop(held.lock().unwrap_or_else(|p| p.into_inner()).take());
 }
 
 /// Give up if the startup phase runs longer than this (nothing to learn, stop looking).
@@ -76,8 +86,8 @@ impl<'a> KeySniffer<'a> {
     }
 
     /// Holds the session's connect place until the startup phase ends.
-    pub fn holding(mut self, connecting: Option<crate::balance::Connecting>) -> KeySniffer<'a> {
-        self.connecting = connecting;
+    pub fn holding(mut self, connecting: &'a Held) -> KeySniffer<'a> {
+        self.connecting = Some(connecting);
         self
     }
 
@@ -128,7 +138,9 @@ impl<'a> KeySniffer<'a> {
             }
         }
         if self.done {
-            self.connecting = None;
+            if let Some(held) = self.connecting.take() {
+                release(held);
+            }
         }
     }
 }

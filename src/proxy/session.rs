@@ -15,10 +15,11 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::either::Either;
 
 use super::copy::{self, End, Idle, Meters, Watch};
-use super::keys::KeySniffer;
+use super::keys::{self, KeySniffer};
 use super::{cancel, tweaks};
 use crate::balance::{self, NoServer, Slot, Target};
 use crate::cluster::{ListenerState, Server};
+use crate::config::LogSessions;
 use crate::pg::{self, sqlstate, Opening, Startup};
 use crate::state::{Permit, Shared};
 use crate::tls::{self, Rewind};
@@ -174,8 +175,7 @@ async fn serve_until_end(
     let sent = prelude.bytes.len() as u64;
     // Nothing of the opening is needed any more: an idle session keeps none of it.
     drop(prelude);
-    let connecting = slot.take_connecting();
-    let connecting = if readable { connecting } else { None };
+    let connecting: keys::Held = std::sync::Mutex::new(if readable { slot.take_connecting() } else { None });
     // A child of the server's token, itself a child of the process's session token: cut by
     // mark-down, by an operator, or by the end of a graceful stop. Taken with the slot.
     let token = slot.token().clone();
@@ -213,8 +213,10 @@ async fn serve_until_end(
             // The cancel key is readable when pgfront read the StartupMessage (plain text,
             // or TLS it terminated).
             let mut sniffer =
-                readable.then(|| KeySniffer::new(&shared.cancel_keys, server.address.clone()).holding(connecting));
-            let watch = Watch { meters, idle, cut: &token, term: slot.term(), sniffer: sniffer.as_mut() };
+                readable.then(|| KeySniffer::new(&shared.cancel_keys, server.address.clone()).holding(&connecting));
+            let held = Some((&connecting, listener.config.timeout_connect));
+            let watch =
+                Watch { meters, idle, cut: &token, term: slot.term(), sniffer: sniffer.as_mut(), connecting: held };
             let (end, m) = match (client, upstream) {
                 (Either::Left(mut c), Either::Left(mut s)) => copy::bidirectional(&mut c, &mut s, watch).await,
                 (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, watch).await,
@@ -229,9 +231,16 @@ async fn serve_until_end(
     if matches!(end, End::ServerError(_) | End::ServerClosed) {
         server.check.kick();
     }
-    tracing::info!(listener = %name, server = %server.name, client = %peer, reason = end.as_label(),
-        detail = %EndDetail(&end), duration_ms = started.elapsed().as_millis() as u64,
-        bytes_to_server = moved.to_server, bytes_to_client = moved.to_client, "session closed");
+    let log = match listener.config.log_sessions {
+        LogSessions::All => true,
+        LogSessions::Errors => !end.is_normal(),
+        LogSessions::None => false,
+    };
+    if log {
+        tracing::info!(listener = %name, server = %server.name, client = %peer, reason = end.as_label(),
+            detail = %EndDetail(&end), duration_ms = started.elapsed().as_millis() as u64,
+            bytes_to_server = moved.to_server, bytes_to_client = moved.to_client, "session closed");
+    }
     drop(slot);
 }
 
@@ -319,8 +328,10 @@ async fn refused(
     opening: Option<&Opening>,
 ) {
     listener.stats.refused.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(listener = %listener.config.name, client = %peer, reason = refusal.as_label(), detail = %refusal,
-        duration_ms = started.elapsed().as_millis() as u64, "session refused");
+    if listener.config.log_sessions != LogSessions::None {
+        tracing::info!(listener = %listener.config.name, client = %peer, reason = refusal.as_label(), detail = %refusal,
+            duration_ms = started.elapsed().as_millis() as u64, "session refused");
+    }
     if let (Some(mut client), Some(msg)) = (client, refusal.message(&listener.config.name)) {
         // Inside TLS, the opening that counts is the one read after the handshake.
         let opening = if matches!(client, Either::Right(_)) { None } else { opening };
