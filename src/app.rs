@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,24 +28,62 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// The runtimes that accept and serve sessions. In production one current-thread runtime
+/// per core, each accepting on its own SO_REUSEPORT socket of every listener and serving
+/// the sessions it accepted: no session is handed between threads, and no work-stealing
+/// scheduler sits on the data path. In tests, the test's own runtime.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    handles: Vec<Handle>,
+}
+
+impl Workers {
+    /// The runtime this is called from, alone.
+    pub fn current() -> Workers {
+        Workers { handles: vec![Handle::current()] }
+    }
+
+    pub fn new(handles: Vec<Handle>) -> Workers {
+        assert!(!handles.is_empty(), "at least one worker");
+        Workers { handles }
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+}
+
 /// Sockets bound for a configuration, before anything serves on them.
 #[derive(Debug)]
 pub struct Bound {
-    listeners: Vec<(String, TcpListener)>,
+    /// Per listener, one socket per worker.
+    listeners: Vec<(String, Vec<std::net::TcpListener>)>,
     web: Option<TcpListener>,
 }
 
+fn bind_listener(l: &crate::config::Listener, copies: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
+    proxy::bind_copies(l.bind, copies).map_err(|source| BindError {
+        what: format!("listener {:?}", l.name),
+        addr: l.bind,
+        source,
+    })
+}
+
 impl Bound {
-    /// Binds every listener and the web surface of `config`.
+    /// Binds every listener and the web surface of `config`, for one worker.
     pub fn bind(config: &Config) -> Result<Bound, BindError> {
+        Bound::bind_for(config, 1)
+    }
+
+    /// Binds every listener once per worker (SO_REUSEPORT) and the web surface once.
+    pub fn bind_for(config: &Config, workers: usize) -> Result<Bound, BindError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let socket = proxy::bind(l.bind).map_err(|source| BindError {
-                what: format!("listener {:?}", l.name),
-                addr: l.bind,
-                source,
-            })?;
-            listeners.push((l.name.clone(), socket));
+            listeners.push((l.name.clone(), bind_listener(l, workers.max(1))?));
         }
         let web = match &config.web {
             None => None,
@@ -60,6 +99,7 @@ impl Bound {
 pub struct Pgfront {
     shared: Arc<Shared>,
     probe: Arc<dyn Probe>,
+    workers: Workers,
     /// Checkers, accept loops and the web server (not sessions: those are in `shared`).
     tasks: TaskTracker,
     serving: Mutex<Serving>,
@@ -101,8 +141,15 @@ impl ReloadError {
 }
 
 impl Pgfront {
-    /// Starts serving `config` on `bound`, probing with `probe`. Must run inside a Tokio runtime.
+    /// Starts serving `config` on `bound`, probing with `probe`, sessions on the calling
+    /// runtime. Must run inside a Tokio runtime.
     pub fn start(config: Config, bound: Bound, probe: Arc<dyn Probe>) -> Pgfront {
+        Pgfront::start_on(config, bound, probe, Workers::current())
+    }
+
+    /// Starts serving with sessions on `workers`; checkers and the web surface run on the
+    /// calling runtime.
+    pub fn start_on(config: Config, bound: Bound, probe: Arc<dyn Probe>, workers: Workers) -> Pgfront {
         let tokens = Tokens::new();
         let binds: HashMap<String, SocketAddr> = config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
         let runtime = Runtime::build(Arc::new(config), &tokens.sessions);
@@ -117,8 +164,8 @@ impl Pgfront {
             &checkers,
         );
         let mut listeners = HashMap::new();
-        for (name, socket) in bound.listeners {
-            let token = spawn_listener(&shared, &tasks, name.clone(), socket);
+        for (name, sockets) in bound.listeners {
+            let token = spawn_listener(&shared, &tasks, &workers, name.clone(), sockets);
             listeners.insert(name.clone(), (binds[&name], token.0, token.1));
         }
         let web_stop = shared.tokens.root.child_token();
@@ -129,7 +176,7 @@ impl Pgfront {
             addr
         });
         let serving = Mutex::new(Serving { listeners, checkers });
-        Pgfront { shared, probe, tasks, serving, web_stop, web_addr }
+        Pgfront { shared, probe, workers, tasks, serving, web_stop, web_addr }
     }
 
     /// Applies a new configuration without dropping live sessions: nodes, checks and
@@ -167,12 +214,7 @@ impl Pgfront {
         for l in &config.listeners {
             let same = serving.listeners.get(&l.name).is_some_and(|(configured, _, _)| *configured == l.bind);
             if !same {
-                let socket = proxy::bind(l.bind).map_err(|source| BindError {
-                    what: format!("listener {:?}", l.name),
-                    addr: l.bind,
-                    source,
-                })?;
-                fresh.push((l.name.clone(), l.bind, socket));
+                fresh.push((l.name.clone(), l.bind, bind_listener(l, self.workers.len())?));
             }
         }
         let old = self.shared.runtime.load_full();
@@ -192,7 +234,7 @@ impl Pgfront {
         self.shared.runtime.store(runtime);
         self.shared.resize(old_max, new_max);
         for (name, configured, socket) in fresh {
-            let (addr, token) = spawn_listener(&self.shared, &self.tasks, name.clone(), socket);
+            let (addr, token) = spawn_listener(&self.shared, &self.tasks, &self.workers, name.clone(), socket);
             if let Some((_, _, old)) = serving.listeners.insert(name, (configured, addr, token)) {
                 old.cancel();
             }
@@ -249,21 +291,38 @@ impl Pgfront {
     }
 }
 
-/// Starts an accept loop for a bound listener; returns its address and its stop token.
+/// Starts an accept loop per socket of a bound listener, each on its worker; returns the
+/// listener's address and its stop token.
 fn spawn_listener(
     shared: &Arc<Shared>,
     tasks: &TaskTracker,
+    workers: &Workers,
     name: String,
-    socket: TcpListener,
+    sockets: Vec<std::net::TcpListener>,
 ) -> (SocketAddr, CancellationToken) {
-    let addr = proxy::local_addr(&socket).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    tracing::info!(listener = %name, bind = %addr, "listening");
+    let addr = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    tracing::info!(listener = %name, bind = %addr, workers = sockets.len(), "listening");
     let token = shared.tokens.accept.child_token();
-    tasks.spawn(proxy::accept_loop(Arc::clone(shared), name, socket, token.clone()));
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (shared, name, token) = (Arc::clone(shared), name.clone(), token.clone());
+        let accept = async move {
+            // Registered with the worker's own reactor.
+            match TcpListener::from_std(socket) {
+                Ok(socket) => proxy::accept_loop(shared, name, socket, token).await,
+                Err(e) => tracing::error!(listener = %name, error = %e, "cannot serve a listening socket"),
+            }
+        };
+        tasks.spawn_on(accept, &workers.handles[i % workers.len()]);
+    }
     (addr, token)
 }
 
 /// Starts pgfront with the production probe.
 pub fn start(config: Config, bound: Bound) -> Pgfront {
     Pgfront::start(config, bound, Arc::new(health::HttpProbe))
+}
+
+/// Starts pgfront with the production probe, sessions on `workers`.
+pub fn start_on(config: Config, bound: Bound, workers: Workers) -> Pgfront {
+    Pgfront::start_on(config, bound, Arc::new(health::HttpProbe), workers)
 }

@@ -18,5 +18,5 @@ pub mod stats;
 pub mod tls;
 pub mod web;
 
-pub use app::{Bound, Pgfront};
+pub use app::{Bound, Pgfront, Workers};
 pub use config::Config;

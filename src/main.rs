@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pgfront::{app, Bound, Config, Pgfront};
+use pgfront::{app, Bound, Config, Pgfront, Workers};
 use sd_notify::NotifyState;
 
 #[derive(Parser)]
@@ -65,15 +65,24 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The control runtime (checkers, web surface, signals, reloads) on this thread; the
+    // sessions on one current-thread runtime per worker thread.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgfront: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
-        let bound = match Bound::bind(&config) {
+    let workers = match workers::start(config.global.threads) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("pgfront: cannot start the worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(async {
+        let bound = match Bound::bind_for(&config, workers.handles.len()) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("pgfront: {e}");
@@ -81,7 +90,7 @@ fn run(path: PathBuf) -> ExitCode {
             }
         };
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "pgfront starting");
-        let pgfront = app::start(config, bound);
+        let pgfront = app::start_on(config, bound, Workers::new(workers.handles.clone()));
         systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         systemd::spawn_watchdog();
         if let Err(e) = serve_signals(&pgfront, &path).await {
@@ -91,7 +100,45 @@ fn run(path: PathBuf) -> ExitCode {
         let grace = pgfront.shared().runtime.load().config.global.hard_stop_after;
         pgfront.shutdown(grace).await;
         ExitCode::SUCCESS
-    })
+    });
+    workers.stop();
+    code
+}
+
+/// The worker threads: each runs a current-thread runtime until told to stop.
+mod workers {
+    use tokio::runtime::Handle;
+    use tokio_util::sync::CancellationToken;
+
+    pub struct Running {
+        pub handles: Vec<Handle>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+        stop: CancellationToken,
+    }
+
+    pub fn start(n: usize) -> std::io::Result<Running> {
+        let stop = CancellationToken::new();
+        let (mut handles, mut threads) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            handles.push(rt.handle().clone());
+            let stop = stop.clone();
+            threads.push(std::thread::Builder::new().name(format!("pgfront-w{i}")).spawn(move || {
+                rt.block_on(stop.cancelled());
+            })?);
+        }
+        Ok(Running { handles, threads, stop })
+    }
+
+    impl Running {
+        /// Stops every worker (after the graceful stop drained their sessions) and waits.
+        pub fn stop(self) {
+            self.stop.cancel();
+            for t in self.threads {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.

@@ -184,24 +184,33 @@ async fn fallback_sessions_end_at_a_failover_after_a_reload_that_changed_the_nod
 }
 
 #[tokio::test]
-async fn a_stop_ends_sessions_still_held_in_the_queue() {
-    let lab = Lab::start(2).await;
-    // No leader: sessions on the write listener wait up to timeout_queue (30 s).
-    lab.nodes[0].rest.patroni("replica", 1);
-    lab.nodes[1].rest.patroni("replica", 1);
-    let pg = start(&lab.config(""));
-    let addr = pg.listener_addr("primary").unwrap();
-    let mut held = TcpStream::connect(addr).await.unwrap();
-    held.write_all(&startup_message(&[("user", "u")])).await.unwrap();
-    eventually(LIMIT, "held", || {
-        pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
-    })
-    .await;
+async fn a_stop_ends_sessions_still_connecting() {
+    // Before: hard_stop_after ended only copying sessions; one still connecting to a
+    // server that never answers its startup kept the stop waiting for timeout_connect.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s); // accepted, never answered
+        }
+    });
+    let text = lab
+        .config("")
+        .replace("timeout_connect = \"500ms\"", "timeout_connect = \"60s\"")
+        .replace(&lab.nodes[0].backend.addr.to_string(), &silent_addr.to_string());
+    let pg = start(&text);
+    eventually(LIMIT, "up", || up_count(&pg, "primary") == 1).await;
+    let mut connecting = TcpStream::connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    connecting.write_all(&startup_message(&[("user", "u")])).await.unwrap();
+    eventually(LIMIT, "connecting", || pg.shared().runtime.load().sessions() == 1).await;
     let stopped = tokio::time::timeout(LIMIT, pg.shutdown(Duration::from_millis(100))).await;
-    assert!(stopped.is_ok(), "the hard stop waited for a session held in the queue");
+    assert!(stopped.is_ok(), "the hard stop waited for a session still connecting");
     let mut rest = Vec::new();
-    let closed = tokio::time::timeout(LIMIT, held.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the held client is closed by the stop");
+    let closed = tokio::time::timeout(LIMIT, connecting.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the client is closed by the stop");
 }
 
 #[tokio::test]

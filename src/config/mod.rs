@@ -117,6 +117,9 @@ pub struct Global {
     /// The address pgfront's connections to servers and REST APIs leave from (HAProxy's
     /// `source`), unless a node sets its own.
     pub source: Option<IpAddr>,
+    /// Worker threads serving sessions (HAProxy's `nbthread`): each runs its own event
+    /// loop and accepts on its own socket of every listener. Default: one per CPU.
+    pub threads: usize,
 }
 
 /// How health is learned from Patroni.
@@ -333,6 +336,13 @@ impl Validator<'_> {
             check_mode,
             hunt_inter: self.nonzero(&raw.global.hunt_inter, "global.hunt_inter", defaults::HUNT_INTER)?,
             source: raw.global.source.as_ref().map(|s| self.ip(s, "global.source")).transpose()?,
+            threads: match &raw.global.threads {
+                Some(t) if !(1..=256).contains(t.get_ref()) => {
+                    return Err(self.src.error(t.span(), "global.threads", "must be between 1 and 256"));
+                }
+                Some(t) => *t.get_ref(),
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         };
         let nodes = self.nodes(&raw.nodes, &raw.defaults, global.source)?;
         let mut listeners = Vec::with_capacity(raw.listeners.len());

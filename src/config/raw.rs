@@ -57,6 +57,7 @@ pub struct RawGlobal {
     pub check_mode: Option<Spanned<String>>,
     pub hunt_inter: Option<Spanned<Dur>>,
     pub source: Option<Spanned<String>>,
+    pub threads: Option<Spanned<usize>>,
 }
 
 /// Declares the settings that `[defaults]` holds and any `[[listener]]` may override, once,

@@ -316,3 +316,11 @@ fn log_sessions_is_all_errors_or_none() {
     assert_eq!((line, key.as_str()), (2, "log_sessions"));
     assert!(message.contains("\"errors\""), "{message}");
 }
+
+#[test]
+fn threads_default_to_the_cpus_and_are_bounded() {
+    assert!(parse(BASE).unwrap().global.threads >= 1);
+    assert_eq!(parse(&format!("[global]\nthreads = 3\n{BASE}")).unwrap().global.threads, 3);
+    let (line, key, _) = err_at(&format!("[global]\nthreads = 0\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "global.threads"));
+}

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use copy::End;
 pub use react::Reactor;
-pub use tweaks::bind;
+pub use tweaks::{bind, bind_copies};
 
 use crate::state::Shared;
 

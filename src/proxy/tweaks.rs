@@ -12,12 +12,34 @@ const BACKLOG: i32 = 1024;
 
 /// Binds a listening socket with SO_REUSEADDR, so a restart does not fail on TIME_WAIT.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, false)?)
+}
+
+/// Binds `copies` listening sockets on `addr`, one per worker: with more than one, each has
+/// SO_REUSEPORT and the kernel spreads new connections across them, so each worker
+/// accepts and serves its own share without handing sessions between threads. The sockets
+/// are registered with a runtime by the worker that accepts on them.
+pub fn bind_copies(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_std(addr, copies > 1)?;
+    // Port 0 picks a port once; the other copies join it.
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..copies {
+        all.push(bind_std(addr, true)?);
+    }
+    Ok(all)
+}
+
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Options for both ends of a session: no Nagle delay (PostgreSQL messages are small and
