@@ -10,6 +10,7 @@ pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod health;
+pub mod import;
 pub mod net;
 pub mod pg;
 pub mod proxy;

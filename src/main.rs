@@ -27,6 +27,16 @@ enum Command {
         #[arg(long, short, default_value = "/etc/pgfront/pgfront.toml")]
         config: PathBuf,
     },
+    /// Convert an haproxy.cfg for a Patroni cluster into a pgfront configuration (on
+    /// stdout); what could not be carried over is listed on stderr. Exit code 0: complete;
+    /// 1: written, but some directives were not carried over; 2: nothing could be converted.
+    ImportHaproxy {
+        /// The haproxy.cfg to convert.
+        file: PathBuf,
+        /// Store `stats auth` passwords as Argon2 hashes instead of in clear.
+        #[arg(long)]
+        hash_passwords: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +53,42 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::ImportHaproxy { file, hash_passwords } => import_haproxy(&file, hash_passwords),
+    }
+}
+
+fn import_haproxy(file: &Path, hash_passwords: bool) -> ExitCode {
+    use pgfront::import::{import, NoteKind, Options};
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pgfront: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let shown = file.display().to_string();
+    let imported = match import(&shown, &text, Options { hash_passwords }) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("pgfront: {shown}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", imported.toml);
+    for n in &imported.notes {
+        let kind = match n.kind {
+            NoteKind::Explained => "note",
+            NoteKind::Unmapped => "not carried over",
+        };
+        eprintln!("{shown}:{}: {kind}: `{}`: {}", n.line, n.directive, n.text);
+    }
+    if imported.complete() {
+        eprintln!("pgfront: {shown}: converted completely");
+        ExitCode::SUCCESS
+    } else {
+        let n = imported.notes.iter().filter(|n| n.kind == NoteKind::Unmapped).count();
+        eprintln!("pgfront: {shown}: converted, but {n} directive(s) were not carried over (listed above)");
+        ExitCode::from(1)
     }
 }
 
