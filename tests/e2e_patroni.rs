@@ -712,3 +712,106 @@ async fn a_stopped_replica_leaves_the_rotation_and_comes_back() {
     }
     pg.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An HAProxy started from a configuration text, stopped on drop.
+struct HaproxyProcess(std::process::Child, PathBuf);
+
+impl Drop for HaproxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn start_haproxy(name: &str, text: &str) -> HaproxyProcess {
+    let path = std::env::temp_dir().join(format!("pgfront-import-{name}-{}.cfg", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let child = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy is installed by scripts/deps");
+    HaproxyProcess(child, path)
+}
+
+/// Which role a check admits: Some(true) the primary, Some(false) a replica, None any.
+fn role_of(path: &str) -> Option<bool> {
+    match path {
+        "/" | "/master" | "/primary" | "/leader" => Some(true),
+        p if p.starts_with("/replica") => Some(false),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn imported_haproxy_configs_send_each_port_to_the_same_role_as_haproxy() {
+    healthy().await;
+    let shapes = ["tutorial", "patroni-template", "frontend-backend", "pgsql-check"];
+    for (i, shape) in shapes.iter().enumerate() {
+        let original = std::fs::read_to_string(repo().join(format!("tests/haproxy/{shape}.cfg")))
+            .unwrap()
+            .replace("@NODE1@", node_ip("node1"))
+            .replace("@NODE2@", node_ip("node2"))
+            .replace("@NODE3@", node_ip("node3"));
+        // pgfront from the converted file, its ports moved to ephemeral ones.
+        let imported = pgfront::import::import(shape, &original, Default::default()).unwrap();
+        let mut text = imported.toml.clone();
+        for port in ["*:5000", "*:5001", "*:5002", "*:7000"] {
+            text = text.replace(&format!("\"{port}\""), "\"127.0.0.1:0\"");
+        }
+        let pg = support::start(&text);
+        // HAProxy from the original, on its own ports, in the foreground.
+        let base = 16000 + 10 * i as u16;
+        let mut hap = original.replace("    daemon\n", "").replace("    log /dev/log local0\n", "");
+        for n in 0..3u16 {
+            hap = hap.replace(&format!("bind *:500{n}"), &format!("bind 127.0.0.1:{}", base + n));
+        }
+        hap = hap.replace("bind *:7000", &format!("bind 127.0.0.1:{}", base + 9));
+        hap = hap.replace("user haproxy", "").replace("group haproxy", "");
+        let _haproxy = start_haproxy(shape, &hap);
+        let config = pgfront::Config::parse(Path::new("imported.toml"), &text).unwrap();
+        let what = format!("{shape}: every imported listener has a server up");
+        eventually(LIVENESS, &what, || {
+            let rt = pg.shared().runtime.load();
+            rt.listeners.iter().all(|l| l.servers_up() >= 1)
+        })
+        .await;
+        for (n, l) in config.listeners.iter().enumerate() {
+            let want = role_of(&l.check.path);
+            let ours = pg.listener_addr(&l.name).unwrap();
+            let theirs: SocketAddr = format!("127.0.0.1:{}", base + n as u16).parse().unwrap();
+            // HAProxy starts servers UP before checking them: wait for its checks to settle.
+            let deadline = tokio::time::Instant::now() + LIVENESS;
+            let haproxy_role = loop {
+                let mut roles = Vec::new();
+                for _ in 0..3 {
+                    if let Ok(c) = pg_connect(theirs, Tls::Disable).await {
+                        if let Ok((recovery, _)) = whereami(&c).await {
+                            roles.push(!recovery);
+                        }
+                    }
+                }
+                // Role checks: every session on the role; /health: any running node.
+                if roles.len() == 3 && want.is_none_or(|w| roles.iter().all(|r| *r == w)) {
+                    break roles[0];
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{shape}/{}: HAProxy never settled: {roles:?}", l.name);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            for _ in 0..3 {
+                let c = pg_connect(ours, Tls::Disable).await.unwrap_or_else(|e| panic!("{shape}/{}: {e}", l.name));
+                let primary = !whereami(&c).await.unwrap().0;
+                // A role-agnostic check (/health) admits any running node, as HAProxy does.
+                if let Some(w) = want {
+                    assert_eq!(primary, w, "{shape}/{}: pgfront's port lands on the wrong role", l.name);
+                    assert_eq!(primary, haproxy_role, "{shape}/{}: pgfront and HAProxy disagree", l.name);
+                }
+            }
+        }
+        pg.shutdown(Duration::from_secs(5)).await;
+    }
+}

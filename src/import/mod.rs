@@ -523,6 +523,23 @@ impl Converter {
         if !back.servers.iter().any(|s| s.params.check) {
             comments.push("# HAProxy did not check these servers (no `check`); pgfront always does".to_owned());
         }
+        let mut servers = back.servers.clone();
+        if back.check.is_none() {
+            // HAProxy checked PostgreSQL itself (its own port); pgfront asks Patroni.
+            for s in servers.iter_mut().filter(|s| s.params.port.is_none()) {
+                s.params.port = Some(crate::config::defaults::CHECK_PORT);
+            }
+            self.note(
+                back.line,
+                "check port",
+                NoteKind::Explained,
+                format!(
+                    "{}: Patroni's REST API is asked on port {} (check_port)",
+                    back.name,
+                    crate::config::defaults::CHECK_PORT
+                ),
+            );
+        }
         if reads {
             for (u, line) in &front.use_backends {
                 self.note(*line, &format!("use_backend {u}"), NoteKind::Explained, "an HTTP ACL never matches PostgreSQL traffic: this listener serves its default backend; clients ask for the primary with options='-c pgfront.target=primary' (client_target = true)".into());
@@ -541,7 +558,7 @@ impl Converter {
             method,
             path,
             expect: back.expect.unwrap_or(200),
-            servers: back.servers.clone(),
+            servers,
             settings: back.clone(),
             client_target: reads,
             comments,
