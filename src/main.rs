@@ -37,6 +37,10 @@ enum Command {
         #[arg(long)]
         hash_passwords: bool,
     },
+    /// Print a manual page (roff), generated from this command line's own help: pgfront(1),
+    /// or pgfront-SUBCOMMAND(1) for a subcommand.
+    #[command(hide = true)]
+    Man { subcommand: Option<String> },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,32 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => run(config),
         Command::ImportHaproxy { file, hash_passwords } => import_haproxy(&file, hash_passwords),
+        Command::Man { subcommand } => {
+            use clap::CommandFactory;
+            let top = Cli::command();
+            let page = match &subcommand {
+                None => top,
+                Some(name) => match top.find_subcommand(name) {
+                    Some(sub) => sub.clone().name(Box::leak(format!("pgfront-{name}").into_boxed_str()) as &str),
+                    None => {
+                        eprintln!("pgfront: no subcommand {name:?}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(page).render(&mut out) {
+                Ok(()) => {
+                    use std::io::Write;
+                    let _ = std::io::stdout().write_all(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pgfront: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
