@@ -231,8 +231,12 @@ impl Pgfront {
         cluster::spawn_checkers(&runtime, Arc::clone(&self.probe), Arc::new(proxy::Reactor), &self.tasks, &checkers);
         std::mem::replace(&mut serving.checkers, checkers).cancel();
         let names: Vec<String> = runtime.config.listeners.iter().map(|l| l.name.clone()).collect();
-        self.shared.runtime.store(runtime);
+        self.shared.runtime.store(Arc::clone(&runtime));
         self.shared.resize(old_max, new_max);
+        // Waiters look again: the reload may have added servers or places.
+        for l in &runtime.listeners {
+            l.wake_queue();
+        }
         for (name, configured, socket) in fresh {
             let (addr, token) = spawn_listener(&self.shared, &self.tasks, &self.workers, name.clone(), socket);
             if let Some((_, _, old)) = serving.listeners.insert(name, (configured, addr, token)) {

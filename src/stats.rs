@@ -125,7 +125,8 @@ impl Snapshot {
         let now = Instant::now();
         let leader = rt.leadership.leader();
         let leader_pos = leader.and_then(|l| rt.nodes[l].report().status).and_then(|s| s.xlog.location);
-        let nodes: Vec<NodeSnap> = rt.nodes.iter().map(|n| node(n, leader == Some(n.index), leader_pos)).collect();
+        let nodes: Vec<NodeSnap> =
+            rt.nodes.iter().enumerate().map(|(i, n)| node(n, leader == Some(i), leader_pos)).collect();
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: now.saturating_duration_since(rt.started).as_secs(),

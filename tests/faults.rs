@@ -316,3 +316,77 @@ async fn connects_in_flight_are_bounded_and_released_at_ready_for_query_or_timeo
     let queued = pg.shared().runtime.load().listener("primary").unwrap().stats.queue_max.load(Ordering::SeqCst);
     assert_eq!(queued, 1, "the second session waited in the queue");
 }
+
+#[tokio::test]
+async fn opaque_sessions_give_their_connect_place_back_once_the_server_answered() {
+    // Before: a session opened with an SSLRequest (libpq's default) kept its place among
+    // the server's connects in flight for its whole life; after max_connecting of them,
+    // every newcomer waited for timeout_queue with the server nearly idle.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config("max_connecting = 2"));
+    eventually(LIMIT, "up", || up_count(&pg, "primary") == 1).await;
+    let addr = pg.listener_addr("primary").unwrap();
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let c = tokio::time::timeout(LIMIT, connect(addr)).await;
+        held.push(c.unwrap_or_else(|_| panic!("session {i} waited for a connect place")).unwrap());
+    }
+    let connecting =
+        pg.shared().runtime.load().listener("primary").unwrap().servers[0].stats.connecting.load(Ordering::SeqCst);
+    assert_eq!(connecting, 0);
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_a_node_before_the_leader_changes_nothing_else() {
+    // Before: nodes were kept only at the same position, so removing the first node rebuilt
+    // every other node's state and checks (DOWN until rise) and counted a leader change.
+    let lab = Lab::start(3).await;
+    lab.leader(2);
+    let text = reads_config(&lab, "");
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
+    assert_eq!(on, "node3");
+    let changes = pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst);
+    let node1 = format!(
+        "[[node]]\nname = \"node1\"\naddress = \"{}\"\ncheck_address = \"{}\"\n\n",
+        lab.nodes[0].backend.addr, lab.nodes[0].rest.addr
+    );
+    pg.reload(parse(&text.replace(&node1, ""))).unwrap();
+    assert_eq!(up_count(&pg, "primary"), 1, "the leader stays admitted");
+    assert_eq!(up_count(&pg, "replicas"), 1, "node2 stays up");
+    let rt = pg.shared().runtime.load();
+    assert_eq!(rt.leadership.leader(), Some(1), "node3, now second in the list, still leads");
+    drop(rt);
+    assert!(still_open(&mut asked).await, "the session sent to the unchanged leader survives");
+    // Let a few probes pass: still no change counted.
+    let probes = lab.nodes[2].rest.hits("/primary");
+    eventually(LIMIT, "probed again", || lab.nodes[2].rest.hits("/primary") > probes + 2).await;
+    assert_eq!(pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst), changes);
+}
+
+#[tokio::test]
+async fn sessions_waiting_for_the_primary_go_when_the_leader_answers_again() {
+    // Before: a session asking for the primary on a read listener during a REST blip waited
+    // for its whole timeout_queue: nothing woke its queue when the leader answered again.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(
+        &reads_config(&lab, "")
+            .replace("fall = 2", "fall = 4")
+            .replace("client_target = true", "client_target = true\ntimeout_queue = \"60s\""),
+    );
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let before = failures(&pg, "primary", "node1");
+    lab.nodes[0].rest.set_all(Some(Answer::Reset));
+    eventually(LIMIT, "one probe failed", || failures(&pg, "primary", "node1") > before).await;
+    let addr = pg.listener_addr("replicas").unwrap();
+    let waiting = tokio::spawn(primary_session(addr));
+    let queued = || pg.shared().runtime.load().listener("replicas").unwrap().stats.queue_cur.load(Ordering::SeqCst);
+    eventually(LIMIT, "held while the leader's latest answer failed", || queued() == 1).await;
+    lab.nodes[0].rest.set_all(None);
+    let (_s, on) =
+        tokio::time::timeout(LIMIT, waiting).await.expect("still waiting after the leader answered").unwrap();
+    assert_eq!(on, "node1");
+}

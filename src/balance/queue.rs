@@ -6,7 +6,7 @@
 //! current generation of its listener.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{oneshot, Notify};
@@ -22,6 +22,9 @@ pub struct Queue {
     next_id: AtomicU64,
     /// The listener's current generation (set by each reload): waiters get its servers.
     current: Mutex<Weak<ListenerState>>,
+    /// A place was freed while another dispatch held the lock (or from inside one): the
+    /// holder makes another pass before it leaves, so no freed place goes unserved.
+    again: AtomicBool,
     /// Woken on changes that may help a session pausing after a server that was not ready.
     pub(crate) changed: Notify,
 }
@@ -33,6 +36,13 @@ struct Waiter {
     /// Servers a retry just failed on, used only when nothing else is eligible.
     avoid: Vec<usize>,
     tx: oneshot::Sender<Slot>,
+}
+
+thread_local! {
+    /// Set while this thread serves a queue: a place handed back inside that pass (a pick
+    /// that took a connect place and then found the server full) frees nothing the pass
+    /// has not already looked at, so it must not ask for another pass.
+    static SERVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,13 +89,52 @@ impl Queue {
     /// a server by its own target; a waiter that cannot be served is passed over, and
     /// later waiters with the same target are not even tried (nothing they could get).
     pub fn dispatch(&self) {
-        if self.is_empty() {
+        if SERVING.with(|s| s.get()) {
             return;
         }
-        let Some(listener) = self.current() else { return };
+        loop {
+            if self.is_empty() {
+                return;
+            }
+            self.again.store(false, Ordering::Release);
+            let served = match self.waiters.try_lock() {
+                Ok(mut q) => self.serving(&mut q),
+                Err(std::sync::TryLockError::Poisoned(p)) => self.serving(&mut p.into_inner()),
+                // Another dispatch (on this thread: one that freed this place) is serving:
+                // it makes another pass for this place before it leaves.
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    self.again.store(true, Ordering::Release);
+                    return;
+                }
+            };
+            // Outside the lock: a waiter that left meanwhile hands its slot back, and
+            // dropping a slot dispatches again.
+            for (tx, slot) in served {
+                let _ = tx.send(slot);
+            }
+            if !self.again.swap(false, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+
+    fn serving(&self, q: &mut VecDeque<Waiter>) -> Vec<(oneshot::Sender<Slot>, Slot)> {
+        /// Clears the flag however the pass ends.
+        struct Serving;
+        impl Drop for Serving {
+            fn drop(&mut self) {
+                SERVING.with(|s| s.set(false));
+            }
+        }
+        SERVING.with(|s| s.set(true));
+        let _serving = Serving;
+        self.serve(q)
+    }
+
+    fn serve(&self, q: &mut VecDeque<Waiter>) -> Vec<(oneshot::Sender<Slot>, Slot)> {
+        let Some(listener) = self.current() else { return Vec::new() };
         let mut served = Vec::new();
         {
-            let mut q = lock(&self.waiters);
             let mut stuck: Vec<Target> = Vec::new();
             let mut i = 0;
             while i < q.len() {
@@ -114,11 +163,7 @@ impl Queue {
             }
             self.len.store(q.len(), Ordering::Release);
         }
-        // Outside the lock: a waiter that left meanwhile hands its slot back, and dropping
-        // a slot dispatches again.
-        for (tx, slot) in served {
-            let _ = tx.send(slot);
-        }
+        served
     }
 
     /// Wakes sessions pausing after a server that was not ready, and serves the queue.

@@ -60,13 +60,14 @@ pub fn try_acquire(server: &Arc<Server>, queue: &Arc<Queue>, max_connecting: usi
             Err(actual) => c = actual,
         }
     }
-    let mut connecting = Connecting { server: Arc::clone(server), queue: Arc::clone(queue), serve: true };
+    let connecting = Connecting { server: Arc::clone(server), queue: Arc::clone(queue), serve: true };
     let cur = &stats.cur;
     let mut n = cur.load(Ordering::Relaxed);
     loop {
         if n >= server.maxconn {
-            // Give the connect place back without serving the queue (nothing was freed).
-            connecting.serve = false;
+            // Give the connect place back; a waiter refused it meanwhile may take it now
+            // (from inside a dispatch this only asks that dispatch for another pass).
+            drop(connecting);
             return None;
         }
         match cur.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {

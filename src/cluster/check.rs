@@ -66,8 +66,7 @@ impl CheckReport {
 }
 
 impl Check {
-    pub fn new(node_state: Arc<NodeState>, target: String, spec: CheckSpec) -> Check {
-        let node = node_state.index;
+    pub fn new(node: usize, node_state: Arc<NodeState>, target: String, spec: CheckSpec) -> Check {
         let node_name = node_state.name.clone();
         let machine = Machine::new(spec.timing.rise, spec.timing.fall);
         let strict = spec.is_leader();
@@ -99,13 +98,14 @@ impl Check {
         (&s.method, &s.path, s.expect, &s.endpoint) == (&spec.method, &spec.path, spec.expect, &spec.endpoint)
     }
 
-    /// The same check with new timings (a reload that changed only `inter`, `fall`,
-    /// `timeout_connect`, ...): it shares its health, counters and admission with `old`,
-    /// so no server goes back to DOWN; the new timings apply from the next probe on.
-    pub fn retimed(old: &Check, spec: CheckSpec) -> Check {
+    /// The same check after a reload that changed only its timings (`inter`, `fall`,
+    /// `timeout_connect`, ...) or moved its node in the list (`node`, its new index): it
+    /// shares its health, counters and admission with `old`, so no server goes back to DOWN;
+    /// the new timings apply from the next probe on.
+    pub fn retimed(old: &Check, node: usize, spec: CheckSpec) -> Check {
         old.lock().machine.retune(spec.timing.rise, spec.timing.fall);
         Check {
-            node: old.node,
+            node,
             node_name: old.node_name.clone(),
             target: old.target.clone(),
             strict: spec.is_leader(),

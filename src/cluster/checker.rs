@@ -74,7 +74,13 @@ fn targets(rt: &Runtime) -> Vec<Target> {
                 timing: CheckTiming {
                     connect_timeout: t(|t| t.connect_timeout),
                     timeout: t(|t| t.timeout),
-                    fall: checks.iter().map(|c| c.spec.timing.fall).min().unwrap_or(first.timing.fall),
+                    // A leadership claim ends after the leader check's own `fall` failures.
+                    fall: checks
+                        .iter()
+                        .filter(|c| c.strict)
+                        .map(|c| c.spec.timing.fall)
+                        .max()
+                        .unwrap_or(first.timing.fall),
                     ..first.timing
                 },
                 endpoint: None,
@@ -142,7 +148,7 @@ impl Checker {
                 }
                 self.emit(Change::Up { check: Arc::clone(check) });
             }
-            Transition::WentDown => self.emit(Change::Down { check: Arc::clone(check) }),
+            Transition::WentDown => self.emit(Change::Down { check: Arc::clone(check), forced: false }),
         }
     }
 
@@ -199,9 +205,47 @@ impl Checker {
         if self.stop.is_cancelled() {
             return;
         }
-        let claims: Vec<(usize, Claim)> = rt.nodes.iter().filter_map(|n| Some((n.index, n.claim()?))).collect();
+        let claims: Vec<(usize, Claim)> =
+            rt.nodes.iter().enumerate().filter_map(|(i, n)| Some((i, n.claim()?))).collect();
         let was_conflict = rt.leadership.conflict();
-        let decision = rt.leadership.decide(&claims);
+        // Before a new leader (or none) becomes visible, every other node's leader checks
+        // stop admitting: there is no instant with two write targets.
+        let mut forced = Vec::new();
+        let decision = rt.leadership.decide_then(&claims, |d| {
+            if d.conflict {
+                for c in rt.checks.iter().filter(|c| c.strict) {
+                    c.suspend();
+                }
+            }
+            if let (true, Some(new)) = (d.changed(), d.leader) {
+                let timeline = claims.iter().find(|c| c.0 == new).and_then(|c| c.1.timeline);
+                let reason = format!(
+                    "{} now leads (timeline {})",
+                    rt.nodes[new].name,
+                    timeline.map_or("?".into(), |t| t.to_string())
+                );
+                // Every other node's, not only the previous leader's: a former leader may be
+                // two decisions back (a conflict or a lost claim between).
+                for c in rt.checks.iter().filter(|c| c.strict && c.node != new) {
+                    if let Some(t) = c.force_down(reason.clone()) {
+                        forced.push((Arc::clone(c), t));
+                    }
+                }
+            }
+        });
+        if decision.ready_regained {
+            self.emit(Change::LeaderReady);
+        }
+        {
+            let mut last = rt.leadership.last_stale.lock().unwrap_or_else(|p| p.into_inner());
+            if *last != decision.stale {
+                last.clone_from(&decision.stale);
+                if !decision.stale.is_empty() {
+                    let nodes = decision.stale.iter().map(|&i| rt.nodes[i].name.clone()).collect();
+                    self.emit(Change::StaleClaims { nodes, floor: decision.floor });
+                }
+            }
+        }
         if let Some((from, to)) = &decision.identity_changed {
             match from {
                 Some(_) => self.emit(Change::IdentityChanged { from: from.clone(), to: to.clone() }),
@@ -214,11 +258,11 @@ impl Checker {
         }
         if decision.changed() {
             self.leader_changed(decision.previous, decision.leader, &claims);
-        }
-        if decision.conflict {
-            // Writes to neither: stop admitting, without cutting anyone yet.
-            for c in rt.checks.iter().filter(|c| c.strict) {
-                c.suspend();
+            for (c, t) in forced {
+                match t {
+                    Transition::WentDown => self.emit(Change::Down { check: c, forced: true }),
+                    Transition::WentUp => self.transition(&c, t),
+                }
             }
         }
         let is_leader = decision.leader == Some(index);
@@ -268,28 +312,14 @@ impl Checker {
         }
     }
 
-    /// A new leader (or none): every other node's leader checks go DOWN at once, cutting their
-    /// sessions, without waiting for their own `fall` failures; with no leader, every node is
-    /// probed at once so the next one is found quickly.
+    /// A new leader (or none): every other node's leader checks went DOWN already (before
+    /// the decision was published), and their sessions are cut as those changes are handed
+    /// on; with no leader, every node is probed at once so the next one is found quickly.
     fn leader_changed(&self, previous: Option<usize>, leader: Option<usize>, claims: &[(usize, Claim)]) {
         let rt = &self.rt;
         let name = |i: Option<usize>| i.map(|i| rt.nodes[i].name.clone());
         let timeline = leader.and_then(|l| claims.iter().find(|c| c.0 == l).and_then(|c| c.1.timeline));
         self.emit(Change::LeaderChanged { from: name(previous), to: name(leader), timeline });
-        if let Some(new) = leader {
-            // Every other node's leader checks go down now, not only the previous leader's: a
-            // former leader may be two decisions back (a conflict or a missed claim between).
-            let reason = format!(
-                "{} now leads (timeline {})",
-                rt.nodes[new].name,
-                timeline.map_or("?".into(), |t| t.to_string())
-            );
-            for c in rt.checks.iter().filter(|c| c.strict && c.node != new) {
-                if let Some(t) = c.force_down(reason.clone()) {
-                    self.transition(c, t);
-                }
-            }
-        }
         if leader.is_none() {
             for n in &rt.nodes {
                 n.kick();

@@ -42,15 +42,21 @@ pub enum Change {
     /// A check went UP: its servers take sessions again.
     Up { check: Arc<Check> },
     /// A check went DOWN: its servers take no new sessions, and on listeners with
-    /// shutdown-sessions their open sessions are cut.
-    Down { check: Arc<Check> },
+    /// shutdown-sessions their open sessions are cut. `forced`: another node started
+    /// leading, and a former leader's sessions are cut whatever `on_marked_down` says.
+    Down { check: Arc<Check>, forced: bool },
     /// A check admits again (or anew) without a transition: queued sessions look again.
     Admitting { check: Arc<Check> },
     /// Another node leads (or none). Sessions sent to the old leader by listeners that do
     /// not check for it end with its term (their token is already cancelled).
     LeaderChanged { from: Option<String>, to: Option<String>, timeline: Option<u64> },
+    /// The leader answers as a running primary again after a failed answer: sessions
+    /// waiting for it (on any listener) may go.
+    LeaderReady,
     /// Several nodes claim leadership at once: writes are held.
     Conflict { claimants: Vec<String> },
+    /// Nobody leads because the timeline floor refuses these nodes' claims as stale.
+    StaleClaims { nodes: Vec<String>, floor: u64 },
     /// The cluster's system identifier changed: it was rebuilt, and its timelines start over.
     IdentityChanged { from: Option<String>, to: String },
 }

@@ -95,14 +95,14 @@ impl Runtime {
     /// check and server that did not change: their health state, counters and open
     /// sessions carry over, and only what changed starts afresh (DOWN until checked).
     pub fn build_from(config: Arc<Config>, sessions: &CancellationToken, previous: Option<&Runtime>) -> Runtime {
+        // A node that stays (same name and REST address) keeps its state wherever it moves.
         let nodes: Vec<Arc<NodeState>> = config
             .nodes
             .iter()
-            .enumerate()
-            .map(|(i, n)| {
+            .map(|n| {
                 previous
-                    .and_then(|p| p.nodes.get(i).filter(|o| o.name == n.name && o.target == n.check_address).cloned())
-                    .unwrap_or_else(|| Arc::new(NodeState::new(i, n.name.clone(), n.check_address.clone())))
+                    .and_then(|p| p.nodes.iter().find(|o| o.name == n.name && o.target == n.check_address).cloned())
+                    .unwrap_or_else(|| Arc::new(NodeState::new(n.name.clone(), n.check_address.clone())))
             })
             .collect();
         let leadership = match previous {
@@ -123,7 +123,11 @@ impl Runtime {
         let old_check = |i: usize, spec: &CheckSpec| {
             let old =
                 previous?.checks.iter().find(|c| Arc::ptr_eq(&c.node_state, &nodes[i]) && c.asks_the_same(spec))?;
-            Some(if &old.spec == spec { Arc::clone(old) } else { Arc::new(Check::retimed(old, spec.clone())) })
+            Some(if &old.spec == spec && old.node == i {
+                Arc::clone(old)
+            } else {
+                Arc::new(Check::retimed(old, i, spec.clone()))
+            })
         };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -137,7 +141,12 @@ impl Runtime {
                         .entry((i, l.check.clone()))
                         .or_insert_with(|| {
                             let c = old_check(i, &l.check).unwrap_or_else(|| {
-                                Arc::new(Check::new(Arc::clone(&nodes[i]), node.check_address.clone(), l.check.clone()))
+                                Arc::new(Check::new(
+                                    i,
+                                    Arc::clone(&nodes[i]),
+                                    node.check_address.clone(),
+                                    l.check.clone(),
+                                ))
                             });
                             checks.push(Arc::clone(&c));
                             c
@@ -146,6 +155,7 @@ impl Runtime {
                     let maxconn = node.maxconn.unwrap_or(l.maxconn);
                     let same = |s: &&Arc<Server>| {
                         s.name == node.name
+                            && s.node == i
                             && s.address == node.address
                             && s.source == node.source
                             && s.maxconn == maxconn

@@ -18,7 +18,6 @@ use crate::health::{NodeStatus, ProbeResult};
 /// The latest answer of one node's Patroni agent.
 #[derive(Debug)]
 pub struct NodeState {
-    pub index: usize,
     pub name: String,
     /// Patroni's REST address.
     pub target: String,
@@ -82,9 +81,10 @@ impl NodeReport {
 }
 
 impl NodeState {
-    pub fn new(index: usize, name: String, target: String) -> NodeState {
+    /// A node's state; it carries over reloads that keep the node (same name and REST
+    /// address) wherever it moves in the list, so its position is the runtime's business.
+    pub fn new(name: String, target: String) -> NodeState {
         NodeState {
-            index,
             name,
             target,
             report: Mutex::new(NodeReport::default()),
@@ -176,6 +176,8 @@ pub struct Leadership {
     /// The leader's WAL position as last reported, and when: replica lag bounds use it
     /// while no leader answers, for a bounded time (then they fail closed).
     position: Mutex<Option<(u64, Instant)>>,
+    /// The stale claims last reported, so each refusal is said once.
+    pub(crate) last_stale: Mutex<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -192,6 +194,13 @@ pub struct Decision {
     pub conflict: bool,
     /// The cluster's system identifier changed (from, to): a rebuilt cluster.
     pub identity_changed: Option<(Option<String>, String)>,
+    /// The same leader answers as a running primary again after an answer that did not
+    /// (a REST blip): sessions waiting for it may go now.
+    pub ready_regained: bool,
+    /// With no leader: the nodes whose claims the timeline floor refused as stale.
+    pub stale: Vec<usize>,
+    /// The timeline floor after this decision.
+    pub floor: u64,
 }
 
 impl Decision {
@@ -216,6 +225,7 @@ impl Default for Leadership {
             since: Mutex::new(Instant::now()),
             term: Mutex::new(CancellationToken::new()),
             position: Mutex::new(None),
+            last_stale: Mutex::new(Vec::new()),
         }
     }
 }
@@ -263,6 +273,7 @@ impl Leadership {
             since: Mutex::new(old.since()),
             term: Mutex::new(lock(&old.term).clone()),
             position: Mutex::new(*lock(&old.position)),
+            last_stale: Mutex::new(Vec::new()),
         }
     }
 
@@ -309,7 +320,15 @@ impl Leadership {
     /// Claims from two databases at once are a conflict. The caller serialises calls (the
     /// checkers hold the arbitration lock).
     pub fn decide(&self, claims: &[(usize, Claim)]) -> Decision {
+        self.decide_then(claims, |_| {})
+    }
+
+    /// [`Leadership::decide`], calling `before_publish` with the decision before anyone
+    /// can see it: the caller takes admission away from every other node there, so no
+    /// instant exists at which a new leader is visible while an old one still admits.
+    pub fn decide_then(&self, claims: &[(usize, Claim)], before_publish: impl FnOnce(&Decision)) -> Decision {
         let previous = self.leader();
+        let was_ready = self.ready.load(Ordering::Acquire);
         let mut floor = lock(&self.floor);
         let ids: Vec<&String> = {
             let mut ids: Vec<&String> = claims.iter().filter_map(|c| c.1.system_id.as_ref()).collect();
@@ -349,20 +368,40 @@ impl Leadership {
                 }
             }
         };
-        self.conflict.store(conflict, Ordering::Release);
         let won = leader.and_then(|l| claims.iter().find(|c| c.0 == l)).map(|c| &c.1);
         if let Some(t) = won.and_then(|c| c.timeline) {
             floor.timeline = floor.timeline.max(t);
         }
+        let ready = won.is_some_and(|c| c.ready);
+        // Claims the floor refused: said out loud while they leave the cluster leaderless.
+        let stale: Vec<usize> = claims
+            .iter()
+            .filter(|c| c.1.timeline.is_some_and(|t| t < floor.timeline) && ids.len() <= 1)
+            .map(|c| c.0)
+            .collect();
+        let floor_timeline = floor.timeline;
         drop(floor);
-        self.ready.store(won.is_some_and(|c| c.ready), Ordering::Release);
+        let decision = Decision {
+            leader,
+            previous,
+            conflict,
+            identity_changed,
+            ready_regained: leader == previous && leader.is_some() && ready && !was_ready,
+            stale: if leader.is_none() { stale } else { Vec::new() },
+            floor: floor_timeline,
+        };
+        if decision.changed() || conflict {
+            before_publish(&decision);
+        }
+        self.conflict.store(conflict, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
         if leader != previous {
             self.leader.store(leader.map_or(NONE, |i| i as u64), Ordering::Release);
             self.changes.fetch_add(1, Ordering::Relaxed);
             *lock(&self.since) = Instant::now();
             std::mem::replace(&mut *lock(&self.term), CancellationToken::new()).cancel();
         }
-        Decision { leader, previous, conflict, identity_changed }
+        decision
     }
 }
 
@@ -493,7 +532,7 @@ mod tests {
         assert!(!d.changed());
         assert!(!term.is_cancelled(), "a blip is not a new term");
         assert_eq!((l.leader(), l.ready_leader()), (Some(0), None));
-        l.decide(&[(0, on(2))]);
+        assert!(l.decide(&[(0, on(2))]).ready_regained, "queues are told the leader takes sessions again");
         assert_eq!(l.ready_leader(), Some(0));
         l.decide(&[]);
         assert!(term.is_cancelled());

@@ -335,7 +335,22 @@ impl Converter {
                 p.servers.push(Server { name: name.to_owned(), address: address.to_owned(), params });
             }
             "default_backend" => p.default_backend = Some(w(1).to_owned()),
-            "use_backend" => p.use_backends.push((w(1).to_owned(), l.number)),
+            "use_backend" => {
+                // Only a condition made of named HTTP ACLs is known never to match; anything
+                // else (an inline `{ src ... }`, a TCP ACL) is routing pgfront cannot carry.
+                let names: Vec<&str> =
+                    l.words.iter().skip(3).map(String::as_str).filter(|w| !matches!(*w, "!" | "||" | "or")).collect();
+                let http = |n: &str| p.http_acls.iter().any(|(acl, _)| acl.split_whitespace().nth(1) == Some(n));
+                if l.word(2).is_some() && !names.is_empty() && names.iter().all(|n| http(n.trim_start_matches('!'))) {
+                    p.use_backends.push((w(1).to_owned(), l.number));
+                } else {
+                    self.unmapped(
+                        l,
+                        "routing on a condition pgfront cannot read",
+                        "route with [[listener]] routes, or a listener per backend",
+                    );
+                }
+            }
             "acl" => {
                 // Layer-7 criteria can never match PostgreSQL traffic in TCP mode.
                 if [
@@ -417,9 +432,10 @@ impl Converter {
                 "check" => p.check = true,
                 "backup" => {
                     p.backup = true;
-                    self.explained(
+                    self.unmapped(
                         l,
-                        "backup: pgfront has no backup servers; the node is a regular server, and Patroni's role decides who takes sessions",
+                        "backup: pgfront has no backup servers, so this server is left out of the listener",
+                        "for reads that fall back to the leader use fallback_to_leader = true; otherwise add it to `servers`",
                     );
                 }
                 "port" => {
@@ -454,6 +470,14 @@ impl Converter {
                     p.on_marked_down = Some(value.to_owned());
                     takes_value(&mut i);
                 }
+                "weight" if value == "0" => {
+                    self.unmapped(
+                        l,
+                        "weight 0 takes no new sessions",
+                        "leave the server out of `servers`, or drain it from the page",
+                    );
+                    takes_value(&mut i);
+                }
                 "on-marked-up" | "slowstart" | "weight" | "agent-port" | "agent-inter" | "observe" | "error-limit"
                 | "id" | "cookie" | "resolvers" | "init-addr" | "check-sni" => {
                     self.explained(l, format!("`{}` has no pgfront equivalent and is ignored", words[i]));
@@ -469,7 +493,11 @@ impl Converter {
                         takes_value(&mut i);
                     }
                 }
-                "disabled" => self.explained(l, "disabled: the server is imported; put it in MAINT from the page"),
+                "disabled" => self.unmapped(
+                    l,
+                    "disabled: the server starts in maintenance in HAProxy",
+                    "put it in MAINT from the page after start, or leave it out of `servers`",
+                ),
                 other => self.unmapped(l, &format!("server parameter `{other}` is not understood"), "port it by hand"),
             }
             i += 1;
@@ -479,6 +507,8 @@ impl Converter {
 
     /// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
     fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool) -> Listener {
+        let back =
+            &Proxy { servers: back.servers.iter().filter(|s| !s.params.backup).cloned().collect(), ..back.clone() };
         let mut comments = Vec::new();
         if front.mode.as_deref() == Some("http") || back.mode.as_deref() == Some("http") {
             self.note(
@@ -665,9 +695,8 @@ impl Converter {
         let common_maxconn = listener_maxconn.first().copied().filter(|m| listener_maxconn.iter().all(|q| q == m));
 
         out.push_str("\n[defaults]\n");
-        if let Some(r) = defaults.retries {
-            let _ = writeln!(out, "retries = {r}");
-        }
+        // HAProxy's default is 3 retries (pgfront's, the reference config's, is 2).
+        let _ = writeln!(out, "retries = {}", defaults.retries.unwrap_or(3));
         for (k, v) in &defaults.timeouts {
             let _ = writeln!(out, "{k} = {}", quote(v));
         }
@@ -732,10 +761,8 @@ impl Converter {
             if common_maxconn.is_none() {
                 let _ = writeln!(out, "maxconn = {lm}");
             }
-            if l.settings.retries != defaults.retries {
-                if let Some(r) = l.settings.retries {
-                    let _ = writeln!(out, "retries = {r}");
-                }
+            if l.settings.retries.unwrap_or(3) != defaults.retries.unwrap_or(3) {
+                let _ = writeln!(out, "retries = {}", l.settings.retries.unwrap_or(3));
             }
             for (k, v) in &l.settings.timeouts {
                 if defaults.timeouts.get(k) != Some(v) {

@@ -14,7 +14,18 @@ impl React for Reactor {
     fn react(&self, rt: &Runtime, change: Change) {
         match change {
             Change::Up { check } => up(rt, &check),
-            Change::Down { check } => down(rt, &check),
+            Change::Down { check, forced } => down(rt, &check, forced),
+            Change::LeaderReady => {
+                for l in &rt.listeners {
+                    l.wake_queue();
+                }
+            }
+            Change::StaleClaims { nodes, floor } => {
+                tracing::error!(nodes = ?nodes, floor,
+                    "no leader: these nodes claim leadership on a timeline older than one already seen (stale answers of demoted nodes; after a restore of the same database to an older timeline, restart pgfront)");
+                rt.events
+                    .push(format!("claims of {} refused: timeline below the floor {floor} (stale)", nodes.join(", ")));
+            }
             Change::Admitting { check } => {
                 for (l, _) in rt.servers_of(&check) {
                     l.queue.dispatch();
@@ -59,11 +70,13 @@ fn up(rt: &Runtime, check: &Arc<Check>) {
     }
 }
 
-fn down(rt: &Runtime, check: &Arc<Check>) {
+/// `forced`: a former leader; its sessions end whatever `on_marked_down` says, since another
+/// node leads now and writes there would go to the wrong primary.
+fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
     let report = check.report();
     for (listener, server) in rt.servers_of(check) {
         let remaining = listener.servers_up();
-        let cut = if listener.config.shutdown_sessions { server.cut_sessions() } else { 0 };
+        let cut = if listener.config.shutdown_sessions || forced { server.cut_sessions() } else { 0 };
         tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
             servers_up = remaining, sessions_cut = cut, "server is DOWN");
         rt.events.push(format!(

@@ -175,7 +175,9 @@ async fn serve_until_end(
     let sent = prelude.bytes.len() as u64;
     // Nothing of the opening is needed any more: an idle session keeps none of it.
     drop(prelude);
-    let connecting: keys::Held = std::sync::Mutex::new(if readable { slot.take_connecting() } else { None });
+    // An opaque session (TLS end to end) gives its place back now: the server has answered
+    // its opening, and nothing later can be seen.
+    let connecting: keys::Held = std::sync::Mutex::new(slot.take_connecting().filter(|_| readable));
     // A child of the server's token, itself a child of the process's session token: cut by
     // mark-down, by an operator, or by the end of a graceful stop. Taken with the slot.
     let token = slot.token().clone();

@@ -20,6 +20,18 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// accepts and serves its own share without handing sessions between threads. The sockets
 /// are registered with a runtime by the worker that accepts on them.
 pub fn bind_copies(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if copies > 1 {
+        // SO_REUSEPORT would let this bind share a port another process (a second pgfront)
+        // already serves: make sure it is free first, as a plain bind would.
+        let probe = bind_std(addr, false)?;
+        let addr = probe.local_addr()?;
+        drop(probe);
+        return bind_group(addr, copies);
+    }
+    bind_group(addr, copies)
+}
+
+fn bind_group(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let first = bind_std(addr, copies > 1)?;
     // Port 0 picks a port once; the other copies join it.
     let addr = first.local_addr()?;
