@@ -368,8 +368,9 @@ async fn a_reload_that_removes_a_node_before_the_leader_changes_nothing_else() {
 
 #[tokio::test]
 async fn sessions_waiting_for_the_primary_go_when_the_leader_answers_again() {
-    // Before: a session asking for the primary on a read listener during a REST blip waited
-    // for its whole timeout_queue: nothing woke its queue when the leader answered again.
+    // A session asking for the primary on a read listener during a REST blip goes as soon
+    // as the leader answers again (before, only at the next passing probe of some other
+    // server of that listener, up to `inter` later: this test, at inter 50ms, cannot tell).
     let lab = Lab::start(3).await;
     lab.leader(0);
     let pg = start(
