@@ -175,6 +175,17 @@ impl Pgfront {
             tasks.spawn(web::serve(Arc::clone(&shared), socket, web_stop.clone()));
             addr
         });
+        // Memory freed by bursts goes back to the system (see proxy::trim_memory).
+        let trim_stop = shared.tokens.root.clone();
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => proxy::trim_memory(),
+                    () = trim_stop.cancelled() => return,
+                }
+            }
+        });
         let serving = Mutex::new(Serving { listeners, checkers });
         Pgfront { shared, probe, workers, tasks, serving, web_stop, web_addr }
     }

@@ -16,6 +16,28 @@ pub const BUF: usize = 16 * 1024;
 /// Buffers a thread keeps for reuse; more are freed.
 const POOL: usize = 256;
 
+/// Bytes of copy buffers freed (beyond the pools) since the allocator was last asked to
+/// give memory back: a burst on thousands of sessions frees megabytes that glibc's malloc
+/// would otherwise keep resident for good.
+static FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How much must have been freed before memory is handed back to the system.
+const TRIM_AFTER: usize = 4 << 20;
+
+/// Hands freed memory back to the system if a burst freed enough to matter (called from
+/// a control task about once a second; nothing happens while traffic is steady).
+pub fn trim() {
+    if FREED.load(std::sync::atomic::Ordering::Relaxed) < TRIM_AFTER {
+        return;
+    }
+    FREED.store(0, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
@@ -26,12 +48,18 @@ fn take() -> Box<[u8]> {
 
 fn give(buf: Box<[u8]>) {
     // During thread teardown the pool may be gone: the buffer is simply freed.
-    let _ = FREE.try_with(|f| {
+    let kept = FREE.try_with(|f| {
         let mut f = f.borrow_mut();
         if f.len() < POOL {
             f.push(buf);
+            true
+        } else {
+            false
         }
     });
+    if kept != Ok(true) {
+        FREED.fetch_add(BUF, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A buffer slot of one copy direction; returns its buffer to the pool when dropped.
@@ -70,6 +98,23 @@ impl Source for tokio::net::tcp::ReadHalf<'_> {
             // Drained by the last read: give the buffer back until the next burst.
             if let Some(b) = slot.buf.take() {
                 give(b);
+            }
+        }
+        if let Some(buf) = slot.buf.as_mut() {
+            // The last read filled the buffer: more may be waiting (a bulk transfer), or the
+            // message ended exactly at the buffer's end. Look without waiting, so an idle
+            // session never waits while holding a buffer.
+            match self.as_ref().try_read(buf) {
+                Ok(n) => {
+                    slot.drained = n < buf.len();
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(b) = slot.buf.take() {
+                        give(b);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         if slot.buf.is_none() {

@@ -109,9 +109,11 @@ struct Prelude {
 }
 
 /// The client's side of a session: plain TCP, or TLS that pgfront terminates.
-type ClientIo = Either<TcpStream, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
+/// TLS state is large (over a KiB) and boxed, so a plain-text session does not carry its
+/// size for its whole life.
+type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>>;
 /// The server's side: plain TCP, or TLS pgfront negotiated with PostgreSQL.
-type ServerIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+type ServerIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Serves one accepted client to the end. The end of a graceful stop (`hard_stop_after`)
 /// ends it in any phase: held in the queue, connecting, being refused, or copying.
@@ -152,7 +154,7 @@ async fn serve_until_end(
     // session's task for its whole life.
     let (mut client, prelude) = match Box::pin(open(client, &listener)).await {
         Ok(v) => v,
-        Err((client, refusal)) => return refused(&listener, client, peer, started, refusal, None).await,
+        Err((client, refusal)) => return Box::pin(refused(&listener, client, peer, started, refusal, None)).await,
     };
     if let Opening::CancelRequest { .. } = prelude.opening {
         cancel::forward(&shared, &listener, &prelude.bytes, peer).await;
@@ -166,7 +168,9 @@ async fn serve_until_end(
     };
     let (mut slot, mut upstream, reply) = match established {
         Ok(v) => v,
-        Err(refusal) => return refused(&listener, Some(client), peer, started, refusal, Some(&prelude.opening)).await,
+        Err(refusal) => {
+            return Box::pin(refused(&listener, Some(client), peer, started, refusal, Some(&prelude.opening))).await
+        }
     };
     let server = Arc::clone(slot.server());
     // The connect place is held until authentication ends where pgfront can see it
@@ -196,14 +200,14 @@ async fn serve_until_end(
         }
         Ok::<_, std::io::Error>(())
     };
-    let end = match written.await {
+    let end = match Box::pin(written).await {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             drop((slot, upstream));
-            return refused(&listener, Some(client), peer, started, Refusal::NotTls, None).await;
+            return Box::pin(refused(&listener, Some(client), peer, started, Refusal::NotTls, None)).await;
         }
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             drop((slot, upstream));
-            return refused(&listener, Some(client), peer, started, Refusal::Silent, None).await;
+            return Box::pin(refused(&listener, Some(client), peer, started, Refusal::Silent, None)).await;
         }
         Err(e) => End::ClientError(e),
         Ok(()) => {
@@ -221,7 +225,7 @@ async fn serve_until_end(
                 Watch { meters, idle, cut: &token, term: slot.term(), sniffer: sniffer.as_mut(), connecting: held };
             let (end, m) = match (client, upstream) {
                 (Either::Left(mut c), Either::Left(mut s)) => copy::bidirectional(&mut c, &mut s, watch).await,
-                (mut c, mut s) => copy::bidirectional_io(&mut c, &mut s, watch).await,
+                (mut c, mut s) => Box::pin(copy::bidirectional_io(&mut c, &mut s, watch)).await,
             };
             moved.to_server += m.to_server;
             moved.to_client += m.to_client;
@@ -294,10 +298,10 @@ async fn open(
     };
     match read_prelude(&mut stream, deadline).await {
         Ok(p) if matches!(p.opening, Opening::Startup { .. } | Opening::CancelRequest { .. }) => {
-            Ok((Either::Right(stream), p))
+            Ok((Either::Right(Box::new(stream)), p))
         }
-        Ok(_) => Err((Some(Either::Right(stream)), Refusal::Garbage(pg::BadOpening::Malformed))),
-        Err(r) => Err((Some(Either::Right(stream)), r)),
+        Ok(_) => Err((Some(Either::Right(Box::new(stream))), Refusal::Garbage(pg::BadOpening::Malformed))),
+        Err(r) => Err((Some(Either::Right(Box::new(stream))), r)),
     }
 }
 
@@ -504,7 +508,7 @@ async fn secure(mut stream: TcpStream, listener: &ListenerState, address: &str) 
     }
     let name = tls::server_name(address).map_err(|e| FirstError::Tls(e.to_string()))?;
     match connector.connect(name, stream).await {
-        Ok(s) => Ok(Either::Right(s)),
+        Ok(s) => Ok(Either::Right(Box::new(s))),
         // rustls reports handshake and certificate failures as InvalidData.
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(FirstError::Tls(e.to_string())),
         Err(e) => Err(FirstError::Io(e)),
