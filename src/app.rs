@@ -175,8 +175,9 @@ impl Pgfront {
             tasks.spawn(web::serve(Arc::clone(&shared), socket, web_stop.clone()));
             addr
         });
-        // Memory freed by bursts goes back to the system (see proxy::trim_memory).
-        let trim_stop = shared.tokens.root.clone();
+        // Memory freed by bursts goes back to the system (see proxy::trim_memory). Stops
+        // with the web surface, before the stop waits for these tasks.
+        let trim_stop = web_stop.clone();
         tasks.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
