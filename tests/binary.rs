@@ -75,6 +75,8 @@ async fn run_reloads_on_sighup_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // However the test ends (a failed assertion, a hang cut short), pgfront goes with it.
+    let _reaper = KillOnDrop(pid);
     let web: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
     let status = || async { json(&get(web, "/status.json").await.unwrap_or_default()) };
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -118,4 +120,17 @@ async fn run_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(stderr.contains("pgfront starting") && stderr.contains("configuration reloaded"), "{stderr}");
     assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills a child process when dropped, unless it already exited.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0)).unwrap_or_default();
+        let zombie_or_gone = status.is_empty() || status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
+        if !zombie_or_gone {
+            let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
+        }
+    }
 }
