@@ -16,6 +16,7 @@ pub mod pg;
 pub mod proxy;
 pub mod state;
 pub mod stats;
+pub mod status;
 pub mod tls;
 pub mod web;
 

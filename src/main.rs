@@ -37,6 +37,28 @@ enum Command {
         #[arg(long)]
         hash_passwords: bool,
     },
+    /// Show a running pgfront's view of the cluster and its listeners, read from its web
+    /// port. Exit code 0: a leader is admitted; 1: none is; 2: pgfront cannot be read.
+    Status {
+        /// The web port of the pgfront to ask.
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        url: String,
+        /// A user of the stats page (`[[web.user]]`).
+        #[arg(long, env = "PGFRONT_USER")]
+        user: Option<String>,
+        /// Its password; better from the environment or a file (never echoed).
+        #[arg(long, env = "PGFRONT_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// A file holding the password (its first line).
+        #[arg(long, conflicts_with = "password")]
+        password_file: Option<PathBuf>,
+        /// Print the status JSON as pgfront serves it, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
     /// Print a manual page (roff), generated from this command line's own help: pgfront(1),
     /// or pgfront-SUBCOMMAND(1) for a subcommand.
     #[command(hide = true)]
@@ -58,6 +80,20 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => run(config),
         Command::ImportHaproxy { file, hash_passwords } => import_haproxy(&file, hash_passwords),
+        Command::Status { url, user, password, password_file, json, watch } => {
+            let password = match password_file {
+                Some(f) => match std::fs::read_to_string(&f) {
+                    Ok(t) => Some(t.lines().next().unwrap_or_default().to_owned()),
+                    Err(e) => {
+                        eprintln!("pgfront: cannot read {}: {e}", f.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => password,
+            };
+            let src = pgfront::status::Source { url, user, password, timeout: std::time::Duration::from_secs(5) };
+            status(&src, json, watch)
+        }
         Command::Man { subcommand } => {
             use clap::CommandFactory;
             let top = Cli::command();
@@ -83,6 +119,37 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn status(src: &pgfront::status::Source, json: bool, watch: Option<u64>) -> ExitCode {
+    use pgfront::status::{fetch, leader_admitted, render};
+    loop {
+        let code = match fetch(src) {
+            Ok(v) => {
+                if watch.is_some() {
+                    print!("\x1b[2J\x1b[H");
+                }
+                if json {
+                    println!("{v}");
+                } else {
+                    print!("{}", render(&src.url, &v));
+                }
+                if leader_admitted(&v) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("pgfront: {e}");
+                ExitCode::from(2)
+            }
+        };
+        match watch {
+            Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs.max(1))),
+            None => return code,
         }
     }
 }

@@ -815,3 +815,27 @@ async fn imported_haproxy_configs_send_each_port_to_the_same_role_as_haproxy() {
         pg.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the lab cluster: run scripts/test"]
+async fn pgfront_status_prints_the_demo_cluster() {
+    healthy().await;
+    let pg = start_pgfront();
+    ready(&pg).await;
+    let url = format!("http://{}", pg.web_addr().unwrap());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgfront"))
+            .args(["status", "--url", &url, "--user", "admin"])
+            .env("PGFRONT_PASSWORD", "secret")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for n in ["node1", "node2", "node3", "(leader)", "listener primary", "listener replicas", "listener reads"] {
+        assert!(text.contains(n), "status lacks {n}:\n{text}");
+    }
+    pg.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,234 @@
+//! `pgfront status`: a running pgfront's view of the cluster and its listeners in the
+//! terminal, read from its web port (`/status.json`), the way `patronictl list` shows
+//! Patroni. A plain HTTP/1.0 GET over a bounded TCP connection: nothing to configure.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+/// Why the status could not be read (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0} is not a URL pgfront can read (expected http://HOST:PORT)")]
+    Url(String),
+    #[error("cannot reach pgfront at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pgfront at {0} refused the credentials (HTTP 401): check the user and password")]
+    Unauthorized(String),
+    #[error("pgfront at {url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("pgfront at {0} sent an unreadable status: {1}")]
+    Garbled(String, String),
+}
+
+/// Whom to ask, and as whom.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `http://host:port`
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Reads `/status.json`.
+pub fn fetch(src: &Source) -> Result<Value, StatusError> {
+    let rest = src.url.strip_prefix("http://").ok_or_else(|| StatusError::Url(src.url.clone()))?;
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(StatusError::Url(src.url.clone()));
+    }
+    let unreachable = |source| StatusError::Unreachable { url: src.url.clone(), source };
+    let addr = host
+        .to_socket_addrs()
+        .map_err(unreachable)?
+        .next()
+        .ok_or_else(|| unreachable(std::io::ErrorKind::NotFound.into()))?;
+    let mut s = TcpStream::connect_timeout(&addr, src.timeout).map_err(unreachable)?;
+    s.set_read_timeout(Some(src.timeout)).map_err(unreachable)?;
+    let auth = match (&src.user, &src.password) {
+        (Some(u), Some(p)) => {
+            format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+        }
+        _ => String::new(),
+    };
+    write!(s, "GET /status.json HTTP/1.0\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").map_err(unreachable)?;
+    let mut answer = Vec::new();
+    s.take(16 << 20).read_to_end(&mut answer).map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    match status {
+        200 => serde_json::from_str(body).map_err(|e| StatusError::Garbled(src.url.clone(), e.to_string())),
+        401 => Err(StatusError::Unauthorized(src.url.clone())),
+        status => Err(StatusError::Status { url: src.url.clone(), status }),
+    }
+}
+
+/// Whether a leader is admitted: some write listener has a server up (or, with none, the
+/// cluster has a leader). The exit code of `pgfront status`.
+pub fn leader_admitted(v: &Value) -> bool {
+    let listeners = v["listeners"].as_array().cloned().unwrap_or_default();
+    let writes: Vec<&Value> = listeners.iter().filter(|l| l["writes"] == true).collect();
+    if writes.is_empty() {
+        return v["leader"].is_string();
+    }
+    writes.iter().any(|l| l["servers_up"].as_u64().unwrap_or(0) > 0)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A table of rows, columns padded to their widest cell, with `+---+` rules as
+/// `patronictl list` draws them.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+\n";
+    let line = |cells: Vec<String>| -> String {
+        let mut l: String = cells.iter().zip(&widths).map(|(c, w)| format!("| {c:<w$} ")).collect();
+        l.push_str("|\n");
+        l
+    };
+    out.push_str(&rule);
+    out.push_str(&line(header.iter().map(|h| h.to_string()).collect()));
+    out.push_str(&rule);
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out.push_str(&rule);
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The status as a person reads it.
+pub fn render(url: &str, v: &Value) -> String {
+    let mut out = String::new();
+    let leader = match (&v["leader"], v["leader_conflict"] == true) {
+        (_, true) => "CONFLICT: several nodes claim leadership; writes are held".to_owned(),
+        (Value::String(l), _) => format!(
+            "leader {l} for {} ({} leader changes)",
+            ago(v["leader_since_secs"].as_u64().unwrap_or(0)),
+            v["leader_changes"].as_u64().unwrap_or(0)
+        ),
+        _ => {
+            format!("NO LEADER for {}: new write sessions are held", ago(v["leader_since_secs"].as_u64().unwrap_or(0)))
+        }
+    };
+    let _ = writeln!(
+        out,
+        "pgfront {} at {url}: {leader}; {} sessions open, {} held",
+        s(&v["version"]),
+        v["sessions"].as_u64().unwrap_or(0),
+        v["sessions_held"].as_u64().unwrap_or(0)
+    );
+    if let Some(id) = v["system_identifier"].as_str() {
+        let _ = writeln!(out, "cluster system identifier {id}");
+    }
+    let nodes: Vec<Vec<String>> = v["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| {
+                    let role = match (s(&n["role"]), n["is_leader"] == true) {
+                        (r, true) => format!("{r} (leader)"),
+                        (r, false) => r,
+                    };
+                    vec![
+                        s(&n["name"]),
+                        role,
+                        s(&n["state"]),
+                        s(&n["timeline"]),
+                        n["lag_bytes"].as_u64().map_or("-".into(), |b| b.to_string()),
+                        s(&n["rest"]),
+                        s(&n["last_check"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&mut out, &["Node", "Role", "State", "TL", "Lag (B)", "REST", "Last answer"], &nodes);
+    for l in v["listeners"].as_array().cloned().unwrap_or_default() {
+        let _ = writeln!(
+            out,
+            "listener {} on {} ({}, {}): {}/{} up, queue {}, refused {}",
+            s(&l["name"]),
+            s(&l["bind"]),
+            s(&l["balance"]),
+            s(&l["check"]),
+            l["servers_up"].as_u64().unwrap_or(0),
+            l["servers"].as_array().map_or(0, Vec::len),
+            l["queue_cur"].as_u64().unwrap_or(0),
+            l["refused"].as_u64().unwrap_or(0),
+        );
+        let rows: Vec<Vec<String>> = l["servers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|sv| {
+                        vec![
+                            s(&sv["name"]),
+                            s(&sv["status"]),
+                            ago(sv["last_change_secs"].as_u64().unwrap_or(0)),
+                            format!("{}/{}", sv["cur"].as_u64().unwrap_or(0), sv["limit"].as_u64().unwrap_or(0)),
+                            s(&sv["total"]),
+                            s(&sv["last_check"]),
+                            s(&sv["reason"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(&mut out, &["Server", "Status", "Since", "Sessions", "Total", "Last check", "Reason"], &rows);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_cluster_and_the_listeners() {
+        let v: Value = serde_json::from_str(
+            r#"{"version":"0.1.0","leader":"node1","leader_since_secs":300,"leader_changes":2,"leader_conflict":false,
+            "sessions":3,"sessions_held":0,"system_identifier":"7001",
+            "nodes":[{"name":"node1","role":"primary","is_leader":true,"state":"running","timeline":2,"rest":"127.0.0.11:8008","last_check":"L7OK/200 in 1ms"}],
+            "listeners":[{"name":"primary","bind":"127.0.0.1:5000","balance":"first","check":"OPTIONS /master -> 200","writes":true,"servers_up":1,"queue_cur":0,"refused":0,
+              "servers":[{"name":"node1","status":"UP","last_change_secs":61,"cur":3,"limit":100,"total":9,"last_check":"L7OK/200 in 1ms","reason":"ok"}]}]}"#,
+        )
+        .unwrap();
+        let text = render("http://x:7000", &v);
+        assert!(text.contains("leader node1 for 5m (2 leader changes)"), "{text}");
+        assert!(text.contains("| node1 | primary (leader) |"), "{text}");
+        assert!(text.contains("listener primary on 127.0.0.1:5000"), "{text}");
+        assert!(text.contains("| 3/100 "), "{text}");
+        assert!(leader_admitted(&v));
+        let mut none = v.clone();
+        none["listeners"][0]["servers_up"] = 0.into();
+        assert!(!leader_admitted(&none));
+    }
+}
