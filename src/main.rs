@@ -59,6 +59,26 @@ enum Command {
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
+    /// Apply an admin action to a node through a running pgfront's JSON admin API (an admin
+    /// user): drain (no new sessions), ready, maint (no new sessions, health ignored) or
+    /// kill-sessions. Exit code 0: done; 1: refused; 2: pgfront cannot be reached.
+    Ctl {
+        #[arg(value_parser = ["drain", "ready", "maint", "kill-sessions"])]
+        action: String,
+        /// The node, as named in the configuration.
+        node: String,
+        /// Only on this listener (default: every listener that has the node).
+        #[arg(long)]
+        listener: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        url: String,
+        #[arg(long, env = "PGFRONT_USER")]
+        user: Option<String>,
+        #[arg(long, env = "PGFRONT_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long, conflicts_with = "password")]
+        password_file: Option<PathBuf>,
+    },
     /// Print a manual page (roff), generated from this command line's own help: pgfront(1),
     /// or pgfront-SUBCOMMAND(1) for a subcommand.
     #[command(hide = true)]
@@ -81,18 +101,32 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::ImportHaproxy { file, hash_passwords } => import_haproxy(&file, hash_passwords),
         Command::Status { url, user, password, password_file, json, watch } => {
-            let password = match password_file {
-                Some(f) => match std::fs::read_to_string(&f) {
-                    Ok(t) => Some(t.lines().next().unwrap_or_default().to_owned()),
-                    Err(e) => {
-                        eprintln!("pgfront: cannot read {}: {e}", f.display());
-                        return ExitCode::from(2);
-                    }
-                },
-                None => password,
+            match source(url, user, password, password_file) {
+                Ok(src) => status(&src, json, watch),
+                Err(code) => code,
+            }
+        }
+        Command::Ctl { action, node, listener, url, user, password, password_file } => {
+            let src = match source(url, user, password, password_file) {
+                Ok(src) => src,
+                Err(code) => return code,
             };
-            let src = pgfront::status::Source { url, user, password, timeout: std::time::Duration::from_secs(5) };
-            status(&src, json, watch)
+            match pgfront::status::act(&src, &action, &node, listener.as_deref()) {
+                Ok(done) => {
+                    for d in done {
+                        println!("{d}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(Ok(refused)) => {
+                    eprintln!("pgfront: {refused}");
+                    ExitCode::from(1)
+                }
+                Err(Err(e)) => {
+                    eprintln!("pgfront: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Man { subcommand } => {
             use clap::CommandFactory;
@@ -121,6 +155,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Where `status` and `ctl` ask, and as whom; the password from a file wins (never echoed).
+fn source(
+    url: String,
+    user: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<pgfront::status::Source, ExitCode> {
+    let password = match password_file {
+        Some(f) => match std::fs::read_to_string(&f) {
+            Ok(t) => Some(t.lines().next().unwrap_or_default().to_owned()),
+            Err(e) => {
+                eprintln!("pgfront: cannot read {}: {e}", f.display());
+                return Err(ExitCode::from(2));
+            }
+        },
+        None => password,
+    };
+    Ok(pgfront::status::Source { url, user, password, timeout: std::time::Duration::from_secs(5) })
 }
 
 fn status(src: &pgfront::status::Source, json: bool, watch: Option<u64>) -> ExitCode {

@@ -41,6 +41,40 @@ pub struct Source {
 
 /// Reads `/status.json`.
 pub fn fetch(src: &Source) -> Result<Value, StatusError> {
+    let (status, body) = request(src, "GET", "/status.json", None)?;
+    match status {
+        200 => serde_json::from_str(&body).map_err(|e| StatusError::Garbled(src.url.clone(), e.to_string())),
+        401 => Err(StatusError::Unauthorized(src.url.clone())),
+        status => Err(StatusError::Status { url: src.url.clone(), status }),
+    }
+}
+
+/// `pgfront ctl`: applies an admin action through the JSON admin API. `Ok` with what was
+/// done; `Err(Ok(why))` when pgfront refused it (exit 1), `Err(Err(_))` when it could not
+/// be asked (exit 2).
+pub fn act(
+    src: &Source,
+    action: &str,
+    node: &str,
+    listener: Option<&str>,
+) -> Result<Vec<String>, Result<String, StatusError>> {
+    let body = serde_json::json!({ "action": action, "node": node, "listener": listener }).to_string();
+    let (status, body) = request(src, "POST", "/api/admin", Some(&body)).map_err(Err)?;
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    match status {
+        200 => Ok(v["done"]
+            .as_array()
+            .map(|d| {
+                d.iter().map(|x| format!("{}/{}: {}", s(&x["listener"]), s(&x["server"]), s(&x["result"]))).collect()
+            })
+            .unwrap_or_default()),
+        401 => Err(Ok("pgfront refused the credentials (HTTP 401): check the user and password".into())),
+        _ => Err(Ok(format!("refused (HTTP {status}): {}", v["error"].as_str().unwrap_or(body.trim())))),
+    }
+}
+
+/// One HTTP/1.0 exchange with the web port: the status code and the body.
+fn request(src: &Source, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), StatusError> {
     let rest = src.url.strip_prefix("http://").ok_or_else(|| StatusError::Url(src.url.clone()))?;
     let host = rest.trim_end_matches('/');
     if host.is_empty() || host.contains('/') {
@@ -60,17 +94,17 @@ pub fn fetch(src: &Source) -> Result<Value, StatusError> {
         }
         _ => String::new(),
     };
-    write!(s, "GET /status.json HTTP/1.0\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").map_err(unreachable)?;
+    let payload = body
+        .map_or(String::new(), |b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+    let end = if body.is_some() { "" } else { "\r\n" };
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}Connection: close\r\n{payload}{end}")
+        .map_err(unreachable)?;
     let mut answer = Vec::new();
     s.take(16 << 20).read_to_end(&mut answer).map_err(unreachable)?;
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    match status {
-        200 => serde_json::from_str(body).map_err(|e| StatusError::Garbled(src.url.clone(), e.to_string())),
-        401 => Err(StatusError::Unauthorized(src.url.clone())),
-        status => Err(StatusError::Status { url: src.url.clone(), status }),
-    }
+    Ok((status, body.to_owned()))
 }
 
 /// Whether a leader is admitted: some write listener has a server up (or, with none, the

@@ -81,3 +81,73 @@ async fn status_prints_the_cluster_and_says_whether_a_leader_is_admitted() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+async fn ctl(args: &[&str], password: &str) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(BIN).arg("ctl").args(&args).env("PGFRONT_PASSWORD", password).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_acts_through_the_admin_api_for_admins_only() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    eventually(LIMIT, "all up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2).await;
+    let url = format!("http://{}", pg.web_addr().unwrap());
+    let admin_of = |listener: &str, server: &str| {
+        let rt = pg.shared().runtime.load();
+        rt.listener(listener).unwrap().servers.iter().find(|s| s.name == server).unwrap().admin()
+    };
+    use pgfront::cluster::AdminState;
+
+    // Drain node2 on every listener that has it.
+    let (code, out, err) = ctl(&["drain", "node2", "--url", &url, "--user", "admin"], "secret").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replicas/node2: set DRAIN") && out.contains("primary/node2: set DRAIN"), "{out}");
+    assert_eq!(admin_of("replicas", "node2"), AdminState::Drain);
+    // Sessions keep away from it: all to node3.
+    let addr = pg.listener_addr("replicas").unwrap();
+    for _ in 0..4 {
+        assert_eq!(connect(addr).await.unwrap().server, "node3");
+    }
+    // One listener only.
+    let (code, _, _) =
+        ctl(&["ready", "node2", "--listener", "replicas", "--url", &url, "--user", "admin"], "secret").await;
+    assert_eq!(code, 0);
+    assert_eq!(admin_of("replicas", "node2"), AdminState::Ready);
+    assert_eq!(admin_of("primary", "node2"), AdminState::Drain);
+
+    // A wrong password: a clear error, exit 1, nothing changed.
+    let (code, _, err) = ctl(&["maint", "node3", "--url", &url, "--user", "admin"], "wrong").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert_eq!(admin_of("replicas", "node3"), AdminState::Ready);
+    // A read-only user: refused.
+    let (code, _, err) = ctl(&["maint", "node3", "--url", &url, "--user", "viewer"], "look").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("admin role required"), "{err}");
+    assert_eq!(admin_of("replicas", "node3"), AdminState::Ready);
+    // An unknown node.
+    let (code, _, err) = ctl(&["drain", "node9", "--url", &url, "--user", "admin"], "secret").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("node9"), "{err}");
+    // The API takes JSON only: a cross-site form cannot drive it.
+    let mut s = tokio::net::TcpStream::connect(pg.web_addr().unwrap()).await.unwrap();
+    let body = "action=drain&node=node3";
+    let req = format!("POST /api/admin HTTP/1.0\r\nAuthorization: Basic YWRtaW46c2VjcmV0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 415") || answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert_eq!(admin_of("replicas", "node3"), AdminState::Ready);
+}

@@ -31,13 +31,32 @@ pub async fn act(shared: &Shared, user: &str, csrf: &str, req: Request<Incoming>
     else {
         return bad("listener, server and action are required");
     };
-    let rt = shared.runtime.load();
-    let Some(s) = rt.listener(listener).and_then(|l| l.servers.iter().find(|s| &s.name == server)) else {
-        return text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "no such listener or server\n".into());
+    let done = match apply(shared, user, listener, server, action) {
+        Ok(done) => done,
+        Err((status, why)) => return text(status, "text/plain; charset=utf-8", format!("{why}\n")),
     };
-    let done = match action.as_str() {
+    // Back to the page, as a form post from it expects.
+    let mut r = text(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", format!("{done}\n"));
+    r.headers_mut().insert(hyper::header::LOCATION, hyper::header::HeaderValue::from_static("/"));
+    r
+}
+
+/// Applies `action` (`ready`, `drain`, `maint`, `shutdown` or `kill-sessions`) to `server` of
+/// `listener`, logged with `user`. Shared by the page's forms and the JSON API.
+pub fn apply(
+    shared: &Shared,
+    user: &str,
+    listener: &str,
+    server: &str,
+    action: &str,
+) -> Result<String, (StatusCode, String)> {
+    let rt = shared.runtime.load();
+    let Some(s) = rt.listener(listener).and_then(|l| l.servers.iter().find(|s| s.name == server)) else {
+        return Err((StatusCode::NOT_FOUND, format!("no server {server:?} on listener {listener:?}")));
+    };
+    let done = match action {
         "ready" | "drain" | "maint" => {
-            let state = match action.as_str() {
+            let state = match action {
                 "ready" => AdminState::Ready,
                 "drain" => AdminState::Drain,
                 _ => AdminState::Maint,
@@ -50,15 +69,70 @@ pub async fn act(shared: &Shared, user: &str, csrf: &str, req: Request<Incoming>
             }
             format!("set {}", state.as_str())
         }
-        "shutdown" => format!("shut down {} sessions", s.cut_sessions()),
-        other => return bad(&format!("unknown action {other:?}")),
+        "shutdown" | "kill-sessions" => format!("shut down {} sessions", s.cut_sessions()),
+        other => return Err((StatusCode::BAD_REQUEST, format!("unknown action {other:?}"))),
     };
     tracing::warn!(user, listener = %listener, server = %server, action = %action, "admin action: {done}");
     rt.events.push(format!("{listener}/{server}: {done} by {user}"));
-    // Back to the page, as a form post from it expects.
-    let mut r = text(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", format!("{done}\n"));
-    r.headers_mut().insert(hyper::header::LOCATION, hyper::header::HeaderValue::from_static("/"));
-    r
+    Ok(done)
+}
+
+/// What `POST /api/admin` takes.
+#[derive(Debug, serde::Deserialize)]
+struct ApiAction {
+    action: String,
+    /// The node (server) to act on.
+    node: String,
+    /// One listener; all listeners that have the node when absent.
+    listener: Option<String>,
+}
+
+/// The JSON admin API for `pgfront ctl` and scripts: basic auth and the admin role, as the
+/// page; no cookies are involved, so no CSRF token. A body must be `application/json`, which
+/// a cross-site form cannot send.
+pub async fn api(shared: &Shared, user: &str, req: Request<Incoming>) -> Reply {
+    let json = |status: StatusCode, v: serde_json::Value| text(status, "application/json", format!("{v}\n"));
+    let error = |status: StatusCode, why: String| json(status, serde_json::json!({ "error": why }));
+    let is_json = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json".into());
+    }
+    let body = match Limited::new(req.into_body(), MAX_FORM).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::BAD_REQUEST, "body too large or unreadable".into()),
+    };
+    let a: ApiAction = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("expected {{\"action\", \"node\", \"listener\"?}}: {e}"))
+        }
+    };
+    let listeners: Vec<String> = match &a.listener {
+        Some(l) => vec![l.clone()],
+        None => {
+            let rt = shared.runtime.load();
+            rt.listeners
+                .iter()
+                .filter(|l| l.servers.iter().any(|s| s.name == a.node))
+                .map(|l| l.config.name.clone())
+                .collect()
+        }
+    };
+    if listeners.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("no listener has a server {:?}", a.node));
+    }
+    let mut done = Vec::new();
+    for l in &listeners {
+        match apply(shared, user, l, &a.node, &a.action) {
+            Ok(result) => done.push(serde_json::json!({ "listener": l, "server": a.node, "result": result })),
+            Err((status, why)) => return error(status, why),
+        }
+    }
+    json(StatusCode::OK, serde_json::json!({ "ok": true, "done": done }))
 }
 
 /// Decodes `application/x-www-form-urlencoded` (the last value of a repeated key wins).

@@ -100,6 +100,14 @@ impl Web {
             }
             return admin::act(&self.shared, &user, &self.csrf, req).await;
         }
+        if req.method() == Method::POST && path == "/api/admin" {
+            if role != Role::Admin {
+                tracing::warn!(user = %user, "admin action refused: read-only user");
+                let body = "{\"error\": \"admin role required\"}\n".to_owned();
+                return text(StatusCode::FORBIDDEN, "application/json", body);
+            }
+            return admin::api(&self.shared, &user, req).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into());
         }
