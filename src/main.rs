@@ -90,6 +90,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("pgfront: {}: warning: {w}", c.path.display());
+                }
                 print!("{}", summary(&c));
                 ExitCode::SUCCESS
             }
@@ -287,6 +290,9 @@ fn run(path: PathBuf) -> ExitCode {
             }
         };
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "pgfront starting");
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         let pgfront = app::start_on(config, bound, Workers::new(workers.handles.clone()));
         systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         systemd::spawn_watchdog();

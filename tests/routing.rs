@@ -412,6 +412,9 @@ async fn routes_match_user_database_and_application_name() {
     assert_eq!(connect_startup(addr, &asked).await, "node1");
     let asked = [("user", "etl"), ("options", "-c pgfront.target=replica")];
     assert_ne!(connect_startup(addr, &asked).await, "node1");
+    // asyncpg's server_settings: the setting as a startup parameter of its own.
+    let asked = [("user", "app"), ("pgfront.target", "primary")];
+    assert_eq!(connect_startup(addr, &asked).await, "node1", "pgfront.target as its own startup parameter");
 }
 
 #[tokio::test]

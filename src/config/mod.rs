@@ -304,6 +304,20 @@ impl Config {
     }
 
     /// Validates `text` as if read from `path` (which only names it in errors).
+    /// What is valid but will not do what it seems to: said by `pgfront check` and at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for l in &self.listeners {
+            if l.tls.is_none() && (l.client_target || !l.routes.is_empty()) {
+                w.push(format!(
+                    "listener {:?}: client_target/routes on a pass-through listener: TLS clients (libpq's default sslmode=prefer) cannot be read here: their pgfront.target is ignored (add a `tls` table to terminate TLS)",
+                    l.name
+                ));
+            }
+        }
+        w
+    }
+
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let src = Source { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;

@@ -324,3 +324,12 @@ fn threads_default_to_the_cpus_and_are_bounded() {
     let (line, key, _) = err_at(&format!("[global]\nthreads = 0\n{BASE}"));
     assert_eq!((line, key.as_str()), (2, "global.threads"));
 }
+
+#[test]
+fn client_target_on_a_pass_through_listener_is_warned_about() {
+    let text = BASE.replace("balance = \"first\"", "balance = \"first\"\nclient_target = true");
+    let w = parse(&text).unwrap().warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("\"primary\"") && w[0].contains("pgfront.target is ignored"), "{}", w[0]);
+    assert!(parse(BASE).unwrap().warnings().is_empty());
+}

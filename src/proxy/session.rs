@@ -315,7 +315,10 @@ fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Target {
         return cfg.default_target;
     };
     if cfg.client_target {
-        if let Some(t) = s.option("pgfront.target").and_then(|v| Target::parse(&v)) {
+        // `options='-c pgfront.target=...'` (libpq, JDBC, psycopg), or a startup parameter
+        // of its own (asyncpg's server_settings), which PostgreSQL accepts just the same.
+        let asked = s.option("pgfront.target").or_else(|| s.get("pgfront.target").map(str::to_owned));
+        if let Some(t) = asked.and_then(|v| Target::parse(&v)) {
             return t;
         }
     }
