@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use pgfront::{app, Bound, Config, Pgfront, Workers};
 use sd_notify::NotifyState;
 
@@ -40,18 +40,8 @@ enum Command {
     /// Show a running pgfront's view of the cluster and its listeners, read from its web
     /// port. Exit code 0: a leader is admitted; 1: none is; 2: pgfront cannot be read.
     Status {
-        /// The web port of the pgfront to ask.
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        url: String,
-        /// A user of the stats page (`[[web.user]]`).
-        #[arg(long, env = "PGFRONT_USER")]
-        user: Option<String>,
-        /// Its password; better from the environment or a file (never echoed).
-        #[arg(long, env = "PGFRONT_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
-        /// A file holding the password (its first line).
-        #[arg(long, conflicts_with = "password")]
-        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
         /// Print the status JSON as pgfront serves it, for scripts.
         #[arg(long)]
         json: bool,
@@ -70,19 +60,30 @@ enum Command {
         /// Only on this listener (default: every listener that has the node).
         #[arg(long)]
         listener: Option<String>,
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        url: String,
-        #[arg(long, env = "PGFRONT_USER")]
-        user: Option<String>,
-        #[arg(long, env = "PGFRONT_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
-        #[arg(long, conflicts_with = "password")]
-        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Print a manual page (roff), generated from this command line's own help: pgfront(1),
     /// or pgfront-SUBCOMMAND(1) for a subcommand.
     #[command(hide = true)]
     Man { subcommand: Option<String> },
+}
+
+/// Which running pgfront `status` and `ctl` ask, and as whom.
+#[derive(Args)]
+struct Remote {
+    /// The web port of the pgfront to ask.
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    url: String,
+    /// A user of the stats page (`[[web.user]]`).
+    #[arg(long, env = "PGFRONT_USER")]
+    user: Option<String>,
+    /// Its password; better from the environment or a file (never echoed).
+    #[arg(long, env = "PGFRONT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A file holding the password (its first line).
+    #[arg(long, conflicts_with = "password")]
+    password_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -103,14 +104,12 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => run(config),
         Command::ImportHaproxy { file, hash_passwords } => import_haproxy(&file, hash_passwords),
-        Command::Status { url, user, password, password_file, json, watch } => {
-            match source(url, user, password, password_file) {
-                Ok(src) => status(&src, json, watch),
-                Err(code) => code,
-            }
-        }
-        Command::Ctl { action, node, listener, url, user, password, password_file } => {
-            let src = match source(url, user, password, password_file) {
+        Command::Status { remote, json, watch } => match source(remote) {
+            Ok(src) => status(&src, json, watch),
+            Err(code) => code,
+        },
+        Command::Ctl { action, node, listener, remote } => {
+            let src = match source(remote) {
                 Ok(src) => src,
                 Err(code) => return code,
             };
@@ -161,12 +160,8 @@ fn main() -> ExitCode {
 }
 
 /// Where `status` and `ctl` ask, and as whom; the password from a file wins (never echoed).
-fn source(
-    url: String,
-    user: Option<String>,
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-) -> Result<pgfront::status::Source, ExitCode> {
+fn source(remote: Remote) -> Result<pgfront::status::Source, ExitCode> {
+    let Remote { url, user, password, password_file } = remote;
     let password = match password_file {
         Some(f) => match std::fs::read_to_string(&f) {
             Ok(t) => Some(t.lines().next().unwrap_or_default().to_owned()),

@@ -10,14 +10,17 @@ use support::*;
 const LIMIT: Duration = Duration::from_secs(10);
 const BIN: &str = env!("CARGO_BIN_EXE_pgfront");
 
-async fn status(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let (args, env): (Vec<String>, Vec<(String, String)>) = (
+/// Runs `pgfront SUBCOMMAND ARGS` with only the credentials given in `env`: exit code,
+/// stdout, stderr.
+async fn run(sub: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let (sub, args, env): (String, Vec<String>, Vec<(String, String)>) = (
+        sub.to_owned(),
         args.iter().map(|a| a.to_string()).collect(),
         env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     );
     tokio::task::spawn_blocking(move || {
         let out = Command::new(BIN)
-            .arg("status")
+            .arg(sub)
             .args(&args)
             .env_remove("PGFRONT_USER")
             .env_remove("PGFRONT_PASSWORD")
@@ -82,19 +85,12 @@ async fn status_prints_the_cluster_and_says_whether_a_leader_is_admitted() {
     assert!(err.contains("cannot reach"), "{err}");
 }
 
+async fn status(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    run("status", args, env).await
+}
+
 async fn ctl(args: &[&str], password: &str) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(BIN).arg("ctl").args(&args).env("PGFRONT_PASSWORD", password).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    run("ctl", args, &[("PGFRONT_PASSWORD", password)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

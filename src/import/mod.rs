@@ -438,36 +438,18 @@ impl Converter {
                         "for reads that fall back to the leader use fallback_to_leader = true; otherwise add it to `servers`",
                     );
                 }
-                "port" => {
-                    p.port = value.parse().ok();
-                    takes_value(&mut i);
-                }
-                "maxconn" => {
-                    p.maxconn = value.parse().ok();
-                    takes_value(&mut i);
-                }
-                "inter" => {
-                    p.inter = time(value);
-                    takes_value(&mut i);
-                }
-                "fastinter" => {
-                    p.fastinter = time(value);
-                    takes_value(&mut i);
-                }
-                "downinter" => {
-                    p.downinter = time(value);
-                    takes_value(&mut i);
-                }
-                "fall" => {
-                    p.fall = value.parse().ok();
-                    takes_value(&mut i);
-                }
-                "rise" => {
-                    p.rise = value.parse().ok();
-                    takes_value(&mut i);
-                }
-                "on-marked-down" => {
-                    p.on_marked_down = Some(value.to_owned());
+                key @ ("port" | "maxconn" | "inter" | "fastinter" | "downinter" | "fall" | "rise"
+                | "on-marked-down") => {
+                    match key {
+                        "port" => p.port = value.parse().ok(),
+                        "maxconn" => p.maxconn = value.parse().ok(),
+                        "inter" => p.inter = time(value),
+                        "fastinter" => p.fastinter = time(value),
+                        "downinter" => p.downinter = time(value),
+                        "fall" => p.fall = value.parse().ok(),
+                        "rise" => p.rise = value.parse().ok(),
+                        _ => p.on_marked_down = Some(value.to_owned()),
+                    }
                     takes_value(&mut i);
                 }
                 "weight" if value == "0" => {

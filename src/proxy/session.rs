@@ -124,15 +124,15 @@ pub async fn serve(
     peer: SocketAddr,
     permit: Permit,
 ) {
-    let hard_stop = shared.tokens.sessions.clone();
-    let name = listener.config.name.clone();
+    // Reference counts, not copies: this runs for every new session.
+    let (hard_stop, l) = (shared.tokens.sessions.clone(), Arc::clone(&listener));
     tokio::select! {
         biased;
         // Copying sessions see the same cancellation through their server's token and end
         // (and log) on their own; this arm ends the ones still before that.
         () = serve_until_end(shared, listener, client, peer, permit) => {}
         () = hard_stop.cancelled() => {
-            tracing::info!(listener = %name, client = %peer, reason = "stopping", "session closed before reaching a server");
+            tracing::info!(listener = %l.config.name, client = %peer, reason = "stopping", "session closed before reaching a server");
         }
     }
 }
