@@ -38,6 +38,7 @@ check = {{ path = "/replica" }}
         duration: Duration::ZERO,
         detail: String::new(),
         body: None,
+        cert_not_after: None,
     };
     // n1 down, n2 and n3 up: the scan has to skip one.
     for check in &rt.checks[1..] {

@@ -53,6 +53,8 @@ pub struct NodeSnap {
     pub tags: std::collections::BTreeMap<String, serde_json::Value>,
     /// The last answer of its REST API, e.g. `L7OK/200 in 1ms`.
     pub last_check: String,
+    /// Over HTTPS: when the REST API's certificate expires (seconds since the epoch).
+    pub check_cert_not_after: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +169,7 @@ fn node(n: &NodeState, is_leader: bool, leader_pos: Option<u64>) -> NodeSnap {
         lag_bytes: st.filter(|s| s.role == "replica").and_then(|s| s.lag(leader_pos)),
         tags: st.map(|s| s.tags.clone()).unwrap_or_default(),
         last_check: r.last.as_ref().map_or_else(|| "not checked yet".to_owned(), |l| l.summary()),
+        check_cert_not_after: n.cert_not_after(),
     }
 }
 

@@ -144,7 +144,7 @@ pub fn client_config_without_verification() -> rustls::ClientConfig {
 
 /// sslmode=require towards PostgreSQL: encryption without checking who answers.
 #[derive(Debug)]
-struct NoVerify;
+pub(crate) struct NoVerify;
 
 impl rustls::client::danger::ServerCertVerifier for NoVerify {
     fn verify_server_cert(

@@ -60,6 +60,7 @@ impl Probe for Scripted {
                 duration: Duration::ZERO,
                 detail: String::new(),
                 body: None,
+                cert_not_after: None,
             }
         })
     }
@@ -230,6 +231,7 @@ impl Probe for Agents {
                 duration: Duration::ZERO,
                 detail: String::new(),
                 body: Some(format!(r#"{{"state": "running", "role": "{role}", "timeline": {tl}}}"#).into_bytes()),
+                cert_not_after: None,
             }
         })
     }
@@ -386,6 +388,7 @@ impl Probe for StaleAgents {
                     )
                     .into_bytes(),
                 ),
+                cert_not_after: None,
             }
         })
     }

@@ -24,6 +24,8 @@ fn spec(method: &str, path: &str) -> CheckSpec {
         },
         endpoint: None,
         source: None,
+        tls: None,
+        auth: None,
     }
 }
 

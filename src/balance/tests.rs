@@ -27,6 +27,7 @@ fn up(rt: &Runtime, server: usize) {
         duration: Duration::ZERO,
         detail: String::new(),
         body: None,
+        cert_not_after: None,
     };
     rt.listeners[0].servers[server].check.promote(ok, "test".into());
 }

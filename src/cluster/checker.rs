@@ -85,6 +85,8 @@ fn targets(rt: &Runtime) -> Vec<Target> {
                 },
                 endpoint: None,
                 source: rt.config.nodes[node].source,
+                tls: rt.config.nodes[node].check_tls.clone(),
+                auth: rt.config.nodes[node].check_auth.clone(),
             };
             Target { node, address: checks[0].target.clone(), spec, checks }
         })
@@ -109,6 +111,7 @@ impl Checker {
                 r = probe.probe(&self.target.address, &self.target.spec) => r,
                 () = self.stop.cancelled() => return,
             };
+            node.note_cert(&result);
             if !result.passed() && result.status.is_none() {
                 tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
             }
@@ -287,6 +290,7 @@ impl Checker {
                         duration: result.duration,
                         detail: v.why,
                         body: None,
+                        cert_not_after: None,
                     };
                     (r, Some(v.lag_excluded))
                 }

@@ -5,7 +5,7 @@
 //! [`Leadership::decide`]), each tested with a table of cases; the checker tasks only feed
 //! them answers and hand the resulting [`Decision`] on as events.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ pub struct NodeState {
     /// kick arrived since its last probe began; kicks before a probe coalesce into it.
     kicks: AtomicU64,
     kicked: Notify,
+    /// The `notAfter` of the REST API's certificate as the last HTTPS answer showed it
+    /// (seconds since the epoch; 0 while unknown or plain HTTP).
+    cert_not_after: AtomicI64,
 }
 
 /// A node's claim to lead, as its last authoritative answer made it.
@@ -90,6 +93,7 @@ impl NodeState {
             report: Mutex::new(NodeReport::default()),
             kicks: AtomicU64::new(0),
             kicked: Notify::new(),
+            cert_not_after: AtomicI64::new(0),
         }
     }
 
@@ -131,6 +135,21 @@ impl NodeState {
             r.status = status;
         }
         r.last = Some(result);
+    }
+
+    /// Notes the certificate a probe saw: kept through failed probes (an expired
+    /// certificate fails the handshake before it can be read again), cleared by a plain
+    /// HTTP answer.
+    pub fn note_cert(&self, result: &ProbeResult) {
+        match (result.cert_not_after, result.status) {
+            (Some(t), _) => self.cert_not_after.store(t, Ordering::Relaxed),
+            (None, Some(_)) => self.cert_not_after.store(0, Ordering::Relaxed),
+            (None, None) => {}
+        }
+    }
+
+    pub fn cert_not_after(&self) -> Option<i64> {
+        Some(self.cert_not_after.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     /// Every claim, for arbitration.

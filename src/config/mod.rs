@@ -9,14 +9,16 @@ mod raw;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use endpoint::{parse_size, Endpoint, ReplicaFilter};
 pub use error::ConfigError;
 use error::Source;
-use raw::{Dur, RawCheck, RawConfig, RawDefaults, RawListener, RawNode};
+use raw::{Dur, RawCheck, RawCheckAuth, RawCheckTls, RawConfig, RawDefaults, RawListener, RawNode};
 use toml::Spanned;
 
+use crate::health::{CheckAuth, CheckTls, Verify};
 use crate::tls::{ServerTls, TlsSettings};
 
 /// HAProxy's values in the reference deployment; a ported haproxy.cfg means the same here.
@@ -147,6 +149,10 @@ pub struct Node {
     /// The local address connections to this node (PostgreSQL and Patroni's REST API)
     /// leave from: the node's own `source`, else `[global] source`, else the kernel's choice.
     pub source: Option<IpAddr>,
+    /// HTTPS towards the REST API: the node's `check_tls` laid key by key over `[defaults]`'s.
+    pub check_tls: Option<Arc<CheckTls>>,
+    /// Basic auth towards the REST API: the node's `check_auth`, else `[defaults]`'.
+    pub check_auth: Option<Arc<CheckAuth>>,
 }
 
 /// Which sessions are logged (HAProxy's `option dontlog-normal` is `errors`).
@@ -208,6 +214,10 @@ pub struct CheckSpec {
     /// The local address the probe connects from (the node's `source`); set per probe
     /// target by the checker, `None` in a listener's spec.
     pub source: Option<IpAddr>,
+    /// HTTPS for the probe (the node's `check_tls`); set per probe target, like `source`.
+    pub tls: Option<Arc<CheckTls>>,
+    /// Basic auth for the probe (the node's `check_auth`); set per probe target.
+    pub auth: Option<Arc<CheckAuth>>,
 }
 
 impl CheckSpec {
@@ -307,6 +317,14 @@ impl Config {
     /// What is valid but will not do what it seems to: said by `pgfront check` and at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        for n in &self.nodes {
+            if n.check_tls.as_ref().is_some_and(|t| t.verify == Verify::None) {
+                w.push(format!(
+                    "node {:?}: check_tls verify = \"none\": the REST API's certificate is not checked, so anyone who can answer on {} decides this node's health",
+                    n.name, n.check_address
+                ));
+            }
+        }
         for l in &self.listeners {
             if l.tls.is_none() && (l.client_target || !l.routes.is_empty()) {
                 w.push(format!(
@@ -488,6 +506,11 @@ impl Validator<'_> {
                     Some(s) => Some(self.ip(s, "node.source")?),
                     None => source,
                 },
+                check_tls: self.check_tls(n.check_tls.as_ref(), defaults.check_tls.as_ref())?,
+                check_auth: match n.check_auth.as_ref().or(defaults.check_auth.as_ref()) {
+                    Some(a) => Some(self.check_auth(a)?),
+                    None => None,
+                },
             });
         }
         Ok(nodes)
@@ -508,6 +531,11 @@ impl Validator<'_> {
                 "listener.name",
                 format!("{name:?} is not a valid name (letters, digits, '-', '_', '.')"),
             ));
+        }
+        // Checks are made per node, shared by every listener: their transport is a node's.
+        if let Some(span) = l.check_tls.as_ref().map(Spanned::span).or(l.check_auth.as_ref().map(Spanned::span)) {
+            let msg = "check_tls and check_auth belong to [defaults] or a [[node]]: a node is probed once for all listeners";
+            return Err(self.src.error(span, "listener.check_tls", msg));
         }
         let s = l.settings(defaults);
         let bind = self.bind(&l.bind, "listener.bind")?;
@@ -737,7 +765,62 @@ impl Validator<'_> {
             },
             endpoint,
             source: None,
+            tls: None,
+            auth: None,
         })
+    }
+
+    /// A node's `check_tls`, laid key by key over `[defaults]`'; files are read now, so a
+    /// missing or bad certificate is a configuration error, and a reload re-reads them.
+    fn check_tls(
+        &self,
+        node: Option<&Spanned<RawCheckTls>>,
+        defaults: Option<&Spanned<RawCheckTls>>,
+    ) -> Result<Option<Arc<CheckTls>>> {
+        let (raw, span) = match (node, defaults) {
+            (None, None) => return Ok(None),
+            (Some(n), Some(d)) => (n.get_ref().over(d.get_ref()), n.span()),
+            (Some(t), None) | (None, Some(t)) => (t.get_ref().clone(), t.span()),
+        };
+        let verify = match raw.verify.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+            None | Some(("full", _)) => Verify::Full,
+            Some(("ca", _)) => Verify::Ca,
+            Some(("none", _)) => Verify::None,
+            Some((other, span)) => {
+                let msg = format!("unknown verify mode {other:?}; expected \"full\", \"ca\" or \"none\"");
+                return Err(self.src.error(span, "check_tls.verify", msg));
+            }
+        };
+        let path = |p: &Option<String>| p.as_deref().map(|p| self.relative(p));
+        CheckTls::load(verify, path(&raw.ca), path(&raw.cert), path(&raw.key), raw.server_name.clone())
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| self.src.error(span, "check_tls", e))
+    }
+
+    /// Basic auth for probes, with the password read from its file or variable now.
+    fn check_auth(&self, a: &Spanned<RawCheckAuth>) -> Result<Arc<CheckAuth>> {
+        let raw = a.get_ref();
+        let err = |msg: String| self.src.error(a.span(), "check_auth", msg);
+        if raw.user.is_empty() || raw.user.contains(':') {
+            return Err(err(format!("user {:?} must be non-empty and without ':'", raw.user)));
+        }
+        let password = match (&raw.password_file, &raw.password_env) {
+            (Some(f), None) => {
+                let p = self.relative(f);
+                let text = std::fs::read_to_string(&p).map_err(|e| err(format!("cannot read {}: {e}", p.display())))?;
+                // A file written by `echo` ends in a newline that is not part of the password.
+                text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned()
+            }
+            (None, Some(v)) => std::env::var(v)
+                .map_err(|_| err(format!("environment variable {v:?} is not set (or not UTF-8)")))?,
+            _ => return Err(err("set exactly one of password_file or password_env".into())),
+        };
+        Ok(Arc::new(CheckAuth::new(raw.user.clone(), &password)))
+    }
+
+    /// A path relative to the configuration file's directory.
+    fn relative(&self, p: &str) -> PathBuf {
+        self.src.path.parent().unwrap_or(Path::new(".")).join(p)
     }
 
     fn tls(&self, t: &Spanned<raw::RawTls>) -> Result<TlsSettings> {
@@ -753,8 +836,7 @@ impl Validator<'_> {
             }
         };
         // Relative paths are relative to the configuration file.
-        let base = self.src.path.parent().unwrap_or(Path::new("."));
-        let path = |p: &str| base.join(p);
+        let path = |p: &str| self.relative(p);
         TlsSettings::load(path(&raw.cert), path(&raw.key), server, raw.server_ca.as_deref().map(path))
             .map_err(|e| self.src.error(t.span(), "listener.tls", e))
     }

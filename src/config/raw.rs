@@ -119,6 +119,8 @@ tunables! {
     max_replay_delay: Spanned<Dur>,
     max_connecting: Spanned<usize>,
     log_sessions: Spanned<String>,
+    check_tls: Spanned<RawCheckTls>,
+    check_auth: Spanned<RawCheckAuth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +131,43 @@ pub struct RawNode {
     pub check_address: Option<Spanned<String>>,
     pub maxconn: Option<Spanned<usize>>,
     pub source: Option<Spanned<String>>,
+    pub check_tls: Option<Spanned<RawCheckTls>>,
+    pub check_auth: Option<Spanned<RawCheckAuth>>,
+}
+
+/// HTTPS for health checks (HAProxy's `check-ssl verify … ca-file … crt …`). A node's
+/// table is laid over `[defaults]`' key by key.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckTls {
+    pub verify: Option<Spanned<String>>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub server_name: Option<String>,
+}
+
+impl RawCheckTls {
+    /// `self`'s keys where set, else `under`'s.
+    pub fn over(&self, under: &RawCheckTls) -> RawCheckTls {
+        RawCheckTls {
+            verify: self.verify.clone().or_else(|| under.verify.clone()),
+            ca: self.ca.clone().or_else(|| under.ca.clone()),
+            cert: self.cert.clone().or_else(|| under.cert.clone()),
+            key: self.key.clone().or_else(|| under.key.clone()),
+            server_name: self.server_name.clone().or_else(|| under.server_name.clone()),
+        }
+    }
+}
+
+/// Basic auth for health checks; the password comes from a file or the environment,
+/// never from the configuration itself (which is often world-readable).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckAuth {
+    pub user: String,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

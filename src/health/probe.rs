@@ -9,10 +9,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
+use super::tls;
 use crate::config::CheckSpec;
 
 /// Headers larger than this are an unparsable answer (an endless header must not grow memory).
@@ -35,6 +35,11 @@ pub enum CheckCode {
     L7Rsp,
     /// Connected, but no complete answer in time.
     L7Tout,
+    /// Connected, but the TLS handshake did not finish in time.
+    L6Tout,
+    /// The TLS handshake failed: an untrusted, expired or misnamed certificate, or the
+    /// server refused pgfront's (missing) client certificate.
+    L6Rsp,
 }
 
 impl CheckCode {
@@ -46,6 +51,8 @@ impl CheckCode {
             CheckCode::L7Sts => "L7STS",
             CheckCode::L7Rsp => "L7RSP",
             CheckCode::L7Tout => "L7TOUT",
+            CheckCode::L6Tout => "L6TOUT",
+            CheckCode::L6Rsp => "L6RSP",
         }
     }
 }
@@ -61,6 +68,8 @@ pub struct ProbeResult {
     pub detail: String,
     /// The body of a GET answer, when one was read.
     pub body: Option<Vec<u8>>,
+    /// Over HTTPS, the `notAfter` of the REST API's certificate (seconds since the epoch).
+    pub cert_not_after: Option<i64>,
 }
 
 impl ProbeResult {
@@ -69,7 +78,14 @@ impl ProbeResult {
     }
 
     fn fail(code: CheckCode, started: Instant, detail: impl Into<String>) -> ProbeResult {
-        ProbeResult { code, status: None, duration: started.elapsed(), detail: detail.into(), body: None }
+        ProbeResult {
+            code,
+            status: None,
+            duration: started.elapsed(),
+            detail: detail.into(),
+            body: None,
+            cert_not_after: None,
+        }
     }
 
     /// HAProxy's rendering: `L7OK/200 in 1ms`, `L4CON in 0ms`.
@@ -109,37 +125,78 @@ impl Probe for HttpProbe {
 async fn http_probe(target: &str, spec: &CheckSpec) -> ProbeResult {
     let started = Instant::now();
     let connect = timeout_at(started + spec.timing.connect_timeout, crate::net::connect(target, spec.source)).await;
-    let mut stream = match connect {
+    let stream = match connect {
         Err(_) => return ProbeResult::fail(CheckCode::L4Tout, started, "connect timeout"),
         Ok(Err(e)) => return ProbeResult::fail(CheckCode::L4Con, started, e.to_string()),
         Ok(Ok(s)) => s,
     };
-    // HAProxy's `timeout check` bounds the answer once connected.
+    // HAProxy's `timeout check` bounds the handshake and the answer once connected.
     let deadline = Instant::now() + spec.timing.timeout;
-    match timeout_at(deadline, exchange(&mut stream, target, spec)).await {
+    let Some(tls) = &spec.tls else {
+        return answer(stream, target, spec, started, deadline, None).await;
+    };
+    let name = match tls.name_for(target) {
+        Ok(n) => n,
+        Err(e) => return ProbeResult::fail(CheckCode::L6Rsp, started, format!("no server name to check: {e}")),
+    };
+    match timeout_at(deadline, tls.connector().connect(name, stream)).await {
+        Err(_) => ProbeResult::fail(CheckCode::L6Tout, started, "no complete TLS handshake in time"),
+        Ok(Err(e)) => {
+            let why = tls::tls_failure(&e).unwrap_or_else(|| format!("SSL handshake failure: {e}"));
+            ProbeResult::fail(CheckCode::L6Rsp, started, why)
+        }
+        Ok(Ok(s)) => {
+            let not_after = s.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::not_after(c));
+            answer(s, target, spec, started, deadline, not_after).await
+        }
+    }
+}
+
+/// The HTTP exchange over an open connection, classified.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    target: &str,
+    spec: &CheckSpec,
+    started: Instant,
+    deadline: Instant,
+    cert_not_after: Option<i64>,
+) -> ProbeResult {
+    let mut r = match timeout_at(deadline, exchange(&mut stream, target, spec)).await {
         Err(_) => ProbeResult::fail(CheckCode::L7Tout, started, "no complete answer in time"),
         Ok(Err((code, detail))) => ProbeResult::fail(code, started, detail),
         Ok(Ok((status, body))) => {
             let (code, detail) = if status == spec.expect {
                 (CheckCode::L7Ok, String::new())
+            } else if status == 401 && spec.auth.is_some() {
+                (CheckCode::L7Sts, format!("status 401: the REST API refused user {:?}", spec.auth.as_ref().map(|a| a.user.as_str()).unwrap_or_default()))
+            } else if status == 401 {
+                (CheckCode::L7Sts, "status 401: the REST API wants credentials (check_auth)".to_owned())
             } else {
                 (CheckCode::L7Sts, format!("status {status}, expected {}", spec.expect))
             };
-            ProbeResult { code, status: Some(status), duration: started.elapsed(), detail, body }
+            ProbeResult { code, status: Some(status), duration: started.elapsed(), detail, body, cert_not_after: None }
         }
-    }
+    };
+    r.cert_not_after = cert_not_after;
+    r
 }
 
 type Exchange = Result<(u16, Option<Vec<u8>>), (CheckCode, String)>;
 
-async fn exchange(stream: &mut TcpStream, target: &str, spec: &CheckSpec) -> Exchange {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, target: &str, spec: &CheckSpec) -> Exchange {
+    let auth = spec.auth.as_ref().map(|a| format!("Authorization: {}\r\n", a.header())).unwrap_or_default();
     let request = format!(
-        "{} {} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: pgfront/{}\r\nConnection: close\r\n\r\n",
+        "{} {} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: pgfront/{}\r\n{auth}Connection: close\r\n\r\n",
         spec.method,
         spec.path,
         env!("CARGO_PKG_VERSION")
     );
-    let io = |e: std::io::Error| (CheckCode::L7Rsp, e.to_string());
+    // A TLS alert after the handshake (a TLS 1.3 server refusing the client certificate)
+    // arrives as a read error: it is the TLS layer's failure, not the HTTP answer's.
+    let io = |e: std::io::Error| match tls::tls_failure(&e) {
+        Some(why) => (CheckCode::L6Rsp, why),
+        None => (CheckCode::L7Rsp, e.to_string()),
+    };
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
@@ -175,10 +232,14 @@ async fn exchange(stream: &mut TcpStream, target: &str, spec: &CheckSpec) -> Exc
     let mut body = buf.split_off(head_len);
     let want = content_length.unwrap_or(usize::MAX).min(MAX_BODY + 1);
     while body.len() < want {
-        let n = stream.read(&mut chunk).await.map_err(io)?;
-        if n == 0 {
-            break;
-        }
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            // Python's ssl servers (Patroni) close without TLS's close_notify; the body
+            // ends there as it does in plain text (a cut JSON fails to parse later).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io(e)),
+        };
         body.extend_from_slice(&chunk[..n]);
     }
     if body.len() > MAX_BODY {

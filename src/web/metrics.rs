@@ -30,6 +30,11 @@ pub fn render(snap: &Snapshot) -> String {
     let lastchg = m.gauge("server_check_last_change_seconds", "Seconds since the last status change.", &server);
     let downtime = m.counter("server_downtime_seconds_total", "Seconds spent DOWN.", &server);
     let chkdur = m.fgauge("server_check_duration_seconds", "Duration of the last health check.", &server);
+    let chkst = m.gauge(
+        "server_check_status",
+        "The last health check's result code (HAProxy's: L4CON, L6RSP, L7OK, L7STS, ...): 1 for the current one.",
+        &["listener", "server", "state"],
+    );
     let active = m.gauge("backend_active_servers", "Servers taking new sessions.", &["listener"]);
     let qcur = m.gauge("backend_current_queue", "Sessions waiting for a server.", &["listener"]);
     let qmax = m.gauge("backend_max_queue", "Most sessions ever waiting at once.", &["listener"]);
@@ -73,6 +78,9 @@ pub fn render(snap: &Snapshot) -> String {
             lastchg.with_label_values(&v).set(s.last_change_secs as i64);
             downtime.with_label_values(&v).inc_by(s.downtime_secs);
             chkdur.with_label_values(&v).set(s.check_duration_ms.unwrap_or(0) as f64 / 1000.0);
+            if let Some(code) = s.check_code {
+                chkst.with_label_values(&[ln, &s.name, code]).set(1);
+            }
         }
     }
     let node = ["node"];
@@ -80,6 +88,11 @@ pub fn render(snap: &Snapshot) -> String {
     let leader = m.gauge("node_is_leader", "1 for the node pgfront sends writes to.", &node);
     let timeline = m.gauge("node_timeline", "The node's PostgreSQL timeline.", &node);
     let lag = m.gauge("node_replication_lag_bytes", "Replay lag behind the leader, in bytes.", &node);
+    let expiry = m.gauge(
+        "node_check_cert_expiry_timestamp_seconds",
+        "When the certificate of the node's REST API (checked over HTTPS) expires, in seconds since the epoch.",
+        &node,
+    );
     for n in &snap.nodes {
         leader.with_label_values(&[&n.name]).set(i64::from(n.is_leader));
         if let Some(r) = &n.role {
@@ -90,6 +103,9 @@ pub fn render(snap: &Snapshot) -> String {
         }
         if let Some(b) = n.lag_bytes {
             lag.with_label_values(&[&n.name]).set(b as i64);
+        }
+        if let Some(t) = n.check_cert_not_after {
+            expiry.with_label_values(&[&n.name]).set(t);
         }
     }
     let none: [&str; 0] = [];
