@@ -9,7 +9,7 @@
 #                                   into each lab's certs dir and issues the node certs with it.
 #   pgfront.crt, pgfront.key        pgfront's listener certificate: serverAuth, SAN IP:127.0.0.1,
 #                                   DNS:localhost, IP:127.0.0.2, IP:127.0.0.3.
-#   probe-client.crt, probe-client.key
+#   probe-client.crt, probe-client.key, probe-client.pem (both in one file, as HAProxy's crt)
 #                                   client certificate (clientAuth, CN=pgfront-probe) for
 #                                   pgfront's health probe against Patroni REST APIs that require
 #                                   client certificates (scripts/cluster, PGFRONT_LAB_REST_TLS=1).
@@ -60,8 +60,10 @@ issue() {
 issue pgfront "/O=pgfront lab/CN=pgfront" serverAuth \
   "IP:127.0.0.1,DNS:localhost,IP:127.0.0.2,IP:127.0.0.3"
 issue probe-client "/O=pgfront lab/CN=pgfront-probe" clientAuth
+# HAProxy's `crt` holds the certificate and its key in one file (the importer's tests use it).
+cat probe-client.crt probe-client.key >probe-client.pem
 
-chmod 0644 ca.crt ca.key pgfront.crt pgfront.key probe-client.crt probe-client.key
+chmod 0644 ca.crt ca.key pgfront.crt pgfront.key probe-client.crt probe-client.key probe-client.pem
 for f in ca pgfront probe-client; do
   printf '%-18s %s, until %s\n' "$f.crt" "$(openssl x509 -in "$f.crt" -noout -subject)" \
     "$(openssl x509 -in "$f.crt" -noout -enddate | cut -d= -f2)"

@@ -71,6 +71,13 @@ struct ServerParams {
     on_marked_down: Option<String>,
     check: bool,
     backup: bool,
+    /// `check-ssl` and what goes with it: `verify`, `ca-file`, `crt`, `verifyhost`, `check-sni`.
+    check_ssl: bool,
+    verify: Option<String>,
+    ca_file: Option<String>,
+    crt: Option<String>,
+    verifyhost: Option<String>,
+    check_sni: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +85,7 @@ struct Server {
     name: String,
     address: String,
     params: ServerParams,
+    line: usize,
 }
 
 /// What a proxy section (or `defaults`) says.
@@ -332,7 +340,7 @@ impl Converter {
                     return self.unmapped(l, "a server without a port", "add the PostgreSQL port to the address");
                 }
                 let params = self.server_params(l, 3, p.default_server.clone());
-                p.servers.push(Server { name: name.to_owned(), address: address.to_owned(), params });
+                p.servers.push(Server { name: name.to_owned(), address: address.to_owned(), params, line: l.number });
             }
             "default_backend" => p.default_backend = Some(w(1).to_owned()),
             "use_backend" => {
@@ -461,20 +469,27 @@ impl Converter {
                     takes_value(&mut i);
                 }
                 "on-marked-up" | "slowstart" | "weight" | "agent-port" | "agent-inter" | "observe" | "error-limit"
-                | "id" | "cookie" | "resolvers" | "init-addr" | "check-sni" => {
+                | "id" | "cookie" | "resolvers" | "init-addr" => {
                     self.explained(l, format!("`{}` has no pgfront equivalent and is ignored", words[i]));
                     takes_value(&mut i);
                 }
-                "check-ssl" | "ssl" | "verify" | "ca-file" | "crt" => {
-                    self.unmapped(
-                        l,
-                        &format!("`{}`: checks over HTTPS are not supported by pgfront yet", words[i]),
-                        "serve Patroni's REST API over plain HTTP to the balancers, or wait for check TLS support",
-                    );
-                    if words[i] != "check-ssl" && words[i] != "ssl" {
-                        takes_value(&mut i);
+                "check-ssl" => p.check_ssl = true,
+                key @ ("verify" | "ca-file" | "crt" | "verifyhost" | "check-sni") => {
+                    let v = Some(value.to_owned());
+                    match key {
+                        "verify" => p.verify = v,
+                        "ca-file" => p.ca_file = v,
+                        "crt" => p.crt = v,
+                        "verifyhost" => p.verifyhost = v,
+                        _ => p.check_sni = v,
                     }
+                    takes_value(&mut i);
                 }
+                "ssl" => self.unmapped(
+                    l,
+                    "`ssl`: HAProxy speaks TLS to this server; PostgreSQL wants an SSLRequest first",
+                    "to encrypt towards PostgreSQL, terminate TLS on the listener (a `tls` table with server = \"verify-full\")",
+                ),
                 "disabled" => self.unmapped(
                     l,
                     "disabled: the server starts in maintenance in HAProxy",
@@ -487,7 +502,45 @@ impl Converter {
         p
     }
 
-    /// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
+    /// A node's `check_tls` table for a server with `check-ssl`, and what the operator should
+/// know about it. HAProxy's `verify required` (its default) checks the chain, and the host
+/// name only with `verifyhost` (or the SNI): pgfront's `ca` and `full`. A `crt` file holds
+/// the certificate and its key together, so it is both `cert` and `key`.
+fn check_tls(p: &ServerParams) -> Option<(String, Option<(NoteKind, String)>)> {
+    if !p.check_ssl {
+        return None;
+    }
+    let mut keys = Vec::new();
+    let mut note = None;
+    let name = p.verifyhost.as_ref().or(p.check_sni.as_ref());
+    match p.verify.as_deref() {
+        Some("none") => keys.push(("verify", "none".to_owned())),
+        _ if name.is_some() => keys.push(("verify", "full".to_owned())),
+        _ => {
+            keys.push(("verify", "ca".to_owned()));
+            note = Some((
+                NoteKind::Explained,
+                "verify required without verifyhost checks the certificate's chain, not its name: verify = \"ca\" (consider \"full\")".to_owned(),
+            ));
+        }
+    }
+    if let Some(ca) = &p.ca_file {
+        keys.push(("ca", ca.clone()));
+    } else if p.verify.as_deref() != Some("none") {
+        note = Some((NoteKind::Unmapped, "check-ssl with verify required needs ca-file: add `ca` to check_tls".to_owned()));
+    }
+    if let Some(crt) = &p.crt {
+        keys.push(("cert", crt.clone()));
+        keys.push(("key", crt.clone()));
+    }
+    if let Some(n) = name {
+        keys.push(("server_name", n.clone()));
+    }
+    let body: Vec<String> = keys.iter().map(|(k, v)| format!("{k} = {}", quote(v))).collect();
+    Some((format!("{{ {} }}", body.join(", ")), note))
+}
+
+/// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
     fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool) -> Listener {
         let back =
             &Proxy { servers: back.servers.iter().filter(|s| !s.params.backup).cloned().collect(), ..back.clone() };
@@ -711,6 +764,12 @@ impl Converter {
                 if let Some(p) = check_port(s) {
                     let host = s.address.rsplit_once(':').map_or(s.address.as_str(), |(h, _)| h);
                     let _ = writeln!(out, "check_address = {}", quote(&format!("{host}:{p}")));
+                }
+            }
+            if let Some((table, note)) = Self::check_tls(&s.params) {
+                let _ = writeln!(out, "check_tls = {table}");
+                if let Some((kind, text)) = note {
+                    notes.push(Note { line: s.line, directive: format!("server {}", s.name), kind, text });
                 }
             }
         }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::{Balance, CheckMode, Config, Target};
+use crate::health::Verify;
 
 fn shape(name: &str) -> String {
     let text = match name {
@@ -10,7 +11,16 @@ fn shape(name: &str) -> String {
         "check-ssl" => include_str!("../../tests/haproxy/check-ssl.cfg"),
         _ => unreachable!(),
     };
-    text.replace("@NODE1@", "127.0.0.11").replace("@NODE2@", "127.0.0.12").replace("@NODE3@", "127.0.0.13")
+    text.replace("@NODE1@", "127.0.0.11")
+        .replace("@NODE2@", "127.0.0.12")
+        .replace("@NODE3@", "127.0.0.13")
+        .replace("@CA@", &lab_tls("ca.crt"))
+        .replace("@CRT@", &lab_tls("probe-client.pem"))
+}
+
+/// A file of the lab's shipped test CA (`lab/tls`).
+fn lab_tls(name: &str) -> String {
+    format!("{}/lab/tls/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn convert(name: &str) -> (Imported, Config) {
@@ -95,12 +105,18 @@ fn pgsql_check_leastconn_and_backup_convert() {
 }
 
 #[test]
-fn check_ssl_is_listed_and_the_result_is_incomplete() {
-    let (imported, _) = convert("check-ssl");
-    assert!(!imported.complete());
-    let unmapped: Vec<&Note> = imported.notes.iter().filter(|n| n.kind == NoteKind::Unmapped).collect();
-    assert!(unmapped.iter().all(|n| n.line == 12 || n.line == 13), "{unmapped:?}");
-    assert!(unmapped.iter().any(|n| n.text.contains("HTTPS")));
+fn check_ssl_becomes_check_tls_per_node() {
+    let (imported, c) = convert("check-ssl");
+    assert!(imported.complete(), "{:?}", imported.notes);
+    let tls: Vec<_> = c.nodes.iter().map(|n| n.check_tls.as_deref().expect("check_tls")).collect();
+    assert_eq!(tls.iter().map(|t| t.verify).collect::<Vec<_>>(), [Verify::Full, Verify::Ca, Verify::None]);
+    assert_eq!(tls[0].server_name.as_deref(), Some("patroni1.example"));
+    // HAProxy's crt holds the certificate and the key together.
+    assert_eq!(tls[1].cert.as_deref(), Some(std::path::Path::new(&lab_tls("probe-client.pem"))));
+    assert_eq!(tls[1].cert, tls[1].key);
+    let why = imported.notes.iter().find(|n| n.line == 14).expect("the chain-only mapping is explained");
+    assert!(why.text.contains("verify = \"ca\""), "{why:?}");
+    assert!(c.warnings().iter().any(|w| w.contains("node \"n3\"")), "verify none is warned about");
 }
 
 #[test]
