@@ -65,6 +65,15 @@ async fn main() {
     };
     let hz = 100.0; // USER_HZ on Linux
     let resumed = spec(load());
+    // Show that the server resumes: two probes, then a third connection's handshake kind.
+    let tls = resumed.tls.clone().unwrap();
+    for _ in 0..2 {
+        HttpProbe.probe(target, &resumed).await;
+    }
+    let tcp = tokio::net::TcpStream::connect(target).await.expect("connect");
+    let s = tls.connector().connect(tls.name_for(target).unwrap(), tcp).await.expect("handshake");
+    println!("a third connection's handshake: {:?}", s.get_ref().1.handshake_kind());
+    drop(s);
     let (mut t_resumed, mut t_full) = (0u64, 0u64);
     let rounds = 5;
     for round in 0..rounds {
