@@ -448,3 +448,31 @@ async fn sessions_sent_to_the_leader_end_when_it_stops_leading() {
     let r = tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read(&mut s, &mut b)).await.expect("closed in time");
     assert!(matches!(r, Ok(0) | Err(_)), "session to the former leader ends: {r:?}");
 }
+
+#[tokio::test]
+async fn a_session_asking_for_the_primary_waits_then_is_told_no_leader_is_known() {
+    let lab = Lab::start(2).await;
+    for n in &lab.nodes {
+        n.rest.patroni("replica", 1);
+    }
+    let text = lab.config("timeout_queue = \"300ms\"").replace(
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"",
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\nclient_target = true",
+    );
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "both replicas up", || up_count(&pg, "replicas") == 2).await;
+    // The control: a session without a target is served by a replica.
+    assert!(connect_startup(addr, &[("user", "u")]).await.starts_with("node"));
+    let started = tokio::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let asked = startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")]);
+    tokio::io::AsyncWriteExt::write_all(&mut s, &asked).await.unwrap();
+    let mut first = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut first).await.unwrap();
+    assert_eq!(first[0], b'E', "never sent to a replica instead");
+    let fatal = support::read_error(&mut s).await;
+    assert_eq!(fatal.code, "57P03", "{fatal:?}");
+    assert!(fatal.message.contains("asked for the primary") && fatal.message.contains("no leader"), "{fatal:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "it waited the listener's timeout_queue");
+}

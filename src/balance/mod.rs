@@ -23,6 +23,10 @@ pub enum NoServer {
     NoneUp,
     #[error("every available server is at its maxconn")]
     Full,
+    /// The client asked for the primary (`pgfront.target=primary`, or a route) and no
+    /// leader is admitted: it is never sent elsewhere instead.
+    #[error("no leader is known for a session that asked for the primary")]
+    NoLeader,
 }
 
 impl NoServer {
@@ -30,6 +34,7 @@ impl NoServer {
         match self {
             NoServer::NoneUp => "no_server",
             NoServer::Full => "maxconn",
+            NoServer::NoLeader => "no_leader",
         }
     }
 }
@@ -46,7 +51,10 @@ pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, 
         _ => false,
     };
     let first = match target {
-        Target::Primary => leader_slot(l, leader),
+        Target::Primary => match leader_slot(l, leader) {
+            Err(NoServer::NoneUp) => Err(NoServer::NoLeader),
+            other => other,
+        },
         Target::Any => {
             let usable = |s: &Server| s.is_up() || (leader == Some(s.node) && s.admin() == AdminState::Ready);
             let slot = pick_among(l, |s| !avoid.contains(&s.node) && usable(s)).or_else(|_| pick_among(l, usable));
