@@ -80,13 +80,19 @@ fn node_of(ip: &str) -> String {
     format!("node{}", ip.trim_start_matches("127.0.0.1"))
 }
 
-/// pgfront with conf/local.toml, its listeners and web moved to ephemeral ports.
-fn start_pgfront() -> Pgfront {
+/// conf/local.toml's text, its listeners and web moved to ephemeral ports, and its TLS
+/// files (named relative to conf/) made absolute.
+fn local_toml() -> String {
     let text = std::fs::read_to_string(repo().join("conf/local.toml")).unwrap();
-    let text = ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:7000"]
+    let text = text.replace("\"../lab/tls/", &format!("\"{}/lab/tls/", repo().display()));
+    ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:7000"]
         .iter()
-        .fold(text, |t, a| t.replace(&format!("\"{a}\""), "\"127.0.0.1:0\""));
-    support::start(&text)
+        .fold(text, |t, a| t.replace(&format!("\"{a}\""), "\"127.0.0.1:0\""))
+}
+
+/// pgfront with conf/local.toml on ephemeral ports.
+fn start_pgfront() -> Pgfront {
+    support::start(&local_toml())
 }
 
 async fn ready(pg: &Pgfront) {
@@ -197,9 +203,9 @@ async fn ports_land_on_the_right_roles_in_plain_text_and_tls() {
         }
         let c = pg_connect(reads, tls).await.unwrap_or_else(|e| panic!("{tls:?}: {e}"));
         assert!(whereami(&c).await.unwrap().0, "5002 serves reads from a replica");
-        // The outcome the README documents: encrypted end to end except with disable.
-        let encrypted = !matches!(tls, Tls::Disable);
-        assert_eq!(server_ssl(&c).await, encrypted, "{tls:?}: TLS passes through to PostgreSQL");
+        // conf/local.toml terminates TLS (verify-full above checked pgfront's certificate
+        // against the lab CA) and speaks plain text to PostgreSQL on loopback.
+        assert!(!server_ssl(&c).await, "{tls:?}: TLS ends at pgfront");
     }
     pg.shutdown(Duration::from_secs(5)).await;
 }
@@ -497,43 +503,61 @@ async fn cancels_through_the_round_robin_port_reach_the_right_server() {
     healthy().await;
     let pg = start_pgfront();
     ready(&pg).await;
-    let replicas = pg.listener_addr("replicas").unwrap();
-    for round in 0..10 {
-        let c = pg_connect(replicas, Tls::Disable).await.unwrap();
-        // pgfront read this plain-text session's BackendKeyData: the cancel goes straight
-        // to its server (encrypted sessions' cancels go to every server instead).
-        assert!(!pg.shared().cancel_keys.is_empty(), "the session's cancel key is known");
-        let token = c.cancel_token();
-        let sleeper = tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let r = c.simple_query("SELECT pg_sleep(5)").await;
-            (r, started.elapsed())
-        });
-        // Another client connects in between, moving the round robin on.
-        let other = pg_connect(replicas, Tls::Disable).await.unwrap();
-        whereami(&other).await.unwrap();
-        // Cancel once the query is running (it is, once the backend reports it active).
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(NoTls).await.unwrap();
-        let (result, took) = sleeper.await.unwrap();
-        let err = result.expect_err("the query was cancelled, not completed");
-        assert_eq!(
-            err.code(),
-            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
-            "round {round}: {}",
-            describe(&err)
-        );
-        assert!(took < Duration::from_secs(5), "round {round}: cancelled before pg_sleep(5) ended ({took:?})");
+    // conf/local.toml terminates TLS on every listener, so pgfront reads the BackendKeyData
+    // of plain and TLS sessions alike, and a cancel, in plain text or inside TLS (as
+    // tokio-postgres, asyncpg and libpq 17 send it for a TLS session), goes straight to
+    // the session's server.
+    for name in ["replicas", "reads"] {
+        let addr = pg.listener_addr(name).unwrap();
+        for (round, tls) in [Tls::Disable, Tls::Require].into_iter().cycle().take(8).enumerate() {
+            let c = pg_connect(addr, tls).await.unwrap();
+            assert!(!pg.shared().cancel_keys.is_empty(), "{name} {tls:?}: the session's cancel key is known");
+            let (_, ip) = whereami(&c).await.unwrap();
+            let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+            let token = c.cancel_token();
+            let sleeper = tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let r = c.simple_query("SELECT pg_sleep(5)").await;
+                (r, started.elapsed())
+            });
+            // Another client connects in between, moving the round robin on.
+            let other = pg_connect(addr, tls).await.unwrap();
+            whereami(&other).await.unwrap();
+            // Cancel once the query is running, as its server reports it.
+            until_active(&ip, pid).await;
+            match tls {
+                Tls::Disable => token.cancel_query(NoTls).await.unwrap(),
+                _ => token.cancel_query(tls_connector(tls)).await.unwrap(),
+            }
+            let (result, took) = sleeper.await.unwrap();
+            let err = result.expect_err("the query was cancelled, not completed");
+            assert_eq!(
+                err.code(),
+                Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+                "{name} round {round} {tls:?}: {}",
+                describe(&err)
+            );
+            assert!(took < Duration::from_secs(5), "{name} round {round}: cancelled before pg_sleep(5) ended ({took:?})");
+        }
     }
-    // Encrypted end to end: the key is invisible to pgfront (a cancel for it goes to every
-    // server of the listener; tested without a cluster in tests/routing.rs).
-    eventually(LIVENESS, "plain sessions gone", || pg.shared().cancel_keys.is_empty()).await;
-    let c = pg_connect(replicas, Tls::Require).await.unwrap();
-    whereami(&c).await.unwrap();
-    assert!(pg.shared().cancel_keys.is_empty(), "no key is read from a session encrypted end to end");
-    drop(c);
     eventually(LIVENESS, "keys unregistered when sessions end", || pg.shared().cancel_keys.is_empty()).await;
     pg.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Waits until backend `pid` on the server at `ip` runs a query, asked directly.
+async fn until_active(ip: &str, pid: i32) {
+    let addr: SocketAddr = format!("{ip}:5432").parse().unwrap();
+    let direct = pg_connect(addr, Tls::Disable).await.unwrap();
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let q = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'";
+        let n: i64 = direct.query_one(q, &[&pid]).await.unwrap().get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "backend {pid} on {ip} never ran its query");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn pg_connect_with(addr: SocketAddr, tls: Tls, options: &str) -> Client {
@@ -577,9 +601,11 @@ async fn the_reads_port_serves_the_primary_on_request() {
         let c = pg_connect(reads, Tls::Disable).await.unwrap();
         assert!(whereami(&c).await.unwrap().0, "without a target: a replica");
     }
-    // A TLS client's startup parameters are encrypted end to end: it gets the listener's rule.
+    // conf/local.toml terminates TLS on 5002: a TLS client's parameters are read too.
     let c = pg_connect_with(reads, Tls::Require, "-c pgfront.target=primary").await;
-    assert!(whereami(&c).await.unwrap().0, "documented: TLS clients get the listener's default");
+    assert!(!whereami(&c).await.unwrap().0, "a TLS client asking for the primary lands on the leader");
+    let c = pg_connect_with(reads, Tls::Require, "").await;
+    assert!(whereami(&c).await.unwrap().0, "a TLS client without a target: a replica");
     pg.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -621,22 +647,13 @@ async fn the_dashboard_renders_in_a_real_browser() {
     pg.shutdown(Duration::from_secs(5)).await;
 }
 
-/// conf/local.toml with 5002 terminating TLS (the lab CA's certificate for 127.0.0.1),
-/// connecting to PostgreSQL as `server` says.
+/// conf/local.toml (every listener terminates TLS with the lab CA's certificate for
+/// 127.0.0.1), connecting to PostgreSQL as `server` says.
 fn start_pgfront_tls(server: &str) -> Pgfront {
-    let text = std::fs::read_to_string(repo().join("conf/local.toml")).unwrap();
-    let lab = lab_dir();
-    let tls = format!(
-        "client_target = true\ntls = {{ cert = \"{}\", key = \"{}\", server = \"{server}\", server_ca = \"{}\" }}",
-        lab.join("certs/node1.crt").display(),
-        lab.join("certs/node1.key").display(),
-        lab.join("ca.crt").display()
-    );
-    let text = text.replacen("client_target = true", &tls, 1);
-    let text = ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:7000"]
-        .iter()
-        .fold(text, |t, a| t.replace(&format!("\"{a}\""), "\"127.0.0.1:0\""));
-    support::start(&text)
+    let text = local_toml();
+    let server = format!("server = \"{server}\", server_ca = \"{}\" }}", lab_dir().join("ca.crt").display());
+    assert!(text.contains("server = \"disable\" }"), "conf/local.toml terminates TLS");
+    support::start(&text.replace("server = \"disable\" }", &server))
 }
 
 async fn server_ssl(c: &Client) -> bool {

@@ -228,3 +228,33 @@ async fn a_tls_client_that_gives_up_while_queued_leaves_the_queue() {
     drop(tls);
     eventually(LIMIT, "the client that left is out of the queue", || queued() == 0).await;
 }
+
+#[tokio::test]
+async fn an_encrypted_cancel_request_is_closed_with_a_close_notify() {
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let (_dir, cert, key) = cert();
+    let pg = start(&config(&lab, &cert, &key));
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&OPENING).await.unwrap();
+    let mut s = [0u8; 1];
+    tcp.read_exact(&mut s).await.unwrap();
+    assert_eq!(s[0], b'S');
+    let mut tls = connector(false).connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+    // CancelRequest: length 16, code 80877102, process ID, secret key.
+    let mut cancel = Vec::from(16u32.to_be_bytes());
+    cancel.extend_from_slice(&80877102u32.to_be_bytes());
+    cancel.extend_from_slice(&[0, 0, 0, 7, 1, 2, 3, 4]);
+    tls.write_all(&cancel).await.unwrap();
+    // libpq 17+ reads until the close and counts an EOF without close_notify as a failure.
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(LIMIT, tls.read_to_end(&mut rest)).await.expect("closed in time");
+    assert!(r.is_ok(), "a clean TLS close, not {r:?}");
+    assert!(rest.is_empty());
+    eventually(LIMIT, "the cancel was forwarded", || {
+        pg.shared().runtime.load().listener("replicas").unwrap().stats.cancels.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+}

@@ -28,6 +28,8 @@ use crate::tls::{self, Rewind};
 const MAX_FIRST_REPLY: usize = 64 * 1024;
 /// How often a queued TLS client with unread data is looked at for a close.
 const GONE_POLL: Duration = Duration::from_millis(250);
+/// How long closing a cancel request's connection may take (a close_notify and a FIN).
+const CANCEL_CLOSE: Duration = Duration::from_secs(1);
 /// How long a session waits for a check to re-probe a server that was not ready.
 const NOT_READY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -166,6 +168,10 @@ async fn serve_until_end(
     };
     if let Opening::CancelRequest { .. } = prelude.opening {
         cancel::forward(&shared, &listener, &prelude.bytes, peer).await;
+        // Closed as PostgreSQL closes it: inside TLS with a close_notify first, without
+        // which libpq 17+ (OpenSSL 3) reports the encrypted cancel as failed
+        // ("unexpected eof while reading").
+        let _ = timeout(CANCEL_CLOSE, client.shutdown()).await;
         return;
     }
     let target = target_of(&listener, prelude.startup.as_ref());
