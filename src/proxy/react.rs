@@ -40,6 +40,7 @@ impl React for Reactor {
                     name(&to),
                     timeline.map_or(String::new(), |t| format!(" (timeline {t})"))
                 ));
+                crate::sampler::leader_changed(rt, from.as_deref(), to.as_deref());
                 // Fallback and primary-on-request sessions wait for the leader itself.
                 for l in &rt.listeners {
                     l.wake_queue();
@@ -63,9 +64,9 @@ impl React for Reactor {
 fn up(rt: &Runtime, check: &Arc<Check>) {
     let report = check.report();
     for (listener, server) in rt.servers_of(check) {
-        tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
+        tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.change_reason,
             servers_up = listener.servers_up(), "server is UP");
-        rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.reason));
+        rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.change_reason));
         listener.wake_queue();
     }
 }
@@ -77,11 +78,11 @@ fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
     for (listener, server) in rt.servers_of(check) {
         let remaining = listener.servers_up();
         let cut = if listener.config.shutdown_sessions || forced { server.cut_sessions() } else { 0 };
-        tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
+        tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.change_reason,
             servers_up = remaining, sessions_cut = cut, "server is DOWN");
         rt.events.push(format!(
             "{}/{} DOWN: {} ({cut} sessions cut, {remaining} servers up)",
-            listener.config.name, server.name, report.reason
+            listener.config.name, server.name, report.change_reason
         ));
     }
 }
