@@ -10,7 +10,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Runtime;
-use crate::history::{self, Accumulator, Counters, ListenerTick, NodeTick, Stamp};
+use crate::history::{self, Accumulator, Counters, ListenerTick, NodeTick, Recent, Stamp};
 use crate::state::Shared;
 
 /// Readings per point.
@@ -30,7 +30,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let rt = shared.runtime.load_full();
         let (listeners, nodes) = read(&rt);
         acc.add(&listeners, &nodes);
-        rt.history.tick(Stamp::now(), |old| counters(&rt, old));
+        let now = Stamp::now();
+        rt.history.tick(now, |old| counters(&rt, old));
+        rt.history.note(recent(&rt, now));
         ticks += 1;
         if ticks % TICKS_PER_POINT == 0 {
             let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -60,9 +62,11 @@ fn read(rt: &Runtime) -> (Vec<ListenerTick>, Vec<NodeTick>) {
         .map(|(i, n)| {
             let report = n.report();
             // Patroni mode: the node's one probe; HTTP mode: the slowest of its checks.
-            let check_ms = report.last.as_ref().map(|r| r.duration).or_else(|| {
-                rt.checks_of(i).filter_map(|c| c.report().last.map(|r| r.duration)).max()
-            });
+            let check_ms = report
+                .last
+                .as_ref()
+                .map(|r| r.duration)
+                .or_else(|| rt.checks_of(i).filter_map(|c| c.report().last.map(|r| r.duration)).max());
             let lag = report.status.as_ref().filter(|s| s.role == "replica").and_then(|s| s.lag(leader_pos));
             NodeTick {
                 name: n.name.clone(),
@@ -72,6 +76,16 @@ fn read(rt: &Runtime) -> (Vec<ListenerTick>, Vec<NodeTick>) {
         })
         .collect();
     (listeners, nodes)
+}
+
+/// This second's counters, for the baseline of a failover that begins.
+fn recent(rt: &Runtime, at: Stamp) -> Recent {
+    let c = counters(rt, None);
+    let mut ended = std::collections::BTreeMap::new();
+    for s in rt.listeners.iter().flat_map(|l| &l.servers) {
+        *ended.entry(s.name.clone()).or_insert(0) += s.stats.ended_by_server.load(Ordering::Relaxed);
+    }
+    Recent { at: at.mono, held: c.held, refused: c.refused, ended }
 }
 
 /// What the data plane has counted, for the failover accounting; `cut` on node `old`.

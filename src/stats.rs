@@ -11,8 +11,8 @@ use std::time::UNIX_EPOCH;
 use crate::cluster::role::{self, Wants};
 use crate::cluster::{AdminState, ListenerState, NodeState, Server};
 use crate::config::CheckMode;
-use crate::history::{Failover, Segment, Series};
 use crate::health::ProbeResult;
+use crate::history::{Failover, Segment, Series};
 use crate::state::Shared;
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,9 +153,10 @@ impl Snapshot {
             CheckMode::Patroni => nodes.iter().map(|n| role::from_patroni(n.is_leader, n.role.as_deref())).collect(),
             CheckMode::Http => (0..nodes.len())
                 .map(|i| {
-                    role::from_checks(rt.checks_of(i).map(|c| {
-                        (Wants::of(&c.spec), c.report().last.as_ref().is_some_and(ProbeResult::passed))
-                    }))
+                    role::from_checks(
+                        rt.checks_of(i)
+                            .map(|c| (Wants::of(&c.spec), c.report().last.as_ref().is_some_and(ProbeResult::passed))),
+                    )
                 })
                 .collect(),
         };

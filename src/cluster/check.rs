@@ -93,7 +93,7 @@ impl Check {
                 downs: 0,
                 downtime_before: Duration::ZERO,
                 reason: "not checked yet".to_owned(),
-                change_reason: "not checked yet".to_owned(),
+                change_reason: "DOWN from the start: a server takes no session until its check passes".to_owned(),
             })),
         }
     }
@@ -264,7 +264,7 @@ mod tests {
         c.record(answer(false, "not the leader (role replica)"));
         let r = c.report();
         assert_eq!(r.reason, "not the leader (role replica)", "a server that stays DOWN says why");
-        assert_eq!(r.change_reason, "not checked yet", "no transition happened");
+        assert!(r.change_reason.starts_with("DOWN from the start"), "no transition happened");
         c.record(answer(true, ""));
         assert_eq!(c.report().reason, "passed (1 of 2 passes before UP)");
         c.record(answer(true, ""));

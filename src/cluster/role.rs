@@ -37,11 +37,10 @@ pub fn answered_other_role(wants: Wants, node_role: Option<&str>, last: Option<&
     if last.code != CheckCode::L7Sts {
         return false;
     }
-    match (wants, node_role) {
-        (Wants::Leader, Some("replica")) => true,
-        (Wants::Replica, Some("leader" | "primary" | "master" | "standby_leader")) => true,
-        _ => false,
-    }
+    matches!(
+        (wants, node_role),
+        (Wants::Leader, Some("replica")) | (Wants::Replica, Some("leader" | "primary" | "master" | "standby_leader"))
+    )
 }
 
 /// A node's role from pgfront's arbitration and Patroni's JSON (`check_mode = "patroni"`):

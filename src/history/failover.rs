@@ -116,7 +116,13 @@ impl Failovers {
 
     /// The leader changed from `from` to `to` at `at`; `read(old)` returns the counters,
     /// with `cut` counted on node `old`.
-    pub fn changed(&mut self, at: Stamp, from: Option<&str>, to: Option<&str>, read: impl Fn(Option<&str>) -> Counters) {
+    pub fn changed(
+        &mut self,
+        at: Stamp,
+        from: Option<&str>,
+        to: Option<&str>,
+        read: impl Fn(Option<&str>) -> Counters,
+    ) {
         match (from, to) {
             (None, None) => {}
             // The old leader stopped leading: a failover begins (the one before ends here).
@@ -262,7 +268,11 @@ mod tests {
         assert_eq!((f.recent()[0].held, f.recent()[0].cut), (3, 3), "figures as they go");
         f.changed(at(t0, 12_500), None, Some("node2"), |_| counters(12, 2, 7, 5));
         let first = t0.mono + Duration::from_millis(12_800);
-        let during = |q| Counters { first_session: Some(first), longest_hold: Duration::from_millis(2_400), ..counters(12, 3, 7, q) };
+        let during = |q| Counters {
+            first_session: Some(first),
+            longest_hold: Duration::from_millis(2_400),
+            ..counters(12, 3, 7, q)
+        };
         f.tick(at(t0, 13_000), |_| during(0));
         assert!(!f.recent()[0].complete, "still settling: sessions cut at the flip are yet to be counted");
         f.tick(at(t0, 17_500), |_| during(1));

@@ -21,6 +21,12 @@ pub use ring::Ring;
 pub use sample::{Accumulator, ListenerTick, NodeTick, Sample};
 pub use timeline::{Segment, Timeline};
 
+/// How far back a failover's counts begin before pgfront saw the old leader stop leading:
+/// PostgreSQL closes its sessions as it demotes (or dies) a moment before Patroni's REST API
+/// says so, and new sessions are held from the leader's first answer that is not a running
+/// primary; those belong to the failover too.
+pub const LOOKBACK: Duration = Duration::from_secs(10);
+
 /// One point every ten seconds ...
 pub const STEP: Duration = Duration::from_secs(10);
 /// ... for an hour.
@@ -38,6 +44,19 @@ struct Inner {
     samples: Ring<Sample>,
     timeline: Timeline,
     failovers: Failovers,
+    /// The counters of the last [`LOOKBACK`], one reading a second (cuts per node), for
+    /// the baseline of a failover that begins.
+    recent: Ring<Recent>,
+}
+
+/// One second's reading of the counters a failover starts from.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    pub at: tokio::time::Instant,
+    pub held: u64,
+    pub refused: u64,
+    /// Sessions ended other than by their client, per node.
+    pub ended: BTreeMap<String, u64>,
 }
 
 impl Default for History {
@@ -53,6 +72,7 @@ impl History {
                 samples: Ring::new(POINTS),
                 timeline: Timeline::new(at, STEP * POINTS as u32),
                 failovers: Failovers::default(),
+                recent: Ring::new(LOOKBACK.as_secs() as usize + 2),
             }),
         }
     }
@@ -66,7 +86,13 @@ impl History {
         self.lock().samples.push(sample);
     }
 
-    /// The leader changed: the timeline and the failover accounting follow.
+    /// Keeps a reading for the baselines of failovers to come.
+    pub fn note(&self, reading: Recent) {
+        self.lock().recent.push(reading);
+    }
+
+    /// The leader changed: the timeline and the failover accounting follow. A failover's
+    /// counts begin at the oldest reading within [`LOOKBACK`].
     pub fn leader_changed(
         &self,
         at: Stamp,
@@ -74,9 +100,11 @@ impl History {
         to: Option<&str>,
         read: impl Fn(Option<&str>) -> Counters,
     ) {
-        let mut i = self.lock();
+        let mut guard = self.lock();
+        let i = &mut *guard;
         i.timeline.changed(at.wall, to);
-        i.failovers.changed(at, from, to, read);
+        let before = i.recent.iter().find(|r| at.mono.saturating_duration_since(r.at) <= LOOKBACK).cloned();
+        i.failovers.changed(at, from, to, |node| back_to(read(node), before.as_ref(), node));
     }
 
     /// The old leader of the failover being counted, if one is.
@@ -97,6 +125,14 @@ impl History {
             failovers: i.failovers.recent(),
         }
     }
+}
+
+/// Counters as they were at `before` (never above what they are now: counters only grow,
+/// and a reload may have started some afresh).
+fn back_to(now: Counters, before: Option<&Recent>, node: Option<&str>) -> Counters {
+    let Some(b) = before else { return now };
+    let cut = node.and_then(|n| b.ended.get(n)).copied().unwrap_or(now.cut);
+    Counters { held: b.held.min(now.held), refused: b.refused.min(now.refused), cut: cut.min(now.cut), ..now }
 }
 
 /// What the views read, serialized into `/status.json` as is.
@@ -179,7 +215,10 @@ mod tests {
                 .iter()
                 .map(|(n, s)| ListenerPoint { name: (*n).to_owned(), sessions: *s, new_per_sec: 0.5, queue: 0 })
                 .collect(),
-            nodes: nodes.iter().map(|(n, ms)| NodePoint { name: (*n).to_owned(), check_ms: *ms, lag_bytes: None }).collect(),
+            nodes: nodes
+                .iter()
+                .map(|(n, ms)| NodePoint { name: (*n).to_owned(), check_ms: *ms, lag_bytes: None })
+                .collect(),
         }
     }
 
@@ -194,6 +233,26 @@ mod tests {
         assert_eq!(s.listeners["primary"].sessions, vec![Some(1.0), Some(2.0)]);
         assert_eq!(s.listeners["extra"].sessions, vec![None, Some(5.0)], "a listener added by a reload");
         assert_eq!(s.nodes["node1"].check_ms, vec![Some(2.0), None]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_counts_from_the_lookback_before_the_leader_was_seen_gone() {
+        let h = History::new(SystemTime::UNIX_EPOCH);
+        let t0 = tokio::time::Instant::now();
+        let stamp =
+            |s: u64| Stamp { mono: t0 + Duration::from_secs(s), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(s) };
+        h.leader_changed(stamp(0), None, Some("node1"), |_| Counters::default());
+        for s in 0..=20u64 {
+            // node1's sessions end by the server from second 15 on (PostgreSQL stopping).
+            let ended = BTreeMap::from([("node1".to_owned(), if s >= 15 { 4 } else { 1 })]);
+            h.note(Recent { at: t0 + Duration::from_secs(s), held: s, refused: 2, ended });
+        }
+        // Seen gone at 20 s: the baseline is the reading of 10 s, before the cuts began.
+        let now = Counters { held: 20, refused: 2, cut: 4, ..Counters::default() };
+        h.leader_changed(stamp(20), Some("node1"), None, |_| now);
+        h.tick(stamp(21), |_| Counters { held: 22, refused: 3, cut: 5, ..Counters::default() });
+        let f = &h.view().failovers[0];
+        assert_eq!((f.cut, f.held, f.refused), (4, 12, 1), "{f:?}");
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl Accumulator {
             .collect::<Vec<_>>();
         // A listener that is gone (a reload removed it) starts afresh if it comes back.
         self.accepted_before.retain(|name, _| listeners.iter().any(|l| &l.name == name));
-        let nodes = nodes.into_iter().map(|(name, (check_ms, lag_bytes))| NodePoint { name, check_ms, lag_bytes }).collect();
+        let nodes =
+            nodes.into_iter().map(|(name, (check_ms, lag_bytes))| NodePoint { name, check_ms, lag_bytes }).collect();
         Sample { at, listeners, nodes }
     }
 }

@@ -77,7 +77,8 @@ mod tests {
         tl.changed(t(200), None);
         tl.changed(t(203), Some("node2"));
         let s = tl.segments();
-        let view: Vec<(Option<&str>, f64, Option<f64>)> = s.iter().map(|s| (s.leader.as_deref(), s.from, s.to)).collect();
+        let view: Vec<(Option<&str>, f64, Option<f64>)> =
+            s.iter().map(|s| (s.leader.as_deref(), s.from, s.to)).collect();
         assert_eq!(
             view,
             vec![
