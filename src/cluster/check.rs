@@ -59,6 +59,9 @@ pub struct CheckReport {
     /// Why the status last changed (a transition, a forced mark-down): logged, and shown
     /// beside the time in state.
     pub change_reason: String,
+    /// The first failed answer since the last pass: a strict check stopped admitting here,
+    /// before `fall` marked it DOWN (where a failover's write gap begins).
+    pub failing_since: Option<Instant>,
 }
 
 impl CheckReport {
@@ -94,6 +97,7 @@ impl Check {
                 downtime_before: Duration::ZERO,
                 reason: "not checked yet".to_owned(),
                 change_reason: "DOWN from the start: a server takes no session until its check passes".to_owned(),
+                failing_since: None,
             })),
         }
     }
@@ -148,6 +152,11 @@ impl Check {
         let passed = result.passed();
         if !passed && r.machine.is_up() {
             r.failures += 1;
+        }
+        match (passed, r.failing_since) {
+            (true, _) => r.failing_since = None,
+            (false, None) => r.failing_since = Some(Instant::now()),
+            (false, Some(_)) => {}
         }
         if let Some(l) = lag_excluded {
             r.lag_excluded = l;

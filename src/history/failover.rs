@@ -68,10 +68,16 @@ pub struct Failover {
     pub to: Option<String>,
     /// When pgfront saw the old leader stop leading (Unix seconds).
     pub started_at: f64,
+    /// When the old leader's write check first failed before marking it DOWN, if that came
+    /// first (it still held the lock, but PostgreSQL was stopping): writes stopped here.
+    pub writes_stopped_at: Option<f64>,
     /// When pgfront saw the new leader lead: Patroni's flip, as pgfront saw it.
     pub flip_at: Option<f64>,
-    /// From the old leader's end to the flip: writes had no target.
+    /// From the old leader's end to the flip: nobody held the leader lock.
     pub no_leader_secs: Option<f64>,
+    /// From the moment writes stopped (`writes_stopped_at`, else `started_at`) to the flip:
+    /// how long writes had no target.
+    pub write_gap_secs: Option<f64>,
     /// From the flip to the first session sent to the new leader on a write listener.
     pub first_session_secs: Option<f64>,
     /// Sessions held in a queue during the failover.
@@ -89,6 +95,8 @@ pub struct Failover {
 #[derive(Debug, Clone)]
 struct Open {
     started: Instant,
+    /// When writes stopped, if before `started`.
+    stopped: Option<Instant>,
     flip: Option<Instant>,
     baseline: Counters,
 }
@@ -115,38 +123,24 @@ impl Failovers {
     }
 
     /// The leader changed from `from` to `to` at `at`; `read(old)` returns the counters,
-    /// with `cut` counted on node `old`.
+    /// with `cut` counted on node `old`. `stopped`: when the old leader's write check
+    /// stopped admitting it, if that was earlier (writes stopped there).
     pub fn changed(
         &mut self,
         at: Stamp,
         from: Option<&str>,
         to: Option<&str>,
+        stopped: Option<Stamp>,
         read: impl Fn(Option<&str>) -> Counters,
     ) {
         match (from, to) {
             (None, None) => {}
             // The old leader stopped leading: a failover begins (the one before ends here).
             (Some(old), new) => {
-                self.close(at, &read);
-                let baseline = read(Some(old));
-                self.records.push_back(Failover {
-                    from: Some(old.to_owned()),
-                    to: None,
-                    started_at: unix(at.wall),
-                    flip_at: None,
-                    no_leader_secs: None,
-                    first_session_secs: None,
-                    held: 0,
-                    cut: 0,
-                    refused: 0,
-                    longest_hold_secs: 0.0,
-                    complete: false,
-                });
-                while self.records.len() > KEEP {
-                    self.records.pop_front();
+                self.begin(at, Some(old), &read);
+                if let Some(s) = stopped {
+                    self.writes_stopped(s);
                 }
-                self.open = Some(Open { started: at.mono, flip: None, baseline });
-                self.had_leader = true;
                 if let Some(new) = new {
                     self.flip(at, new);
                 }
@@ -158,22 +152,7 @@ impl Failovers {
                     _ if !self.had_leader => {}
                     // A leader after a none nobody saw begin: count from here.
                     _ => {
-                        self.close(at, &read);
-                        let baseline = read(None);
-                        self.records.push_back(Failover {
-                            from: None,
-                            to: None,
-                            started_at: unix(at.wall),
-                            flip_at: None,
-                            no_leader_secs: None,
-                            first_session_secs: None,
-                            held: 0,
-                            cut: 0,
-                            refused: 0,
-                            longest_hold_secs: 0.0,
-                            complete: false,
-                        });
-                        self.open = Some(Open { started: at.mono, flip: None, baseline });
+                        self.begin(at, None, &read);
                         self.flip(at, new);
                     }
                 }
@@ -182,12 +161,49 @@ impl Failovers {
         }
     }
 
+    /// Closes the failover being counted, if any, and opens one from `old`.
+    fn begin(&mut self, at: Stamp, old: Option<&str>, read: &impl Fn(Option<&str>) -> Counters) {
+        self.close(at, read);
+        let baseline = read(old);
+        self.records.push_back(Failover {
+            from: old.map(str::to_owned),
+            to: None,
+            started_at: unix(at.wall),
+            writes_stopped_at: None,
+            flip_at: None,
+            no_leader_secs: None,
+            write_gap_secs: None,
+            first_session_secs: None,
+            held: 0,
+            cut: 0,
+            refused: 0,
+            longest_hold_secs: 0.0,
+            complete: false,
+        });
+        while self.records.len() > KEEP {
+            self.records.pop_front();
+        }
+        self.open = Some(Open { started: at.mono, stopped: None, flip: None, baseline });
+        self.had_leader = true;
+    }
+
     fn flip(&mut self, at: Stamp, new: &str) {
         let (Some(o), Some(r)) = (self.open.as_mut(), self.records.back_mut()) else { return };
         o.flip = Some(at.mono);
         r.to = Some(new.to_owned());
         r.flip_at = Some(unix(at.wall));
         r.no_leader_secs = Some(secs(at.mono.saturating_duration_since(o.started)));
+        r.write_gap_secs = Some(secs(at.mono.saturating_duration_since(o.stopped.unwrap_or(o.started))));
+    }
+
+    /// The failover that just began had its writes stop earlier, at `at` (its old leader's
+    /// write check stopped admitting while it still held the lock).
+    fn writes_stopped(&mut self, at: Stamp) {
+        let (Some(o), Some(r)) = (self.open.as_mut(), self.records.back_mut()) else { return };
+        if o.flip.is_none() && at.mono <= o.started {
+            o.stopped = Some(at.mono);
+            r.writes_stopped_at = Some(unix(at.wall));
+        }
     }
 
     /// Brings the open record's figures up to `read`'s, and closes it once the new leader
@@ -251,11 +267,12 @@ mod tests {
     async fn a_switchover_is_counted_from_the_old_leaders_end_to_the_settled_new_one() {
         let t0 = Stamp { mono: Instant::now(), wall: UNIX_EPOCH + Duration::from_secs(1_000) };
         let mut f = Failovers::default();
-        f.changed(t0, None, Some("node1"), |_| Counters::default());
+        f.changed(t0, None, Some("node1"), None, |_| Counters::default());
         assert!(f.recent().is_empty(), "a leader at start-up is no failover");
 
         // Before: 7 held and 2 refused ever, 4 sessions of node1 ended by the server.
-        f.changed(at(t0, 10_000), Some("node1"), None, |n| {
+        let stopped = at(t0, 8_500);
+        f.changed(at(t0, 10_000), Some("node1"), None, Some(stopped), |n| {
             assert_eq!(n, Some("node1"), "cuts are counted on the old leader");
             counters(7, 2, 4, 0)
         });
@@ -266,7 +283,7 @@ mod tests {
         // No leader for 2.5 s: sessions queue, node1's sessions end.
         f.tick(at(t0, 11_000), |_| counters(10, 2, 7, 3));
         assert_eq!((f.recent()[0].held, f.recent()[0].cut), (3, 3), "figures as they go");
-        f.changed(at(t0, 12_500), None, Some("node2"), |_| counters(12, 2, 7, 5));
+        f.changed(at(t0, 12_500), None, Some("node2"), None, |_| counters(12, 2, 7, 5));
         let first = t0.mono + Duration::from_millis(12_800);
         let during = |q| Counters {
             first_session: Some(first),
@@ -283,6 +300,8 @@ mod tests {
         assert_eq!(r.to.as_deref(), Some("node2"));
         assert_eq!(r.flip_at, Some(1_012.5));
         assert_eq!(r.no_leader_secs, Some(2.5));
+        assert_eq!(r.writes_stopped_at, Some(1_008.5));
+        assert_eq!(r.write_gap_secs, Some(4.0), "from the old leader's last write admission to the flip");
         assert_eq!(r.first_session_secs, Some(0.3));
         assert_eq!((r.held, r.cut, r.refused), (5, 3, 1));
         assert_eq!(r.longest_hold_secs, 2.4);
@@ -295,10 +314,10 @@ mod tests {
     async fn a_direct_change_has_no_gap_and_a_new_failover_closes_the_open_one() {
         let t0 = Stamp::now();
         let mut f = Failovers::default();
-        f.changed(t0, None, Some("a"), |_| Counters::default());
-        f.changed(at(t0, 1_000), Some("a"), Some("b"), |_| counters(0, 0, 0, 0));
+        f.changed(t0, None, Some("a"), None, |_| Counters::default());
+        f.changed(at(t0, 1_000), Some("a"), Some("b"), None, |_| counters(0, 0, 0, 0));
         assert_eq!(f.recent()[0].no_leader_secs, Some(0.0));
-        f.changed(at(t0, 2_000), Some("b"), None, |n| counters(1, 0, if n == Some("a") { 2 } else { 0 }, 0));
+        f.changed(at(t0, 2_000), Some("b"), None, None, |n| counters(1, 0, if n == Some("a") { 2 } else { 0 }, 0));
         let all = f.recent();
         assert_eq!(all.len(), 2);
         assert!(all[1].complete, "the earlier one ended when the next began");
@@ -311,21 +330,21 @@ mod tests {
     async fn a_long_outage_stays_open_and_fifty_are_kept() {
         let t0 = Stamp::now();
         let mut f = Failovers::default();
-        f.changed(t0, None, Some("a"), |_| Counters::default());
-        f.changed(at(t0, 1), Some("a"), None, |_| Counters::default());
+        f.changed(t0, None, Some("a"), None, |_| Counters::default());
+        f.changed(at(t0, 1), Some("a"), None, None, |_| Counters::default());
         f.tick(at(t0, 600_000), |_| counters(0, 40, 0, 9));
         let r = &f.recent()[0];
         assert!(!r.complete, "no leader yet: still a failover under way");
         assert_eq!(r.refused, 40);
         // A first session before the flip is not the new leader's.
-        f.changed(at(t0, 600_001), None, Some("b"), |_| counters(0, 40, 0, 0));
+        f.changed(at(t0, 600_001), None, Some("b"), None, |_| counters(0, 40, 0, 0));
         let early = Counters { first_session: Some(t0.mono), ..Counters::default() };
         f.tick(at(t0, 600_002), |_| early);
         assert_eq!(f.recent()[0].first_session_secs, None);
         f.tick(at(t0, 600_001 + MAX_OPEN.as_millis() as u64), |_| counters(0, 40, 0, 3));
         assert!(f.recent()[0].complete, "closed after MAX_OPEN even with a queue");
         for i in 0..60u64 {
-            f.changed(at(t0, 700_000 + i * 2), Some("b"), Some("c"), |_| Counters::default());
+            f.changed(at(t0, 700_000 + i * 2), Some("b"), Some("c"), None, |_| Counters::default());
         }
         assert_eq!(f.recent().len(), KEEP);
     }

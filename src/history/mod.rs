@@ -47,6 +47,8 @@ struct Inner {
     /// The counters of the last [`LOOKBACK`], one reading a second (cuts per node), for
     /// the baseline of a failover that begins.
     recent: Ring<Recent>,
+    /// The leader whose write check last stopped admitting it while it led, and when.
+    stopped: Option<(Stamp, String)>,
 }
 
 /// One second's reading of the counters a failover starts from.
@@ -73,6 +75,7 @@ impl History {
                 timeline: Timeline::new(at, STEP * POINTS as u32),
                 failovers: Failovers::default(),
                 recent: Ring::new(LOOKBACK.as_secs() as usize + 2),
+                stopped: None,
             }),
         }
     }
@@ -84,6 +87,19 @@ impl History {
 
     pub fn push(&self, sample: Sample) {
         self.lock().samples.push(sample);
+    }
+
+    /// The leader `node`'s write check stopped admitting it at `at` (it still holds the lock,
+    /// but PostgreSQL is stopping or its answers fail): if it stops leading within
+    /// [`LOOKBACK`], that failover's writes stopped here.
+    pub fn writes_stopped(&self, at: Stamp, node: &str) {
+        let mut i = self.lock();
+        // The earliest stop of this leader within the lookback is the one that counts.
+        let earlier =
+            matches!(&i.stopped, Some((s, n)) if n == node && at.mono.saturating_duration_since(s.mono) <= LOOKBACK);
+        if !earlier {
+            i.stopped = Some((at, node.to_owned()));
+        }
     }
 
     /// Keeps a reading for the baselines of failovers to come.
@@ -104,7 +120,11 @@ impl History {
         let i = &mut *guard;
         i.timeline.changed(at.wall, to);
         let before = i.recent.iter().find(|r| at.mono.saturating_duration_since(r.at) <= LOOKBACK).cloned();
-        i.failovers.changed(at, from, to, |node| back_to(read(node), before.as_ref(), node));
+        let stopped = match (i.stopped.take(), from) {
+            (Some((s, n)), Some(old)) if n == old && at.mono.saturating_duration_since(s.mono) <= LOOKBACK => Some(s),
+            _ => None,
+        };
+        i.failovers.changed(at, from, to, stopped, |node| back_to(read(node), before.as_ref(), node));
     }
 
     /// The old leader of the failover being counted, if one is.

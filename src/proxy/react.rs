@@ -75,6 +75,17 @@ fn up(rt: &Runtime, check: &Arc<Check>) {
 /// node leads now and writes there would go to the wrong primary.
 fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
     let report = check.report();
+    if check.strict && rt.leadership.leader() == Some(check.node) {
+        // The leader still holds the lock but takes no writes: a failover's write gap may
+        // begin here, before Patroni lets go of the lock.
+        let now = crate::history::Stamp::now();
+        let ago = report.failing_since.map_or(std::time::Duration::ZERO, |t| now.mono.saturating_duration_since(t));
+        let at = crate::history::Stamp {
+            mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
+            wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
+        };
+        rt.history.writes_stopped(at, &check.node_name);
+    }
     for (listener, server) in rt.servers_of(check) {
         let remaining = listener.servers_up();
         let cut = if listener.config.shutdown_sessions || forced { server.cut_sessions() } else { 0 };

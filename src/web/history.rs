@@ -29,13 +29,13 @@ fn secs(v: Option<f64>) -> String {
 /// compare the latest with.
 pub fn failovers(h: &mut String, list: &[Failover]) {
     h.push_str(r#"<h2 id="failovers">Failovers</h2>
-<p class="muted">Each leader change pgfront saw (the last 50): how long writes had no leader, when Patroni's flip reached pgfront, how long until the first session went to the new leader, and the sessions held in a queue, cut on the old leader (closed by PostgreSQL as it demoted, or by pgfront) and refused meanwhile.</p>
+<p class="muted">Each leader change pgfront saw (the last 50): how long writes had no target (from the old leader's last write admission) and nobody held the leader lock, when Patroni's flip reached pgfront, how long until the first session went to the new leader, and the sessions held in a queue, cut on the old leader (closed by PostgreSQL as it demoted, or by pgfront) and refused meanwhile.</p>
 "#);
     if list.is_empty() {
         h.push_str("<p class=\"muted\" id=\"no-failovers\">No leader change since pgfront started.</p>\n");
         return;
     }
-    h.push_str(r#"<div class="wrap"><table class="failovers"><tr><th class="l">old leader ended</th><th class="l">old &rarr; new</th><th>no leader</th><th class="l">flip seen</th><th>first session</th><th>held</th><th>cut</th><th>refused</th><th>longest hold</th><th class="l"></th></tr>
+    h.push_str(r#"<div class="wrap"><table class="failovers"><tr><th class="l">old leader ended</th><th class="l">old &rarr; new</th><th title="from the old leader's last write admission to the flip">write gap</th><th title="nobody held the leader lock">no leader</th><th class="l">flip seen</th><th>first session</th><th>held</th><th>cut</th><th>refused</th><th>longest hold</th><th class="l"></th></tr>
 "#);
     for (i, f) in list.iter().enumerate() {
         let (start, start_full) = clock(f.started_at);
@@ -43,7 +43,7 @@ pub fn failovers(h: &mut String, list: &[Failover]) {
         let name = |n: &Option<String>| n.as_deref().map_or_else(|| "none".to_owned(), esc);
         let _ = writeln!(
             h,
-            r#"<tr class="fo{cls}" id="failover-{i}" data-from="{from}" data-to="{to}" data-started="{sa}" data-flip="{fa}" data-no-leader="{nl}" data-first-session="{fs}" data-held="{held}" data-cut="{cut}" data-refused="{refused}" data-longest-hold="{lh}" data-complete="{complete}"><td class="l" title="{start_full}">{start}</td><td class="l">{from} &rarr; {to}</td><td>{nls}</td><td class="l" title="{flip_full}">{flip}</td><td>{fss}</td><td>{held}</td><td>{cut}</td><td>{refused}</td><td>{lhs}</td><td class="l">{state}</td></tr>"#,
+            r#"<tr class="fo{cls}" id="failover-{i}" data-from="{from}" data-to="{to}" data-started="{sa}" data-writes-stopped="{ws}" data-flip="{fa}" data-no-leader="{nl}" data-first-session="{fs}" data-held="{held}" data-cut="{cut}" data-refused="{refused}" data-longest-hold="{lh}" data-complete="{complete}"><td class="l" title="{start_full}">{start}</td><td class="l">{from} &rarr; {to}</td><td>{wgs}</td><td>{nls}</td><td class="l" title="{flip_full}">{flip}</td><td>{fss}</td><td>{held}</td><td>{cut}</td><td>{refused}</td><td>{lhs}</td><td class="l">{state}</td></tr>"#,
             cls = if f.complete { "" } else { " open" },
             from = name(&f.from),
             to = name(&f.to),
@@ -52,6 +52,8 @@ pub fn failovers(h: &mut String, list: &[Failover]) {
             nl = f.no_leader_secs.map_or(String::new(), |v| v.to_string()),
             fs = f.first_session_secs.map_or(String::new(), |v| v.to_string()),
             nls = secs(f.no_leader_secs),
+            wgs = secs(f.write_gap_secs),
+            ws = f.writes_stopped_at.map_or(String::new(), |v| v.to_string()),
             fss = secs(f.first_session_secs),
             held = f.held,
             cut = f.cut,
@@ -75,8 +77,9 @@ pub fn failovers(h: &mut String, list: &[Failover]) {
         };
         let _ = writeln!(
             h,
-            r#"<tr class="median"><td class="l" colspan="2">median of {}</td><td>{}</td><td></td><td>{}</td><td colspan="3"></td><td>{}</td><td></td></tr>"#,
+            r#"<tr class="median"><td class="l" colspan="2">median of {}</td><td>{}</td><td>{}</td><td></td><td>{}</td><td colspan="3"></td><td>{}</td><td></td></tr>"#,
             done.len(),
+            secs(median(|f| f.write_gap_secs)),
             secs(median(|f| f.no_leader_secs)),
             secs(median(|f| f.first_session_secs)),
             secs(median(|f| Some(f.longest_hold_secs))),
@@ -125,7 +128,9 @@ mod tests {
             to: complete.then(|| "node2".into()),
             started_at: 1_000.25,
             flip_at: complete.then_some(1_002.75),
+            writes_stopped_at: None,
             no_leader_secs: complete.then_some(2.5),
+            write_gap_secs: complete.then_some(2.5),
             first_session_secs: complete.then_some(0.3),
             held: 5,
             cut: 3,

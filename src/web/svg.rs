@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(s.matches("<polyline").count(), 2, "{s}");
         assert!(s.contains("now 5 ms, highest 10 ms"), "{s}");
         // The highest point touches the top (y = 1), the newest sits at the right edge.
-        assert!(s.contains(",1.0 "), "{s}");
+        assert!(s.contains("119.0,1.0"), "{s}");
         assert!(s.contains("120.0,10.0"), "{s}");
         let one = sparkline(&[None, Some(3.0)], 120, 20, "");
         assert!(one.contains("<circle"), "a lone point shows: {one}");
