@@ -237,6 +237,9 @@ impl Pgfront {
                 tracing::warn!(bind = %w.bind, "the web bind address changes only with a restart");
             }
         }
+        if config.global.log_format != old.config.global.log_format {
+            tracing::warn!("log_format changes only with a restart");
+        }
         let new_max = config.global.maxconn;
         let old_max = old.config.global.maxconn;
         let runtime = Arc::new(Runtime::build_from(Arc::new(config), &self.shared.tokens.sessions, Some(&old)));
