@@ -149,6 +149,47 @@ async fn the_other_role_is_shown_as_that_role_and_real_failures_stand_out() {
     assert_eq!(v["listeners"][0]["servers"][1]["check_failures"], 0, "a replica's 503s to /master are no chkfail");
 }
 
+#[tokio::test]
+async fn a_leader_change_is_in_the_failover_panel_with_the_sessions_it_cut() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    let primary = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1).await;
+    let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["failovers"].as_array().map(Vec::len), Some(0), "a leader at start-up is no failover");
+    assert_eq!(v["leader_timeline"].as_array().unwrap().last().unwrap()["leader"], "node1");
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        writers.push(connect(primary).await.unwrap());
+    }
+    lab.leader(1);
+    for w in &mut writers {
+        assert!(w.closed_within(LIMIT).await, "sessions on the old leader end");
+    }
+    // The record settles (5 s after the flip, nobody waiting); the sampler looks every second.
+    let failover = || async {
+        let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["failovers"][0].clone()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while failover().await["complete"] != true {
+        assert!(tokio::time::Instant::now() < deadline, "the failover never settled: {}", failover().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let f = failover().await;
+    assert_eq!((f["from"].as_str(), f["to"].as_str()), (Some("node1"), Some("node2")), "{f}");
+    assert!(f["cut"].as_u64().unwrap() >= 2, "both sessions on node1 counted as cut: {f}");
+    assert!(f["flip_at"].as_f64().unwrap() >= f["started_at"].as_f64().unwrap(), "{f}");
+    let after = connect(primary).await.unwrap();
+    assert_eq!(after.server, "node2");
+    let (_, html) = get(web, "/", Some(ADMIN)).await;
+    assert!(html.contains(r#"id="failover-0" data-from="node1" data-to="node2""#), "the panel row");
+}
+
 /// viewer:look
 const VIEWER: &str = "dmlld2VyOmxvb2s=";
 
