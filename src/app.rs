@@ -175,6 +175,8 @@ impl Pgfront {
             tasks.spawn(web::serve(Arc::clone(&shared), socket, web_stop.clone()));
             addr
         });
+        // The last hour for the page and /status.json; stops with the web surface.
+        tasks.spawn(crate::sampler::run(Arc::clone(&shared), web_stop.clone()));
         // Memory freed by bursts goes back to the system (see proxy::trim_memory). Stops
         // with the web surface, before the stop waits for these tasks.
         let trim_stop = web_stop.clone();
@@ -234,6 +236,9 @@ impl Pgfront {
             if old.config.web.as_ref().map(|o| o.bind) != Some(w.bind) {
                 tracing::warn!(bind = %w.bind, "the web bind address changes only with a restart");
             }
+        }
+        if config.global.log_format != old.config.global.log_format {
+            tracing::warn!("log_format changes only with a restart");
         }
         let new_max = config.global.maxconn;
         let old_max = old.config.global.maxconn;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use pgfront::config::LogFormat;
 use pgfront::{app, Bound, Config, Pgfront, Workers};
 use sd_notify::NotifyState;
 
@@ -243,16 +244,7 @@ fn import_haproxy(file: &Path, hash_passwords: bool) -> ExitCode {
 
 fn run(path: PathBuf) -> ExitCode {
     use std::io::IsTerminal;
-    // Logs go to stderr (the journal under systemd) through a non-blocking writer: a slow
-    // reader (journald under load) never stalls a worker thread serving sessions; lines
-    // are dropped, not waited for, if its buffer fills. The guard flushes at exit.
-    let (writer, _flush) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        // Colour codes only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    // The file first: it says how to log (an invalid one is reported on stderr as is).
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -260,6 +252,19 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Logs go to stderr (the journal under systemd) through a non-blocking writer: a slow
+    // reader (journald under load) never stalls a worker thread serving sessions; lines
+    // are dropped, not waited for, if its buffer fills. The guard flushes at exit.
+    let (writer, _flush) = tracing_appender::non_blocking(std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
+    match config.global.log_format {
+        // One JSON object per line, fields as keys: for log pipelines.
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+        // Colour codes only on a terminal: journald and log files get plain text.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     // The control runtime (checkers, web surface, signals, reloads) on this thread; the
     // sessions on one current-thread runtime per worker thread.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

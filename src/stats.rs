@@ -8,7 +8,11 @@ use tokio::time::Instant;
 
 use std::time::UNIX_EPOCH;
 
+use crate::cluster::role::{self, Wants};
 use crate::cluster::{AdminState, ListenerState, NodeState, Server};
+use crate::config::CheckMode;
+use crate::health::ProbeResult;
+use crate::history::{Failover, Segment, Series};
 use crate::state::Shared;
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +40,12 @@ pub struct Snapshot {
     pub reload_error: Option<String>,
     /// Recent transitions, newest first.
     pub events: Vec<EventSnap>,
+    /// The last hour at ten-second resolution, one column per measure.
+    pub history: Series,
+    /// Who led when over the last hour, oldest first.
+    pub leader_timeline: Vec<Segment>,
+    /// The last failovers (leader changes), newest first, with what they cost.
+    pub failovers: Vec<Failover>,
 }
 
 /// A node as Patroni describes it.
@@ -91,10 +101,21 @@ pub struct ServerSnap {
     pub up: bool,
     /// The node's role per Patroni, so a replica on a write listener reads as such.
     pub role: Option<String>,
+    /// The node's role as pgfront sees it: `leader` (where writes go), else Patroni's role;
+    /// in `http` check mode, from which of its checks pass.
+    pub node_role: Option<String>,
+    /// The latest check said no only because the node has the other role (a replica on a
+    /// leader check, the leader on a replica check): its expected state, not a failure.
+    pub other_role: bool,
+    /// The latest check failed for a real reason (no answer, garbage, a status its role
+    /// does not explain).
+    pub failing: bool,
     /// Seconds since the status last changed.
     pub last_change_secs: u64,
-    /// Why the status last changed.
+    /// What the latest check found.
     pub reason: String,
+    /// Why the status last changed.
+    pub change_reason: String,
     /// `L7OK`, `L7STS`, ... of the last check, if any ran.
     pub check_code: Option<&'static str>,
     /// HTTP status of the last check, if one was read.
@@ -125,10 +146,22 @@ impl Snapshot {
     pub fn of(shared: &Shared) -> Snapshot {
         let rt = shared.runtime.load();
         let now = Instant::now();
+        let history = rt.history.view();
         let leader = rt.leadership.leader();
         let leader_pos = leader.and_then(|l| rt.nodes[l].report().status).and_then(|s| s.xlog.location);
         let nodes: Vec<NodeSnap> =
             rt.nodes.iter().enumerate().map(|(i, n)| node(n, leader == Some(i), leader_pos)).collect();
+        let roles: Vec<Option<String>> = match rt.config.global.check_mode {
+            CheckMode::Patroni => nodes.iter().map(|n| role::from_patroni(n.is_leader, n.role.as_deref())).collect(),
+            CheckMode::Http => (0..nodes.len())
+                .map(|i| {
+                    role::from_checks(
+                        rt.checks_of(i)
+                            .map(|c| (Wants::of(&c.spec), c.report().last.as_ref().is_some_and(ProbeResult::passed))),
+                    )
+                })
+                .collect(),
+        };
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: now.saturating_duration_since(rt.started).as_secs(),
@@ -140,11 +173,14 @@ impl Snapshot {
             system_identifier: rt.leadership.system_id(),
             identity_changes: rt.leadership.identity_changes.load(Ordering::Relaxed),
             sessions_held: rt.listeners.iter().map(|l| l.stats.queue_cur.load(Ordering::Relaxed)).sum(),
-            listeners: rt.listeners.iter().map(|l| listener(l, now, &nodes)).collect(),
+            listeners: rt.listeners.iter().map(|l| listener(l, now, &nodes, &roles)).collect(),
             nodes,
             reloads_ok: shared.reloads.ok.load(Ordering::Relaxed),
             reloads_failed: shared.reloads.failed.load(Ordering::Relaxed),
             reload_error: shared.reloads.last_error(),
+            history: history.series,
+            leader_timeline: history.leader_timeline,
+            failovers: history.failovers,
             events: rt
                 .events
                 .recent()
@@ -173,7 +209,7 @@ fn node(n: &NodeState, is_leader: bool, leader_pos: Option<u64>) -> NodeSnap {
     }
 }
 
-fn listener(l: &ListenerState, now: Instant, nodes: &[NodeSnap]) -> ListenerSnap {
+fn listener(l: &ListenerState, now: Instant, nodes: &[NodeSnap], roles: &[Option<String>]) -> ListenerSnap {
     let c = &l.config;
     ListenerSnap {
         name: c.name.clone(),
@@ -187,14 +223,22 @@ fn listener(l: &ListenerState, now: Instant, nodes: &[NodeSnap]) -> ListenerSnap
         cancels: l.stats.cancels.load(Ordering::Relaxed),
         writes: c.check.is_leader(),
         servers_up: l.servers_up(),
-        servers: l.servers.iter().map(|s| server(s, now, nodes.get(s.node).and_then(|n| n.role.clone()))).collect(),
+        servers: l
+            .servers
+            .iter()
+            .map(|s| {
+                let role = nodes.get(s.node).and_then(|n| n.role.clone());
+                server(s, now, role, roles.get(s.node).cloned().flatten())
+            })
+            .collect(),
     }
 }
 
-fn server(s: &Server, now: Instant, role: Option<String>) -> ServerSnap {
+fn server(s: &Server, now: Instant, role: Option<String>, node_role: Option<String>) -> ServerSnap {
     let report = s.check.report();
     let st = &s.stats;
     let last = report.last.as_ref();
+    let other_role = role::answered_other_role(Wants::of(&s.check.spec), node_role.as_deref(), last);
     ServerSnap {
         name: s.name.clone(),
         address: s.address.clone(),
@@ -205,8 +249,12 @@ fn server(s: &Server, now: Instant, role: Option<String>) -> ServerSnap {
         },
         up: s.is_up(),
         role,
+        node_role,
+        other_role,
+        failing: last.is_some_and(|r| !r.passed()) && !other_role,
         last_change_secs: now.saturating_duration_since(report.last_change).as_secs(),
         reason: report.reason.clone(),
+        change_reason: report.change_reason.clone(),
         check_code: last.map(|r| r.code.as_str()),
         check_status: last.and_then(|r| r.status),
         check_duration_ms: last.map(|r| r.duration.as_millis() as u64),
@@ -230,10 +278,11 @@ fn server(s: &Server, now: Instant, role: Option<String>) -> ServerSnap {
 }
 
 /// HAProxy-compatible CSV (`show stat` field names), one row per server and a BACKEND
-/// row per listener, so scripts written for HAProxy's `;csv` keep working.
+/// row per listener, so scripts written for HAProxy's `;csv` keep working. pgfront's own
+/// `role` comes last, so every HAProxy column keeps its position.
 pub fn csv(s: &Snapshot) -> String {
     let mut out = String::from(
-        "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,econ,wretr,wredis,status,chkfail,chkdown,lastchg,downtime,check_status,check_code,check_duration\n",
+        "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,econ,wretr,wredis,status,chkfail,chkdown,lastchg,downtime,check_status,check_code,check_duration,role\n",
     );
     for l in &s.listeners {
         for v in &l.servers {
@@ -260,6 +309,7 @@ pub fn csv(s: &Snapshot) -> String {
                 v.check_code.unwrap_or("").to_string(),
                 v.check_status.map(|c| c.to_string()).unwrap_or_default(),
                 v.check_duration_ms.map(|c| c.to_string()).unwrap_or_default(),
+                csv_field(v.node_role.as_deref().unwrap_or("")),
             ];
             out.push_str(&row.join(","));
             out.push('\n');
@@ -287,9 +337,15 @@ pub fn csv(s: &Snapshot) -> String {
             String::new(),
             String::new(),
             String::new(),
+            String::new(),
         ];
         out.push_str(&row.join(","));
         out.push('\n');
     }
     out
+}
+
+/// A role is Patroni's word: keep anything that would break a CSV row out of it.
+fn csv_field(s: &str) -> String {
+    s.chars().filter(|c| !matches!(c, ',' | '\n' | '\r' | '"')).collect()
 }

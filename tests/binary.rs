@@ -122,6 +122,66 @@ async fn run_reloads_on_sighup_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn a_json_log_format_writes_one_parseable_object_per_line() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let (p1, p2, web) = (free_port(), free_port(), free_port());
+    let text = lab
+        .config("")
+        .replace("[global]", "[global]\nlog_format = \"json\"")
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+    assert!(text.contains("log_format = \"json\""));
+    let dir = std::env::temp_dir().join(format!("pgfront-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgfront.toml");
+    std::fs::write(&path, &text).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _reaper = KillOnDrop(pid);
+    let web: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while json(&get(web, "/status.json").await.unwrap_or_default())["listeners"][0]["servers_up"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "pgfront did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A session, so a per-session line with its fields is written too.
+    let mut c = connect(format!("127.0.0.1:{p1}").parse().unwrap()).await.unwrap();
+    c.echo(b"logged").await.unwrap();
+    drop(c);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while json(&get(web, "/status.json").await.unwrap_or_default())["sessions"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the session did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(pid, "-TERM");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let message = |m: &str| lines.iter().find(|v| v["fields"]["message"] == m);
+    let start = message("pgfront starting").unwrap_or_else(|| panic!("no start line: {stderr}"));
+    assert_eq!(start["level"], "INFO");
+    assert!(start["timestamp"].is_string());
+    let up = message("server is UP").expect("a transition line");
+    assert!(up["fields"]["listener"].is_string() && up["fields"]["reason"].is_string(), "{up}");
+    let closed = message("session closed").expect("a session line");
+    assert_eq!(closed["fields"]["reason"], "client_closed", "{closed}");
+    assert!(closed["fields"]["bytes_to_server"].as_u64().is_some(), "numbers stay numbers: {closed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Kills a child process when dropped, unless it already exited.
 struct KillOnDrop(u32);
 

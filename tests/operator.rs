@@ -191,9 +191,10 @@ async fn the_page_shows_the_cluster() {
     assert!(html.contains("Leader: <b>node2</b>"), "the leader is named");
     assert!(html.contains("primary (leader)"));
     assert!(
-        html.contains("replica, not eligible for writes"),
-        "replicas on the write listener are not shown as failures"
+        html.contains(r#"<tr class="role"><td class="l">node1</td>"#) && html.contains(">replica</td>"),
+        "replicas on the write listener read as replicas, not as failures"
     );
+    assert!(!html.contains(r#"<tr class="down">"#), "nothing is failing");
     assert!(html.contains("leader: none -&gt; node2"), "the transition log");
     let (_, json) = get(pg.web_addr().unwrap(), "/status.json", Some(ADMIN)).await;
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();

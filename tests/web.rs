@@ -43,7 +43,9 @@ async fn views_show_state_and_counters() {
 
     let (status, html) = get(web, "/", Some(ADMIN)).await;
     assert_eq!(status, 200);
-    for needle in ["primary", "replicas", "node1", "node2", "node3", "L7OK/200", "L7STS/503", ">UP<", ">DOWN<"] {
+    for needle in
+        ["primary", "replicas", "node1", "node2", "node3", "L7OK/200", "L7STS/503", ">UP<", ">replica<", ">leader<"]
+    {
         assert!(html.contains(needle), "page lacks {needle}");
     }
 
@@ -62,6 +64,9 @@ async fn views_show_state_and_counters() {
     assert_eq!(down[col("status")], "DOWN");
     assert_eq!(down[col("check_status")], "L7STS");
     assert_eq!(down[col("check_code")], "503");
+    assert_eq!(down[col("role")], "replica", "pgfront's role column");
+    assert_eq!(col("role"), header.len() - 1, "after every HAProxy column");
+    assert_eq!(row[col("role")], "leader");
     assert!(csv.lines().any(|l| l.starts_with("primary,BACKEND,")));
 
     let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
@@ -101,6 +106,88 @@ async fn transitional_states_are_shown() {
     eventually(LIMIT, "DOWN 1/2", || check.report().machine.label() == "DOWN 1/2").await;
     let (_, html) = get(web, "/", Some(ADMIN)).await;
     assert!(html.contains("DOWN 1/2"), "transitional state on the page");
+}
+
+#[tokio::test]
+async fn the_other_role_is_shown_as_that_role_and_real_failures_stand_out() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    let rt = pg.shared().runtime.load_full();
+    let replicas = rt.listener("replicas").unwrap().clone();
+    eventually(LIMIT, "replicas up", || replicas.servers_up() == 2).await;
+    // node3's agent stops answering: a real failure.
+    lab.nodes[2].rest.set_all(Some(Answer::Garbage));
+    eventually(LIMIT, "node3 down", || replicas.servers_up() == 1).await;
+    let (_, html) = get(web, "/", Some(ADMIN)).await;
+    let row = |listener: &str, server: &str| {
+        let table = &html[html.find(&format!("<h2 id=\"l-{listener}\">")).unwrap()..];
+        let at = table.find(&format!("<td class=\"l\">{server}</td>")).unwrap();
+        let start = table[..at].rfind("<tr").unwrap();
+        let end = at + table[at..].find("</tr>").unwrap();
+        table[start..end].to_owned()
+    };
+    let leader_on_replicas = row("replicas", "node1");
+    assert!(leader_on_replicas.starts_with(r#"<tr class="role">"#), "{leader_on_replicas}");
+    assert!(leader_on_replicas.contains(">leader</td>"), "{leader_on_replicas}");
+    assert!(leader_on_replicas.contains("not a replica (role primary)"), "the reason of the latest check");
+    assert!(!leader_on_replicas.contains("not checked yet"));
+    let replica_on_primary = row("primary", "node2");
+    assert!(
+        replica_on_primary.contains(">replica</td>") && !replica_on_primary.contains(" fail\""),
+        "{replica_on_primary}"
+    );
+    let broken = row("replicas", "node3");
+    assert!(broken.starts_with(r#"<tr class="down">"#), "{broken}");
+    assert!(broken.contains(r#"<td class="l chk fail">L7RSP"#), "the failing check stands out: {broken}");
+    let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let s = &v["listeners"][1]["servers"];
+    assert_eq!((s[0]["other_role"].as_bool(), s[0]["failing"].as_bool()), (Some(true), Some(false)));
+    assert_eq!((s[2]["other_role"].as_bool(), s[2]["failing"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(v["listeners"][0]["servers"][1]["check_failures"], 0, "a replica's 503s to /master are no chkfail");
+}
+
+#[tokio::test]
+async fn a_leader_change_is_in_the_failover_panel_with_the_sessions_it_cut() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    let primary = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1).await;
+    let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["failovers"].as_array().map(Vec::len), Some(0), "a leader at start-up is no failover");
+    assert_eq!(v["leader_timeline"].as_array().unwrap().last().unwrap()["leader"], "node1");
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        writers.push(connect(primary).await.unwrap());
+    }
+    lab.leader(1);
+    for w in &mut writers {
+        assert!(w.closed_within(LIMIT).await, "sessions on the old leader end");
+    }
+    // The record settles (5 s after the flip, nobody waiting); the sampler looks every second.
+    let failover = || async {
+        let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["failovers"][0].clone()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while failover().await["complete"] != true {
+        assert!(tokio::time::Instant::now() < deadline, "the failover never settled: {}", failover().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let f = failover().await;
+    assert_eq!((f["from"].as_str(), f["to"].as_str()), (Some("node1"), Some("node2")), "{f}");
+    assert!(f["cut"].as_u64().unwrap() >= 2, "both sessions on node1 counted as cut: {f}");
+    assert!(f["flip_at"].as_f64().unwrap() >= f["started_at"].as_f64().unwrap(), "{f}");
+    let after = connect(primary).await.unwrap();
+    assert_eq!(after.server, "node2");
+    let (_, html) = get(web, "/", Some(ADMIN)).await;
+    assert!(html.contains(r#"id="failover-0" data-from="node1" data-to="node2""#), "the panel row");
 }
 
 /// viewer:look

@@ -144,14 +144,16 @@ pub async fn acquire(
 }
 
 /// Counts a session in the listener's queue for as long as it waits, and takes it out of
-/// the queue whatever ends the wait (a client that gives up drops the future).
-struct QueueGuard<'a>(&'a ListenerState, u64);
+/// the queue whatever ends the wait (a client that gives up drops the future); the wait
+/// feeds the failover accounting's longest hold.
+struct QueueGuard<'a>(&'a ListenerState, u64, Instant);
 
 impl<'a> QueueGuard<'a> {
     fn enter(l: &'a ListenerState, id: u64) -> Self {
         let n = l.stats.queue_cur.fetch_add(1, Ordering::Relaxed) + 1;
         l.stats.queue_max.fetch_max(n, Ordering::Relaxed);
-        QueueGuard(l, id)
+        l.stats.queued.fetch_add(1, Ordering::Relaxed);
+        QueueGuard(l, id, Instant::now())
     }
 }
 
@@ -159,6 +161,8 @@ impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
         self.0.queue.remove(self.1);
         self.0.stats.queue_cur.fetch_sub(1, Ordering::Relaxed);
+        let waited = self.2.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        self.0.stats.longest_hold_us.fetch_max(waited, Ordering::Relaxed);
     }
 }
 

@@ -77,6 +77,9 @@ pub fn try_acquire(server: &Arc<Server>, queue: &Arc<Queue>, max_connecting: usi
     }
     stats.max.fetch_max(n + 1, Ordering::Relaxed);
     stats.total.fetch_add(1, Ordering::Relaxed);
+    if stats.first_armed.load(Ordering::Relaxed) && stats.first_armed.swap(false, Ordering::AcqRel) {
+        *stats.first_session.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
     // The session token is taken with the slot, before any eligibility check: a cut that
     // lands after this cancels it, and one that landed before has already cleared the
     // server's admission, so no session slips between the two.

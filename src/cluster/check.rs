@@ -43,7 +43,8 @@ pub struct CheckReport {
     pub last: Option<ProbeResult>,
     /// When the status last changed (or the check was created).
     pub last_change: Instant,
-    /// Failed probes (HAProxy `chkfail`).
+    /// Failed probes while UP (HAProxy's `chkfail` counts only those): a replica answering
+    /// 503 to a leader check, over and over while DOWN, is not a string of failures.
     pub failures: u64,
     /// UP to DOWN transitions (HAProxy `chkdown`).
     pub downs: u64,
@@ -51,8 +52,16 @@ pub struct CheckReport {
     pub lag_excluded: bool,
     /// Downtime accumulated before the current down period.
     pub downtime_before: Duration,
-    /// A human reason for the last transition.
+    /// What the latest check found (its detail, and how far a streak has gone towards a
+    /// transition), rewritten by every result: a server that never changed state must not
+    /// keep its start-up text ("not checked yet") while checks answer.
     pub reason: String,
+    /// Why the status last changed (a transition, a forced mark-down): logged, and shown
+    /// beside the time in state.
+    pub change_reason: String,
+    /// The first failed answer since the last pass: a strict check stopped admitting here,
+    /// before `fall` marked it DOWN (where a failover's write gap begins).
+    pub failing_since: Option<Instant>,
 }
 
 impl CheckReport {
@@ -87,6 +96,8 @@ impl Check {
                 downs: 0,
                 downtime_before: Duration::ZERO,
                 reason: "not checked yet".to_owned(),
+                change_reason: "DOWN from the start: a server takes no session until its check passes".to_owned(),
+                failing_since: None,
             })),
         }
     }
@@ -139,8 +150,13 @@ impl Check {
     pub fn record_with(&self, result: ProbeResult, lag_excluded: Option<bool>) -> Option<Transition> {
         let mut r = self.lock();
         let passed = result.passed();
-        if !passed {
+        if !passed && r.machine.is_up() {
             r.failures += 1;
+        }
+        match (passed, r.failing_since) {
+            (true, _) => r.failing_since = None,
+            (false, None) => r.failing_since = Some(Instant::now()),
+            (false, Some(_)) => {}
         }
         if let Some(l) = lag_excluded {
             r.lag_excluded = l;
@@ -154,6 +170,7 @@ impl Check {
             };
             Self::transition(&mut r, t, reason);
         }
+        r.reason = latest_reason(&result, &r.machine, &self.spec.timing);
         self.admit.store(r.machine.is_up() && (passed || !self.strict), Ordering::Release);
         r.last = Some(result);
         transition
@@ -164,6 +181,7 @@ impl Check {
     pub fn promote(&self, result: ProbeResult, reason: String) -> Option<Transition> {
         let mut r = self.lock();
         let t = r.machine.force(Status::Up);
+        r.reason.clone_from(&reason);
         if let Some(t) = t {
             Self::transition(&mut r, t, reason);
         }
@@ -183,6 +201,7 @@ impl Check {
         let mut r = self.lock();
         self.admit.store(false, Ordering::Release);
         let t = r.machine.force(Status::Down)?;
+        r.reason.clone_from(&reason);
         Self::transition(&mut r, t, reason);
         Some(t)
     }
@@ -196,7 +215,7 @@ impl Check {
             r.downs += 1;
         }
         r.last_change = now;
-        r.reason = reason;
+        r.change_reason = reason;
     }
 
     /// The current interval before the next probe.
@@ -207,5 +226,80 @@ impl Check {
     fn lock(&self) -> std::sync::MutexGuard<'_, CheckReport> {
         // A panic elsewhere must not take health reporting down with it.
         self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The reason shown for a check after `result`: what it found, and where a streak stands
+/// (`1 of 3 failures before DOWN`), so the page reads the same as the latest answer.
+fn latest_reason(result: &ProbeResult, machine: &Machine, timing: &crate::config::CheckTiming) -> String {
+    let found = match (result.passed(), result.detail.is_empty()) {
+        (true, _) => "passed".to_owned(),
+        (false, true) => result.summary(),
+        (false, false) => result.detail.clone(),
+    };
+    match (machine.status(), machine.streak()) {
+        (_, 0) => found,
+        (Status::Up, n) => format!("{found} ({n} of {} failures before DOWN)", timing.fall),
+        (Status::Down, n) => format!("{found} ({n} of {} passes before UP)", timing.rise),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::CheckCode;
+
+    fn check() -> Check {
+        let text = "[[node]]\nname = \"n\"\naddress = \"127.0.0.1:1\"\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ncheck = { path = \"/master\" }\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let spec = config.listeners[0].check.clone();
+        Check::new(0, Arc::new(NodeState::new("n".into(), "127.0.0.1:8008".into())), "127.0.0.1:8008".into(), spec)
+    }
+
+    fn answer(passed: bool, detail: &str) -> ProbeResult {
+        ProbeResult {
+            code: if passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
+            status: Some(if passed { 200 } else { 503 }),
+            duration: Duration::from_millis(1),
+            detail: detail.to_owned(),
+            body: None,
+        }
+    }
+
+    #[test]
+    fn the_reason_describes_the_latest_check_even_without_a_transition() {
+        let c = check();
+        assert_eq!(c.report().reason, "not checked yet");
+        c.record(answer(false, "not the leader (role replica)"));
+        let r = c.report();
+        assert_eq!(r.reason, "not the leader (role replica)", "a server that stays DOWN says why");
+        assert!(r.change_reason.starts_with("DOWN from the start"), "no transition happened");
+        c.record(answer(true, ""));
+        assert_eq!(c.report().reason, "passed (1 of 2 passes before UP)");
+        c.record(answer(true, ""));
+        let r = c.report();
+        assert_eq!(r.reason, "passed");
+        assert_eq!(r.change_reason, "L7OK/200 in 1ms, 2 checks passed");
+        c.record(answer(false, "holds the leader lock, but PostgreSQL is stopping as primary"));
+        assert_eq!(
+            c.report().reason,
+            "holds the leader lock, but PostgreSQL is stopping as primary (1 of 3 failures before DOWN)"
+        );
+    }
+
+    #[test]
+    fn failures_count_only_while_up_as_haproxys_chkfail() {
+        let c = check();
+        for _ in 0..5 {
+            c.record(answer(false, "not the leader (role replica)"));
+        }
+        assert_eq!(c.report().failures, 0, "a replica answering 503 to a leader check while DOWN");
+        c.record(answer(true, ""));
+        c.record(answer(true, ""));
+        c.record(answer(false, "x"));
+        c.record(answer(false, "x"));
+        c.record(answer(false, "x"));
+        c.record(answer(false, "x"));
+        assert_eq!(c.report().failures, 3, "counted while UP, up to the one that marked it DOWN");
     }
 }

@@ -6,6 +6,7 @@ mod check;
 mod checker;
 mod events;
 mod node;
+pub mod role;
 mod server;
 
 use std::collections::HashMap;
@@ -36,6 +37,11 @@ pub struct ListenerStats {
     pub refused: AtomicU64,
     /// CancelRequests forwarded.
     pub cancels: AtomicU64,
+    /// Sessions that ever waited in the queue (a failover's "held").
+    pub queued: AtomicU64,
+    /// The longest wait, in microseconds, of a session that left the queue since the
+    /// failover accounting last reset it (at the start of each failover).
+    pub longest_hold_us: AtomicU64,
 }
 
 /// One listener and its servers.
@@ -81,6 +87,8 @@ pub struct Runtime {
     pub leadership: Arc<Leadership>,
     /// Recent transitions, kept across reloads.
     pub events: Arc<EventLog>,
+    /// The last hour and the last failovers, kept across reloads.
+    pub history: Arc<crate::history::History>,
     pub started: Instant,
 }
 
@@ -197,6 +205,7 @@ impl Runtime {
             nodes,
             leadership,
             events: previous.map_or_else(Arc::default, |p| Arc::clone(&p.events)),
+            history: previous.map_or_else(Arc::default, |p| Arc::clone(&p.history)),
             started: previous.map_or_else(Instant::now, |p| p.started),
         }
     }

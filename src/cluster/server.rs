@@ -32,6 +32,13 @@ pub struct ServerStats {
     pub redispatches: AtomicU64,
     /// Sessions closed by mark-down (shutdown-sessions).
     pub killed: AtomicU64,
+    /// Sessions that ended other than by their client: the server closed or failed, or
+    /// pgfront cut them. A failover's "cut" is this on the old leader.
+    pub ended_by_server: AtomicU64,
+    /// Armed when the node becomes the leader: the next session sent here records when,
+    /// for the failover's "time to first session". One relaxed load per session otherwise.
+    pub first_armed: std::sync::atomic::AtomicBool,
+    pub first_session: Mutex<Option<tokio::time::Instant>>,
     /// Sessions connecting now (connect, TLS, authentication), bounded per listener by
     /// `max_connecting` so a server that just became eligible is not handed the whole
     /// queue's handshakes at once.
@@ -168,6 +175,17 @@ impl Server {
         let n = self.stats.cur.load(Ordering::Relaxed);
         self.stats.killed.fetch_add(n as u64, Ordering::Relaxed);
         n
+    }
+
+    /// The next session sent here records its time in `first_session` (cleared now).
+    pub fn arm_first_session(&self) {
+        *self.stats.first_session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.stats.first_armed.store(true, Ordering::Release);
+    }
+
+    /// When the first session since [`Server::arm_first_session`] was sent here.
+    pub fn first_session(&self) -> Option<tokio::time::Instant> {
+        *self.stats.first_session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a failure that was the server's doing (it answered but could not be spoken to).

@@ -122,6 +122,16 @@ pub struct Global {
     /// Worker threads serving sessions (HAProxy's `nbthread`): each runs its own event
     /// loop and accepts on its own socket of every listener. Default: one per CPU.
     pub threads: usize,
+    /// How log lines are written; read at start-up (a reload cannot change it).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written: for people, or one JSON object per line for a log pipeline
+/// (Loki, Elasticsearch, journald's JSON export) to parse without a regular expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How health is learned from Patroni.
@@ -362,7 +372,19 @@ impl Validator<'_> {
                 }
             },
         };
+        let log_format = match &raw.global.log_format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    let msg = format!("unknown format {other:?}; expected \"text\" or \"json\"");
+                    return Err(self.src.error(f.span(), "global.log_format", msg));
+                }
+            },
+        };
         let global = Global {
+            log_format,
             maxconn: self.positive(raw.global.maxconn.as_ref(), "global.maxconn")?.unwrap_or(defaults::GLOBAL_MAXCONN),
             hard_stop_after: raw.global.hard_stop_after.map_or(defaults::HARD_STOP_AFTER, |d| d.0),
             check_mode,

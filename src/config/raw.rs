@@ -58,6 +58,7 @@ pub struct RawGlobal {
     pub hunt_inter: Option<Spanned<Dur>>,
     pub source: Option<Spanned<String>>,
     pub threads: Option<Spanned<usize>>,
+    pub log_format: Option<Spanned<String>>,
 }
 
 /// Declares the settings that `[defaults]` holds and any `[[listener]]` may override, once,

@@ -333,3 +333,13 @@ fn client_target_on_a_pass_through_listener_is_warned_about() {
     assert!(w[0].contains("\"primary\"") && w[0].contains("pgfront.target is ignored"), "{}", w[0]);
     assert!(parse(BASE).unwrap().warnings().is_empty());
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(parse(BASE).unwrap().global.log_format, LogFormat::Text);
+    let c = parse(&format!("[global]\nlog_format = \"json\"\n{BASE}")).unwrap();
+    assert_eq!(c.global.log_format, LogFormat::Json);
+    let (line, key, message) = err_at(&format!("[global]\nlog_format = \"yaml\"\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "global.log_format"));
+    assert!(message.contains("\"text\" or \"json\""), "{message}");
+}

@@ -87,6 +87,12 @@ impl Machine {
         t
     }
 
+    /// Consecutive results against the current status so far (failures while UP, passes
+    /// while DOWN).
+    pub fn streak(&self) -> u32 {
+        self.streak
+    }
+
     /// True between the first contrary result and the flip.
     pub fn in_transition(&self) -> bool {
         self.streak > 0

@@ -40,6 +40,7 @@ impl React for Reactor {
                     name(&to),
                     timeline.map_or(String::new(), |t| format!(" (timeline {t})"))
                 ));
+                crate::sampler::leader_changed(rt, from.as_deref(), to.as_deref());
                 // Fallback and primary-on-request sessions wait for the leader itself.
                 for l in &rt.listeners {
                     l.wake_queue();
@@ -63,9 +64,9 @@ impl React for Reactor {
 fn up(rt: &Runtime, check: &Arc<Check>) {
     let report = check.report();
     for (listener, server) in rt.servers_of(check) {
-        tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
+        tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.change_reason,
             servers_up = listener.servers_up(), "server is UP");
-        rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.reason));
+        rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.change_reason));
         listener.wake_queue();
     }
 }
@@ -74,14 +75,25 @@ fn up(rt: &Runtime, check: &Arc<Check>) {
 /// node leads now and writes there would go to the wrong primary.
 fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
     let report = check.report();
+    if check.strict && rt.leadership.leader() == Some(check.node) {
+        // The leader still holds the lock but takes no writes: a failover's write gap may
+        // begin here, before Patroni lets go of the lock.
+        let now = crate::history::Stamp::now();
+        let ago = report.failing_since.map_or(std::time::Duration::ZERO, |t| now.mono.saturating_duration_since(t));
+        let at = crate::history::Stamp {
+            mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
+            wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
+        };
+        rt.history.writes_stopped(at, &check.node_name);
+    }
     for (listener, server) in rt.servers_of(check) {
         let remaining = listener.servers_up();
         let cut = if listener.config.shutdown_sessions || forced { server.cut_sessions() } else { 0 };
-        tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.reason,
+        tracing::warn!(listener = %listener.config.name, server = %server.name, reason = %report.change_reason,
             servers_up = remaining, sessions_cut = cut, "server is DOWN");
         rt.events.push(format!(
             "{}/{} DOWN: {} ({cut} sessions cut, {remaining} servers up)",
-            listener.config.name, server.name, report.reason
+            listener.config.name, server.name, report.change_reason
         ));
     }
 }

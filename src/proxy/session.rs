@@ -251,6 +251,9 @@ async fn serve_until_end(
     if matches!(end, End::ServerError(_) | End::ServerClosed) {
         server.check.kick();
     }
+    if matches!(end, End::ServerError(_) | End::ServerClosed | End::Cut | End::LeaderChanged) {
+        server.stats.ended_by_server.fetch_add(1, Ordering::Relaxed);
+    }
     let log = match listener.config.log_sessions {
         LogSessions::All => true,
         LogSessions::Errors => !end.is_normal(),

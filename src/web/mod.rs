@@ -4,8 +4,10 @@
 
 mod admin;
 mod auth;
+mod history;
 mod metrics;
 mod page;
+mod svg;
 
 use std::convert::Infallible;
 use std::sync::Arc;

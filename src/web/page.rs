@@ -1,11 +1,15 @@
 //! The HTML stats page: server-rendered, refreshes itself, readable without JavaScript.
+//! It fits a 1366-pixel-wide window with every column, the reason and the admin buttons
+//! (narrower windows scroll inside each table, not the page); a node answering a role
+//! check with the other role reads as that role, and real failures stand out.
 
 use std::fmt::Write;
 
-use crate::stats::{ListenerSnap, NodeSnap, ServerSnap, Snapshot};
+use super::history;
+use crate::stats::{ListenerSnap, ServerSnap, Snapshot};
 
 /// Escapes text for HTML element and attribute content.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -45,29 +49,54 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// The page's style: compact enough that a listener's table with its reason and admin
+/// buttons fits 1366 pixels; wide tables scroll inside `.wrap`, never the page.
+const STYLE: &str = r#"
+*{box-sizing:border-box}
+body{font:12px/1.35 system-ui,sans-serif;margin:8px 14px;color:#222}
+h1{font-size:19px;margin:.2em 0} h2{font-size:15px;margin:.9em 0 .2em}
+.wrap{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;margin:.2em 0 .6em}
+th,td{border:1px solid #c4c4cc;padding:2px 4px;text-align:right;white-space:nowrap;vertical-align:middle}
+th{background:#e8e8f0;font-weight:600;white-space:normal}
+.l{text-align:left}
+td.reason{white-space:normal;min-width:12em;max-width:24em;text-align:left}
+tr.up td.st{background:#b7f0b7} tr.down td.st{background:#f3b0b0;font-weight:bold}
+tr.goingdown td.st{background:#f5e08a} tr.goingup td.st{background:#c6e5ff}
+tr.admin td.st{background:#f0d8a8}
+tr.role td.st{background:#ececf2;color:#444} tr.role td.chk,tr.role td.reason{color:#777}
+td.fail{background:#f3b0b0;color:#600;font-weight:bold}
+tr.leader td{font-weight:bold}
+.muted{color:#666} .banner{padding:.4em .8em;margin:.4em 0;border-radius:4px;background:#e8f4e8}
+.alert{background:#f8d7d7}
+td.act{white-space:nowrap} form.act{display:inline;margin:0}
+button{font:11px system-ui,sans-serif;padding:0 3px;margin:0 1px}
+.sparks{display:flex;flex-wrap:wrap;gap:2px 18px;margin:.2em 0 .3em}
+.sl{display:inline-flex;align-items:center;gap:4px}
+svg.spark{display:inline-block;vertical-align:middle}
+svg.spark polyline{fill:none;stroke:#2a62c9;stroke-width:1.3} svg.spark circle{fill:#2a62c9}
+svg .axis{stroke:#c8c8d0;stroke-width:1}
+svg.timeline{display:block;max-width:100%} svg.timeline text.tl{font-size:13px;fill:#123}
+svg.timeline text.tick{font-size:11px;fill:#666}
+tr.fo.open td{background:#fff6d8} tr.median td{color:#555;font-style:italic}
+ol.events{font-family:monospace;font-size:11.5px;padding-left:2.5em;overflow-wrap:anywhere}
+code{overflow-wrap:anywhere}
+"#;
+
 /// Renders the page; `csrf` is given to admin users, who get the action forms.
 pub fn render(s: &Snapshot, refresh_secs: u64, csrf: Option<&str>) -> String {
-    let mut h = String::with_capacity(16 * 1024);
+    let mut h = String::with_capacity(48 * 1024);
     let _ = write!(
         h,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8">
+        r##"<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{refresh_secs}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>pgfront statistics</title>
-<style>
-body{{font:13px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}}
-table{{border-collapse:collapse;margin:.4em 0 1.6em}}
-th,td{{border:1px solid #bbb;padding:2px 7px;text-align:right;white-space:nowrap}}
-th{{background:#e8e8f0}} td.l{{text-align:left}}
-tr.up td.st{{background:#b7f0b7}} tr.down td.st{{background:#f3b0b0}} tr.goingdown td.st{{background:#f5e08a}} tr.goingup td.st{{background:#c6e5ff}}
-h2{{margin:.2em 0}} .muted{{color:#666}}
-tr.replica td.st{{background:#e4e4ea}} tr.leader td{{font-weight:bold}}
-.banner{{padding:.5em 1em;margin:.5em 0;border-radius:4px;background:#e8f4e8}} .alert{{background:#f8d7d7}}
-ol.events{{font-family:monospace;font-size:12px}}
-</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>pgfront <span class="muted">{}</span></h1>
 <p class="muted">uptime {} &middot; {} sessions open &middot; refreshes every {refresh_secs}s &middot;
-<a href="/;csv">CSV</a> &middot; <a href="/status.json">JSON</a></p>
-"#,
+<a href="/;csv">CSV</a> &middot; <a href="/status.json">JSON</a> &middot; <a href="#failovers">failovers</a></p>
+"##,
         esc(s.version),
         ago(s.uptime_secs),
         s.sessions,
@@ -99,10 +128,13 @@ ol.events{{font-family:monospace;font-size:12px}}
             esc(e)
         );
     }
-    cluster(&mut h, &s.nodes);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    history::timeline(&mut h, s, now);
+    cluster(&mut h, s);
     for l in &s.listeners {
-        listener(&mut h, l, csrf);
+        listener(&mut h, s, l, csrf);
     }
+    history::failovers(&mut h, &s.failovers);
     h.push_str("<h2>Recent transitions</h2>\n<ol class=\"events\">\n");
     for e in s.events.iter().take(30) {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at);
@@ -116,16 +148,18 @@ ol.events{{font-family:monospace;font-size:12px}}
     h
 }
 
-/// The cluster as Patroni describes it.
-fn cluster(h: &mut String, nodes: &[NodeSnap]) {
+/// The cluster as Patroni describes it, with each node's last hour of check latency and
+/// replication lag.
+fn cluster(h: &mut String, s: &Snapshot) {
     h.push_str(r#"<h2 id="cluster">Cluster</h2>
-<table><tr><th class="l">node</th><th class="l">role</th><th class="l">state</th><th>timeline</th><th class="l">replication</th><th>lag</th><th class="l">tags</th><th class="l">REST</th><th class="l">last answer</th></tr>
+<div class="wrap"><table><tr><th class="l">node</th><th class="l">role</th><th class="l">state</th><th>timeline</th><th class="l">replication</th><th>lag</th><th class="l">lag, last hour</th><th class="l">check latency, last hour</th><th class="l">tags</th><th class="l">REST</th><th class="l">last answer</th></tr>
 "#);
-    for n in nodes {
+    for n in &s.nodes {
         let tags: Vec<String> = n.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let series = s.history.nodes.get(&n.name);
         let _ = writeln!(
             h,
-            r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{role}</td><td class="l">{state}</td><td>{tl}</td><td class="l">{repl}</td><td>{lag}</td><td class="l">{tags}</td><td class="l">{rest}</td><td class="l">{last}</td></tr>"#,
+            r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{role}</td><td class="l">{state}</td><td>{tl}</td><td class="l">{repl}</td><td>{lag}</td><td class="l">{lag_spark}</td><td class="l">{chk_spark}</td><td class="l">{tags}</td><td class="l">{rest}</td><td class="l">{last}</td></tr>"#,
             class = if n.is_leader { "leader" } else { "" },
             name = esc(&n.name),
             role = esc(&match (&n.role, n.is_leader) {
@@ -137,22 +171,25 @@ fn cluster(h: &mut String, nodes: &[NodeSnap]) {
             tl = n.timeline.map_or("-".to_owned(), |t| t.to_string()),
             repl = esc(n.replication_state.as_deref().unwrap_or("-")),
             lag = n.lag_bytes.map_or("-".to_owned(), bytes),
+            lag_spark = history::spark(series.map(|n| &n.lag_bytes), "", "B"),
+            chk_spark = history::spark(series.map(|n| &n.check_ms), "", "ms"),
             tags = esc(&tags.join(" ")),
             rest = esc(&n.rest),
             last = esc(&n.last_check),
         );
     }
-    h.push_str("</table>\n");
+    h.push_str("</table></div>\n");
 }
 
-fn listener(h: &mut String, l: &ListenerSnap, csrf: Option<&str>) {
+fn listener(h: &mut String, s: &Snapshot, l: &ListenerSnap, csrf: Option<&str>) {
     let _ = write!(
         h,
         r#"<h2 id="l-{name}">{name}</h2>
 <p class="muted">bind {bind} &middot; balance {balance} &middot; check <code>{check}</code> &middot; {up}/{all} servers up &middot;
 queue {qcur} (max {qmax}) &middot; accepted {acc} &middot; refused {refused}</p>
-<table><tr><th class="l">server</th><th class="l">address</th><th>status</th><th>since</th><th class="l">last check</th>
-<th>chk fail</th><th>downs</th><th>downtime</th><th>cur</th><th>max</th><th>limit</th><th>total</th>
+{sparks}
+<div class="wrap"><table class="servers"><tr><th class="l">server</th><th class="l">address</th><th>status</th><th>since</th><th class="l">last check</th>
+<th>chk fail</th><th>downs</th><th>down time</th><th>cur</th><th>max</th><th>limit</th><th>total</th>
 <th>bytes in</th><th>bytes out</th><th>conn err</th><th>retries</th><th>redisp</th><th class="l">reason</th>{admin_th}</tr>
 "#,
         name = esc(&l.name),
@@ -165,36 +202,52 @@ queue {qcur} (max {qmax}) &middot; accepted {acc} &middot; refused {refused}</p>
         qmax = l.queue_max,
         acc = l.accepted,
         refused = l.refused,
+        sparks = history::listener_sparks(&s.history, &l.name),
         admin_th = if csrf.is_some() { "<th class=\"l\">actions</th>" } else { "" },
     );
     for v in &l.servers {
-        server(h, v, l.writes);
+        server(h, v);
         if let Some(token) = csrf {
             actions(h, &l.name, &v.name, token);
         }
         h.push_str("</tr>\n");
     }
-    h.push_str("</table>\n");
+    h.push_str("</table></div>\n");
 }
 
-fn server(h: &mut String, v: &ServerSnap, writes: bool) {
-    // On a write listener a healthy replica is not a failure: say what it is.
-    let replica = writes && !v.up && v.role.as_deref() == Some("replica");
+/// The row's class and the status text: a node answering with the other role shows that
+/// role in neutral colours; DRAIN and MAINT are the operator's; the rest is HAProxy's.
+fn status(v: &ServerSnap) -> (&'static str, String, String) {
+    if v.admin != "READY" {
+        return ("admin", v.status.clone(), format!("set by an operator; latest check: {}", v.reason));
+    }
+    if v.other_role && !v.up {
+        let role = v.node_role.clone().unwrap_or_default();
+        let title = format!("{} on this listener: it answers as the {role}, as expected", v.status);
+        return ("role", role, title);
+    }
     let class = match (v.up, v.status.contains('/')) {
-        _ if replica => "replica",
         (true, false) => "up",
         (true, true) => "goingdown",
         (false, true) => "goingup",
         (false, false) => "down",
     };
-    let status = if replica { "replica, not eligible for writes".to_owned() } else { v.status.clone() };
+    (class, v.status.clone(), format!("since: {}", v.change_reason))
+}
+
+fn server(h: &mut String, v: &ServerSnap) {
+    let (class, status, title) = status(v);
+    let leader = if v.node_role.as_deref() == Some("leader") && v.up { " leader" } else { "" };
     let _ = write!(
         h,
-        r#"<tr class="{class}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st">{status}</td><td>{since}</td><td class="l">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td{econ_title}>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="l">{reason}</td>"#,
+        r#"<tr class="{class}{leader}"><td class="l">{name}</td><td class="l">{addr}</td><td class="st" title="{title}">{status}</td><td title="{change}">{since}</td><td class="l chk{fail}">{check}</td><td>{chkfail}</td><td>{downs}</td><td>{downtime}</td><td>{cur}</td><td>{max}</td><td>{limit}</td><td>{total}</td><td>{bin}</td><td>{bout}</td><td{econ_title}>{econ}</td><td>{wretr}</td><td>{wredis}</td><td class="reason" title="status changed: {change}">{reason}</td>"#,
         name = esc(&v.name),
         addr = esc(&v.address),
+        title = esc(&title),
         status = esc(&status),
+        change = esc(&v.change_reason),
         since = ago(v.last_change_secs),
+        fail = if v.failing { " fail" } else { "" },
         check = esc(&v.last_check),
         chkfail = v.check_failures,
         downs = v.downs,
@@ -215,11 +268,11 @@ fn server(h: &mut String, v: &ServerSnap, writes: bool) {
 
 /// Admin buttons: plain forms, so they work without JavaScript; POST with the CSRF token.
 fn actions(h: &mut String, listener: &str, server: &str, csrf: &str) {
-    h.push_str("<td class=\"l\">");
+    h.push_str("<td class=\"act\">");
     for (action, label) in [("ready", "ready"), ("drain", "drain"), ("maint", "maint"), ("shutdown", "kill sessions")] {
         let _ = write!(
             h,
-            r#"<form method="post" action="/admin" style="display:inline"><input type="hidden" name="listener" value="{l}"><input type="hidden" name="server" value="{s}"><input type="hidden" name="action" value="{action}"><input type="hidden" name="csrf" value="{csrf}"><button>{label}</button></form>"#,
+            r#"<form method="post" action="/admin" class="act"><input type="hidden" name="listener" value="{l}"><input type="hidden" name="server" value="{s}"><input type="hidden" name="action" value="{action}"><input type="hidden" name="csrf" value="{csrf}"><button>{label}</button></form>"#,
             l = esc(listener),
             s = esc(server),
         );
