@@ -93,5 +93,9 @@ async fn main() {
         }
     }
     let per = |ticks: u64| ticks as f64 / hz / f64::from(count / rounds * rounds) * 1e6;
-    println!("REST API CPU per check over {count} checks each: resumed {:.0} µs, full handshake {:.0} µs", per(t_resumed), per(t_full));
+    println!(
+        "REST API CPU per check over {count} checks each: resumed {:.0} µs, full handshake {:.0} µs",
+        per(t_resumed),
+        per(t_full)
+    );
 }

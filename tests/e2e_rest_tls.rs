@@ -212,7 +212,10 @@ async fn checks_over_https_with_a_client_certificate_route_every_listener() {
     let expiry: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(expiry > now + 86400.0, "{line}");
-    assert!(text.contains("pgfront_server_check_status{listener=\"primary\",server=\"node1\",state=\""), "check status metric");
+    assert!(
+        text.contains("pgfront_server_check_status{listener=\"primary\",server=\"node1\",state=\""),
+        "check status metric"
+    );
     pg.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -224,7 +227,9 @@ async fn a_probe_without_the_client_certificate_fails_with_a_tls_reason() {
     let pg = support::start(&config(&tls, ""));
     eventually(LIVENESS, "every node checked and failed with L6RSP", || {
         ["node1", "node2", "node3"].iter().all(|n| {
-            checks_of(&pg, n).iter().all(|(_, code, detail)| *code == Some("L6RSP") && detail.contains("client certificate"))
+            checks_of(&pg, n)
+                .iter()
+                .all(|(_, code, detail)| *code == Some("L6RSP") && detail.contains("client certificate"))
         })
     })
     .await;

@@ -11,8 +11,7 @@ use std::time::Duration;
 use pgfront::config::{CheckSpec, CheckTiming};
 use pgfront::health::{CheckAuth, CheckCode, CheckTls, HttpProbe, Probe, ProbeResult, Verify};
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
+    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -136,7 +135,8 @@ impl TlsRest {
                     let head = String::from_utf8_lossy(&req).to_lowercase();
                     let answer = match &want {
                         Some(w) if !head.contains(&w.to_lowercase()) => "HTTP/1.0 401 Unauthorized\r\n\r\n".to_owned(),
-                        _ => "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"role\": \"primary\"}".to_owned(),
+                        _ => "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"role\": \"primary\"}"
+                            .to_owned(),
                     };
                     let _ = tls.write_all(answer.as_bytes()).await;
                     let _ = tls.flush().await;
@@ -372,7 +372,10 @@ check = { path = "/primary" }
         let c = parse(&f, BASE).unwrap();
         let (n1, n2) = (c.nodes[0].check_tls.as_ref().unwrap(), c.nodes[1].check_tls.as_ref().unwrap());
         assert_eq!((n1.verify, n1.ca.as_deref(), n1.cert.as_deref()), (Verify::Full, Some(&*f.ca), Some(&*f.cert)));
-        assert_eq!((n2.verify, n2.server_name.as_deref(), n2.key.as_deref()), (Verify::Ca, Some("n2.example"), Some(&*f.key)));
+        assert_eq!(
+            (n2.verify, n2.server_name.as_deref(), n2.key.as_deref()),
+            (Verify::Ca, Some("n2.example"), Some(&*f.key))
+        );
         assert_eq!(c.nodes[1].check_auth.as_ref().unwrap().user, "patroni");
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
         let none = BASE.replace("verify = \"ca\"", "verify = \"none\"");
@@ -389,7 +392,14 @@ check = { path = "/primary" }
             (BASE.replace("verify = \"ca\"", "verify = \"sometimes\""), "check_tls.verify", "unknown verify mode"),
             (BASE.replace("ca = \"ca.crt\"", "ca = \"nope.crt\""), "check_tls", "nope.crt"),
             (BASE.replace("PGFRONT_TEST_REST_PASSWORD", "PGFRONT_TEST_UNSET_VARIABLE"), "check_auth", "is not set"),
-            (BASE.replace("check = { path = \"/primary\" }", "check = { path = \"/primary\" }\ncheck_tls = { verify = \"none\" }"), "listener.check_tls", "belong to [defaults] or a [[node]]"),
+            (
+                BASE.replace(
+                    "check = { path = \"/primary\" }",
+                    "check = { path = \"/primary\" }\ncheck_tls = { verify = \"none\" }",
+                ),
+                "listener.check_tls",
+                "belong to [defaults] or a [[node]]",
+            ),
         ];
         for (text, key, what) in cases {
             let e = parse(&f, &text).unwrap_err().to_string();

@@ -254,7 +254,8 @@ async fn an_encrypted_cancel_request_is_closed_with_a_close_notify() {
     assert!(r.is_ok(), "a clean TLS close, not {r:?}");
     assert!(rest.is_empty());
     eventually(LIMIT, "the cancel was forwarded", || {
-        pg.shared().runtime.load().listener("replicas").unwrap().stats.cancels.load(std::sync::atomic::Ordering::SeqCst) == 1
+        pg.shared().runtime.load().listener("replicas").unwrap().stats.cancels.load(std::sync::atomic::Ordering::SeqCst)
+            == 1
     })
     .await;
 }

@@ -263,6 +263,7 @@ mod tests {
             duration: Duration::from_millis(1),
             detail: detail.to_owned(),
             body: None,
+            cert_not_after: None,
         }
     }
 

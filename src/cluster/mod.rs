@@ -125,6 +125,9 @@ impl Runtime {
             None => Arc::new(Leadership::default()),
         };
         let mut checks: Vec<Arc<Check>> = Vec::new();
+        // A listener's spec carries no TLS (that is set per probe target), and CheckTls
+        // hashes its settings only, never its session cache: the key cannot change.
+        #[allow(clippy::mutable_key_type)]
         let mut by_key: HashMap<(usize, CheckSpec), Arc<Check>> = HashMap::new();
         // A check asked the same question of the same node is kept, with its health; a
         // change of timings alone (inter, fall, timeout_connect, ...) applies to it as is.

@@ -75,7 +75,14 @@ mod tests {
 
     fn answer(code: CheckCode) -> ProbeResult {
         let status = matches!(code, CheckCode::L7Ok | CheckCode::L7Sts).then_some(503);
-        ProbeResult { code, status, duration: Duration::from_millis(1), detail: String::new(), body: None }
+        ProbeResult {
+            code,
+            status,
+            duration: Duration::from_millis(1),
+            detail: String::new(),
+            body: None,
+            cert_not_after: None,
+        }
     }
 
     #[test]

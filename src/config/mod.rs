@@ -556,7 +556,8 @@ impl Validator<'_> {
         }
         // Checks are made per node, shared by every listener: their transport is a node's.
         if let Some(span) = l.check_tls.as_ref().map(Spanned::span).or(l.check_auth.as_ref().map(Spanned::span)) {
-            let msg = "check_tls and check_auth belong to [defaults] or a [[node]]: a node is probed once for all listeners";
+            let msg =
+                "check_tls and check_auth belong to [defaults] or a [[node]]: a node is probed once for all listeners";
             return Err(self.src.error(span, "listener.check_tls", msg));
         }
         let s = l.settings(defaults);
@@ -833,8 +834,9 @@ impl Validator<'_> {
                 // A file written by `echo` ends in a newline that is not part of the password.
                 text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned()
             }
-            (None, Some(v)) => std::env::var(v)
-                .map_err(|_| err(format!("environment variable {v:?} is not set (or not UTF-8)")))?,
+            (None, Some(v)) => {
+                std::env::var(v).map_err(|_| err(format!("environment variable {v:?} is not set (or not UTF-8)")))?
+            }
             _ => return Err(err("set exactly one of password_file or password_env".into())),
         };
         Ok(Arc::new(CheckAuth::new(raw.user.clone(), &password)))

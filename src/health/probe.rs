@@ -168,7 +168,13 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             let (code, detail) = if status == spec.expect {
                 (CheckCode::L7Ok, String::new())
             } else if status == 401 && spec.auth.is_some() {
-                (CheckCode::L7Sts, format!("status 401: the REST API refused user {:?}", spec.auth.as_ref().map(|a| a.user.as_str()).unwrap_or_default()))
+                (
+                    CheckCode::L7Sts,
+                    format!(
+                        "status 401: the REST API refused user {:?}",
+                        spec.auth.as_ref().map(|a| a.user.as_str()).unwrap_or_default()
+                    ),
+                )
             } else if status == 401 {
                 (CheckCode::L7Sts, "status 401: the REST API wants credentials (check_auth)".to_owned())
             } else {

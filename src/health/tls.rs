@@ -88,7 +88,10 @@ impl CheckTls {
         server_name: Option<String>,
     ) -> Result<CheckTls, String> {
         if verify != Verify::None && ca.is_none() {
-            return Err(format!("verify = \"{}\" needs `ca`, the CA that issued the REST API's certificate", verify.as_str()));
+            return Err(format!(
+                "verify = \"{}\" needs `ca`, the CA that issued the REST API's certificate",
+                verify.as_str()
+            ));
         }
         if cert.is_some() != key.is_some() {
             return Err("a client certificate needs both `cert` and `key`".into());
@@ -234,8 +237,12 @@ pub fn tls_failure(e: &std::io::Error) -> Option<String> {
             }
             _ => format!("SSL handshake failure: {tls}"),
         },
-        rustls::Error::AlertReceived(a @ (A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::HandshakeFailure | A::AccessDenied)) => {
-            format!("SSL handshake failure: the server sent {a:?}: it wants a client certificate it trusts (`cert`/`key`)")
+        rustls::Error::AlertReceived(
+            a @ (A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::HandshakeFailure | A::AccessDenied),
+        ) => {
+            format!(
+                "SSL handshake failure: the server sent {a:?}: it wants a client certificate it trusts (`cert`/`key`)"
+            )
         }
         other => format!("SSL handshake failure: {other}"),
     })
@@ -265,7 +272,8 @@ impl std::fmt::Debug for CheckAuth {
 impl CheckAuth {
     pub fn new(user: String, password: &str) -> CheckAuth {
         use base64::Engine;
-        let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        let header =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
         CheckAuth { user, header }
     }
 

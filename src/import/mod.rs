@@ -503,44 +503,47 @@ impl Converter {
     }
 
     /// A node's `check_tls` table for a server with `check-ssl`, and what the operator should
-/// know about it. HAProxy's `verify required` (its default) checks the chain, and the host
-/// name only with `verifyhost` (or the SNI): pgfront's `ca` and `full`. A `crt` file holds
-/// the certificate and its key together, so it is both `cert` and `key`.
-fn check_tls(p: &ServerParams) -> Option<(String, Option<(NoteKind, String)>)> {
-    if !p.check_ssl {
-        return None;
-    }
-    let mut keys = Vec::new();
-    let mut note = None;
-    let name = p.verifyhost.as_ref().or(p.check_sni.as_ref());
-    match p.verify.as_deref() {
-        Some("none") => keys.push(("verify", "none".to_owned())),
-        _ if name.is_some() => keys.push(("verify", "full".to_owned())),
-        _ => {
-            keys.push(("verify", "ca".to_owned()));
-            note = Some((
+    /// know about it. HAProxy's `verify required` (its default) checks the chain, and the host
+    /// name only with `verifyhost` (or the SNI): pgfront's `ca` and `full`. A `crt` file holds
+    /// the certificate and its key together, so it is both `cert` and `key`.
+    fn check_tls(p: &ServerParams) -> Option<(String, Option<(NoteKind, String)>)> {
+        if !p.check_ssl {
+            return None;
+        }
+        let mut keys = Vec::new();
+        let mut note = None;
+        let name = p.verifyhost.as_ref().or(p.check_sni.as_ref());
+        match p.verify.as_deref() {
+            Some("none") => keys.push(("verify", "none".to_owned())),
+            _ if name.is_some() => keys.push(("verify", "full".to_owned())),
+            _ => {
+                keys.push(("verify", "ca".to_owned()));
+                note = Some((
                 NoteKind::Explained,
                 "verify required without verifyhost checks the certificate's chain, not its name: verify = \"ca\" (consider \"full\")".to_owned(),
             ));
+            }
         }
+        if let Some(ca) = &p.ca_file {
+            keys.push(("ca", ca.clone()));
+        } else if p.verify.as_deref() != Some("none") {
+            note = Some((
+                NoteKind::Unmapped,
+                "check-ssl with verify required needs ca-file: add `ca` to check_tls".to_owned(),
+            ));
+        }
+        if let Some(crt) = &p.crt {
+            keys.push(("cert", crt.clone()));
+            keys.push(("key", crt.clone()));
+        }
+        if let Some(n) = name {
+            keys.push(("server_name", n.clone()));
+        }
+        let body: Vec<String> = keys.iter().map(|(k, v)| format!("{k} = {}", quote(v))).collect();
+        Some((format!("{{ {} }}", body.join(", ")), note))
     }
-    if let Some(ca) = &p.ca_file {
-        keys.push(("ca", ca.clone()));
-    } else if p.verify.as_deref() != Some("none") {
-        note = Some((NoteKind::Unmapped, "check-ssl with verify required needs ca-file: add `ca` to check_tls".to_owned()));
-    }
-    if let Some(crt) = &p.crt {
-        keys.push(("cert", crt.clone()));
-        keys.push(("key", crt.clone()));
-    }
-    if let Some(n) = name {
-        keys.push(("server_name", n.clone()));
-    }
-    let body: Vec<String> = keys.iter().map(|(k, v)| format!("{k} = {}", quote(v))).collect();
-    Some((format!("{{ {} }}", body.join(", ")), note))
-}
 
-/// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
+    /// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
     fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool) -> Listener {
         let back =
             &Proxy { servers: back.servers.iter().filter(|s| !s.params.backup).cloned().collect(), ..back.clone() };
