@@ -3,6 +3,8 @@
 //! session resumption, and basic auth. (The real Patroni with a TLS REST API is in the
 //! end-to-end tests.)
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -417,4 +419,54 @@ check = { path = "/primary" }
         let c = parse(&f, &text).unwrap();
         assert_eq!(c.nodes[0].check_auth.as_deref(), Some(&CheckAuth::new("patroni".into(), "pw")));
     }
+}
+
+/// A renewed CA file is read again on reload: the checks that failed on the old one pass.
+#[tokio::test]
+async fn a_reload_rereads_the_certificates() {
+    let (old, new) = (Ca::new("old"), Ca::new("renewed"));
+    let f = files("reload", &old);
+    let rest = TlsRest::start(&new.server(&["127.0.0.1"]), None, None).await;
+    let backend = support::Backend::start("node1").await;
+    let text = format!(
+        r#"
+[global]
+check_mode = "http"
+hard_stop_after = "5s"
+
+[defaults]
+inter = "50ms"
+fall = 2
+rise = 1
+timeout_check = "2s"
+timeout_connect = "2s"
+check_tls = {{ ca = "ca.crt" }}
+
+[[node]]
+name = "node1"
+address = "{pg}"
+check_address = "{rest}"
+
+[[listener]]
+name = "primary"
+bind = "127.0.0.1:0"
+check = {{ method = "OPTIONS", path = "/master" }}
+"#,
+        pg = backend.addr,
+        rest = rest.addr,
+    );
+    let path = f.ca.with_file_name("pgfront.toml");
+    let parse = || pgfront::Config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let bound = pgfront::Bound::bind(&parse()).unwrap();
+    let pg = pgfront::app::start(parse(), bound);
+    let server = |pg: &pgfront::Pgfront| Arc::clone(&pg.shared().runtime.load().listener("primary").unwrap().servers[0]);
+    support::eventually(Duration::from_secs(10), "the check fails on the old CA", || {
+        server(&pg).check.report().last.is_some_and(|r| r.code == CheckCode::L6Rsp)
+    })
+    .await;
+    assert!(!server(&pg).is_up());
+    std::fs::write(&f.ca, new.pem()).unwrap();
+    pg.reload(parse()).unwrap();
+    support::eventually(Duration::from_secs(10), "the renewed CA is used", || server(&pg).is_up()).await;
+    pg.shutdown(Duration::from_secs(5)).await;
 }

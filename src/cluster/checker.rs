@@ -104,6 +104,9 @@ impl Checker {
     async fn run(self, probe: Arc<dyn Probe>) {
         let rt = &self.rt;
         let node = Arc::clone(&rt.nodes[self.target.node]);
+        // The last TLS failure logged: said once when it starts or changes, not every probe
+        // (a node that never came up would otherwise fail silently at the default level).
+        let mut tls_failure: Option<String> = None;
         loop {
             let started = Instant::now();
             let seen = node.kicks();
@@ -112,6 +115,15 @@ impl Checker {
                 () = self.stop.cancelled() => return,
             };
             node.note_cert(&result);
+            if matches!(result.code, CheckCode::L6Rsp | CheckCode::L6Tout) {
+                if tls_failure.as_deref() != Some(result.detail.as_str()) {
+                    tracing::warn!(node = %node.name, rest = %self.target.address, result = %result.summary(),
+                        detail = %result.detail, "health check over HTTPS failed");
+                    tls_failure = Some(result.detail.clone());
+                }
+            } else if result.status.is_some() && tls_failure.take().is_some() {
+                tracing::info!(node = %node.name, rest = %self.target.address, "health check over HTTPS answers again");
+            }
             if !result.passed() && result.status.is_none() {
                 tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
             }
