@@ -69,7 +69,8 @@ impl Wait {
 }
 
 /// Acquires a server for `ask` within `hold_until`: with a position, first among servers
-/// that have replayed it until the wait ends; then the leader, where `ask` allows it
+/// that have replayed it until the wait ends (which the caller's `hold_until` leaves room
+/// for: the queue's own bound comes after it); then the leader, where `ask` allows it
 /// (`ask` becomes a request for the primary, so retries stay there).
 pub async fn acquire(
     listener: &Arc<ListenerState>,
@@ -83,7 +84,7 @@ pub async fn acquire(
     let Some(w) = wait.as_mut().filter(|_| ask.min_lsn.is_some()) else {
         return balance::acquire(listener, avoid, *ask, hold_until.max(now)).await.map_err(Miss::Queue);
     };
-    match balance::acquire(listener, avoid, *ask, w.until.min(hold_until).max(now)).await {
+    match balance::acquire(listener, avoid, *ask, w.until.max(now)).await {
         Ok(slot) => {
             count(listener, w, Some(&slot));
             Ok(slot)

@@ -479,8 +479,10 @@ async fn establish(
     peer: SocketAddr,
 ) -> Result<(Slot, ServerIo, Vec<u8>), Refusal> {
     let cfg = &listener.config;
-    let hold_until = Instant::now() + cfg.timeout_queue;
     let mut wait = min_lsn::Wait::begin(listener, &ask);
+    // A wait for a replica's position comes first; the queue's own bound after it.
+    let waits_for_position = if wait.is_some() { cfg.min_lsn_wait } else { Duration::ZERO };
+    let hold_until = Instant::now() + waits_for_position + cfg.timeout_queue;
     loop {
         let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, hold_until, peer).await?;
         let server = Arc::clone(slot.server());
