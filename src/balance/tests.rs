@@ -196,12 +196,15 @@ fn lsn_runtime(extra: &str, up_: [bool; 2], replayed: [u64; 2]) -> Runtime {
     rt
 }
 
+/// A case: name, target, min_lsn, n2/n3 up, n2/n3 replayed, the servers picked or the error.
+type LsnCase = (&'static str, Target, Option<u64>, [bool; 2], [u64; 2], Result<&'static [&'static str], NoServer>);
+
 #[test]
 fn min_lsn_picks_only_servers_that_replayed_it() {
     use NoServer::*;
     let (t, l) = (Target::Listener, Target::Replica);
     #[rustfmt::skip]
-    let table: &[(&str, Target, Option<u64>, [bool; 2], [u64; 2], Result<&[&str], NoServer>)] = &[
+    let table: &[LsnCase] = &[
         ("no position: round robin",        t, None,      [true, true],   [0, 0],     Ok(&["n2", "n3"])),
         ("only the one that has it",        t, Some(100), [true, true],   [150, 50],  Ok(&["n2"])),
         ("equal is enough",                 l, Some(100), [true, true],   [99, 100],  Ok(&["n3"])),
