@@ -412,7 +412,9 @@ fn summary(c: &Config) -> String {
     let _ = writeln!(s, "nodes:");
     for n in &c.nodes {
         let scheme = match &n.check_tls {
-            Some(t) => format!("https, verify {}{}", t.verify.as_str(), if t.cert.is_some() { ", client cert" } else { "" }),
+            Some(t) => {
+                format!("https, verify {}{}", t.verify.as_str(), if t.cert.is_some() { ", client cert" } else { "" })
+            }
             None => "http".to_owned(),
         };
         let auth = n.check_auth.as_ref().map(|a| format!(", basic auth as {:?}", a.user)).unwrap_or_default();
