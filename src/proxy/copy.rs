@@ -1,6 +1,7 @@
 //! Copying bytes both ways for an established session, with half-close, idle timeouts,
 //! counters and cancellation. Bytes are forwarded unchanged and in order.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -140,21 +141,13 @@ where
     SW: AsyncWrite + Unpin,
 {
     let Watch { meters, idle, cut, term, sniffer, connecting } = watch;
-    // Never completes: gives the connect place back once the bound passes.
-    let connect_bound = async {
-        if let Some((held, limit)) = connecting {
-            tokio::time::sleep(limit).await;
-            release(held);
-        }
-        std::future::pending::<()>().await
-    };
-    tokio::pin!(connect_bound);
-    let term_ended = async {
-        match term {
-            Some(t) => t.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
+    // Boxed, and only for a session sent to the leader as a fallback: the others do not
+    // carry its size for their whole life.
+    let mut term_ended = term.map(|t| Box::pin(t.cancelled()));
+    let term_ended = std::future::poll_fn(|cx| match term_ended.as_mut() {
+        Some(f) => f.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    });
     tokio::pin!(term_ended);
     // Made once: a cancellation future registers with the token (under its lock) when
     // first polled, and a new one per loop turn would do that on every wake-up.
@@ -171,7 +164,7 @@ where
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         let idle_limit = idle.client.min(idle.server);
-        let timer = idle_timer(&clock, idle_limit);
+        let timer = idle_timer(&clock, idle_limit, connecting);
         tokio::pin!(timer);
         loop {
             tokio::select! {
@@ -197,7 +190,6 @@ where
                 }
                 () = &mut cut_ended => break (Some(End::Cut), false),
                 () = &mut term_ended => break (Some(End::LeaderChanged), false),
-                () = &mut connect_bound => {}
             }
         }
     };
@@ -268,7 +260,7 @@ where
     };
     let mut slot = Slot::default();
     loop {
-        let n = r.read_chunk(&mut slot).await.map_err(Side::Read)?;
+        let n = std::future::poll_fn(|cx| r.poll_chunk(cx, &mut slot)).await.map_err(Side::Read)?;
         let buf = slot.filled(n);
         if n == 0 {
             // Half-close: pass the FIN on and keep the other direction open.
@@ -298,12 +290,22 @@ fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
-async fn idle_timer(clock: &Clock, limit: Duration) {
+/// Completes when nothing moved for `limit`. On the way, gives the connect place back
+/// once its bound passed (one timer for both: a session's future holds a single `Sleep`).
+async fn idle_timer(clock: &Clock, limit: Duration, mut connecting: Option<(&Held, Duration)>) {
     loop {
-        let deadline = clock.start + Duration::from_millis(clock.last.load(Ordering::Relaxed)) + limit;
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if let Some((held, bound)) = connecting {
+            if now >= clock.start + bound {
+                release(held);
+                connecting = None;
+            }
+        }
+        let idle = clock.start + Duration::from_millis(clock.last.load(Ordering::Relaxed)) + limit;
+        if now >= idle {
             return;
         }
+        let deadline = connecting.map_or(idle, |(_, bound)| idle.min(clock.start + bound));
         sleep_until(deadline).await;
     }
 }

@@ -127,78 +127,112 @@ type ServerIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>
 
 /// Serves one accepted client to the end. The end of a graceful stop (`hard_stop_after`)
 /// ends it in any phase: held in the queue, connecting, being refused, or copying.
-pub async fn serve(
+///
+/// An idle session holds this future for its whole life, so its size is memory per
+/// session (pinned by a test): it is an async block, whose captures are stored once (an
+/// async fn's arguments are stored again as locals), and it holds only what copying needs;
+/// the startup phase is boxed and freed when it ends.
+pub fn serve(
     shared: Arc<Shared>,
     listener: Arc<ListenerState>,
     client: TcpStream,
     peer: SocketAddr,
     permit: Permit,
-) {
-    // Reference counts, not copies: this runs for every new session.
-    let (hard_stop, l) = (shared.tokens.sessions.clone(), Arc::clone(&listener));
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let started = Instant::now();
+        if let Some(mut live) = Box::pin(start(&shared, &listener, client, peer, started)).await {
+            copy_phase(&shared, &listener, &mut live, peer, started).await;
+        }
+        drop(permit);
+    }
+}
+
+/// An established session: what the copy phase needs, and nothing of the opening.
+struct Live {
+    client: ClientIo,
+    upstream: ServerIo,
+    slot: Slot,
+    /// The session's connect place, held until authentication ends where pgfront can see
+    /// it (ReadyForQuery), or `timeout_connect` at the latest.
+    connecting: keys::Held,
+    /// pgfront read the StartupMessage (plain text, or TLS it terminated): the cancel key
+    /// and the end of authentication are readable in the server's answer.
+    readable: bool,
+    moved: copy::Moved,
+    /// The server's first answer could not be written to the client: nothing to copy.
+    failed: Option<std::io::Error>,
+}
+
+/// The startup phase until a server answered: ends early at the end of a graceful stop.
+async fn start(
+    shared: &Shared,
+    listener: &Arc<ListenerState>,
+    client: TcpStream,
+    peer: SocketAddr,
+    started: Instant,
+) -> Option<Live> {
     tokio::select! {
         biased;
+        live = establish_session(shared, listener, client, peer, started) => live,
         // Copying sessions see the same cancellation through their server's token and end
         // (and log) on their own; this arm ends the ones still before that.
-        () = serve_until_end(shared, listener, client, peer, permit) => {}
-        () = hard_stop.cancelled() => {
-            tracing::info!(listener = %l.config.name, client = %peer, reason = "stopping", "session closed before reaching a server");
+        () = shared.tokens.sessions.cancelled() => {
+            tracing::info!(listener = %listener.config.name, client = %peer, reason = "stopping", "session closed before reaching a server");
+            None
         }
     }
 }
 
-async fn serve_until_end(
-    shared: Arc<Shared>,
-    listener: Arc<ListenerState>,
+/// Reads the opening, routes, connects and relays the server's first answer. Returns the
+/// session to copy, or None when it ended here (refused, or a cancel request served).
+async fn establish_session(
+    shared: &Shared,
+    listener: &Arc<ListenerState>,
     client: TcpStream,
     peer: SocketAddr,
-    _permit: Permit,
-) {
-    let started = Instant::now();
-    let name = listener.config.name.clone();
+    started: Instant,
+) -> Option<Live> {
     if let Err(e) = tweaks::session(&client) {
-        tracing::debug!(listener = %name, client = %peer, error = %e, "socket options");
+        tracing::debug!(listener = %listener.config.name, client = %peer, error = %e, "socket options");
     }
-    // The startup phase's futures are boxed: their state (the TLS handshake, the parsed
-    // opening, the connect) is freed when the phase ends, instead of sizing every
-    // session's task for its whole life.
-    let (mut client, prelude) = match Box::pin(open(client, &listener)).await {
+    let (mut client, prelude) = match open(client, listener).await {
         Ok(v) => v,
-        Err((client, refusal)) => return Box::pin(refused(&listener, client, peer, started, refusal, None)).await,
+        Err((client, refusal)) => {
+            refused(listener, client, peer, started, refusal, None).await;
+            return None;
+        }
     };
     if let Opening::CancelRequest { .. } = prelude.opening {
-        cancel::forward(&shared, &listener, &prelude.bytes, peer).await;
+        cancel::forward(shared, listener, &prelude.bytes, peer).await;
         // Closed as PostgreSQL closes it: inside TLS with a close_notify first, without
         // which libpq 17+ (OpenSSL 3) reports the encrypted cancel as failed
         // ("unexpected eof while reading").
         let _ = timeout(CANCEL_CLOSE, client.shutdown()).await;
-        return;
+        return None;
     }
-    let target = target_of(&listener, prelude.startup.as_ref());
+    let target = target_of(listener, prelude.startup.as_ref());
     let established = tokio::select! {
-        r = Box::pin(establish(&shared, &listener, &prelude, target, matches!(client, Either::Right(_)))) => r,
+        r = establish(shared, listener, &prelude, target, matches!(client, Either::Right(_))) => r,
         // A client that gives up while held in the queue must not later take a server slot.
         () = gone(&client) => Err(Refusal::Gone),
     };
     let (mut slot, mut upstream, reply) = match established {
         Ok(v) => v,
         Err(refusal) => {
-            return Box::pin(refused(&listener, Some(client), peer, started, refusal, Some(&prelude.opening))).await
+            refused(listener, Some(client), peer, started, refusal, Some(&prelude.opening)).await;
+            return None;
         }
     };
-    let server = Arc::clone(slot.server());
     // The connect place is held until authentication ends where pgfront can see it
     // (ReadyForQuery); for an opaque session, until the server answered its opening.
     let readable = prelude.startup.is_some();
     let sent = prelude.bytes.len() as u64;
-    // Nothing of the opening is needed any more: an idle session keeps none of it.
     drop(prelude);
     // An opaque session (TLS end to end) gives its place back now: the server has answered
     // its opening, and nothing later can be seen.
     let connecting: keys::Held = std::sync::Mutex::new(slot.take_connecting().filter(|_| readable));
-    // A child of the server's token, itself a child of the process's session token: cut by
-    // mark-down, by an operator, or by the end of a graceful stop. Taken with the slot.
-    let token = slot.token().clone();
+    let server = Arc::clone(slot.server());
     let mut moved = copy::Moved { to_server: sent, to_client: 0 };
     server.stats.bytes_in.fetch_add(sent, Ordering::Relaxed);
     let written = async {
@@ -214,35 +248,54 @@ async fn serve_until_end(
         }
         Ok::<_, std::io::Error>(())
     };
-    let end = match Box::pin(written).await {
+    let failed = match written.await {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             drop((slot, upstream));
-            return Box::pin(refused(&listener, Some(client), peer, started, Refusal::NotTls, None)).await;
+            refused(listener, Some(client), peer, started, Refusal::NotTls, None).await;
+            return None;
         }
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             drop((slot, upstream));
-            return Box::pin(refused(&listener, Some(client), peer, started, Refusal::Silent, None)).await;
+            refused(listener, Some(client), peer, started, Refusal::Silent, None).await;
+            return None;
         }
-        Err(e) => End::ClientError(e),
+        Err(e) => Some(e),
         Ok(()) => {
             moved.to_client = reply.len() as u64;
             server.stats.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
-            drop(reply);
+            None
+        }
+    };
+    Some(Live { client, upstream, slot, connecting, readable, moved, failed })
+}
+
+/// Copies until the session ends, then accounts for it and logs its end.
+async fn copy_phase(shared: &Shared, listener: &ListenerState, live: &mut Live, peer: SocketAddr, started: Instant) {
+    let server = live.slot.server();
+    let end = match live.failed.take() {
+        Some(e) => End::ClientError(e),
+        None => {
             let meters = Meters { to_server: &server.stats.bytes_in, to_client: &server.stats.bytes_out };
             let idle = Idle { client: listener.config.timeout_client, server: listener.config.timeout_server };
             // The cancel key is readable when pgfront read the StartupMessage (plain text,
             // or TLS it terminated).
             let mut sniffer =
-                readable.then(|| KeySniffer::new(&shared.cancel_keys, server.address.clone()).holding(&connecting));
-            let held = Some((&connecting, listener.config.timeout_connect));
-            let watch =
-                Watch { meters, idle, cut: &token, term: slot.term(), sniffer: sniffer.as_mut(), connecting: held };
-            let (end, m) = match (client, upstream) {
-                (Either::Left(mut c), Either::Left(mut s)) => copy::bidirectional(&mut c, &mut s, watch).await,
-                (mut c, mut s) => Box::pin(copy::bidirectional_io(&mut c, &mut s, watch)).await,
+                live.readable.then(|| KeySniffer::new(&shared.cancel_keys, server).holding(&live.connecting));
+            let held = Some((&live.connecting, listener.config.timeout_connect));
+            let watch = Watch {
+                meters,
+                idle,
+                cut: live.slot.token(),
+                term: live.slot.term(),
+                sniffer: sniffer.as_mut(),
+                connecting: held,
             };
-            moved.to_server += m.to_server;
-            moved.to_client += m.to_client;
+            let (end, m) = match (&mut live.client, &mut live.upstream) {
+                (Either::Left(c), Either::Left(s)) => copy::bidirectional(c, s, watch).await,
+                (c, s) => Box::pin(copy::bidirectional_io(c, s, watch)).await,
+            };
+            live.moved.to_server += m.to_server;
+            live.moved.to_client += m.to_client;
             end
         }
     };
@@ -260,11 +313,11 @@ async fn serve_until_end(
         LogSessions::None => false,
     };
     if log {
-        tracing::info!(listener = %name, server = %server.name, client = %peer, reason = end.as_label(),
+        let moved = live.moved;
+        tracing::info!(listener = %listener.config.name, server = %server.name, client = %peer, reason = end.as_label(),
             detail = %EndDetail(&end), duration_ms = started.elapsed().as_millis() as u64,
             bytes_to_server = moved.to_server, bytes_to_client = moved.to_client, "session closed");
     }
-    drop(slot);
 }
 
 /// Reads the client's opening. On a listener that terminates TLS, an SSLRequest is
