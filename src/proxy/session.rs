@@ -26,6 +26,8 @@ use crate::tls::{self, Rewind};
 
 /// The largest first server message pgfront reads (an auth request or an error).
 const MAX_FIRST_REPLY: usize = 64 * 1024;
+/// The first read from a server: room for a trusted login's whole answer.
+const FIRST_READ: usize = 2048;
 /// How often a queued TLS client with unread data is looked at for a close.
 const GONE_POLL: Duration = Duration::from_millis(250);
 /// How long closing a cancel request's connection may take (a close_notify and a FIN).
@@ -164,6 +166,9 @@ struct Live {
     /// and the end of authentication are readable in the server's answer.
     readable: bool,
     moved: copy::Moved,
+    /// What the server answered first, already sent to the client: the cancel-key reader
+    /// reads it first, then it is freed.
+    reply: Vec<u8>,
     /// The server's first answer could not be written to the client: nothing to copy.
     failed: Option<std::io::Error>,
 }
@@ -192,9 +197,7 @@ async fn establish_session(
     peer: SocketAddr,
     started: Instant,
 ) -> Option<Live> {
-    if let Err(e) = tweaks::session(&client) {
-        tracing::debug!(listener = %listener.config.name, client = %peer, error = %e, "socket options");
-    }
+    // The client's socket options (no Nagle delay, keepalives) come from its listener.
     let (mut client, prelude) = match open(client, listener).await {
         Ok(v) => v,
         Err((client, refusal)) => {
@@ -265,7 +268,8 @@ async fn establish_session(
             None
         }
     };
-    Some(Live { peer, started, client, upstream, slot, connecting, readable, moved, failed })
+    let reply = if readable { reply } else { Vec::new() };
+    Some(Live { peer, started, client, upstream, slot, connecting, readable, moved, reply, failed })
 }
 
 /// Copies until the session ends, then accounts for it and logs its end. (An async block:
@@ -287,6 +291,10 @@ fn copy_phase<'a>(
                 // or TLS it terminated).
                 let mut sniffer =
                     live.readable.then(|| KeySniffer::new(&shared.cancel_keys, server).holding(&live.connecting));
+                if let Some(s) = sniffer.as_mut() {
+                    // The server's first answer may already hold the key, and ReadyForQuery.
+                    s.feed(&std::mem::take(&mut live.reply));
+                }
                 let held = Some((&live.connecting, listener.config.timeout_connect));
                 let watch = Watch {
                     meters,
@@ -520,7 +528,7 @@ async fn establish(
                 }
                 return Ok((upstream, answer));
             }
-            let reply = read_message(&mut upstream).await?;
+            let reply = read_first(&mut upstream).await?;
             Ok::<_, FirstError>((upstream, reply))
         };
         let (upstream, mut reply) = match timeout(cfg.timeout_connect, first).await {
@@ -542,18 +550,22 @@ async fn establish(
                 continue;
             }
         };
-        let cannot_connect_now =
-            reply.first() == Some(&b'E') && pg::error_sqlstate(&reply[5..]) == Some(sqlstate::CANNOT_CONNECT_NOW);
+        // `reply` may hold more than the first message: look at the first one.
+        let first = first_len(&reply).unwrap_or(reply.len());
+        let cannot_connect_now = reply.first() == Some(&b'E')
+            && reply.get(5..first).and_then(pg::error_sqlstate) == Some(sqlstate::CANNOT_CONNECT_NOW);
         if cannot_connect_now && Instant::now() < hold_until {
             not_ready(&server, listener, "the server cannot accept sessions now (57P03)");
             drop((slot, upstream));
             pause(listener, hold_until).await?;
             continue;
         }
-        if client_tls {
+        if client_tls && first <= reply.len() {
             // SCRAM channel binding ties the client's proof to the TLS certificate it sees,
             // which is pgfront's, not the server's: offering it would fail every login.
+            let rest = reply.split_off(first);
             pg::strip_channel_binding(&mut reply);
+            reply.extend_from_slice(&rest);
         }
         return Ok((slot, upstream, reply));
     }
@@ -627,21 +639,36 @@ async fn pause(listener: &ListenerState, hold_until: Instant) -> Result<(), Refu
     Ok(())
 }
 
-/// Reads one backend message (type, length, body), bounded in size.
-async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).await?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if !(4..=MAX_FIRST_REPLY).contains(&len) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("first server message of {len} bytes"),
-        ));
+/// Reads the server's first message (type, length, body; bounded in size) and whatever
+/// came with it: the rest of a trusted login (AuthenticationOk, ParameterStatus,
+/// BackendKeyData, ReadyForQuery) usually arrives in the same segment, and one read takes
+/// it all where reading the message alone took two reads and left the rest for a third.
+async fn read_first<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut msg = Vec::with_capacity(FIRST_READ);
+    loop {
+        if let Some(len) = first_len(&msg) {
+            if !(5..=MAX_FIRST_REPLY + 1).contains(&len) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("first server message of {} bytes", len.saturating_sub(1)),
+                ));
+            }
+            if msg.len() >= len {
+                return Ok(msg);
+            }
+            msg.reserve(len - msg.len());
+        }
+        if s.read_buf(&mut msg).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
-    let mut msg = head.to_vec();
-    msg.resize(1 + len, 0);
-    s.read_exact(&mut msg[5..]).await?;
-    Ok(msg)
+}
+
+/// The length of the first backend message in `bytes` (type byte included), once its
+/// header is there.
+fn first_len(bytes: &[u8]) -> Option<usize> {
+    let head: [u8; 4] = bytes.get(1..5)?.try_into().ok()?;
+    Some(1 + u32::from_be_bytes(head) as usize)
 }
 
 /// Picks a server and connects, retrying failed connects up to `retries` times, on
@@ -683,7 +710,7 @@ async fn connect(
                         .map_err(|_| Refusal::Queue(NoServer::NoneUp, queued_at.elapsed()))?;
                     continue;
                 }
-                let _ = tweaks::session(&stream);
+                let _ = tweaks::server(&stream);
                 return Ok((slot, stream));
             }
             Ok(Err(e)) => e.to_string(),
@@ -773,5 +800,27 @@ mod tests {
         let size = std::mem::size_of_val(&session);
         println!("session future: {size} bytes");
         assert!(size <= SERVE_FUTURE_MAX, "a session's future grew to {size} bytes (bound {SERVE_FUTURE_MAX})");
+    }
+
+    #[tokio::test]
+    async fn the_first_answer_is_read_whole_with_what_came_with_it() {
+        let ok = [b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+        let ready = [b'Z', 0, 0, 0, 5, b'I'];
+        // In one segment: both, in one read.
+        let both = [&ok[..], &ready[..]].concat();
+        assert_eq!(read_first(&mut &both[..]).await.unwrap(), both);
+        // Split inside the header and inside the body: read until the first is whole.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move { read_first(&mut b).await.unwrap() });
+        for part in [&ok[..3], &ok[3..7], &ok[7..]] {
+            a.write_all(part).await.unwrap();
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(reader.await.unwrap(), ok);
+        // Too long, or closed early: errors.
+        let huge = [b'R', 0, 0x10, 0, 0];
+        assert_eq!(read_first(&mut &huge[..]).await.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(read_first(&mut &ok[..6]).await.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }
