@@ -17,13 +17,13 @@ pub const BUF: usize = 16 * 1024;
 /// Buffers a thread keeps for reuse; more are freed.
 const POOL: usize = 256;
 
-/// Bytes of copy buffers freed (beyond the pools) since the allocator was last asked to
-/// give memory back: a burst on thousands of sessions frees megabytes that glibc's malloc
-/// would otherwise keep resident for good.
+/// Bytes freed (copy buffers beyond the pools, ended sessions) since the allocator was
+/// last asked to give memory back: a burst on thousands of sessions, or thousands of
+/// sessions ending, frees megabytes that glibc's malloc would otherwise keep resident.
 static FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How much must have been freed before memory is handed back to the system.
-const TRIM_AFTER: usize = 4 << 20;
+const TRIM_AFTER: usize = 1 << 20;
 
 /// Hands freed memory back to the system if a burst freed enough to matter (called from
 /// a control task about once a second; nothing happens while traffic is steady).
@@ -37,6 +37,12 @@ pub fn trim() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Notes memory freed outside the buffer pools (a session's task and registrations when it
+/// ends), so that many ended sessions hand their memory back as a burst does.
+pub fn freed(bytes: usize) {
+    FREED.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
 thread_local! {

@@ -26,6 +26,9 @@ use crate::tls::{self, Rewind};
 
 /// The largest first server message pgfront reads (an auth request or an error).
 const MAX_FIRST_REPLY: usize = 64 * 1024;
+/// About what an idle session holds (its task and two sockets' registrations; see the
+/// size test below and examples/session_cost), for `buffers::freed`.
+const SESSION_FOOTPRINT: usize = 2 * 1024;
 /// The first read from a server: room for a trusted login's whole answer.
 const FIRST_READ: usize = 2048;
 /// How often a queued TLS client with unread data is looked at for a close.
@@ -149,6 +152,9 @@ pub fn serve(
         }
         drop(live);
         drop(permit);
+        // What the session held (its task, two sockets' registrations) is freed as this
+        // returns: counted, so that the end of many sessions gives the memory back.
+        super::buffers::freed(SESSION_FOOTPRINT);
     }
 }
 
