@@ -164,7 +164,9 @@ impl Server {
 
     /// The token a new session selects on; cancelled when the server's sessions are cut.
     pub fn session_token(&self) -> CancellationToken {
-        self.lock().child_token()
+        // The server's token itself, not a child: nothing cancels one session alone, and a
+        // child would cost every session an allocation and a lock on the parent.
+        self.lock().clone()
     }
 
     /// Closes every session on this server (mark-down with shutdown-sessions, admin action).

@@ -5,10 +5,11 @@
 //! no lock on the data path.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Buffer size: PostgreSQL messages are mostly small; 16 KiB keeps bulk COPY efficient.
 pub const BUF: usize = 16 * 1024;
@@ -16,13 +17,13 @@ pub const BUF: usize = 16 * 1024;
 /// Buffers a thread keeps for reuse; more are freed.
 const POOL: usize = 256;
 
-/// Bytes of copy buffers freed (beyond the pools) since the allocator was last asked to
-/// give memory back: a burst on thousands of sessions frees megabytes that glibc's malloc
-/// would otherwise keep resident for good.
+/// Bytes freed (copy buffers beyond the pools, ended sessions) since the allocator was
+/// last asked to give memory back: a burst on thousands of sessions, or thousands of
+/// sessions ending, frees megabytes that glibc's malloc would otherwise keep resident.
 static FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How much must have been freed before memory is handed back to the system.
-const TRIM_AFTER: usize = 4 << 20;
+const TRIM_AFTER: usize = 1 << 20;
 
 /// Hands freed memory back to the system if a burst freed enough to matter (called from
 /// a control task about once a second; nothing happens while traffic is steady).
@@ -36,6 +37,12 @@ pub fn trim() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Notes memory freed outside the buffer pools (a session's task and registrations when it
+/// ends), so that many ended sessions hand their memory back as a burst does.
+pub fn freed(bytes: usize) {
+    FREED.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
 thread_local! {
@@ -89,16 +96,34 @@ impl Drop for Slot {
 /// Where a copy direction reads from.
 pub trait Source {
     /// Reads the next chunk into `slot`, taking a buffer when there is something to read.
-    fn read_chunk<'a>(&'a mut self, slot: &'a mut Slot) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    /// A poll function, not an async one: a session's future holds no read future.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, slot: &mut Slot) -> Poll<io::Result<usize>>;
+}
+
+/// One read into `buf` (tokio's read clears the socket's readiness after a short read:
+/// epoll is edge triggered, and a short read means the socket was drained, so no read is
+/// made just to learn that nothing is left).
+fn poll_read_into<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let mut rb = ReadBuf::new(buf);
+    match Pin::new(r).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 impl Source for tokio::net::tcp::ReadHalf<'_> {
-    async fn read_chunk(&mut self, slot: &mut Slot) -> io::Result<usize> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, slot: &mut Slot) -> Poll<io::Result<usize>> {
         if slot.drained {
             // Drained by the last read: give the buffer back until the next burst.
             if let Some(b) = slot.buf.take() {
                 give(b);
             }
+            slot.drained = false;
         }
         if let Some(buf) = slot.buf.as_mut() {
             // The last read filled the buffer: more may be waiting (a bulk transfer), or the
@@ -107,34 +132,41 @@ impl Source for tokio::net::tcp::ReadHalf<'_> {
             match self.as_ref().try_read(buf) {
                 Ok(n) => {
                     slot.drained = n < buf.len();
-                    return Ok(n);
+                    return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(b) = slot.buf.take() {
                         give(b);
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        if slot.buf.is_none() {
-            // Idle: wait with no buffer held.
-            self.as_ref().readable().await?;
-        }
+        // Idle: wait with no buffer held.
+        ready!(self.as_ref().poll_read_ready(cx))?;
         let buf = slot.buf.get_or_insert_with(take);
-        // tokio's read clears the socket's readiness after a short read (epoll is edge
-        // triggered: a short read means the socket was drained), so no read is made just
-        // to learn that nothing is left: one recv per chunk.
-        let n = self.read(buf).await?;
-        slot.drained = n < buf.len();
-        Ok(n)
+        match poll_read_into(self, cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                slot.drained = n < buf.len();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                // The readiness was stale (the read cleared it and registered for the next):
+                // wait without a buffer.
+                if let Some(b) = slot.buf.take() {
+                    give(b);
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
 impl<T: AsyncRead + Send> Source for tokio::io::ReadHalf<T> {
-    async fn read_chunk(&mut self, slot: &mut Slot) -> io::Result<usize> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, slot: &mut Slot) -> Poll<io::Result<usize>> {
         let buf = slot.buf.get_or_insert_with(take);
-        self.read(buf).await
+        poll_read_into(self, cx, buf)
     }
 }
 

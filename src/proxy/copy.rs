@@ -1,6 +1,10 @@
 //! Copying bytes both ways for an established session, with half-close, idle timeouts,
 //! counters and cancellation. Bytes are forwarded unchanged and in order.
 
+// Async blocks returned by plain fns, not async fns, on purpose: see `bidirectional`.
+#![allow(clippy::manual_async_fn)]
+
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -84,14 +88,6 @@ struct Clock {
     goodbye: AtomicBool,
 }
 
-/// What a direction does besides copying.
-enum Direction<'a, 'k> {
-    /// Client to server: notes a Terminate.
-    Up(&'a AtomicBool),
-    /// Server to client: reads the cancel key during the startup phase.
-    Down(Option<&'a mut KeySniffer<'k>>),
-}
-
 enum Side {
     Read(io::Error),
     Write(io::Error),
@@ -114,102 +110,115 @@ pub struct Watch<'a, 'k> {
 
 /// Copies until both directions have closed, a side errs, the session idles out, or
 /// `cut` is cancelled.
-pub async fn bidirectional(client: &mut TcpStream, server: &mut TcpStream, watch: Watch<'_, '_>) -> (End, Moved) {
-    // Plain TCP on both sides: borrowed halves, no lock.
-    let (cr, cw) = client.split();
-    let (sr, sw) = server.split();
-    halves(cr, cw, sr, sw, watch).await
+///
+/// These functions return async blocks rather than being async fns: an async fn stores its
+/// arguments twice in its future (as captures, then as locals), and an idle session holds
+/// this future for its whole life.
+pub fn bidirectional<'a, 'k>(
+    client: &'a mut TcpStream,
+    server: &'a mut TcpStream,
+    watch: Watch<'a, 'k>,
+) -> impl Future<Output = (End, Moved)> + Send + use<'a, 'k> {
+    async move {
+        // Plain TCP on both sides: borrowed halves, no lock.
+        let (cr, cw) = client.split();
+        let (sr, sw) = server.split();
+        halves(cr, cw, sr, sw, watch).await
+    }
 }
 
 /// The same for any streams (TLS on either side).
-pub async fn bidirectional_io<C, S>(client: &mut C, server: &mut S, watch: Watch<'_, '_>) -> (End, Moved)
+pub fn bidirectional_io<'a, 'k, C, S>(
+    client: &'a mut C,
+    server: &'a mut S,
+    watch: Watch<'a, 'k>,
+) -> impl Future<Output = (End, Moved)> + Send + use<'a, 'k, C, S>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (cr, cw) = tokio::io::split(client);
-    let (sr, sw) = tokio::io::split(server);
-    halves(cr, cw, sr, sw, watch).await
+    async move {
+        let (cr, cw) = tokio::io::split(client);
+        let (sr, sw) = tokio::io::split(server);
+        halves(cr, cw, sr, sw, watch).await
+    }
 }
 
-async fn halves<CR, CW, SR, SW>(mut cr: CR, mut cw: CW, mut sr: SR, mut sw: SW, watch: Watch<'_, '_>) -> (End, Moved)
+fn halves<'a, 'k, CR, CW, SR, SW>(
+    mut cr: CR,
+    mut cw: CW,
+    mut sr: SR,
+    mut sw: SW,
+    watch: Watch<'a, 'k>,
+) -> impl Future<Output = (End, Moved)> + Send + use<'a, 'k, CR, CW, SR, SW>
 where
-    CR: Source,
-    CW: AsyncWrite + Unpin,
-    SR: Source,
-    SW: AsyncWrite + Unpin,
+    CR: Source + Send,
+    CW: AsyncWrite + Unpin + Send,
+    SR: Source + Send,
+    SW: AsyncWrite + Unpin + Send,
 {
-    let Watch { meters, idle, cut, term, sniffer, connecting } = watch;
-    // Never completes: gives the connect place back once the bound passes.
-    let connect_bound = async {
-        if let Some((held, limit)) = connecting {
-            tokio::time::sleep(limit).await;
-            release(held);
-        }
-        std::future::pending::<()>().await
-    };
-    tokio::pin!(connect_bound);
-    let term_ended = async {
-        match term {
-            Some(t) => t.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(term_ended);
-    // Made once: a cancellation future registers with the token (under its lock) when
-    // first polled, and a new one per loop turn would do that on every wake-up.
-    let cut_ended = cut.cancelled();
-    tokio::pin!(cut_ended);
-    let clock = Clock { start: Instant::now(), last: AtomicU64::new(0), goodbye: AtomicBool::new(false) };
-    // Milliseconds since `start` of the last byte moved in either direction. Both sides
-    // see the same traffic in a forwarding proxy, so one clock serves both limits.
-    let mut moved = Moved::default();
-    let (mut up_counted, mut down_counted) = (Counted::new(meters.to_server), Counted::new(meters.to_client));
-    let (end, client_done_first) = {
-        let up = one_way(&mut cr, &mut sw, &mut up_counted, &clock, Direction::Up(&clock.goodbye));
-        let down = one_way(&mut sr, &mut cw, &mut down_counted, &clock, Direction::Down(sniffer));
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        let idle_limit = idle.client.min(idle.server);
-        let timer = idle_timer(&clock, idle_limit);
-        tokio::pin!(timer);
-        loop {
-            tokio::select! {
-                r = &mut up, if !up_done => match r {
-                    Ok(()) => { up_done = true; if down_done { break (None, false) } }
-                    // The server may reset once the client has said goodbye (PostgreSQL
-                    // closes without reading a TLS close_notify): still a normal end.
-                    Err(_) if down_done => break (Some(End::ServerClosed), false),
-                    Err(Side::Read(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
-                    Err(Side::Read(e)) => break (Some(End::ClientError(e)), true),
-                    Err(Side::Write(e)) => break (Some(End::ServerError(e)), true),
-                },
-                r = &mut down, if !down_done => match r {
-                    Ok(()) => { down_done = true; if up_done { break (None, true) } }
-                    Err(_) if up_done => break (Some(End::ClientClosed), true),
-                    Err(Side::Read(e)) => break (Some(End::ServerError(e)), false),
-                    Err(Side::Write(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
-                    Err(Side::Write(e)) => break (Some(End::ClientError(e)), false),
-                },
-                () = &mut timer => {
-                    let end = if idle.client <= idle.server { End::ClientIdle } else { End::ServerIdle };
-                    break (Some(end), false);
+    async move {
+        // Boxed, and only for a session sent to the leader as a fallback: the others do not
+        // carry its size for their whole life.
+        let mut term_ended = watch.term.map(|t| Box::pin(t.cancelled()));
+        let term_ended = std::future::poll_fn(|cx| match term_ended.as_mut() {
+            Some(f) => f.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        });
+        tokio::pin!(term_ended);
+        // Made once: a cancellation future registers with the token (under its lock) when
+        // first polled, and a new one per loop turn would do that on every wake-up.
+        let cut_ended = watch.cut.cancelled();
+        tokio::pin!(cut_ended);
+        // Milliseconds since `start` of the last byte moved in either direction. Both sides
+        // see the same traffic in a forwarding proxy, so one clock serves both limits.
+        let clock = Clock { start: Instant::now(), last: AtomicU64::new(0), goodbye: AtomicBool::new(false) };
+        let mut up_counted = Counted::new(watch.meters.to_server);
+        let mut down_counted = Counted::new(watch.meters.to_client);
+        let (end, client_done_first) = {
+            let up = one_way(&mut cr, &mut sw, &mut up_counted, &clock, Some(&clock.goodbye), None);
+            let down = one_way(&mut sr, &mut cw, &mut down_counted, &clock, None, watch.sniffer);
+            tokio::pin!(up, down);
+            let (mut up_done, mut down_done) = (false, false);
+            let idle = watch.idle;
+            let timer = idle_timer(&clock, idle.client.min(idle.server), watch.connecting);
+            tokio::pin!(timer);
+            loop {
+                tokio::select! {
+                    r = &mut up, if !up_done => match r {
+                        Ok(()) => { up_done = true; if down_done { break (None, false) } }
+                        // The server may reset once the client has said goodbye (PostgreSQL
+                        // closes without reading a TLS close_notify): still a normal end.
+                        Err(_) if down_done => break (Some(End::ServerClosed), false),
+                        Err(Side::Read(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
+                        Err(Side::Read(e)) => break (Some(End::ClientError(e)), true),
+                        Err(Side::Write(e)) => break (Some(End::ServerError(e)), true),
+                    },
+                    r = &mut down, if !down_done => match r {
+                        Ok(()) => { down_done = true; if up_done { break (None, true) } }
+                        Err(_) if up_done => break (Some(End::ClientClosed), true),
+                        Err(Side::Read(e)) => break (Some(End::ServerError(e)), false),
+                        Err(Side::Write(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
+                        Err(Side::Write(e)) => break (Some(End::ClientError(e)), false),
+                    },
+                    () = &mut timer => {
+                        let end = if idle.client <= idle.server { End::ClientIdle } else { End::ServerIdle };
+                        break (Some(end), false);
+                    }
+                    () = &mut cut_ended => break (Some(End::Cut), false),
+                    () = &mut term_ended => break (Some(End::LeaderChanged), false),
                 }
-                () = &mut cut_ended => break (Some(End::Cut), false),
-                () = &mut term_ended => break (Some(End::LeaderChanged), false),
-                () = &mut connect_bound => {}
             }
-        }
-    };
-    moved.to_server = up_counted.finish();
-    moved.to_client = down_counted.finish();
-    let end = end.unwrap_or(if client_done_first { End::ClientClosed } else { End::ServerClosed });
-    // A server that closes after the client's Terminate is answering it, not failing.
-    let end = match end {
-        End::ServerClosed | End::ServerError(_) if clock.goodbye.load(Ordering::Relaxed) => End::ClientClosed,
-        other => other,
-    };
-    (end, moved)
+        };
+        let moved = Moved { to_server: up_counted.finish(), to_client: down_counted.finish() };
+        let end = end.unwrap_or(if client_done_first { End::ClientClosed } else { End::ServerClosed });
+        // A server that closes after the client's Terminate is answering it, not failing.
+        let end = match end {
+            End::ServerClosed | End::ServerError(_) if clock.goodbye.load(Ordering::Relaxed) => End::ClientClosed,
+            other => other,
+        };
+        (end, moved)
+    }
 }
 
 /// Bytes of one direction: counted in the session, and added to the server's shared
@@ -251,44 +260,46 @@ impl<'a> Counted<'a> {
     }
 }
 
-async fn one_way<R, W>(
-    r: &mut R,
-    w: &mut W,
-    counted: &mut Counted<'_>,
-    clock: &Clock,
-    direction: Direction<'_, '_>,
-) -> Result<(), Side>
+/// Copies one direction until its reader closes or a side errs. `goodbye` (client to
+/// server) notes a Terminate; `sniffer` (server to client) reads the cancel key during the
+/// startup phase.
+fn one_way<'a, 'm, 'k, R, W>(
+    r: &'a mut R,
+    w: &'a mut W,
+    counted: &'a mut Counted<'m>,
+    clock: &'a Clock,
+    goodbye: Option<&'a AtomicBool>,
+    mut sniffer: Option<&'a mut KeySniffer<'k>>,
+) -> impl Future<Output = Result<(), Side>> + Send + use<'a, 'm, 'k, R, W>
 where
-    R: Source,
-    W: AsyncWrite + Unpin,
+    R: Source + Send,
+    W: AsyncWrite + Unpin + Send,
 {
-    let (goodbye, mut sniffer) = match direction {
-        Direction::Up(g) => (Some(g), None),
-        Direction::Down(s) => (None, s),
-    };
-    let mut slot = Slot::default();
-    loop {
-        let n = r.read_chunk(&mut slot).await.map_err(Side::Read)?;
-        let buf = slot.filled(n);
-        if n == 0 {
-            // Half-close: pass the FIN on and keep the other direction open.
-            return w.shutdown().await.map_err(Side::Write);
-        }
-        // Only during the startup phase: the cancel key, then nothing more per chunk.
-        if let Some(s) = sniffer.as_deref_mut() {
-            s.feed(buf);
-            if s.done {
-                sniffer = None;
+    async move {
+        let mut slot = Slot::default();
+        loop {
+            let n = std::future::poll_fn(|cx| r.poll_chunk(cx, &mut slot)).await.map_err(Side::Read)?;
+            let buf = slot.filled(n);
+            if n == 0 {
+                // Half-close: pass the FIN on and keep the other direction open.
+                return w.shutdown().await.map_err(Side::Write);
             }
+            // Only during the startup phase: the cancel key, then nothing more per chunk.
+            if let Some(s) = sniffer.as_deref_mut() {
+                s.feed(buf);
+                if s.done {
+                    sniffer = None;
+                }
+            }
+            w.write_all(buf).await.map_err(Side::Write)?;
+            let now_ms = clock.start.elapsed().as_millis() as u64;
+            counted.add(n, now_ms);
+            if let Some(g) = goodbye {
+                // The client's Terminate ends its last chunk: whoever closes next, it said goodbye.
+                g.store(buf.ends_with(&TERMINATE), Ordering::Relaxed);
+            }
+            clock.last.store(now_ms, Ordering::Relaxed);
         }
-        w.write_all(buf).await.map_err(Side::Write)?;
-        let now_ms = clock.start.elapsed().as_millis() as u64;
-        counted.add(n, now_ms);
-        if let Some(g) = goodbye {
-            // The client's Terminate ends its last chunk: whoever closes next, it said goodbye.
-            g.store(buf.ends_with(&TERMINATE), Ordering::Relaxed);
-        }
-        clock.last.store(now_ms, Ordering::Relaxed);
     }
 }
 
@@ -298,12 +309,28 @@ fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
-async fn idle_timer(clock: &Clock, limit: Duration) {
-    loop {
-        let deadline = clock.start + Duration::from_millis(clock.last.load(Ordering::Relaxed)) + limit;
-        if Instant::now() >= deadline {
-            return;
+/// Completes when nothing moved for `limit`. On the way, gives the connect place back
+/// once its bound passed (one timer for both: a session's future holds a single `Sleep`).
+fn idle_timer<'a>(
+    clock: &'a Clock,
+    limit: Duration,
+    mut connecting: Option<(&'a Held, Duration)>,
+) -> impl Future<Output = ()> + Send + use<'a> {
+    async move {
+        loop {
+            let now = Instant::now();
+            if let Some((held, bound)) = connecting {
+                if now >= clock.start + bound {
+                    release(held);
+                    connecting = None;
+                }
+            }
+            let idle = clock.start + Duration::from_millis(clock.last.load(Ordering::Relaxed)) + limit;
+            if now >= idle {
+                return;
+            }
+            let deadline = connecting.map_or(idle, |(_, bound)| idle.min(clock.start + bound));
+            sleep_until(deadline).await;
         }
-        sleep_until(deadline).await;
     }
 }

@@ -2,26 +2,71 @@
 //! CancelRequest goes straight to the server that issued the key instead of to every
 //! server of the listener.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
-/// Key (process id and secret, as a CancelRequest carries them) -> server address.
+use crate::cluster::Server;
+
+/// A cancel key as a CancelRequest carries it: process id and secret. Protocol 3.0's keys
+/// (eight bytes, every PostgreSQL before 18 and 18 by default) are held inline, so an idle
+/// session's key costs no allocation of its own; 3.2's longer secrets are boxed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    Short([u8; 8]),
+    Long(Box<[u8]>),
+}
+
+impl Key {
+    fn new(bytes: &[u8]) -> Key {
+        match <[u8; 8]>::try_from(bytes) {
+            Ok(a) => Key::Short(a),
+            Err(_) => Key::Long(bytes.into()),
+        }
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        match self {
+            Key::Short(a) => a,
+            Key::Long(b) => b,
+        }
+    }
+}
+
+// Hashes as the bytes do, so the map can be searched with a slice (`Borrow` requires it).
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<[u8]>::borrow(self).hash(state)
+    }
+}
+
+/// Key -> the server that issued it.
 #[derive(Debug, Default)]
 pub struct CancelKeys {
-    map: Mutex<HashMap<Vec<u8>, String>>,
+    map: Mutex<HashMap<Key, Arc<Server>>>,
 }
 
 impl CancelKeys {
+    /// The address of the server that issued `key`.
     pub fn lookup(&self, key: &[u8]) -> Option<String> {
-        self.lock().get(key).cloned()
+        self.lock().get(key).map(|s| s.address.clone())
     }
 
-    fn insert(&self, key: Vec<u8>, server: String) {
+    fn insert(&self, key: Key, server: Arc<Server>) {
         self.lock().insert(key, server);
     }
 
-    fn remove(&self, key: &[u8]) {
-        self.lock().remove(key);
+    fn remove(&self, key: &Key) {
+        let mut map = self.lock();
+        map.remove(Borrow::<[u8]>::borrow(key));
+        // A burst of sessions grows the table; give the memory back once most have ended.
+        let (len, capacity) = (map.len(), map.capacity());
+        if capacity > 1024 && len < capacity / 8 {
+            map.shrink_to(len * 2);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -32,7 +77,7 @@ impl CancelKeys {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Server>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -42,14 +87,18 @@ impl CancelKeys {
 /// ReadyForQuery it is done and costs nothing per message.
 pub struct KeySniffer<'a> {
     keys: &'a CancelKeys,
-    server: String,
-    /// Bytes of the current message header (type + length) or of a BackendKeyData body.
-    buf: Vec<u8>,
+    server: &'a Arc<Server>,
+    /// Bytes of the current message header (type + length).
+    head: [u8; 5],
+    /// How many of `head` are filled.
+    filled: u8,
+    /// The BackendKeyData body collected so far (allocated only when one arrives).
+    key: Vec<u8>,
     /// Body bytes of the current (uninteresting) message still to skip.
     skip: usize,
     /// Body bytes of the current BackendKeyData still to collect.
     want: usize,
-    registered: Option<Vec<u8>>,
+    registered: Option<Key>,
     seen: usize,
     pub done: bool,
     /// The session's place among its server's connects in flight, given back at
@@ -71,11 +120,13 @@ pub fn release(held: &Held) {
 const MAX_STARTUP_BYTES: usize = 256 * 1024;
 
 impl<'a> KeySniffer<'a> {
-    pub fn new(keys: &'a CancelKeys, server: String) -> KeySniffer<'a> {
+    pub fn new(keys: &'a CancelKeys, server: &'a Arc<Server>) -> KeySniffer<'a> {
         KeySniffer {
             keys,
             server,
-            buf: Vec::with_capacity(16),
+            head: [0; 5],
+            filled: 0,
+            key: Vec::new(),
             skip: 0,
             want: 0,
             registered: None,
@@ -106,32 +157,39 @@ impl<'a> KeySniffer<'a> {
             }
             if self.want > 0 {
                 let n = self.want.min(data.len());
-                self.buf.extend_from_slice(&data[..n]);
+                self.key.extend_from_slice(&data[..n]);
                 self.want -= n;
                 data = &data[n..];
                 if self.want == 0 {
-                    let key = std::mem::take(&mut self.buf);
-                    self.keys.insert(key.clone(), self.server.clone());
-                    self.registered = Some(key);
+                    let key = Key::new(&std::mem::take(&mut self.key));
+                    if let Some(old) = self.registered.replace(key.clone()) {
+                        self.keys.remove(&old);
+                    }
+                    self.keys.insert(key, Arc::clone(self.server));
                 }
                 continue;
             }
-            let n = (5 - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
+            let at = self.filled as usize;
+            let n = (5 - at).min(data.len());
+            self.head[at..at + n].copy_from_slice(&data[..n]);
+            self.filled += n as u8;
             data = &data[n..];
-            if self.buf.len() < 5 {
+            if self.filled < 5 {
                 continue;
             }
-            let kind = self.buf[0];
-            let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-            self.buf.clear();
+            let [kind, a, b, c, d] = self.head;
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            self.filled = 0;
             if len < 4 {
                 self.done = true;
                 continue;
             }
             match kind {
                 // BackendKeyData: pid + secret (4 bytes in protocol 3.0, up to 256 in 3.2).
-                b'K' if (12..=4 + 4 + 256).contains(&len) => self.want = len - 4,
+                b'K' if (12..=4 + 4 + 256).contains(&len) => {
+                    self.want = len - 4;
+                    self.key = Vec::with_capacity(self.want);
+                }
                 // ReadyForQuery: the startup phase is over.
                 b'Z' => self.done = true,
                 _ => self.skip = len - 4,
@@ -157,6 +215,15 @@ impl Drop for KeySniffer<'_> {
 mod tests {
     use super::*;
 
+    fn server(address: &str) -> Arc<Server> {
+        let text = format!(
+            "[[node]]\nname = \"n\"\naddress = \"{address}\"\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ncheck = {{ path = \"/replica\" }}\n"
+        );
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let rt = crate::cluster::Runtime::build(Arc::new(config), &tokio_util::sync::CancellationToken::new());
+        Arc::clone(&rt.listeners[0].servers[0])
+    }
+
     fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![kind];
         m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
@@ -176,8 +243,9 @@ mod tests {
     #[test]
     fn registers_the_key_until_the_session_ends() {
         let keys = CancelKeys::default();
+        let server = server("10.0.0.1:5432");
         {
-            let mut s = KeySniffer::new(&keys, "10.0.0.1:5432".into());
+            let mut s = KeySniffer::new(&keys, &server);
             s.feed(&stream());
             assert!(s.done);
             assert_eq!(keys.lookup(&[0, 0, 0x30, 0x39, 1, 2, 3, 4]).as_deref(), Some("10.0.0.1:5432"));
@@ -188,7 +256,8 @@ mod tests {
     #[test]
     fn works_byte_by_byte() {
         let keys = CancelKeys::default();
-        let mut s = KeySniffer::new(&keys, "a".into());
+        let server = server("10.0.0.1:5432");
+        let mut s = KeySniffer::new(&keys, &server);
         for b in stream() {
             s.feed(&[b]);
         }
@@ -200,10 +269,28 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(chunks: Vec<Vec<u8>>) {
             let keys = CancelKeys::default();
-            let mut s = KeySniffer::new(&keys, "a".into());
+            let server = server("10.0.0.1:5432");
+            let mut s = KeySniffer::new(&keys, &server);
             for c in &chunks {
                 s.feed(c);
             }
         }
+    }
+
+    #[test]
+    fn long_keys_of_protocol_3_2_and_a_replaced_key() {
+        let keys = CancelKeys::default();
+        let server = server("10.0.0.1:5432");
+        let long: Vec<u8> = (0..36).collect();
+        {
+            let mut s = KeySniffer::new(&keys, &server);
+            let mut m = msg(b'K', &[0, 0, 0, 1, 9, 9, 9, 9]);
+            m.extend(msg(b'K', &long));
+            s.feed(&m);
+            assert_eq!(keys.len(), 1, "the first key was replaced");
+            assert_eq!(keys.lookup(&long).as_deref(), Some("10.0.0.1:5432"));
+            assert_eq!(keys.lookup(&[0, 0, 0, 1, 9, 9, 9, 9]), None);
+        }
+        assert!(keys.is_empty());
     }
 }
