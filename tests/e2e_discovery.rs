@@ -92,7 +92,7 @@ fn config() -> String {
 hunt_inter = "200ms"
 discovery = "patroni"
 discovery_seeds = ["{n}1:8008"]
-discovery_allow = ["{n}0/29"]
+discovery_allow = ["{n}1", "{n}2", "{n}3", "{n}4"]
 discovery_inter = "1s"
 
 [defaults]
