@@ -255,3 +255,69 @@ async fn declared_nodes_keep_their_settings_and_a_reload_keeps_the_members() {
     live.echo(b"after the reload").await.unwrap();
     pg.shutdown(Duration::from_millis(100)).await;
 }
+
+/// What discovery costs a new session: connect-to-first-byte latency through the replicas
+/// listener with declared nodes, with discovered ones, and with the member set changing
+/// every 20 ms (a generation swap each time). Prints medians and p99; run with
+/// `cargo test --test discovery -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by name"]
+async fn measure_connect_cost() {
+    async fn sample(addr: std::net::SocketAddr, n: usize) -> (u128, u128) {
+        let mut us = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let c = connect(addr).await.unwrap();
+            us.push(t.elapsed().as_micros());
+            drop(c);
+        }
+        us.sort_unstable();
+        (us[n / 2], us[n * 99 / 100])
+    }
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let all = [("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])];
+    let two = cluster_json(&all);
+    publish(&lab, &two);
+    let n = 3000;
+    let declared = start(&lab.config(""));
+    let discovered = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
+    for pg in [&declared, &discovered] {
+        eventually(LIMIT, "two replicas", || {
+            pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2
+        })
+        .await;
+    }
+    for round in 0..3 {
+        let a = sample(declared.listener_addr("replicas").unwrap(), n).await;
+        let b = sample(discovered.listener_addr("replicas").unwrap(), n).await;
+        // Churn: node3 leaves and joins every 20 ms, a new generation each time.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (stop, nodes) = (stop.clone(), lab.nodes.clone());
+            let (with, without) = (two.clone(), cluster_json(&[("node1", &nodes[0]), ("node2", &nodes[1])]));
+            tokio::spawn(async move {
+                let mut flip = false;
+                while !stop.load(Ordering::Relaxed) {
+                    for node in &nodes {
+                        node.rest.set_body("/cluster", if flip { &with } else { &without });
+                    }
+                    flip = !flip;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let changes = discovered.shared().discovery.changes.load(Ordering::Relaxed);
+        let c = sample(discovered.listener_addr("replicas").unwrap(), n).await;
+        stop.store(true, Ordering::Relaxed);
+        churn.await.unwrap();
+        let swaps = discovered.shared().discovery.changes.load(Ordering::Relaxed) - changes;
+        eprintln!(
+            "round {round}: connect+first byte median/p99 µs: declared {}/{}, discovered {}/{}, discovered with {swaps} generation swaps during the sample {}/{}",
+            a.0, a.1, b.0, b.1, c.0, c.1
+        );
+        publish(&lab, &two);
+    }
+    declared.shutdown(Duration::from_millis(100)).await;
+    discovered.shutdown(Duration::from_millis(100)).await;
+}
