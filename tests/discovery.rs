@@ -321,3 +321,32 @@ async fn measure_connect_cost() {
     declared.shutdown(Duration::from_millis(100)).await;
     discovered.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn an_empty_or_foreign_answer_changes_nothing() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let all = [("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])];
+    publish(&lab, &cluster_json(&all));
+    let pg = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
+    eventually(LIMIT, "three members", || node_names(&pg).len() == 3).await;
+    let errors = pg.shared().discovery.errors.load(Ordering::Relaxed);
+    // Another Patroni cluster's answer, then an empty list, then only forbidden addresses.
+    for json in [
+        cluster_json(&all[..1]).replace("\"scope\": \"lab\"", "\"scope\": \"other\""),
+        r#"{"members": [], "scope": "lab"}"#.to_owned(),
+        cluster_json(&all).replace("\"host\": \"127.0.0.1\"", "\"host\": \"10.0.0.1\""),
+    ] {
+        publish(&lab, &json);
+        let seen = pg.shared().discovery.errors.load(Ordering::Relaxed);
+        eventually(LIMIT, "rounds fail", || pg.shared().discovery.errors.load(Ordering::Relaxed) > seen + 2).await;
+        assert_eq!(node_names(&pg).len(), 3, "the member set is unchanged by {json}");
+    }
+    assert!(pg.shared().discovery.errors.load(Ordering::Relaxed) > errors);
+    assert!(has_event(&pg, "discovery: no member answered /cluster"), "said once");
+    let (_, error) = pg.shared().discovery.last();
+    assert!(error.unwrap().contains("no usable member"));
+    publish(&lab, &cluster_json(&all));
+    eventually(LIMIT, "answers again", || has_event(&pg, "/cluster answers again")).await;
+    pg.shutdown(Duration::from_millis(100)).await;
+}

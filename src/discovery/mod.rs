@@ -35,6 +35,15 @@ pub struct Listed {
 #[derive(Deserialize)]
 struct RawCluster {
     members: Vec<RawMember>,
+    scope: Option<String>,
+}
+
+/// A parsed `/cluster` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Patroni's `scope` (the cluster's name), when given.
+    pub scope: Option<String>,
+    pub members: Vec<Listed>,
 }
 
 #[derive(Deserialize)]
@@ -52,9 +61,9 @@ struct RawMember {
 /// Parses Patroni's `GET /cluster` answer: `{"members": [{"name", "host", "port",
 /// "api_url", "role", "state", ...}], ...}`. Unknown keys are ignored (Patroni adds some
 /// in each version); a body without a `members` list is an error.
-pub fn parse_cluster(body: &[u8]) -> Result<Vec<Listed>, String> {
+pub fn parse_cluster(body: &[u8]) -> Result<Answer, String> {
     let raw: RawCluster = serde_json::from_slice(body).map_err(|e| format!("not Patroni's /cluster JSON: {e}"))?;
-    Ok(raw
+    let members = raw
         .members
         .into_iter()
         .map(|m| {
@@ -64,7 +73,8 @@ pub fn parse_cluster(body: &[u8]) -> Result<Vec<Listed>, String> {
             };
             Listed { name: m.name, host: m.host, port: m.port, api, https, role: m.role, state: m.state }
         })
-        .collect())
+        .collect();
+    Ok(Answer { scope: raw.scope, members })
 }
 
 /// `http://10.0.0.1:8008/patroni` → (`10.0.0.1:8008`, false); the scheme's port when none.

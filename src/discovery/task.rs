@@ -65,6 +65,8 @@ struct Round {
     failing: Option<String>,
     /// Refusals already logged (said once while they last).
     refused: BTreeSet<Refused>,
+    /// Patroni's scope of the first answer: an answer from another cluster is not used.
+    scope: Option<String>,
 }
 
 impl Round {
@@ -77,20 +79,20 @@ impl Round {
             stats.requests.fetch_add(1, Ordering::Relaxed);
             let r = probe.probe(&source, &spec).await;
             let parsed = match (r.passed(), &r.body) {
-                (true, Some(body)) => parse_cluster(body),
+                (true, Some(body)) => parse_cluster(body).and_then(|a| self.usable(a, d)),
                 (true, None) => Err("no body".to_owned()),
                 (false, _) if r.detail.is_empty() => Err(r.summary()),
                 (false, _) => Err(format!("{} ({})", r.summary(), r.detail)),
             };
             match parsed {
-                Ok(listed) => {
-                    answer = Some((source, listed));
+                Ok(admitted) => {
+                    answer = Some((source, admitted));
                     break;
                 }
                 Err(e) => errors.push(format!("{source}: {e}")),
             }
         }
-        let Some((source, listed)) = answer else {
+        let Some((source, (members, refused))) = answer else {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             let why = if errors.is_empty() { "no source to ask".to_owned() } else { errors.join("; ") };
             if self.failing.is_none() {
@@ -107,7 +109,6 @@ impl Round {
         }
         stats.set_last(Some(source.clone()), None);
         self.last_good = Some(source);
-        let (members, refused) = admit(&listed, &d.allow);
         for r in refused.iter().filter(|r| !self.refused.contains(r)) {
             tracing::warn!(member = %r.name, why = %r.why, "discovery: member ignored");
             rt.events.push(format!("discovery: member {} ignored: {}", r.name, r.why));
@@ -128,6 +129,27 @@ impl Round {
         if apply.members(next) {
             stats.changes.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl Round {
+    /// The answer's usable members and refusals; an error for an answer from another
+    /// cluster than the first one seen, or one that lists no usable member at all (a
+    /// member set never empties on one answer: a cluster always lists the member asked).
+    fn usable(&mut self, a: super::Answer, d: &Discovery) -> Result<(Vec<Member>, Vec<Refused>), String> {
+        match (&self.scope, &a.scope) {
+            (Some(want), Some(got)) if want != got => {
+                return Err(format!("an answer from Patroni cluster {got:?}, not {want:?}"));
+            }
+            (None, Some(got)) => self.scope = Some(got.clone()),
+            _ => {}
+        }
+        let (members, refused) = admit(&a.members, &d.allow);
+        if members.is_empty() {
+            let why = refused.first().map_or_else(|| "an empty list".to_owned(), |r| format!("{}: {}", r.name, r.why));
+            return Err(format!("no usable member in the answer ({why})"));
+        }
+        Ok((members, refused))
     }
 }
 

@@ -18,7 +18,9 @@ fn allow(blocks: &[&str]) -> Vec<Cidr> {
 
 #[test]
 fn parses_patronis_member_list() {
-    let listed = parse_cluster(CLUSTER.as_bytes()).unwrap();
+    let answer = parse_cluster(CLUSTER.as_bytes()).unwrap();
+    assert_eq!(answer.scope.as_deref(), Some("lab"));
+    let listed = answer.members;
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0].name, "node1");
     assert_eq!(listed[0].host.as_deref(), Some("127.0.0.51"));
@@ -36,7 +38,7 @@ fn refuses_what_is_not_a_member_list() {
     assert!(parse_cluster(b"{}").is_err());
     assert!(parse_cluster(b"{\"members\": 3}").is_err());
     assert!(parse_cluster(b"<html>").is_err());
-    assert_eq!(parse_cluster(b"{\"members\": []}").unwrap(), vec![]);
+    assert_eq!(parse_cluster(b"{\"members\": []}").unwrap().members, vec![]);
 }
 
 #[test]
@@ -52,7 +54,7 @@ fn api_urls_give_the_rest_address() {
 
 #[test]
 fn only_members_inside_the_allow_list_are_used() {
-    let listed = parse_cluster(CLUSTER.as_bytes()).unwrap();
+    let listed = parse_cluster(CLUSTER.as_bytes()).unwrap().members;
     let (members, refused) = admit(&listed, &allow(&["127.0.0.48/29"]));
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["node1", "node2"]);
@@ -78,7 +80,7 @@ fn a_forged_answer_cannot_point_anywhere() {
       {"name": "twice", "host": "127.0.0.51", "port": 5432, "api_url": "http://127.0.0.51:8008/patroni"},
       {"name": "twice", "host": "127.0.0.52", "port": 5432, "api_url": "http://127.0.0.52:8008/patroni"}
     ]}"#;
-    let (members, refused) = admit(&parse_cluster(forged.as_bytes()).unwrap(), &allow(&["127.0.0.0/8"]));
+    let (members, refused) = admit(&parse_cluster(forged.as_bytes()).unwrap().members, &allow(&["127.0.0.0/8"]));
     assert_eq!(members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["twice"]);
     assert_eq!(members[0].address, "127.0.0.51:5432", "the first listing wins");
     assert_eq!(refused.len(), 5, "{refused:?}");

@@ -57,6 +57,8 @@ pub fn render(snap: &Snapshot) -> String {
             let v = [ln, s.name.as_str()];
             // As HAProxy's exporter: the operator's DRAIN or MAINT in place of the health state.
             let now = match s.admin {
+                // A member gone from Patroni's list that still holds sessions: a drain.
+                "READY" if s.status.starts_with("LEAVING") => "DRAIN",
                 "READY" if s.up => "UP",
                 "READY" => "DOWN",
                 other => other,
