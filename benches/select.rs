@@ -63,6 +63,39 @@ fn selection(c: &mut Criterion) {
     }
 }
 
+/// What `pgfront.min_lsn` adds to a new session before its server is chosen: reading the
+/// setting from `options` and parsing it, and the pick among replicas by their positions
+/// (both replicas have the position: no wait).
+fn min_lsn(c: &mut Criterion) {
+    let _guard = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _enter = _guard.enter();
+    let packet = pgfront::pg::startup_message(&[
+        ("user", "app"),
+        ("database", "app"),
+        ("application_name", "orders"),
+        ("options", "-c statement_timeout=5s -c pgfront.min_lsn=16/B374D848"),
+    ]);
+    let startup = pgfront::pg::Startup::parse(&packet).unwrap();
+    c.bench_function("min_lsn/read and parse the setting", |bench| {
+        bench.iter(|| {
+            let text = black_box(&startup).setting("pgfront.min_lsn").unwrap();
+            black_box(pgfront::pg::parse_lsn(&text))
+        })
+    });
+    c.bench_function("min_lsn/absent: look for the setting", |bench| {
+        let plain = pgfront::pg::Startup::parse(&pgfront::pg::startup_message(&[("user", "app")])).unwrap();
+        bench.iter(|| black_box(black_box(&plain).setting("pgfront.min_lsn")))
+    });
+    let rt = runtime("roundrobin");
+    let l = &rt.listeners[0];
+    for (name, lsn) in [("pick/roundrobin without min_lsn", None), ("pick/roundrobin with min_lsn 0/0", Some(0))] {
+        c.bench_function(name, |bench| {
+            let ask = balance::Ask::new(balance::Target::Listener, lsn);
+            bench.iter(|| black_box(balance::pick(black_box(l), &[], ask).unwrap()))
+        });
+    }
+}
+
 fn state_machine(c: &mut Criterion) {
     c.bench_function("machine/observe 1000 results", |bench| {
         bench.iter(|| {
@@ -75,5 +108,5 @@ fn state_machine(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, selection, state_machine);
+criterion_group!(benches, selection, min_lsn, state_machine);
 criterion_main!(benches);

@@ -411,7 +411,14 @@ fn summary(c: &Config) -> String {
     let _ = writeln!(s, "global: maxconn {}, hard_stop_after {:?}", c.global.maxconn, c.global.hard_stop_after);
     let _ = writeln!(s, "nodes:");
     for n in &c.nodes {
-        let _ = writeln!(s, "  {:<16} postgres {:<24} check {}", n.name, n.address, n.check_address);
+        let scheme = match &n.check_tls {
+            Some(t) => {
+                format!("https, verify {}{}", t.verify.as_str(), if t.cert.is_some() { ", client cert" } else { "" })
+            }
+            None => "http".to_owned(),
+        };
+        let auth = n.check_auth.as_ref().map(|a| format!(", basic auth as {:?}", a.user)).unwrap_or_default();
+        let _ = writeln!(s, "  {:<16} postgres {:<24} check {} ({scheme}{auth})", n.name, n.address, n.check_address);
     }
     if let Some(d) = &c.global.discovery {
         let allow: Vec<String> = d.allow.iter().map(ToString::to_string).collect();
@@ -429,7 +436,7 @@ fn summary(c: &Config) -> String {
         let t = &l.check.timing;
         let _ = writeln!(
             s,
-            "  {:<10} {:<22} balance {:<10} check {} {} -> {} (inter {:?} fastinter {:?} downinter {:?} fall {} rise {} timeout {:?}) servers {} maxconn {} queue {:?}",
+            "  {:<10} {:<22} balance {:<10} check {} {} -> {} (inter {:?} fastinter {:?} downinter {:?} fall {} rise {} timeout {:?}) servers {} maxconn {} queue {:?} tls {}",
             l.name,
             l.bind,
             l.balance.as_str(),
@@ -449,6 +456,10 @@ fn summary(c: &Config) -> String {
             },
             l.maxconn,
             l.timeout_queue,
+            match &l.tls {
+                None => "pass-through".to_owned(),
+                Some(t) => format!("terminated (to servers: {:?})", t.server).to_lowercase(),
+            },
         );
     }
     match &c.web {

@@ -88,6 +88,12 @@ pub struct ListenerSnap {
     pub accepted: u64,
     pub refused: u64,
     pub cancels: u64,
+    /// Sessions with `pgfront.min_lsn` served by a replica that had replayed it, sent to
+    /// the leader, and refused; and their waits for a server in all (microseconds).
+    pub min_lsn_replica: u64,
+    pub min_lsn_leader: u64,
+    pub min_lsn_refused: u64,
+    pub min_lsn_wait_us: u64,
     /// The listener's check names the leader (a write listener).
     pub writes: bool,
     pub servers_up: usize,
@@ -255,6 +261,10 @@ fn listener(l: &ListenerState, now: Instant, nodes: &[NodeSnap], roles: &[Option
         accepted: l.stats.accepted.load(Ordering::Relaxed),
         refused: l.stats.refused.load(Ordering::Relaxed),
         cancels: l.stats.cancels.load(Ordering::Relaxed),
+        min_lsn_replica: l.stats.min_lsn_replica.load(Ordering::Relaxed),
+        min_lsn_leader: l.stats.min_lsn_leader.load(Ordering::Relaxed),
+        min_lsn_refused: l.stats.min_lsn_refused.load(Ordering::Relaxed),
+        min_lsn_wait_us: l.stats.min_lsn_wait_us.load(Ordering::Relaxed),
         writes: c.check.is_leader(),
         servers_up: l.servers_up(),
         servers: l

@@ -330,8 +330,10 @@ impl Connector {
         let task = tokio::spawn(async move {
             let mut report = ConnectorReport::default();
             while !s.load(Ordering::SeqCst) {
+                // libpq's default sslmode=prefer: TLS with pgfront, which terminates it on
+                // 5000, so a demoting leader's 57P03 is seen and held for TLS clients too.
                 let attempt = tokio::spawn(async move {
-                    let c = pg_connect(addr, Tls::Disable).await.map_err(|e| (true, describe(&e)))?;
+                    let c = pg_connect(addr, Tls::Prefer).await.map_err(|e| (true, describe(&e)))?;
                     whereami(&c).await.map_err(|e| (false, describe(&e)))
                 });
                 match attempt.await.unwrap() {

@@ -1,6 +1,6 @@
 //! Choosing a server for a new session, and holding the session in the listener's queue
-//! while no server can take it (none admitted by the check, all at maxconn, or all at
-//! their bound of connects in flight).
+//! while no server can take it (none admitted by the check, all at maxconn, all at their
+//! bound of connects in flight, or, for `pgfront.min_lsn`, none has replayed the position).
 
 mod queue;
 mod slot;
@@ -27,6 +27,10 @@ pub enum NoServer {
     /// leader is admitted: it is never sent elsewhere instead.
     #[error("no leader is known for a session that asked for the primary")]
     NoLeader,
+    /// The session asked for `pgfront.min_lsn` and every server it may use is up but has
+    /// not been seen to replay that position yet.
+    #[error("no server has replayed the position the session asked for")]
+    Behind,
 }
 
 impl NoServer {
@@ -35,21 +39,64 @@ impl NoServer {
             NoServer::NoneUp => "no_server",
             NoServer::Full => "maxconn",
             NoServer::NoLeader => "no_leader",
+            NoServer::Behind => "min_lsn_behind",
         }
     }
 }
 
+/// What a session asks of its server: a target, and for read-your-writes a WAL position
+/// the server must have replayed (`pgfront.min_lsn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Ask {
+    pub target: Target,
+    /// Only servers whose replay has reached this position (the leader always has it);
+    /// never set with [`Target::Primary`], which already has every commit.
+    pub min_lsn: Option<u64>,
+}
+
+impl From<Target> for Ask {
+    fn from(target: Target) -> Ask {
+        Ask { target, min_lsn: None }
+    }
+}
+
+impl Ask {
+    /// `target` with `min_lsn`, which the primary ignores (it has every commit it acknowledged).
+    pub fn new(target: Target, min_lsn: Option<u64>) -> Ask {
+        Ask { target, min_lsn: min_lsn.filter(|_| target != Target::Primary) }
+    }
+
+    /// Whether a session whose position no replica reached within `min_lsn_wait` goes to
+    /// the leader: yes, unless the client asked for replicas only (`pgfront.target=replica`),
+    /// which is then refused rather than served a read that may miss its own write.
+    /// (`min_lsn` is read only on `client_target` listeners, where a client may ask for the
+    /// leader anyway, so the fallback grants nothing the listener does not.)
+    pub fn falls_back_to_leader(&self) -> bool {
+        self.target != Target::Replica
+    }
+}
+
+/// Whether a server may take a session that needs `lsn` replayed: the leader has every
+/// commit; a replica once its latest answer shows its replay at or past `lsn`. A replica
+/// whose replay is paused keeps its position, so it never qualifies for a later one.
+pub fn caught_up(replayed: u64, is_leader: bool, lsn: Option<u64>) -> bool {
+    lsn.is_none_or(|lsn| is_leader || replayed >= lsn)
+}
+
 /// Picks a server now. Servers in `avoid` (those a retry just failed on) are used only
 /// when nothing else is eligible.
-pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, NoServer> {
+pub fn pick(l: &ListenerState, avoid: &[usize], ask: impl Into<Ask>) -> Result<Slot, NoServer> {
+    let Ask { target, min_lsn } = ask.into();
     // Sessions asking for the leader go to it only while its latest answer claimed the
     // lock as a running primary: the admission rule of a leader listener.
     let leader = l.leadership.ready_leader();
     let fallback = match target {
-        Target::Listener => l.config.fallback_to_leader,
+        // With min_lsn, when no replica is up at all (none that lags: that waits).
+        Target::Listener => l.config.fallback_to_leader || min_lsn.is_some(),
         Target::PreferReplica => true,
         _ => false,
     };
+    let has = |s: &Server| caught_up(s.check.node_state.replayed(), leader == Some(s.node), min_lsn);
     let first = match target {
         Target::Primary => match leader_slot(l, leader) {
             Err(NoServer::NoneUp) => Err(NoServer::NoLeader),
@@ -57,19 +104,34 @@ pub fn pick(l: &ListenerState, avoid: &[usize], target: Target) -> Result<Slot, 
         },
         Target::Any => {
             let usable = |s: &Server| s.is_up() || (leader == Some(s.node) && s.accepts());
+            let usable = |s: &Server| usable(s) && has(s);
             let slot = pick_among(l, |s| !avoid.contains(&s.node) && usable(s)).or_else(|_| pick_among(l, usable));
             // The leader taken without the check admitting it is a fallback: it stays
             // eligible while it leads, and its session ends when leadership moves on.
             slot.map(|s| if s.server().is_up() { s } else { s.into_fallback(&l.leadership) })
         }
-        _ => match pick_among(l, |s| s.is_up() && !avoid.contains(&s.node)) {
-            Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |s| s.is_up()),
+        _ => match pick_among(l, |s| s.is_up() && has(s) && !avoid.contains(&s.node)) {
+            Err(NoServer::NoneUp) if !avoid.is_empty() => pick_among(l, |s| s.is_up() && has(s)),
             other => other,
         },
     };
     match first {
+        // Up, but behind: the session waits for a position (min_lsn_wait), then decides.
+        Err(NoServer::NoneUp) if min_lsn.is_some() && l.servers.iter().any(|s| s.is_up()) => Err(NoServer::Behind),
         Err(NoServer::NoneUp) if fallback => leader_slot(l, leader),
         other => other,
+    }
+}
+
+/// Asks the checkers of this listener's servers that are up but have not been seen to
+/// replay `lsn` to refresh their positions until `until` (bounded per node by the
+/// checker's least gap between probes, however many sessions ask).
+pub fn refresh_positions(l: &ListenerState, lsn: u64, until: Instant) {
+    for s in l.servers.iter().filter(|s| s.is_up()) {
+        let node = &s.check.node_state;
+        if node.replayed() < lsn {
+            node.want_replayed(lsn, until);
+        }
     }
 }
 
@@ -118,17 +180,23 @@ fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<S
 pub async fn acquire(
     l: &Arc<ListenerState>,
     avoid: &[usize],
-    target: Target,
+    ask: impl Into<Ask>,
     deadline: Instant,
 ) -> Result<Slot, NoServer> {
+    let ask = ask.into();
     let queue = &l.queue;
     let current = queue.current().unwrap_or_else(|| Arc::clone(l));
     if queue.is_empty() {
-        if let Ok(slot) = pick(&current, avoid, target) {
+        if let Ok(slot) = pick(&current, avoid, ask) {
             return Ok(slot);
         }
     }
-    let (id, mut rx) = queue.push(target, avoid);
+    // Every probe answer of an admitted server serves the queue again, so a session
+    // waiting for a position is served by the answer that shows it.
+    if let Some(lsn) = ask.min_lsn {
+        refresh_positions(&current, lsn, deadline);
+    }
+    let (id, mut rx) = queue.push(ask, avoid);
     let _queued = QueueGuard::enter(l, id);
     queue.dispatch();
     if let Ok(Ok(slot)) = timeout_at(deadline, &mut rx).await {
@@ -140,7 +208,7 @@ pub async fn acquire(
         return Ok(slot);
     }
     let current = queue.current().unwrap_or_else(|| Arc::clone(l));
-    pick(&current, avoid, target)
+    pick(&current, avoid, ask)
 }
 
 /// Counts a session in the listener's queue for as long as it waits, and takes it out of

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{oneshot, Notify};
 
-use super::{pick, Slot, Target};
+use super::{pick, Ask, Slot};
 use crate::cluster::ListenerState;
 
 #[derive(Debug, Default)]
@@ -32,7 +32,7 @@ pub struct Queue {
 #[derive(Debug)]
 struct Waiter {
     id: u64,
-    target: Target,
+    ask: Ask,
     /// Servers a retry just failed on, used only when nothing else is eligible.
     avoid: Vec<usize>,
     tx: oneshot::Sender<Slot>,
@@ -69,11 +69,11 @@ impl Queue {
     }
 
     /// Joins the tail; the slot arrives on the returned receiver.
-    pub(super) fn push(&self, target: Target, avoid: &[usize]) -> (u64, oneshot::Receiver<Slot>) {
+    pub(super) fn push(&self, ask: Ask, avoid: &[usize]) -> (u64, oneshot::Receiver<Slot>) {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut q = lock(&self.waiters);
-        q.push_back(Waiter { id, target, avoid: avoid.to_vec(), tx });
+        q.push_back(Waiter { id, ask, avoid: avoid.to_vec(), tx });
         self.len.store(q.len(), Ordering::Release);
         (id, rx)
     }
@@ -86,8 +86,9 @@ impl Queue {
     }
 
     /// Serves waiters in arrival order while servers can take them: each waiter is offered
-    /// a server by its own target; a waiter that cannot be served is passed over, and
-    /// later waiters with the same target are not even tried (nothing they could get).
+    /// a server by its own ask (target and position); a waiter that cannot be served is
+    /// passed over, and later waiters with the same ask are not even tried (nothing they
+    /// could get).
     pub fn dispatch(&self) {
         if SERVING.with(|s| s.get()) {
             return;
@@ -135,7 +136,7 @@ impl Queue {
         let Some(listener) = self.current() else { return Vec::new() };
         let mut served = Vec::new();
         {
-            let mut stuck: Vec<Target> = Vec::new();
+            let mut stuck: Vec<Ask> = Vec::new();
             let mut i = 0;
             while i < q.len() {
                 let w = &q[i];
@@ -143,11 +144,11 @@ impl Queue {
                     q.remove(i);
                     continue;
                 }
-                if w.avoid.is_empty() && stuck.contains(&w.target) {
+                if w.avoid.is_empty() && stuck.contains(&w.ask) {
                     i += 1;
                     continue;
                 }
-                match pick(&listener, &w.avoid, w.target) {
+                match pick(&listener, &w.avoid, w.ask) {
                     Ok(slot) => {
                         if let Some(w) = q.remove(i) {
                             served.push((w.tx, slot));
@@ -155,7 +156,7 @@ impl Queue {
                     }
                     Err(_) => {
                         if w.avoid.is_empty() {
-                            stuck.push(w.target);
+                            stuck.push(w.ask);
                         }
                         i += 1;
                     }

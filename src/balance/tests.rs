@@ -166,3 +166,136 @@ async fn a_waiter_that_gives_up_leaves_the_queue() {
     assert!(l.queue.is_empty());
     assert_eq!(l.stats.queue_cur.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+/// Three nodes: n1 leads (not admitted by the replica check), n2 and n3 are replicas as
+/// `up` says, having replayed `replayed`.
+fn lsn_runtime(extra: &str, up_: [bool; 2], replayed: [u64; 2]) -> Runtime {
+    use crate::cluster::{Answer, Claim};
+    use crate::health::{NodeStatus, Xlog};
+    let rt = runtime(3, &format!("maxconn = 100\n{extra}"), None);
+    rt.leadership.decide(&[(0, Claim { timeline: Some(1), system_id: None, ready: true })]);
+    for (i, (&u, &p)) in up_.iter().zip(&replayed).enumerate() {
+        let status = NodeStatus {
+            role: "replica".into(),
+            xlog: Xlog { replayed_location: Some(p), ..Xlog::default() },
+            ..NodeStatus::default()
+        };
+        let ok = ProbeResult {
+            code: CheckCode::L7Ok,
+            status: Some(200),
+            duration: Duration::ZERO,
+            detail: String::new(),
+            body: None,
+            cert_not_after: None,
+        };
+        rt.nodes[i + 1].record(ok, Some(status), &Answer::Failed, 3);
+        if u {
+            up(&rt, i + 1);
+        }
+    }
+    rt
+}
+
+/// A case: name, target, min_lsn, n2/n3 up, n2/n3 replayed, the servers picked or the error.
+type LsnCase = (&'static str, Target, Option<u64>, [bool; 2], [u64; 2], Result<&'static [&'static str], NoServer>);
+
+#[test]
+fn min_lsn_picks_only_servers_that_replayed_it() {
+    use NoServer::*;
+    let (t, l) = (Target::Listener, Target::Replica);
+    #[rustfmt::skip]
+    let table: &[LsnCase] = &[
+        ("no position: round robin",        t, None,      [true, true],   [0, 0],     Ok(&["n2", "n3"])),
+        ("only the one that has it",        t, Some(100), [true, true],   [150, 50],  Ok(&["n2"])),
+        ("equal is enough",                 l, Some(100), [true, true],   [99, 100],  Ok(&["n3"])),
+        ("both have it",                    t, Some(100), [true, true],   [100, 900], Ok(&["n2", "n3"])),
+        ("both behind: wait",               t, Some(100), [true, true],   [50, 99],   Err(Behind)),
+        ("prefer-replica waits too",        Target::PreferReplica, Some(100), [true, true], [50, 99], Err(Behind)),
+        ("replica-only waits",              l, Some(100), [true, true],   [50, 99],   Err(Behind)),
+        ("the one that has it is down",     t, Some(100), [false, true],  [150, 50],  Err(Behind)),
+        ("no replica up: the leader now",   t, Some(100), [false, false], [150, 150], Ok(&["n1"])),
+        ("replica-only, none up",           l, Some(100), [false, false], [150, 150], Err(NoneUp)),
+        ("any: the leader has everything",  Target::Any, Some(100), [true, true], [50, 99], Ok(&["n1"])),
+        ("any: replicas that have it too",  Target::Any, Some(100), [true, true], [50, 100], Ok(&["n1", "n3"])),
+        ("primary ignores the position",    Target::Primary, Some(100), [true, true], [50, 99], Ok(&["n1"])),
+        ("unknown position (0) is behind",  t, Some(1),   [true, true],   [0, 0],     Err(Behind)),
+    ];
+    for (name, target, lsn, up_, replayed, want) in table {
+        let rt = lsn_runtime("", *up_, *replayed);
+        let l = &rt.listeners[0];
+        let ask = Ask::new(*target, *lsn);
+        let mut got: Vec<String> = Vec::new();
+        let mut err = None;
+        for _ in 0..6 {
+            match pick(l, &[], ask) {
+                Ok(slot) => got.push(slot.server().name.clone()),
+                Err(e) => err = Some(e),
+            }
+        }
+        match want {
+            Ok(servers) => {
+                assert_eq!(err, None, "{name}");
+                got.sort();
+                got.dedup();
+                assert_eq!(got, *servers, "{name}");
+            }
+            Err(e) => assert_eq!((err, got.len()), (Some(*e), 0), "{name}"),
+        }
+    }
+}
+
+#[test]
+fn who_falls_back_to_the_leader_after_the_wait() {
+    for (target, falls_back) in
+        [(Target::Listener, true), (Target::PreferReplica, true), (Target::Any, true), (Target::Replica, false)]
+    {
+        assert_eq!(Ask::new(target, Some(1)).falls_back_to_leader(), falls_back, "{target:?}");
+    }
+    assert_eq!(Ask::new(Target::Primary, Some(1)).min_lsn, None, "the primary ignores min_lsn");
+    for (replayed, leader, lsn, ok) in
+        [(0, false, None, true), (5, false, Some(5), true), (4, false, Some(5), false), (0, true, Some(u64::MAX), true)]
+    {
+        assert_eq!(caught_up(replayed, leader, lsn), ok, "{replayed} {leader} {lsn:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_session_waiting_for_a_position_is_served_by_the_answer_that_shows_it() {
+    use crate::cluster::Answer;
+    use crate::health::{NodeStatus, Xlog};
+    let rt = lsn_runtime("", [true, true], [50, 60]);
+    let l = Arc::clone(&rt.listeners[0]);
+    let waiting = tokio::spawn({
+        let l = Arc::clone(&l);
+        async move {
+            acquire(&l, &[], Ask::new(Target::Listener, Some(100)), later()).await.map(|s| s.server().name.clone())
+        }
+    });
+    until("queued", || l.queue.len() == 1).await;
+    assert!(rt.nodes[1].wants_replay() && rt.nodes[2].wants_replay(), "both replicas asked to refresh");
+    assert!(!rt.nodes[0].wants_replay(), "not the leader");
+    // n3's next answer shows the position; the checker serves the queue after it.
+    let status = NodeStatus { xlog: Xlog { replayed_location: Some(120), ..Xlog::default() }, ..NodeStatus::default() };
+    let ok = ProbeResult {
+        code: CheckCode::L7Ok,
+        status: Some(200),
+        duration: Duration::ZERO,
+        detail: String::new(),
+        body: None,
+        cert_not_after: None,
+    };
+    rt.nodes[2].record(ok, Some(status), &Answer::Failed, 3);
+    assert!(!rt.nodes[2].wants_replay(), "n3 has it: back to its interval");
+    assert!(rt.nodes[1].wants_replay(), "n2 still refreshes until the wait ends");
+    l.queue.dispatch();
+    assert_eq!(waiting.await.unwrap().unwrap(), "n3");
+}
+
+#[tokio::test]
+async fn a_session_whose_position_never_comes_is_behind_at_its_deadline() {
+    let rt = lsn_runtime("", [true, true], [50, 60]);
+    let l = Arc::clone(&rt.listeners[0]);
+    let r = acquire(&l, &[], Ask::new(Target::Listener, Some(100)), Instant::now() + Duration::from_millis(20)).await;
+    assert_eq!(r.err(), Some(NoServer::Behind));
+    assert!(l.queue.is_empty());
+}

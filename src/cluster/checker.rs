@@ -23,8 +23,8 @@ use crate::config::{CheckMode, CheckSpec, CheckTiming};
 use crate::health::{verdict, CheckCode, NodeStatus, Probe, ProbeResult, Transition, View};
 
 /// The least time between two probes of the same target when probes are requested early
-/// (failed connects, resets), so a burst of failing sessions cannot become a check storm
-/// on Patroni's five REST worker threads.
+/// (failed connects, resets, sessions waiting for a replica's position), so a burst of
+/// such sessions cannot become a check storm on Patroni's five REST worker threads.
 const MIN_KICK_GAP: Duration = Duration::from_millis(100);
 
 /// What Patroni mode asks every node.
@@ -135,6 +135,11 @@ impl Checker {
                 self.target.checks.iter().map(|c| c.next_interval()).min().unwrap_or(self.target.spec.timing.inter);
             if rt.leader_lost() {
                 delay = delay.min(rt.config.global.hunt_inter);
+            }
+            // A session waits for this replica to replay its pgfront.min_lsn: refresh the
+            // position every MIN_KICK_GAP (from the start of this probe) until it has.
+            if node.wants_replay() {
+                delay = delay.min(MIN_KICK_GAP.saturating_sub(started.elapsed()));
             }
             tokio::select! {
                 () = sleep(delay) => {}

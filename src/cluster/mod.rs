@@ -42,6 +42,15 @@ pub struct ListenerStats {
     /// The longest wait, in microseconds, of a session that left the queue since the
     /// failover accounting last reset it (at the start of each failover).
     pub longest_hold_us: AtomicU64,
+    /// Sessions that asked for `pgfront.min_lsn`, by where they went: a replica that had
+    /// replayed the position, the leader (no replica had within `min_lsn_wait`, or none was
+    /// up), or refused (`pgfront.target=replica` and no replica had).
+    pub min_lsn_replica: AtomicU64,
+    pub min_lsn_leader: AtomicU64,
+    pub min_lsn_refused: AtomicU64,
+    /// Their waits for a server, in all (microseconds): the wait per such session is this
+    /// over their count.
+    pub min_lsn_wait_us: AtomicU64,
 }
 
 /// One listener and its servers.

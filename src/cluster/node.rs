@@ -29,6 +29,16 @@ pub struct NodeState {
     /// The `notAfter` of the REST API's certificate as the last HTTPS answer showed it
     /// (seconds since the epoch; 0 while unknown or plain HTTP).
     cert_not_after: AtomicI64,
+    /// The replica's replayed WAL position (`xlog.replayed_location`) in its latest
+    /// readable answer, 0 while unknown: read lock-free by every session choosing a server
+    /// for `pgfront.min_lsn`. Replay only moves forward, so a position read from an older
+    /// answer is at most an underestimate: it can delay a session, never mislead one.
+    replayed: AtomicU64,
+    /// Sessions waiting for this node to replay a position (`pgfront.min_lsn`): the highest
+    /// such position and until when it is wanted. While one is wanted and not yet seen,
+    /// the checker re-probes every `MIN_KICK_GAP` instead of every interval: however many
+    /// sessions wait, Patroni sees at most one probe per gap.
+    demand: Mutex<Option<(u64, Instant)>>,
 }
 
 /// A node's claim to lead, as its last authoritative answer made it.
@@ -94,6 +104,40 @@ impl NodeState {
             kicks: AtomicU64::new(0),
             kicked: Notify::new(),
             cert_not_after: AtomicI64::new(0),
+            replayed: AtomicU64::new(0),
+            demand: Mutex::new(None),
+        }
+    }
+
+    /// The replayed WAL position of the latest readable answer (0 while unknown).
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Acquire)
+    }
+
+    /// A session waits until `until` for this node to replay `lsn`: probe now, and keep
+    /// probing every `MIN_KICK_GAP` until it has or nobody wants it any more.
+    pub fn want_replayed(&self, lsn: u64, until: Instant) {
+        {
+            let mut d = self.demand.lock().unwrap_or_else(|p| p.into_inner());
+            *d = Some(match *d {
+                Some((l, u)) if u > Instant::now() => (l.max(lsn), u.max(until)),
+                _ => (lsn, until),
+            });
+        }
+        self.kick();
+    }
+
+    /// Whether a session still waits for a position this node has not been seen to replay
+    /// (an expired demand is dropped here).
+    pub fn wants_replay(&self) -> bool {
+        let mut d = self.demand.lock().unwrap_or_else(|p| p.into_inner());
+        match *d {
+            Some((lsn, until)) if until > Instant::now() && self.replayed() < lsn => true,
+            Some(_) => {
+                *d = None;
+                false
+            }
+            None => false,
         }
     }
 
@@ -131,6 +175,9 @@ impl NodeState {
         let (claim, failures) = r.after(answer, fall);
         r.claim = claim;
         r.failures = failures;
+        if let Some(p) = status.as_ref().and_then(|s| s.xlog.replayed_location) {
+            self.replayed.store(p, Ordering::Release);
+        }
         if status.is_some() {
             r.status = status;
         }

@@ -46,6 +46,9 @@ pub mod defaults {
     /// handed a whole queue at once after a failover answers the first ones promptly.
     pub const MAX_CONNECTING: usize = 16;
     pub const WEB_REFRESH: Duration = Duration::from_secs(5);
+    /// How long a session with `pgfront.min_lsn` waits for a replica to replay that
+    /// position before it goes to the leader: a few replay delays of a healthy replica.
+    pub const MIN_LSN_WAIT: Duration = Duration::from_millis(200);
 }
 
 /// Which servers a session may use: the listener's own rule, or what the client asked
@@ -280,6 +283,10 @@ pub struct Listener {
     pub routes: Vec<Route>,
     /// Where sessions go when neither the client nor a route says.
     pub default_target: Target,
+    /// How long a session asking for `pgfront.min_lsn` (read where `client_target` is on)
+    /// waits for a replica that has replayed it, while pgfront refreshes the replicas'
+    /// positions, before it goes to the leader (or, for `pgfront.target=replica`, is refused).
+    pub min_lsn_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -690,6 +697,10 @@ impl Validator<'_> {
                 }
             },
         };
+        if let (Some(d), CheckMode::Http) = (&s.min_lsn_wait, mode) {
+            let msg = "needs check_mode = \"patroni\" (replica positions come from Patroni's status JSON)";
+            return Err(self.src.error(d.span(), "min_lsn_wait", msg));
+        }
         for (key, d) in [
             ("timeout_connect", &s.timeout_connect),
             ("timeout_client", &s.timeout_client),
@@ -737,6 +748,7 @@ impl Validator<'_> {
             tls,
             routes,
             default_target,
+            min_lsn_wait: dur(&s.min_lsn_wait, defaults::MIN_LSN_WAIT),
         })
     }
 

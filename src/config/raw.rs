@@ -124,6 +124,7 @@ tunables! {
     on_marked_down: Spanned<String>,
     max_replay_delay: Spanned<Dur>,
     max_connecting: Spanned<usize>,
+    min_lsn_wait: Spanned<Dur>,
     log_sessions: Spanned<String>,
     check_tls: Spanned<RawCheckTls>,
     check_auth: Spanned<RawCheckAuth>,

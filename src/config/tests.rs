@@ -442,3 +442,19 @@ fn declared_and_discovered_nodes_merge() {
     // Without discovery, members are never merged.
     assert_eq!(parse(BASE).unwrap().with_members(&members(&["x"])).nodes.len(), 2);
 }
+
+#[test]
+fn min_lsn_wait_defaults_overrides_and_errors() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.listeners[0].min_lsn_wait, Duration::from_millis(200));
+    let c = parse(&format!("[defaults]\nmin_lsn_wait = \"50ms\"\n{BASE}")).unwrap();
+    assert_eq!(c.listeners[0].min_lsn_wait, Duration::from_millis(50));
+    let c = parse(&format!("[defaults]\nmin_lsn_wait = \"50ms\"\n{BASE}min_lsn_wait = \"0s\"\n")).unwrap();
+    assert_eq!(c.listeners[0].min_lsn_wait, Duration::ZERO, "zero: straight to the leader");
+    let (line, key, msg) = err_at(&format!("[defaults]\n\nmin_lsn_wait = \"200\"\n{BASE}"));
+    assert_eq!((line, key.as_str()), (3, "min_lsn_wait"), "{msg}");
+    assert!(msg.contains("with a unit"), "{msg}");
+    let (line, key, msg) = err_at(&format!("[global]\ncheck_mode = \"http\"\n{BASE}min_lsn_wait = \"1s\"\n"));
+    assert_eq!((line, key.as_str()), (17, "min_lsn_wait"), "{msg}");
+    assert!(msg.contains("patroni"), "{msg}");
+}

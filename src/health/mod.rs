@@ -8,6 +8,6 @@ mod probe;
 mod tls;
 
 pub use machine::{Machine, Status, Transition};
-pub use patroni::{verdict, NodeStatus, Verdict, View};
+pub use patroni::{verdict, NodeStatus, Verdict, View, Xlog};
 pub use probe::{CheckCode, HttpProbe, Probe, ProbeResult};
 pub use tls::{CheckAuth, CheckTls, Verify};

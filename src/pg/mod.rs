@@ -1,8 +1,10 @@
 //! The PostgreSQL wire bits pgfront needs before a session reaches a server: pure
 //! functions over bytes, so they can be property-tested and fuzzed.
 
+mod lsn;
 mod startup;
 
+pub use lsn::{format_lsn, parse_lsn};
 pub use startup::{sqlstate as error_sqlstate, startup_message, Startup};
 
 /// The largest startup packet PostgreSQL accepts.
@@ -109,6 +111,8 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// protocol_violation: the client did not speak PostgreSQL.
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    /// invalid_parameter_value: a pgfront setting the client sent cannot be read.
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }
 
 /// An ErrorResponse (`E`) message with severity FATAL, which libpq prints as

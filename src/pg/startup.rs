@@ -44,6 +44,13 @@ impl Startup {
         self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
+    /// A setting the client passed either way PostgreSQL accepts: in `options` as
+    /// `-c name=value` (libpq, JDBC, psycopg), or as a startup parameter of its own
+    /// (asyncpg's `server_settings`).
+    pub fn setting(&self, name: &str) -> Option<String> {
+        self.option(name).or_else(|| self.get(name).map(str::to_owned))
+    }
+
     /// A setting passed in `options` as `-c name=value` (or `--name=value`), as the server
     /// would read it: words split on spaces, backslash escapes the next character.
     pub fn option(&self, name: &str) -> Option<String> {
@@ -145,6 +152,15 @@ mod tests {
         assert_eq!(s.option("search_path").as_deref(), Some("a b"));
         assert_eq!(s.option("pgfront.target").as_deref(), Some("any"));
         assert_eq!(Startup::parse(&packet(&[("user", "u")])).unwrap().option("pgfront.target"), None);
+    }
+
+    #[test]
+    fn settings_come_from_options_or_their_own_parameter() {
+        let s = Startup::parse(&packet(&[("user", "u"), ("options", "-c pgfront.min_lsn=0/3000060")])).unwrap();
+        assert_eq!(s.setting("pgfront.min_lsn").as_deref(), Some("0/3000060"));
+        let s = Startup::parse(&packet(&[("user", "u"), ("pgfront.min_lsn", "0/5")])).unwrap();
+        assert_eq!(s.setting("pgfront.min_lsn").as_deref(), Some("0/5"));
+        assert_eq!(s.setting("pgfront.target"), None);
     }
 
     #[test]

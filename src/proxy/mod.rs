@@ -4,6 +4,7 @@ mod buffers;
 mod cancel;
 mod copy;
 pub mod keys;
+mod min_lsn;
 mod react;
 mod session;
 mod tweaks;

@@ -16,8 +16,9 @@ use tokio_util::either::Either;
 
 use super::copy::{self, End, Idle, Meters, Watch};
 use super::keys::{self, KeySniffer};
+use super::min_lsn::{self, BadLsn, Miss};
 use super::{cancel, tweaks};
-use crate::balance::{self, NoServer, Slot, Target};
+use crate::balance::{Ask, NoServer, Slot, Target};
 use crate::cluster::{ListenerState, Server};
 use crate::config::LogSessions;
 use crate::pg::{self, sqlstate, Opening, Startup};
@@ -44,6 +45,11 @@ enum Refusal {
     Garbage(#[from] pg::BadOpening),
     #[error("{0} (waited {1:?})")]
     Queue(NoServer, Duration),
+    #[error("{0}")]
+    BadLsn(#[from] BadLsn),
+    /// `pgfront.target=replica` with `pgfront.min_lsn`: no replica replayed it in time.
+    #[error("no replica replayed {lsn} within min_lsn_wait (waited {waited:?})", lsn = pg::format_lsn(*.0), waited = .1)]
+    Behind(u64, Duration),
     #[error("could not connect to {server} ({address}): {error}")]
     Connect { server: String, address: String, error: String },
     /// The server answered but TLS with it failed (it refused TLS, or its certificate was
@@ -64,6 +70,8 @@ impl Refusal {
             Refusal::Gone => "client_gone",
             Refusal::Garbage(_) => "protocol_violation",
             Refusal::Queue(e, _) => e.as_label(),
+            Refusal::BadLsn(_) => "invalid_parameter",
+            Refusal::Behind(..) => "min_lsn_behind",
             Refusal::Connect { .. } => "connect_failed",
             Refusal::ServerTls { .. } => "server_tls",
             Refusal::NotTls => "protocol_violation",
@@ -99,6 +107,29 @@ impl Refusal {
                     waited.as_secs_f64()
                 ),
                 None,
+            ),
+            // Not reached: a session whose position no server reached waits, then goes on.
+            Refusal::Queue(NoServer::Behind, waited) => (
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!(
+                    "pgfront: no server of listener \"{listener}\" has replayed the session's pgfront.min_lsn after waiting {:.1}s",
+                    waited.as_secs_f64()
+                ),
+                None,
+            ),
+            Refusal::BadLsn(e) => (
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("pgfront: {e}"),
+                Some("pgfront.min_lsn is a WAL position as pg_current_wal_lsn() prints it, like 0/3000060."),
+            ),
+            Refusal::Behind(lsn, waited) => (
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!(
+                    "pgfront: no replica of listener \"{listener}\" has replayed pgfront.min_lsn={} after waiting {:.3}s",
+                    pg::format_lsn(*lsn),
+                    waited.as_secs_f64()
+                ),
+                Some("The session asked for replicas only (pgfront.target=replica), so it is not sent to the leader; retry, or ask for prefer-replica."),
             ),
             Refusal::Connect { .. } | Refusal::ServerTls { .. } => {
                 (sqlstate::CONNECTION_FAILURE, format!("pgfront: {self}"), None)
@@ -175,8 +206,14 @@ async fn serve_until_end(
         return;
     }
     let target = target_of(&listener, prelude.startup.as_ref());
+    let ask = match min_lsn::requested(&listener, prelude.startup.as_ref()) {
+        Ok(lsn) => Ask::new(target, lsn),
+        Err(e) => {
+            return Box::pin(refused(&listener, Some(client), peer, started, e.into(), Some(&prelude.opening))).await
+        }
+    };
     let established = tokio::select! {
-        r = Box::pin(establish(&shared, &listener, &prelude, target, matches!(client, Either::Right(_)))) => r,
+        r = Box::pin(establish(&shared, &listener, &prelude, ask, matches!(client, Either::Right(_)), peer)) => r,
         // A client that gives up while held in the queue must not later take a server slot.
         () = gone(&client) => Err(Refusal::Gone),
     };
@@ -334,8 +371,7 @@ fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Target {
     if cfg.client_target {
         // `options='-c pgfront.target=...'` (libpq, JDBC, psycopg), or a startup parameter
         // of its own (asyncpg's server_settings), which PostgreSQL accepts just the same.
-        let asked = s.option("pgfront.target").or_else(|| s.get("pgfront.target").map(str::to_owned));
-        if let Some(t) = asked.and_then(|v| Target::parse(&v)) {
+        if let Some(t) = s.setting("pgfront.target").and_then(|v| Target::parse(&v)) {
             return t;
         }
     }
@@ -438,13 +474,17 @@ async fn establish(
     shared: &Shared,
     listener: &Arc<ListenerState>,
     prelude: &Prelude,
-    target: Target,
+    mut ask: Ask,
     client_tls: bool,
+    peer: SocketAddr,
 ) -> Result<(Slot, ServerIo, Vec<u8>), Refusal> {
     let cfg = &listener.config;
-    let hold_until = Instant::now() + cfg.timeout_queue;
+    let mut wait = min_lsn::Wait::begin(listener, &ask);
+    // A wait for a replica's position comes first; the queue's own bound after it.
+    let waits_for_position = if wait.is_some() { cfg.min_lsn_wait } else { Duration::ZERO };
+    let hold_until = Instant::now() + waits_for_position + cfg.timeout_queue;
     loop {
-        let (slot, stream) = connect(shared, listener, target, hold_until).await?;
+        let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, hold_until, peer).await?;
         let server = Arc::clone(slot.server());
         let first = async {
             let mut upstream = secure(stream, listener, &server.address).await?;
@@ -591,8 +631,10 @@ async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8
 async fn connect(
     shared: &Shared,
     listener: &Arc<ListenerState>,
-    target: Target,
+    ask: &mut Ask,
+    wait: &mut Option<min_lsn::Wait>,
     hold_until: Instant,
+    peer: SocketAddr,
 ) -> Result<(Slot, TcpStream), Refusal> {
     let cfg = &listener.config;
     let mut avoid: Vec<usize> = Vec::new();
@@ -601,7 +643,10 @@ async fn connect(
     let queued_at = Instant::now();
     loop {
         let slot = tokio::select! {
-            r = balance::acquire(listener, &avoid, target, hold_until.max(Instant::now())) => r.map_err(|e| Refusal::Queue(e, queued_at.elapsed()))?,
+            r = min_lsn::acquire(listener, &avoid, ask, wait, hold_until, peer) => r.map_err(|m| match m {
+                Miss::Queue(e) => Refusal::Queue(e, queued_at.elapsed()),
+                Miss::Behind { lsn } => Refusal::Behind(lsn, queued_at.elapsed()),
+            })?,
             () = shared.tokens.accept.cancelled() => return Err(Refusal::Stopping),
         };
         let server = Arc::clone(slot.server());

@@ -3,7 +3,7 @@
 //! `pgfront_server_current_sessions`), plus what only pgfront knows: leadership, Patroni
 //! roles, timelines and lag, sessions held, reloads.
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::stats::Snapshot;
 
@@ -45,6 +45,16 @@ pub fn render(snap: &Snapshot) -> String {
         &["listener"],
     );
     let cancels = m.counter("listener_cancels_total", "Cancel requests forwarded.", &["listener"]);
+    let min_lsn = m.counter(
+        "listener_min_lsn_sessions_total",
+        "Sessions that asked for pgfront.min_lsn, by where they went: a replica that had replayed it, the leader (none had within min_lsn_wait), or refused (pgfront.target=replica).",
+        &["listener", "served_by"],
+    );
+    let min_lsn_wait = m.fcounter(
+        "listener_min_lsn_wait_seconds_total",
+        "Time sessions with pgfront.min_lsn waited for a server, in all (divide by listener_min_lsn_sessions_total).",
+        &["listener"],
+    );
     for l in &snap.listeners {
         let ln = l.name.as_str();
         active.with_label_values(&[ln]).set(l.servers_up as i64);
@@ -53,6 +63,10 @@ pub fn render(snap: &Snapshot) -> String {
         accepted.with_label_values(&[ln]).inc_by(l.accepted);
         refused.with_label_values(&[ln]).inc_by(l.refused);
         cancels.with_label_values(&[ln]).inc_by(l.cancels);
+        for (by, n) in [("replica", l.min_lsn_replica), ("leader", l.min_lsn_leader), ("refused", l.min_lsn_refused)] {
+            min_lsn.with_label_values(&[ln, by]).inc_by(n);
+        }
+        min_lsn_wait.with_label_values(&[ln]).inc_by(l.min_lsn_wait_us as f64 / 1e6);
         for s in &l.servers {
             let v = [ln, s.name.as_str()];
             // As HAProxy's exporter: the operator's DRAIN or MAINT in place of the health state.
@@ -196,6 +210,12 @@ impl Metrics {
 
     fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         let c = IntCounterVec::new(Opts::new(format!("pgfront_{name}"), help), labels).expect("valid metric");
+        self.registry.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+
+    fn fcounter(&mut self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+        let c = CounterVec::new(Opts::new(format!("pgfront_{name}"), help), labels).expect("valid metric");
         self.registry.register(Box::new(c.clone())).expect("unique metric");
         c
     }
