@@ -204,6 +204,11 @@ impl Cidr {
         Ok(cidr)
     }
 
+    /// The prefix length (0 allows everything of its family).
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` lies in the block (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: &IpAddr) -> bool {
         let ip = ip.to_canonical();

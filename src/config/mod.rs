@@ -342,6 +342,13 @@ impl Config {
     /// What is valid but will not do what it seems to: said by `pgfront check` and at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if let Some(d) = &self.global.discovery {
+            for c in d.allow.iter().filter(|c| c.prefix() == 0) {
+                w.push(format!(
+                    "discovery_allow {c} allows every address: a forged /cluster answer could send sessions anywhere; name your nodes' network"
+                ));
+            }
+        }
         for n in &self.nodes {
             if n.check_tls.as_ref().is_some_and(|t| t.verify == Verify::None) {
                 w.push(format!(

@@ -407,6 +407,9 @@ fn discovery_settings_are_validated() {
     assert!(msg.contains("needs discovery"), "{msg}");
     let (_, key, _) = err_at(&DISCOVERY.replace("[global]\n", "[global]\ndiscovery_inter = \"0s\"\n"));
     assert_eq!(key, "global.discovery_inter");
+    assert!(c.warnings().is_empty());
+    let open = parse(&DISCOVERY.replace("\"127.0.0.48/29\"", "\"0.0.0.0/0\"")).unwrap();
+    assert!(open.warnings().iter().any(|w| w.contains("0.0.0.0/0 allows every address")), "{:?}", open.warnings());
     let fast = parse(&DISCOVERY.replace("[global]\n", "[global]\ndiscovery_inter = \"10s\"\n")).unwrap();
     assert_eq!(fast.global.discovery.unwrap().inter, Duration::from_secs(10));
 }
