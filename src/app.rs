@@ -124,6 +124,9 @@ struct Serving {
     file: Config,
     /// The discovered members in use: merged into every generation, a reload's included.
     members: Vec<Member>,
+    /// Set by a stop once the checkers are cancelled: a member set arriving after that
+    /// must not start checkers the stop would then wait for.
+    stopped: bool,
 }
 
 /// What a graceful stop did.
@@ -201,7 +204,7 @@ impl Pgfront {
                 }
             }
         });
-        let serving = Arc::new(Mutex::new(Serving { listeners, checkers, file, members: Vec::new() }));
+        let serving = Arc::new(Mutex::new(Serving { listeners, checkers, file, members: Vec::new(), stopped: false }));
         let gen = Generations { shared: Arc::clone(&shared), probe: Arc::clone(&probe), workers, tasks, serving };
         // Members from Patroni (idle unless `discovery` is set; a reload may turn it on).
         let apply: Arc<dyn discovery::Apply> = Arc::new(gen.clone());
@@ -270,7 +273,11 @@ impl Pgfront {
                 n
             }
         };
-        self.gen.serving.lock().unwrap_or_else(|p| p.into_inner()).checkers.cancel();
+        {
+            let mut serving = self.gen.serving.lock().unwrap_or_else(|p| p.into_inner());
+            serving.stopped = true;
+            serving.checkers.cancel();
+        }
         self.web_stop.cancel();
         self.gen.tasks.close();
         self.gen.tasks.wait().await;
@@ -346,7 +353,7 @@ impl discovery::Apply for Generations {
     /// is (nodes that stay keep their health and sessions), without counting as one.
     fn members(&self, members: Vec<Member>) -> bool {
         let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
-        if serving.members == members {
+        if serving.members == members || serving.stopped {
             return false;
         }
         let merged = serving.file.with_members(&members);
