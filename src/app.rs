@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, Runtime};
-use crate::config::Config;
+use crate::config::{Config, Member};
 use crate::health::{self, Probe};
 use crate::state::{Shared, Tokens};
-use crate::{proxy, web};
+use crate::{discovery, proxy, web};
 
 /// Binding failed; names what could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +97,21 @@ impl Bound {
 
 /// A running pgfront.
 pub struct Pgfront {
+    gen: Generations,
+    web_stop: CancellationToken,
+    web_addr: Option<SocketAddr>,
+}
+
+/// What builds and swaps in generations: shared by the operator's reloads and the
+/// discovery task, so a discovered member set goes through the same path as a reload.
+#[derive(Clone)]
+struct Generations {
     shared: Arc<Shared>,
     probe: Arc<dyn Probe>,
     workers: Workers,
     /// Checkers, accept loops and the web server (not sessions: those are in `shared`).
     tasks: TaskTracker,
-    serving: Mutex<Serving>,
-    web_stop: CancellationToken,
-    web_addr: Option<SocketAddr>,
+    serving: Arc<Mutex<Serving>>,
 }
 
 /// What serves the current configuration; replaced piece by piece on reload.
@@ -113,6 +120,13 @@ struct Serving {
     listeners: HashMap<String, (SocketAddr, SocketAddr, CancellationToken)>,
     /// Stops the checkers of the current runtime.
     checkers: CancellationToken,
+    /// The operator's configuration as read from the file (declared nodes only).
+    file: Config,
+    /// The discovered members in use: merged into every generation, a reload's included.
+    members: Vec<Member>,
+    /// Set by a stop once the checkers are cancelled: a member set arriving after that
+    /// must not start checkers the stop would then wait for.
+    stopped: bool,
 }
 
 /// What a graceful stop did.
@@ -152,7 +166,8 @@ impl Pgfront {
     pub fn start_on(config: Config, bound: Bound, probe: Arc<dyn Probe>, workers: Workers) -> Pgfront {
         let tokens = Tokens::new();
         let binds: HashMap<String, SocketAddr> = config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
-        let runtime = Runtime::build(Arc::new(config), &tokens.sessions);
+        let file = config.clone();
+        let runtime = Runtime::build(Arc::new(config.with_members(&[])), &tokens.sessions);
         let shared = Arc::new(Shared::new(runtime, tokens));
         let tasks = TaskTracker::new();
         let checkers = shared.tokens.root.child_token();
@@ -189,23 +204,28 @@ impl Pgfront {
                 }
             }
         });
-        let serving = Mutex::new(Serving { listeners, checkers });
-        Pgfront { shared, probe, workers, tasks, serving, web_stop, web_addr }
+        let serving = Arc::new(Mutex::new(Serving { listeners, checkers, file, members: Vec::new(), stopped: false }));
+        let gen = Generations { shared: Arc::clone(&shared), probe: Arc::clone(&probe), workers, tasks, serving };
+        // Members from Patroni (idle unless `discovery` is set; a reload may turn it on).
+        let apply: Arc<dyn discovery::Apply> = Arc::new(gen.clone());
+        gen.tasks.spawn(discovery::run(Arc::clone(&shared), probe, apply, web_stop.clone()));
+        Pgfront { gen, web_stop, web_addr }
     }
 
     /// Applies a new configuration without dropping live sessions: nodes, checks and
     /// servers that did not change keep their health state and sessions; new listeners are
     /// bound first, so a bind failure changes nothing; removed servers and listeners take no
     /// new sessions and their open ones run to their end.
+    /// Discovered members (`discovery = "patroni"`) are merged in again: a reload keeps them.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let result = self.apply(config);
-        let stats = &self.shared.reloads;
+        let result = self.gen.reload(config);
+        let stats = &self.gen.shared.reloads;
         match &result {
             Ok(()) => {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
                 stats.set_last_error(None);
                 tracing::info!("configuration reloaded");
-                self.shared.runtime.load().events.push("configuration reloaded".to_owned());
+                self.gen.shared.runtime.load().events.push("configuration reloaded".to_owned());
             }
             Err(e) => self.reload_failed(e),
         }
@@ -215,14 +235,70 @@ impl Pgfront {
     /// Records a reload that failed before a configuration could be built (unreadable or
     /// invalid file): nothing changes, and the reason is logged and shown.
     pub fn reload_failed(&self, e: &ReloadError) {
-        self.shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
-        self.shared.reloads.set_last_error(Some(e.to_string()));
+        let shared = &self.gen.shared;
+        shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
+        shared.reloads.set_last_error(Some(e.to_string()));
         tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
-        self.shared.runtime.load().events.push(format!("reload refused: {e}"));
+        shared.runtime.load().events.push(format!("reload refused: {e}"));
     }
 
-    fn apply(&self, config: Config) -> Result<(), ReloadError> {
+    /// The address a listener is bound to.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.gen.serving.lock().unwrap_or_else(|p| p.into_inner()).listeners.get(name).map(|l| l.1)
+    }
+
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.gen.shared
+    }
+
+    /// Graceful stop: stop accepting, let sessions finish for up to `grace`, then close
+    /// the rest, stop checks and the web surface.
+    pub async fn shutdown(self, grace: Duration) -> Stopped {
+        let shared = &self.gen.shared;
+        shared.tokens.accept.cancel();
+        shared.sessions.close();
+        let open = shared.runtime.load().sessions();
+        tracing::info!(sessions = open, grace = ?grace, "stopping: no new sessions; waiting for open ones");
+        let cut = match tokio::time::timeout(grace, shared.sessions.wait()).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let n = shared.runtime.load().sessions();
+                tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
+                shared.tokens.sessions.cancel();
+                shared.sessions.wait().await;
+                n
+            }
+        };
+        {
+            let mut serving = self.gen.serving.lock().unwrap_or_else(|p| p.into_inner());
+            serving.stopped = true;
+            serving.checkers.cancel();
+        }
+        self.web_stop.cancel();
+        self.gen.tasks.close();
+        self.gen.tasks.wait().await;
+        shared.tokens.root.cancel();
+        tracing::info!(cut, "stopped");
+        Stopped { cut }
+    }
+}
+
+impl Generations {
+    /// An operator's reload: the file's configuration with the discovered members merged in.
+    fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        let merged = config.with_members(&serving.members);
+        self.apply(&mut serving, merged)?;
+        serving.file = config;
+        Ok(())
+    }
+
+    /// Builds the generation for `config` and swaps it in.
+    fn apply(&self, serving: &mut Serving, config: Config) -> Result<(), ReloadError> {
         // Bind what is new or moved before touching anything.
         let mut fresh = Vec::new();
         for l in &config.listeners {
@@ -270,45 +346,27 @@ impl Pgfront {
         });
         Ok(())
     }
+}
 
-    /// The address a listener is bound to.
-    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.serving.lock().unwrap_or_else(|p| p.into_inner()).listeners.get(name).map(|l| l.1)
-    }
-
-    pub fn web_addr(&self) -> Option<SocketAddr> {
-        self.web_addr
-    }
-
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// Graceful stop: stop accepting, let sessions finish for up to `grace`, then close
-    /// the rest, stop checks and the web surface.
-    pub async fn shutdown(self, grace: Duration) -> Stopped {
-        let shared = &self.shared;
-        shared.tokens.accept.cancel();
-        shared.sessions.close();
-        let open = shared.runtime.load().sessions();
-        tracing::info!(sessions = open, grace = ?grace, "stopping: no new sessions; waiting for open ones");
-        let cut = match tokio::time::timeout(grace, shared.sessions.wait()).await {
-            Ok(()) => 0,
-            Err(_) => {
-                let n = shared.runtime.load().sessions();
-                tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
-                shared.tokens.sessions.cancel();
-                shared.sessions.wait().await;
-                n
+impl discovery::Apply for Generations {
+    /// A new member set: the file's configuration with these members, applied as a reload
+    /// is (nodes that stay keep their health and sessions), without counting as one.
+    fn members(&self, members: Vec<Member>) -> bool {
+        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        if serving.members == members || serving.stopped {
+            return false;
+        }
+        let merged = serving.file.with_members(&members);
+        match self.apply(&mut serving, merged) {
+            Ok(()) => {
+                serving.members = members;
+                true
             }
-        };
-        self.serving.lock().unwrap_or_else(|p| p.into_inner()).checkers.cancel();
-        self.web_stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        shared.tokens.root.cancel();
-        tracing::info!(cut, "stopped");
-        Stopped { cut }
+            Err(e) => {
+                tracing::error!(error = %e, "discovery: the new member set could not be applied");
+                false
+            }
+        }
     }
 }
 

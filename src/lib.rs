@@ -2,13 +2,15 @@
 //!
 //! Data path: [`proxy`] accepts and serves sessions, choosing servers through [`balance`]
 //! and reading the PostgreSQL opening through [`pg`]. Control path: [`health`] probes
-//! Patroni and drives the live view in [`cluster`]. [`config`] validates the file,
+//! Patroni and drives the live view in [`cluster`]; [`discovery`] learns the nodes from
+//! Patroni's member list. [`config`] validates the file,
 //! [`stats`] and [`web`] show what happens, and [`app`] wires it all.
 
 pub mod app;
 pub mod balance;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod health;
 pub mod history;
 pub mod import;

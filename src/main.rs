@@ -420,6 +420,16 @@ fn summary(c: &Config) -> String {
         let auth = n.check_auth.as_ref().map(|a| format!(", basic auth as {:?}", a.user)).unwrap_or_default();
         let _ = writeln!(s, "  {:<16} postgres {:<24} check {} ({scheme}{auth})", n.name, n.address, n.check_address);
     }
+    if let Some(d) = &c.global.discovery {
+        let allow: Vec<String> = d.allow.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            s,
+            "discovery: patroni, GET /cluster every {:?} from {} (then any known node), members inside {} added to listeners without servers",
+            d.inter,
+            d.seeds.join(","),
+            allow.join(",")
+        );
+    }
     let _ = writeln!(s, "listeners:");
     for l in &c.listeners {
         let names: Vec<&str> = l.servers.iter().map(|&i| c.nodes[i].name.as_str()).collect();
@@ -439,7 +449,11 @@ fn summary(c: &Config) -> String {
             t.fall,
             t.rise,
             t.timeout,
-            names.join(","),
+            if l.every_node && c.global.discovery.is_some() {
+                format!("{}+discovered", names.join(","))
+            } else {
+                names.join(",")
+            },
             l.maxconn,
             l.timeout_queue,
             match &l.tls {

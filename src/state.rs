@@ -49,6 +49,8 @@ pub struct Shared {
     pub reloads: Reloads,
     /// Cancel keys of the sessions pgfront can read, to route cancels precisely.
     pub cancel_keys: crate::proxy::keys::CancelKeys,
+    /// What discovery (`discovery = "patroni"`) found and did.
+    pub discovery: crate::discovery::Stats,
 }
 
 /// Reload outcomes, for logs, metrics and the dashboard.
@@ -132,6 +134,7 @@ impl Shared {
             sessions: TaskTracker::new(),
             reloads: Reloads::default(),
             cancel_keys: Default::default(),
+            discovery: Default::default(),
             owed: Arc::default(),
         }
     }

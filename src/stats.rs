@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub history: Series,
     /// Who led when over the last hour, oldest first.
     pub leader_timeline: Vec<Segment>,
+    /// Nodes from Patroni's member list, when `discovery` is on.
+    pub discovery: Option<DiscoverySnap>,
     /// The last failovers (leader changes), newest first, with what they cost.
     pub failovers: Vec<Failover>,
 }
@@ -96,6 +98,25 @@ pub struct ListenerSnap {
     pub writes: bool,
     pub servers_up: usize,
     pub servers: Vec<ServerSnap>,
+}
+
+/// What discovery found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscoverySnap {
+    /// Members in use (leaving ones not counted).
+    pub members: usize,
+    /// Members the last answer named but that are not used (outside discovery_allow, ...).
+    pub refused: usize,
+    /// Member sets applied.
+    pub changes: u64,
+    /// Rounds in which no source answered with a member list.
+    pub errors: u64,
+    /// `GET /cluster` requests made.
+    pub requests: u64,
+    /// The REST API that answered last.
+    pub source: Option<String>,
+    /// Why the last round failed, while it is the latest.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +207,19 @@ impl Snapshot {
             reload_error: shared.reloads.last_error(),
             history: history.series,
             leader_timeline: history.leader_timeline,
+            discovery: rt.config.global.discovery.as_ref().map(|_| {
+                let d = &shared.discovery;
+                let (source, error) = d.last();
+                DiscoverySnap {
+                    members: d.members.load(Ordering::Relaxed),
+                    refused: d.refused.load(Ordering::Relaxed),
+                    changes: d.changes.load(Ordering::Relaxed),
+                    errors: d.errors.load(Ordering::Relaxed),
+                    requests: d.requests.load(Ordering::Relaxed),
+                    source,
+                    error,
+                }
+            }),
             failovers: history.failovers,
             events: rt
                 .events
@@ -254,6 +288,8 @@ fn server(s: &Server, now: Instant, role: Option<String>, node_role: Option<Stri
         address: s.address.clone(),
         // HAProxy shows the operator's setting in place of the health state.
         status: match s.admin() {
+            // A member gone from Patroni's list: no new sessions, open ones until its check fails.
+            AdminState::Ready if s.leaving => format!("LEAVING {}", report.machine.label()),
             AdminState::Ready => report.machine.label(),
             other => other.as_str().to_owned(),
         },

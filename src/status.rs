@@ -182,6 +182,18 @@ pub fn render(url: &str, v: &Value) -> String {
     if let Some(id) = v["system_identifier"].as_str() {
         let _ = writeln!(out, "cluster system identifier {id}");
     }
+    if v["discovery"].is_object() {
+        let d = &v["discovery"];
+        let _ = writeln!(
+            out,
+            "nodes from Patroni: {} members in use, {} ignored, {} changes, from {}{}",
+            d["members"].as_u64().unwrap_or(0),
+            d["refused"].as_u64().unwrap_or(0),
+            d["changes"].as_u64().unwrap_or(0),
+            d["source"].as_str().unwrap_or("no answer yet"),
+            d["error"].as_str().map_or_else(String::new, |e| format!("; FAILING: {e}"))
+        );
+    }
     let nodes: Vec<Vec<String>> = v["nodes"]
         .as_array()
         .map(|a| {
@@ -264,5 +276,19 @@ mod tests {
         let mut none = v.clone();
         none["listeners"][0]["servers_up"] = 0.into();
         assert!(!leader_admitted(&none));
+    }
+
+    #[test]
+    fn renders_discovery_when_on() {
+        let v: Value = serde_json::from_str(
+            r#"{"leader":"node1","discovery":{"members":3,"refused":1,"changes":4,"errors":0,"requests":9,"source":"10.0.0.1:8008","error":null}}"#,
+        )
+        .unwrap();
+        let text = render("http://x:7000", &v);
+        assert!(
+            text.contains("nodes from Patroni: 3 members in use, 1 ignored, 4 changes, from 10.0.0.1:8008\n"),
+            "{text}"
+        );
+        assert!(!render("http://x:7000", &serde_json::json!({"leader": "n"})).contains("Patroni"));
     }
 }

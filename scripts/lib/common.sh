@@ -29,6 +29,13 @@ now_ms() { date +%s%3N; }
   die "PGFRONT_LAB_NET=$LAB_NET: expected a loopback prefix such as 127.0.0.2 (nodes are \${NET}1..3)"
 [[ $LAB_ETCD =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}:[0-9]{1,5}$ ]] ||
   die "PGFRONT_LAB_ETCD=$LAB_ETCD: expected a loopback IP:PORT such as 127.0.0.1:2479"
+# PGFRONT_LAB_NODE_COUNT=4 adds node4 (${LAB_NET}4) to the nodes a command knows (discovery's
+# end-to-end test starts it into a running 3-node lab with `start node4`); unset or 3: the usual three.
+case ${PGFRONT_LAB_NODE_COUNT:-3} in
+  3) ;;
+  4) NODES+=(node4) NODE_IP[node4]=${LAB_NET}4 ;;
+  *) die "PGFRONT_LAB_NODE_COUNT=$PGFRONT_LAB_NODE_COUNT: expected 3 or 4" ;;
+esac
 
 # Runs a command as the postgres OS user, with groups, without a root parent left behind.
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }

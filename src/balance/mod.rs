@@ -12,7 +12,7 @@ use tokio::time::{timeout_at, Instant};
 
 pub use self::queue::Queue;
 pub use self::slot::{try_acquire, Connecting, Slot};
-use crate::cluster::{AdminState, ListenerState, Server};
+use crate::cluster::{ListenerState, Server};
 use crate::config::Balance;
 pub use crate::config::Target;
 
@@ -103,7 +103,7 @@ pub fn pick(l: &ListenerState, avoid: &[usize], ask: impl Into<Ask>) -> Result<S
             other => other,
         },
         Target::Any => {
-            let usable = |s: &Server| s.is_up() || (leader == Some(s.node) && s.admin() == AdminState::Ready);
+            let usable = |s: &Server| s.is_up() || (leader == Some(s.node) && s.accepts());
             let usable = |s: &Server| usable(s) && has(s);
             let slot = pick_among(l, |s| !avoid.contains(&s.node) && usable(s)).or_else(|_| pick_among(l, usable));
             // The leader taken without the check admitting it is a fallback: it stays
@@ -142,7 +142,7 @@ fn acquire_on(l: &ListenerState, s: &Arc<Server>) -> Option<Slot> {
 /// The leader's server on this listener, as a slot that stays valid while it leads.
 fn leader_slot(l: &ListenerState, leader: Option<usize>) -> Result<Slot, NoServer> {
     let node = leader.ok_or(NoServer::NoneUp)?;
-    let server = l.servers.iter().find(|s| s.node == node && s.admin() == AdminState::Ready).ok_or(NoServer::NoneUp)?;
+    let server = l.servers.iter().find(|s| s.node == node && s.accepts()).ok_or(NoServer::NoneUp)?;
     acquire_on(l, server).map(|slot| slot.into_fallback(&l.leadership)).ok_or(NoServer::Full)
 }
 

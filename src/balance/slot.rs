@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::Queue;
-use crate::cluster::{AdminState, Leadership, Server};
+use crate::cluster::{Leadership, Server};
 
 /// A held session slot on a server; dropping it frees the slot and serves the queue.
 #[derive(Debug)]
@@ -126,7 +126,7 @@ impl Slot {
     /// fallback, still the leader and ready.
     pub fn eligible(&self) -> bool {
         match &self.fallback {
-            Some(l) => l.ready_leader() == Some(self.server.node) && self.server.admin() == AdminState::Ready,
+            Some(l) => l.ready_leader() == Some(self.server.node) && self.server.accepts(),
             None => self.server.is_up(),
         }
     }

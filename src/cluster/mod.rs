@@ -173,8 +173,10 @@ impl Runtime {
                         })
                         .clone();
                     let maxconn = node.maxconn.unwrap_or(l.maxconn);
+                    let leaving = node.origin == crate::config::Origin::Leaving;
                     let same = |s: &&Arc<Server>| {
-                        s.name == node.name
+                        s.leaving == leaving
+                            && s.name == node.name
                             && s.node == i
                             && s.address == node.address
                             && s.source == node.source
@@ -184,18 +186,21 @@ impl Runtime {
                     let old_same = old_listener.and_then(|o| o.servers.iter().find(same).cloned());
                     let predecessor = old_listener.and_then(|o| o.servers.iter().find(|s| s.name == node.name));
                     old_same.unwrap_or_else(|| {
-                        Arc::new(match predecessor {
-                            Some(p) => Server::succeed(p, i, node.address.clone(), node.source, maxconn, check),
-                            None => Server::new(
-                                i,
-                                node.name.clone(),
-                                node.address.clone(),
-                                node.source,
-                                maxconn,
-                                check,
-                                sessions,
-                            ),
-                        })
+                        Arc::new(
+                            match predecessor {
+                                Some(p) => Server::succeed(p, i, node.address.clone(), node.source, maxconn, check),
+                                None => Server::new(
+                                    i,
+                                    node.name.clone(),
+                                    node.address.clone(),
+                                    node.source,
+                                    maxconn,
+                                    check,
+                                    sessions,
+                                ),
+                            }
+                            .with_leaving(leaving),
+                        )
                     })
                 })
                 .collect();

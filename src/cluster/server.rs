@@ -89,6 +89,9 @@ pub struct Server {
     parent: CancellationToken,
     /// 0 ready, 1 drain, 2 maint.
     admin: Arc<AtomicU8>,
+    /// A discovered member that left Patroni's member list while holding sessions: no new
+    /// sessions; its check still runs, so a failure cuts what it holds (see `config::Origin`).
+    pub leaving: bool,
 }
 
 impl Server {
@@ -112,6 +115,7 @@ impl Server {
             sessions: Arc::new(Mutex::new(parent.child_token())),
             parent: parent.clone(),
             admin: Arc::new(AtomicU8::new(0)),
+            leaving: false,
         }
     }
 
@@ -137,12 +141,24 @@ impl Server {
             sessions: Arc::clone(&old.sessions),
             parent: old.parent.clone(),
             admin: Arc::clone(&old.admin),
+            leaving: false,
         }
+    }
+
+    /// The server marked as leaving (or not).
+    pub fn with_leaving(mut self, leaving: bool) -> Server {
+        self.leaving = leaving;
+        self
+    }
+
+    /// Whether the operator's setting lets new sessions here (and the member has not left).
+    pub fn accepts(&self) -> bool {
+        self.admin() == AdminState::Ready && !self.leaving
     }
 
     /// Whether new sessions may be sent here.
     pub fn is_up(&self) -> bool {
-        self.admin() == AdminState::Ready && self.check.is_up()
+        self.accepts() && self.check.is_up()
     }
 
     pub fn admin(&self) -> AdminState {

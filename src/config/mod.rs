@@ -2,6 +2,7 @@
 //! that cannot be invalid. Everything else reads the validated value; a reload swaps in a
 //! new one only after it has passed here.
 
+mod discovery;
 mod endpoint;
 mod error;
 mod raw;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use discovery::{allowed, Cidr, Discovery, Member, Origin};
 pub use endpoint::{parse_size, Endpoint, ReplicaFilter};
 pub use error::ConfigError;
 use error::Source;
@@ -127,6 +129,8 @@ pub struct Global {
     pub threads: usize,
     /// How log lines are written; read at start-up (a reload cannot change it).
     pub log_format: LogFormat,
+    /// Nodes learned from Patroni's member list, when set (`discovery = "patroni"`).
+    pub discovery: Option<Discovery>,
 }
 
 /// How log lines are written: for people, or one JSON object per line for a log pipeline
@@ -166,6 +170,8 @@ pub struct Node {
     pub check_tls: Option<Arc<CheckTls>>,
     /// Basic auth towards the REST API: the node's `check_auth`, else `[defaults]`'.
     pub check_auth: Option<Arc<CheckAuth>>,
+    /// Declared in the file, or learned from Patroni (and whether it is leaving).
+    pub origin: Origin,
 }
 
 /// Which sessions are logged (HAProxy's `option dontlog-normal` is `errors`).
@@ -248,6 +254,8 @@ pub struct Listener {
     pub balance: Balance,
     /// Indices into [`Config::nodes`], in declared order.
     pub servers: Vec<usize>,
+    /// The file lists no `servers`: every node is a server here, discovered ones included.
+    pub every_node: bool,
     pub check: CheckSpec,
     pub retries: u32,
     pub maxconn: usize,
@@ -334,6 +342,13 @@ impl Config {
     /// What is valid but will not do what it seems to: said by `pgfront check` and at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if let Some(d) = &self.global.discovery {
+            for c in d.allow.iter().filter(|c| c.prefix() == 0) {
+                w.push(format!(
+                    "discovery_allow {c} allows every address: a forged /cluster answer could send sessions anywhere; name your nodes' network"
+                ));
+            }
+        }
         for n in &self.nodes {
             if n.check_tls.as_ref().is_some_and(|t| t.verify == Verify::None) {
                 w.push(format!(
@@ -404,12 +419,16 @@ impl Validator<'_> {
                 Some(t) => *t.get_ref(),
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
+            discovery: None,
         };
+        let mut global = global;
+        global.discovery = self.discovery(&raw.global, &raw.defaults, global.source)?;
+        let discovering = global.discovery.is_some();
         let nodes = self.nodes(&raw.nodes, &raw.defaults, global.source)?;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         let mut binds: HashMap<SocketAddr, String> = HashMap::new();
         for l in &raw.listeners {
-            let listener = self.listener(l, &raw.defaults, &raw.nodes, &nodes, check_mode)?;
+            let listener = self.listener(l, &raw.defaults, &raw.nodes, &nodes, check_mode, discovering)?;
             if listeners.iter().any(|o: &Listener| o.name == listener.name) {
                 return Err(self.src.error(
                     l.name.span(),
@@ -540,6 +559,7 @@ impl Validator<'_> {
                     Some(a) => Some(self.check_auth(a)?),
                     None => None,
                 },
+                origin: Origin::Declared,
             });
         }
         Ok(nodes)
@@ -552,6 +572,7 @@ impl Validator<'_> {
         raw_nodes: &[RawNode],
         nodes: &[Node],
         mode: CheckMode,
+        discovering: bool,
     ) -> Result<Listener> {
         let name = l.name.get_ref();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
@@ -608,7 +629,8 @@ impl Validator<'_> {
                 idx
             }
         };
-        if servers.is_empty() {
+        // With discovery, a listener of every node may start empty: members come later.
+        if servers.is_empty() && !(discovering && l.servers.is_none()) {
             let span = l.servers.as_ref().map_or(l.name.span(), |s| s.span());
             let why = if raw_nodes.is_empty() { "no [[node]] is defined" } else { "its server list is empty" };
             return Err(self.src.error(span, "listener.servers", format!("listener {name:?} has no servers: {why}")));
@@ -702,6 +724,7 @@ impl Validator<'_> {
             bind,
             balance,
             servers,
+            every_node: l.servers.is_none(),
             check,
             retries: s.retries.as_ref().map_or(defaults::RETRIES, |r| *r.get_ref()),
             maxconn: self.positive(s.maxconn.as_ref(), "maxconn")?.unwrap_or(defaults::SERVER_MAXCONN),

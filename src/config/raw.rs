@@ -59,6 +59,11 @@ pub struct RawGlobal {
     pub source: Option<Spanned<String>>,
     pub threads: Option<Spanned<usize>>,
     pub log_format: Option<Spanned<String>>,
+    /// `"patroni"`: learn nodes from Patroni's `GET /cluster` (see `config::discovery`).
+    pub discovery: Option<Spanned<String>>,
+    pub discovery_seeds: Option<Spanned<Vec<Spanned<String>>>>,
+    pub discovery_allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub discovery_inter: Option<Spanned<Dur>>,
 }
 
 /// Declares the settings that `[defaults]` holds and any `[[listener]]` may override, once,

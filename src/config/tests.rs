@@ -344,6 +344,108 @@ fn log_format_is_text_or_json() {
     assert!(message.contains("\"text\" or \"json\""), "{message}");
 }
 
+const DISCOVERY: &str = r#"
+[global]
+discovery = "patroni"
+discovery_seeds = ["127.0.0.51:8008"]
+discovery_allow = ["127.0.0.48/29"]
+
+[[node]]
+name = "node1"
+address = "127.0.0.11:6432"
+maxconn = 7
+
+[[listener]]
+name = "primary"
+bind = "127.0.0.1:0"
+balance = "first"
+check = { path = "/primary" }
+
+[[listener]]
+name = "pinned"
+bind = "127.0.0.1:0"
+servers = ["node1"]
+check = { path = "/replica" }
+"#;
+
+fn members(names: &[&str]) -> Vec<Member> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Member {
+            name: (*n).into(),
+            address: format!("127.0.0.5{}:5432", i + 1),
+            check_address: format!("127.0.0.5{}:8008", i + 1),
+            leaving: false,
+        })
+        .collect()
+}
+
+#[test]
+fn discovery_settings_are_validated() {
+    let c = parse(DISCOVERY).unwrap();
+    let d = c.global.discovery.as_ref().unwrap();
+    assert_eq!(d.seeds, ["127.0.0.51:8008"]);
+    assert_eq!(d.allow, [Cidr::parse("127.0.0.48/29").unwrap()]);
+    assert_eq!(d.inter, Duration::from_secs(2), "the checks' inter unless discovery_inter says");
+    assert!(c.listeners[0].every_node && !c.listeners[1].every_node);
+    assert!(parse(BASE).unwrap().global.discovery.is_none());
+
+    let (line, key, msg) = err_at(&DISCOVERY.replace("discovery_allow = [\"127.0.0.48/29\"]\n", ""));
+    assert_eq!((line, key.as_str()), (3, "global.discovery_allow"), "{msg}");
+    let (_, key, msg) = err_at(&DISCOVERY.replace("\"127.0.0.48/29\"", "\"127.0.0.49/29\""));
+    assert_eq!(key, "global.discovery_allow");
+    assert!(msg.contains("did you mean 127.0.0.48/29"), "{msg}");
+    let (line, key, _) = err_at(&DISCOVERY.replace("[\"127.0.0.51:8008\"]", "[]"));
+    assert_eq!((line, key.as_str()), (4, "global.discovery_seeds"));
+    let (_, key, _) = err_at(&DISCOVERY.replace("127.0.0.51:8008", "127.0.0.51"));
+    assert_eq!(key, "global.discovery_seeds");
+    let (_, key, _) = err_at(&DISCOVERY.replace("\"patroni\"", "\"consul\""));
+    assert_eq!(key, "global.discovery");
+    let (line, key, msg) = err_at(&DISCOVERY.replace("discovery = \"patroni\"\n", ""));
+    assert_eq!((line, key.as_str()), (3, "global.discovery_seeds"));
+    assert!(msg.contains("needs discovery"), "{msg}");
+    let (_, key, _) = err_at(&DISCOVERY.replace("[global]\n", "[global]\ndiscovery_inter = \"0s\"\n"));
+    assert_eq!(key, "global.discovery_inter");
+    assert!(c.warnings().is_empty());
+    let open = parse(&DISCOVERY.replace("\"127.0.0.48/29\"", "\"0.0.0.0/0\"")).unwrap();
+    assert!(open.warnings().iter().any(|w| w.contains("0.0.0.0/0 allows every address")), "{:?}", open.warnings());
+    let fast = parse(&DISCOVERY.replace("[global]\n", "[global]\ndiscovery_inter = \"10s\"\n")).unwrap();
+    assert_eq!(fast.global.discovery.unwrap().inter, Duration::from_secs(10));
+}
+
+#[test]
+fn with_discovery_a_listener_may_start_without_nodes() {
+    let text = DISCOVERY.split("[[node]]").next().unwrap().to_owned()
+        + "[[listener]]\nname = \"replicas\"\nbind = \"127.0.0.1:0\"\ncheck = { path = \"/replica\" }\n";
+    let c = parse(&text).unwrap();
+    assert!(c.nodes.is_empty() && c.listeners[0].servers.is_empty());
+    let without =
+        text.replace("discovery = \"patroni\"\n", "").replace("discovery_seeds", "#").replace("discovery_allow", "#");
+    assert!(err_at(&without).2.contains("no [[node]] is defined"));
+}
+
+#[test]
+fn declared_and_discovered_nodes_merge() {
+    let c = parse(DISCOVERY).unwrap();
+    let merged = c.with_members(&members(&["node1", "node3", "node2"]));
+    let names: Vec<&str> = merged.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["node1", "node2", "node3"], "declared first, then discovered by name");
+    let n1 = &merged.nodes[0];
+    assert_eq!((n1.address.as_str(), n1.maxconn, n1.origin), ("127.0.0.11:6432", Some(7), Origin::Declared));
+    let n2 = &merged.nodes[1];
+    assert_eq!((n2.address.as_str(), n2.check_address.as_str()), ("127.0.0.53:5432", "127.0.0.53:8008"));
+    assert_eq!((n2.maxconn, n2.origin), (None, Origin::Discovered));
+    assert_eq!(merged.listeners[0].servers, [0, 1, 2], "a listener of every node gets the members");
+    assert_eq!(merged.listeners[1].servers, [0], "a listener that lists its servers keeps them");
+    assert_eq!(c.with_members(&[]), c);
+    let mut gone = members(&["node2"]);
+    gone[0].leaving = true;
+    assert_eq!(c.with_members(&gone).nodes[1].origin, Origin::Leaving);
+    // Without discovery, members are never merged.
+    assert_eq!(parse(BASE).unwrap().with_members(&members(&["x"])).nodes.len(), 2);
+}
+
 #[test]
 fn min_lsn_wait_defaults_overrides_and_errors() {
     let c = parse(BASE).unwrap();

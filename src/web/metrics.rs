@@ -71,6 +71,8 @@ pub fn render(snap: &Snapshot) -> String {
             let v = [ln, s.name.as_str()];
             // As HAProxy's exporter: the operator's DRAIN or MAINT in place of the health state.
             let now = match s.admin {
+                // A member gone from Patroni's list that still holds sessions: a drain.
+                "READY" if s.status.starts_with("LEAVING") => "DRAIN",
                 "READY" if s.up => "UP",
                 "READY" => "DOWN",
                 other => other,
@@ -157,6 +159,31 @@ pub fn render(snap: &Snapshot) -> String {
     m.gauge("config_last_reload_successful", "0 while the last reload was refused.", &none)
         .with_label_values(&none)
         .set(i64::from(snap.reload_error.is_none()));
+    if let Some(d) = &snap.discovery {
+        m.gauge("discovery_members", "Members of Patroni's member list in use.", &none)
+            .with_label_values(&none)
+            .set(d.members as i64);
+        m.gauge(
+            "discovery_refused_members",
+            "Members the last /cluster answer named but that are not used (outside discovery_allow, no address).",
+            &none,
+        )
+        .with_label_values(&none)
+        .set(d.refused as i64);
+        m.counter("discovery_changes_total", "Member sets applied (joins, leaves, address changes).", &none)
+            .with_label_values(&none)
+            .inc_by(d.changes);
+        m.counter(
+            "discovery_errors_total",
+            "Discovery rounds in which no REST API answered with a member list.",
+            &none,
+        )
+        .with_label_values(&none)
+        .inc_by(d.errors);
+        m.counter("discovery_requests_total", "GET /cluster requests made.", &none)
+            .with_label_values(&none)
+            .inc_by(d.requests);
+    }
     m.gauge("build_info", "pgfront's version.", &["version"]).with_label_values(&[snap.version]).set(1);
     m.encode()
 }

@@ -121,6 +121,23 @@ pub fn render(s: &Snapshot, refresh_secs: u64, csrf: Option<&str>) -> String {
         }
         h.push_str("</p>\n");
     }
+    if let Some(d) = &s.discovery {
+        let _ = write!(
+            h,
+            r#"<p class="muted">nodes from Patroni: {} members in use{}, {} changes, from {}</p>"#,
+            d.members,
+            if d.refused > 0 { format!(" ({} ignored, see the transitions)", d.refused) } else { String::new() },
+            d.changes,
+            esc(d.source.as_deref().unwrap_or("no answer yet"))
+        );
+        if let Some(e) = &d.error {
+            let _ = write!(
+                h,
+                r#"<p class="banner alert">Discovery: no member answered /cluster; the member set is unchanged: {}</p>"#,
+                esc(e)
+            );
+        }
+    }
     if let Some(e) = &s.reload_error {
         let _ = write!(
             h,

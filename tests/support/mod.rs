@@ -55,6 +55,8 @@ pub struct FakeRest {
     all: Arc<Mutex<Option<Answer>>>,
     /// The status JSON sent with every GET answer, as Patroni does.
     json: Arc<Mutex<String>>,
+    /// Per path, a GET body in place of the status JSON (`/cluster`'s member list).
+    bodies: Arc<Mutex<HashMap<String, String>>>,
     hits: Arc<Mutex<HashMap<String, u64>>>,
 }
 
@@ -67,6 +69,7 @@ impl FakeRest {
             answers: Arc::default(),
             all: Arc::default(),
             json: Arc::new(Mutex::new(r#"{"state": "running", "role": "replica", "timeline": 1}"#.to_owned())),
+            bodies: Arc::default(),
             hits: Arc::default(),
         };
         let f = fake.clone();
@@ -107,6 +110,12 @@ impl FakeRest {
         self.set_json(&format!(r#"{{"state": "running", "role": "{role}", "timeline": {timeline}, "xlog": {xlog}}}"#));
     }
 
+    /// Answers GET `path` with 200 and `body` (e.g. Patroni's `/cluster` member list).
+    pub fn set_body(&self, path: &str, body: &str) {
+        self.bodies.lock().unwrap().insert(path.to_owned(), body.to_owned());
+        self.set(path, Answer::Status(200));
+    }
+
     pub fn hits(&self, path: &str) -> u64 {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
     }
@@ -132,9 +141,10 @@ impl FakeRest {
                 // What Patroni sends: to OPTIONS no headers and no body; to GET the status
                 // JSON without Content-Length, ended by closing.
                 let reply = if get {
+                    let body = self.bodies.lock().unwrap().get(&path).cloned();
                     format!(
                         "HTTP/1.0 {code} {reason}\r\nContent-Type: application/json\r\n\r\n{}",
-                        self.json.lock().unwrap()
+                        body.unwrap_or_else(|| self.json.lock().unwrap().clone())
                     )
                 } else {
                     format!("HTTP/1.0 {code} {reason}\r\n\r\n")
