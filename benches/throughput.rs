@@ -90,7 +90,7 @@ fn main() {
         lab.leader(0);
         let pg = support::start(&lab.config("maxconn = 5000"));
         eventually(Duration::from_secs(10), "leader up", || {
-            pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1
+            pg.shared().runtime().listener("primary").unwrap().servers_up() == 1
         })
         .await;
         let via = pg.listener_addr("primary").unwrap();

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{self, Runtime};
 use crate::config::{Config, Member};
 use crate::health::{self, Probe};
-use crate::state::{Shared, Tokens};
+use crate::state::{ClusterState, Shared, Tokens};
 use crate::{discovery, proxy, web};
 
 /// Binding failed; names what could not be bound.
@@ -81,8 +81,8 @@ impl Bound {
 
     /// Binds every listener once per worker (SO_REUSEPORT) and the web surface once.
     pub fn bind_for(config: &Config, workers: usize) -> Result<Bound, BindError> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
+        let mut listeners = Vec::new();
+        for l in config.all_listeners() {
             listeners.push((l.name.clone(), bind_listener(l, workers.max(1))?));
         }
         let web = match &config.web {
@@ -102,31 +102,45 @@ pub struct Pgfront {
     web_addr: Option<SocketAddr>,
 }
 
-/// What builds and swaps in generations: shared by the operator's reloads and the
-/// discovery task, so a discovered member set goes through the same path as a reload.
+/// What builds and swaps in generations: shared by the operator's reloads and every
+/// cluster's discovery task, so a discovered member set goes through the same path as a
+/// reload.
 #[derive(Clone)]
 struct Generations {
     shared: Arc<Shared>,
     probe: Arc<dyn Probe>,
     workers: Workers,
-    /// Checkers, accept loops and the web server (not sessions: those are in `shared`).
+    /// Checkers, accept loops, discovery and the web server (sessions are in `shared`).
     tasks: TaskTracker,
     serving: Arc<Mutex<Serving>>,
+    /// Stops the process-wide tasks (web, sampler, discovery).
+    web_stop: CancellationToken,
 }
 
 /// What serves the current configuration; replaced piece by piece on reload.
 struct Serving {
-    /// Per listener: the configured bind, the bound address, the accept loop's token.
+    /// Per listener (names are unique across clusters): the configured bind, the bound
+    /// address, the accept loop's token.
     listeners: HashMap<String, (SocketAddr, SocketAddr, CancellationToken)>,
-    /// Stops the checkers of the current runtime.
-    checkers: CancellationToken,
-    /// The operator's configuration as read from the file (declared nodes only).
+    /// Per cluster, by name.
+    clusters: HashMap<String, ClusterServing>,
+    /// The operator's whole file as last applied.
     file: Config,
-    /// The discovered members in use: merged into every generation, a reload's included.
-    members: Vec<Member>,
     /// Set by a stop once the checkers are cancelled: a member set arriving after that
     /// must not start checkers the stop would then wait for.
     stopped: bool,
+}
+
+/// What serves one cluster.
+struct ClusterServing {
+    /// Stops the checkers of the cluster's current generation.
+    checkers: CancellationToken,
+    /// Stops the cluster's discovery task (the cluster was removed).
+    discovery: CancellationToken,
+    /// The cluster as read from the file (declared nodes only).
+    file: Config,
+    /// The discovered members in use: merged into every generation, a reload's included.
+    members: Vec<Member>,
 }
 
 /// What a graceful stop did.
@@ -165,25 +179,39 @@ impl Pgfront {
     /// calling runtime.
     pub fn start_on(config: Config, bound: Bound, probe: Arc<dyn Probe>, workers: Workers) -> Pgfront {
         let tokens = Tokens::new();
-        let binds: HashMap<String, SocketAddr> = config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
-        let file = config.clone();
-        let runtime = Runtime::build(Arc::new(config.with_members(&[])), &tokens.sessions);
-        let shared = Arc::new(Shared::new(runtime, tokens));
+        let binds: HashMap<String, SocketAddr> = config.all_listeners().map(|l| (l.name.clone(), l.bind)).collect();
+        let views = config.views();
+        let runtimes = views.iter().map(|v| Runtime::build(Arc::new(v.with_members(&[])), &tokens.sessions)).collect();
+        let shared = Arc::new(Shared::with_clusters(runtimes, tokens));
         let tasks = TaskTracker::new();
-        let checkers = shared.tokens.root.child_token();
-        cluster::spawn_checkers(
-            &shared.runtime.load_full(),
-            Arc::clone(&probe),
-            Arc::new(proxy::Reactor),
-            &tasks,
-            &checkers,
-        );
-        let mut listeners = HashMap::new();
-        for (name, sockets) in bound.listeners {
-            let token = spawn_listener(&shared, &tasks, &workers, name.clone(), sockets);
-            listeners.insert(name.clone(), (binds[&name], token.0, token.1));
-        }
         let web_stop = shared.tokens.root.child_token();
+        let serving = Arc::new(Mutex::new(Serving {
+            listeners: HashMap::new(),
+            clusters: HashMap::new(),
+            file: config,
+            stopped: false,
+        }));
+        let gen = Generations {
+            shared: Arc::clone(&shared),
+            probe: Arc::clone(&probe),
+            workers,
+            tasks,
+            serving,
+            web_stop: web_stop.clone(),
+        };
+        {
+            let mut serving = gen.serving.lock().unwrap_or_else(|p| p.into_inner());
+            for (view, cluster) in views.into_iter().zip(shared.clusters.load().iter()) {
+                let cs = gen.start_cluster(cluster, view);
+                serving.clusters.insert(cluster.name.clone(), cs);
+            }
+            for (name, sockets) in bound.listeners {
+                let Some(cluster) = cluster_of(&shared, &name) else { continue };
+                let token = spawn_listener(&shared, &gen.tasks, &gen.workers, &cluster, name.clone(), sockets);
+                serving.listeners.insert(name.clone(), (binds[&name], token.0, token.1));
+            }
+        }
+        let tasks = &gen.tasks;
         let web_addr = bound.web.and_then(|socket| {
             let addr = proxy::local_addr(&socket);
             tracing::info!(bind = ?addr, "stats page listening");
@@ -204,11 +232,6 @@ impl Pgfront {
                 }
             }
         });
-        let serving = Arc::new(Mutex::new(Serving { listeners, checkers, file, members: Vec::new(), stopped: false }));
-        let gen = Generations { shared: Arc::clone(&shared), probe: Arc::clone(&probe), workers, tasks, serving };
-        // Members from Patroni (idle unless `discovery` is set; a reload may turn it on).
-        let apply: Arc<dyn discovery::Apply> = Arc::new(gen.clone());
-        gen.tasks.spawn(discovery::run(Arc::clone(&shared), probe, apply, web_stop.clone()));
         Pgfront { gen, web_stop, web_addr }
     }
 
@@ -225,7 +248,7 @@ impl Pgfront {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
                 stats.set_last_error(None);
                 tracing::info!("configuration reloaded");
-                self.gen.shared.runtime.load().events.push("configuration reloaded".to_owned());
+                self.gen.shared.event_all("configuration reloaded");
             }
             Err(e) => self.reload_failed(e),
         }
@@ -239,12 +262,17 @@ impl Pgfront {
         shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
         shared.reloads.set_last_error(Some(e.to_string()));
         tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
-        shared.runtime.load().events.push(format!("reload refused: {e}"));
+        shared.event_all(&format!("reload refused: {e}"));
     }
 
     /// The address a listener is bound to.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.gen.serving.lock().unwrap_or_else(|p| p.into_inner()).listeners.get(name).map(|l| l.1)
+    }
+
+    /// The cluster named `name` (`""`: the unnamed cluster of a file without `[[cluster]]`).
+    pub fn cluster(&self, name: &str) -> Option<Arc<ClusterState>> {
+        self.gen.shared.cluster(name)
     }
 
     pub fn web_addr(&self) -> Option<SocketAddr> {
@@ -261,12 +289,12 @@ impl Pgfront {
         let shared = &self.gen.shared;
         shared.tokens.accept.cancel();
         shared.sessions.close();
-        let open = shared.runtime.load().sessions();
+        let open = shared.open_sessions();
         tracing::info!(sessions = open, grace = ?grace, "stopping: no new sessions; waiting for open ones");
         let cut = match tokio::time::timeout(grace, shared.sessions.wait()).await {
             Ok(()) => 0,
             Err(_) => {
-                let n = shared.runtime.load().sessions();
+                let n = shared.open_sessions();
                 tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
                 shared.tokens.sessions.cancel();
                 shared.sessions.wait().await;
@@ -276,7 +304,10 @@ impl Pgfront {
         {
             let mut serving = self.gen.serving.lock().unwrap_or_else(|p| p.into_inner());
             serving.stopped = true;
-            serving.checkers.cancel();
+            for c in serving.clusters.values() {
+                c.checkers.cancel();
+                c.discovery.cancel();
+            }
         }
         self.web_stop.cancel();
         self.gen.tasks.close();
@@ -288,85 +319,154 @@ impl Pgfront {
 }
 
 impl Generations {
-    /// An operator's reload: the file's configuration with the discovered members merged in.
-    fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
-        let merged = config.with_members(&serving.members);
-        self.apply(&mut serving, merged)?;
-        serving.file = config;
-        Ok(())
+    /// Starts the checkers and the discovery task of a new cluster.
+    fn start_cluster(&self, cluster: &Arc<ClusterState>, file: Config) -> ClusterServing {
+        let checkers = self.shared.tokens.root.child_token();
+        cluster::spawn_checkers(
+            &cluster.runtime(),
+            Arc::clone(&self.probe),
+            Arc::new(proxy::Reactor),
+            &self.tasks,
+            &checkers,
+        );
+        // Members from Patroni (idle unless `discovery` is set; a reload may turn it on).
+        let discovery = self.web_stop.child_token();
+        let apply: Arc<dyn discovery::Apply> = Arc::new(ClusterApply { gen: self.clone(), name: cluster.name.clone() });
+        self.tasks.spawn(discovery::run(Arc::clone(cluster), Arc::clone(&self.probe), apply, discovery.clone()));
+        ClusterServing { checkers, discovery, file, members: Vec::new() }
     }
 
-    /// Builds the generation for `config` and swaps it in.
-    fn apply(&self, serving: &mut Serving, config: Config) -> Result<(), ReloadError> {
+    /// An operator's reload: each cluster of the file with its discovered members merged
+    /// in. A cluster whose part of the file did not change is left alone (its generation,
+    /// checkers and sessions are not touched); new clusters start, removed ones stop.
+    fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
         // Bind what is new or moved before touching anything.
         let mut fresh = Vec::new();
-        for l in &config.listeners {
+        for l in config.all_listeners() {
             let same = serving.listeners.get(&l.name).is_some_and(|(configured, _, _)| *configured == l.bind);
             if !same {
                 fresh.push((l.name.clone(), l.bind, bind_listener(l, self.workers.len())?));
             }
         }
-        let old = self.shared.runtime.load_full();
+        let old = &serving.file;
         if let Some(w) = &config.web {
-            if old.config.web.as_ref().map(|o| o.bind) != Some(w.bind) {
+            if old.web.as_ref().map(|o| o.bind) != Some(w.bind) {
                 tracing::warn!(bind = %w.bind, "the web bind address changes only with a restart");
             }
         }
-        if config.global.log_format != old.config.global.log_format {
+        if config.global.log_format != old.global.log_format {
             tracing::warn!("log_format changes only with a restart");
         }
-        let new_max = config.global.maxconn;
-        let old_max = old.config.global.maxconn;
+        let (old_max, new_max) = (old.global.maxconn, config.global.maxconn);
+        let before = self.shared.clusters.load_full();
+        let mut after: Vec<Arc<ClusterState>> = Vec::new();
+        for view in config.views() {
+            match before.iter().find(|c| c.name == view.cluster) {
+                Some(cluster) => {
+                    let cs = serving.clusters.get_mut(&view.cluster).expect("a running cluster is served");
+                    if cs.file != view {
+                        let merged = view.with_members(&cs.members);
+                        self.swap(cluster, cs, merged);
+                        cs.file = view;
+                    }
+                    after.push(Arc::clone(cluster));
+                }
+                None => {
+                    let runtime = Runtime::build(Arc::new(view.with_members(&[])), &self.shared.tokens.sessions);
+                    let cluster = Arc::new(ClusterState::new(runtime));
+                    tracing::info!(cluster = %cluster.name, "cluster added");
+                    let cs = self.start_cluster(&cluster, view);
+                    serving.clusters.insert(cluster.name.clone(), cs);
+                    after.push(cluster);
+                }
+            }
+        }
+        for gone in before.iter().filter(|c| !after.iter().any(|a| Arc::ptr_eq(a, c))) {
+            tracing::info!(cluster = %gone.name, "cluster removed; its open sessions run to their end");
+            if let Some(cs) = serving.clusters.remove(&gone.name) {
+                cs.checkers.cancel();
+                cs.discovery.cancel();
+            }
+        }
+        self.shared.clusters.store(Arc::new(after));
+        self.shared.resize(old_max, new_max);
+        self.listeners(&mut serving, &config, fresh);
+        serving.file = config;
+        Ok(())
+    }
+
+    /// Builds `cluster`'s generation for `config` (its view, members merged), swaps it in,
+    /// and moves its checkers to it (reused checks keep their state).
+    fn swap(&self, cluster: &ClusterState, serving: &mut ClusterServing, config: Config) {
+        let old = cluster.runtime();
         let runtime = Arc::new(Runtime::build_from(Arc::new(config), &self.shared.tokens.sessions, Some(&old)));
-        // Checkers: the new set starts (reused checks keep their state), the old set stops.
         let checkers = self.shared.tokens.root.child_token();
         cluster::spawn_checkers(&runtime, Arc::clone(&self.probe), Arc::new(proxy::Reactor), &self.tasks, &checkers);
         std::mem::replace(&mut serving.checkers, checkers).cancel();
-        let names: Vec<String> = runtime.config.listeners.iter().map(|l| l.name.clone()).collect();
-        self.shared.runtime.store(Arc::clone(&runtime));
-        self.shared.resize(old_max, new_max);
-        // Waiters look again: the reload may have added servers or places.
+        cluster.runtime.store(Arc::clone(&runtime));
+        // Waiters look again: the swap may have added servers or places.
         for l in &runtime.listeners {
             l.wake_queue();
         }
+    }
+
+    /// Starts accept loops on the freshly bound sockets and stops those of listeners the
+    /// file no longer has.
+    fn listeners(
+        &self,
+        serving: &mut Serving,
+        config: &Config,
+        fresh: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
+    ) {
         for (name, configured, socket) in fresh {
-            let (addr, token) = spawn_listener(&self.shared, &self.tasks, &self.workers, name.clone(), socket);
+            let Some(cluster) = cluster_of(&self.shared, &name) else { continue };
+            let (addr, token) = spawn_listener(&self.shared, &self.tasks, &self.workers, &cluster, name.clone(), socket);
             if let Some((_, _, old)) = serving.listeners.insert(name, (configured, addr, token)) {
                 old.cancel();
             }
         }
+        let names: Vec<&str> = config.all_listeners().map(|l| l.name.as_str()).collect();
         serving.listeners.retain(|name, (_, _, token)| {
-            let keep = names.contains(name);
+            let keep = names.contains(&name.as_str());
             if !keep {
                 tracing::info!(listener = %name, "listener removed; its open sessions run to their end");
                 token.cancel();
             }
             keep
         });
-        Ok(())
     }
 }
 
-impl discovery::Apply for Generations {
-    /// A new member set: the file's configuration with these members, applied as a reload
-    /// is (nodes that stay keep their health and sessions), without counting as one.
+/// The cluster whose current generation holds listener `name`.
+fn cluster_of(shared: &Shared, name: &str) -> Option<Arc<ClusterState>> {
+    shared.clusters.load().iter().find(|c| c.runtime().listener(name).is_some()).cloned()
+}
+
+/// Takes one cluster's member sets from its discovery task.
+struct ClusterApply {
+    gen: Generations,
+    name: String,
+}
+
+impl discovery::Apply for ClusterApply {
+    /// A new member set: the cluster's part of the file with these members, applied as a
+    /// reload is (nodes that stay keep their health and sessions), without counting as one;
+    /// no other cluster is touched.
     fn members(&self, members: Vec<Member>) -> bool {
-        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
-        if serving.members == members || serving.stopped {
+        let mut serving = self.gen.serving.lock().unwrap_or_else(|p| p.into_inner());
+        if serving.stopped {
             return false;
         }
-        let merged = serving.file.with_members(&members);
-        match self.apply(&mut serving, merged) {
-            Ok(()) => {
-                serving.members = members;
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "discovery: the new member set could not be applied");
-                false
-            }
+        let Some(cluster) = self.gen.shared.cluster(&self.name) else { return false };
+        let Some(cs) = serving.clusters.get_mut(&self.name) else { return false };
+        if cs.members == members {
+            return false;
         }
+        let merged = cs.file.with_members(&members);
+        self.gen.swap(&cluster, cs, merged);
+        cs.members = members;
+        true
     }
 }
 
@@ -376,6 +476,7 @@ fn spawn_listener(
     shared: &Arc<Shared>,
     tasks: &TaskTracker,
     workers: &Workers,
+    cluster: &Arc<ClusterState>,
     name: String,
     sockets: Vec<std::net::TcpListener>,
 ) -> (SocketAddr, CancellationToken) {
@@ -383,11 +484,11 @@ fn spawn_listener(
     tracing::info!(listener = %name, bind = %addr, workers = sockets.len(), "listening");
     let token = shared.tokens.accept.child_token();
     for (i, socket) in sockets.into_iter().enumerate() {
-        let (shared, name, token) = (Arc::clone(shared), name.clone(), token.clone());
+        let (shared, cluster, name, token) = (Arc::clone(shared), Arc::clone(cluster), name.clone(), token.clone());
         let accept = async move {
             // Registered with the worker's own reactor.
             match TcpListener::from_std(socket) {
-                Ok(socket) => proxy::accept_loop(shared, name, socket, token).await,
+                Ok(socket) => proxy::accept_loop(shared, cluster, name, socket, token).await,
                 Err(e) => tracing::error!(listener = %name, error = %e, "cannot serve a listening socket"),
             }
         };

@@ -61,6 +61,10 @@ enum Command {
         /// Only on this listener (default: every listener that has the node).
         #[arg(long)]
         listener: Option<String>,
+        /// The node's cluster (a `[[cluster]]` name), when several clusters have a node of
+        /// that name.
+        #[arg(long)]
+        cluster: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -109,12 +113,12 @@ fn main() -> ExitCode {
             Ok(src) => status(&src, json, watch),
             Err(code) => code,
         },
-        Command::Ctl { action, node, listener, remote } => {
+        Command::Ctl { action, node, listener, cluster, remote } => {
             let src = match source(remote) {
                 Ok(src) => src,
                 Err(code) => return code,
             };
-            match pgfront::status::act(&src, &action, &node, listener.as_deref()) {
+            match pgfront::status::act(&src, &action, &node, listener.as_deref(), cluster.as_deref()) {
                 Ok(done) => {
                     for d in done {
                         println!("{d}");
@@ -300,7 +304,7 @@ fn run(path: PathBuf) -> ExitCode {
             tracing::error!(error = %e, "cannot install signal handlers; stopping");
         }
         systemd::notify(&[NotifyState::Stopping, NotifyState::Status("draining sessions")]);
-        let grace = pgfront.shared().runtime.load().config.global.hard_stop_after;
+        let grace = pgfront.shared().runtime().config.global.hard_stop_after;
         pgfront.shutdown(grace).await;
         ExitCode::SUCCESS
     });
@@ -409,6 +413,24 @@ fn summary(c: &Config) -> String {
     use std::fmt::Write;
     let mut s = format!("{}: OK\n", c.path.display());
     let _ = writeln!(s, "global: maxconn {}, hard_stop_after {:?}", c.global.maxconn, c.global.hard_stop_after);
+    for view in c.views() {
+        if !view.cluster.is_empty() {
+            let _ = writeln!(s, "cluster {:?}:", view.cluster);
+        }
+        cluster_summary(&mut s, &view);
+    }
+    match &c.web {
+        Some(w) => {
+            let _ = writeln!(s, "web: {} ({} users)", w.bind, w.users.len());
+        }
+        None => s.push_str("web: disabled\n"),
+    }
+    s
+}
+
+/// One cluster's part of `pgfront check`'s summary.
+fn cluster_summary(s: &mut String, c: &Config) {
+    use std::fmt::Write;
     let _ = writeln!(s, "nodes:");
     for n in &c.nodes {
         let scheme = match &n.check_tls {
@@ -462,11 +484,4 @@ fn summary(c: &Config) -> String {
             },
         );
     }
-    match &c.web {
-        Some(w) => {
-            let _ = writeln!(s, "web: {} ({} users)", w.bind, w.users.len());
-        }
-        None => s.push_str("web: disabled\n"),
-    }
-    s
 }

@@ -18,7 +18,8 @@ const TICKS_PER_POINT: u64 = history::STEP.as_secs();
 
 /// Runs until `stop` is cancelled.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut acc = Accumulator::default();
+    // One per cluster: each cluster's history is its own.
+    let mut accs: std::collections::HashMap<String, Accumulator> = Default::default();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks = 0u64;
@@ -27,16 +28,21 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = every.tick() => {}
             () = stop.cancelled() => return,
         }
-        let rt = shared.runtime.load_full();
-        let (listeners, nodes) = read(&rt);
-        acc.add(&listeners, &nodes);
-        let now = Stamp::now();
-        rt.history.tick(now, |old| counters(&rt, old));
-        rt.history.note(recent(&rt, now));
         ticks += 1;
-        if ticks % TICKS_PER_POINT == 0 {
-            let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            rt.history.push(acc.point(at, history::STEP.as_secs()));
+        let clusters = shared.clusters.load_full();
+        accs.retain(|name, _| clusters.iter().any(|c| &c.name == name));
+        for cluster in clusters.iter() {
+            let rt = cluster.runtime();
+            let acc = accs.entry(cluster.name.clone()).or_default();
+            let (listeners, nodes) = read(&rt);
+            acc.add(&listeners, &nodes);
+            let now = Stamp::now();
+            rt.history.tick(now, |old| counters(&rt, old));
+            rt.history.note(recent(&rt, now));
+            if ticks % TICKS_PER_POINT == 0 {
+                let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                rt.history.push(acc.point(at, history::STEP.as_secs()));
+            }
         }
     }
 }

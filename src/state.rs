@@ -1,5 +1,6 @@
-//! What every task of a running pgfront shares: the current runtime (swapped whole on
-//! reload), the process-wide session limit, and the cancellation hierarchy.
+//! What every task of a running pgfront shares: the Patroni clusters it fronts, each with
+//! its current generation (swapped whole on reload), the process-wide session limit, and
+//! the cancellation hierarchy.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,9 +36,35 @@ impl Default for Tokens {
     }
 }
 
+/// One Patroni cluster of a running pgfront: its current generation, swapped whole when a
+/// reload or its discovery changes it, and never when another cluster changes. Its
+/// listeners' accept loops and its checkers hold this, so a cluster's sessions, health and
+/// leadership are its own: a leader change, a reload or a member set of another cluster
+/// leaves them as they are.
+#[derive(Debug)]
+pub struct ClusterState {
+    /// `""` for the unnamed cluster of a file without `[[cluster]]`.
+    pub name: String,
+    pub runtime: ArcSwap<Runtime>,
+    /// What discovery (`discovery = "patroni"`) found and did for this cluster.
+    pub discovery: crate::discovery::Stats,
+}
+
+impl ClusterState {
+    pub fn new(runtime: Runtime) -> ClusterState {
+        ClusterState {
+            name: runtime.config.cluster.clone(),
+            runtime: ArcSwap::from_pointee(runtime),
+            discovery: Default::default(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
+    /// The clusters, in file order; a reload may add or remove some (the list is swapped
+    /// whole, each cluster's generation separately).
+    pub clusters: ArcSwap<Vec<Arc<ClusterState>>>,
     /// Global maxconn: a permit per open session, taken before accepting.
     pub global: Arc<Semaphore>,
     /// Permits a reload that lowered maxconn could not take back at once because sessions
@@ -49,8 +76,6 @@ pub struct Shared {
     pub reloads: Reloads,
     /// Cancel keys of the sessions pgfront can read, to route cancels precisely.
     pub cancel_keys: crate::proxy::keys::CancelKeys,
-    /// What discovery (`discovery = "patroni"`) found and did.
-    pub discovery: crate::discovery::Stats,
 }
 
 /// Reload outcomes, for logs, metrics and the dashboard.
@@ -125,17 +150,61 @@ impl Shared {
         }
     }
 
+    /// Shared state for one cluster (the unnamed one of a file without `[[cluster]]`).
     pub fn new(runtime: Runtime, tokens: Tokens) -> Shared {
-        let global = Arc::new(Semaphore::new(runtime.config.global.maxconn));
+        Shared::with_clusters(vec![runtime], tokens)
+    }
+
+    /// Shared state for several clusters, one generation each; `runtimes` is not empty.
+    pub fn with_clusters(runtimes: Vec<Runtime>, tokens: Tokens) -> Shared {
+        let maxconn = runtimes.first().map_or(crate::config::defaults::GLOBAL_MAXCONN, |r| r.config.global.maxconn);
+        let clusters = runtimes.into_iter().map(|r| Arc::new(ClusterState::new(r))).collect();
         Shared {
-            runtime: ArcSwap::from_pointee(runtime),
-            global,
+            clusters: ArcSwap::from_pointee(clusters),
+            global: Arc::new(Semaphore::new(maxconn)),
             tokens,
             sessions: TaskTracker::new(),
             reloads: Reloads::default(),
             cancel_keys: Default::default(),
-            discovery: Default::default(),
             owed: Arc::default(),
+        }
+    }
+
+    /// The current generation of the first cluster: the only one of a file without
+    /// `[[cluster]]`, which is what scripts, tests and the single-cluster views read.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.first().runtime()
+    }
+
+    /// The first cluster (there is always one).
+    pub fn first(&self) -> Arc<ClusterState> {
+        Arc::clone(&self.clusters.load()[0])
+    }
+
+    /// The cluster named `name` (`""`: the unnamed one).
+    pub fn cluster(&self, name: &str) -> Option<Arc<ClusterState>> {
+        self.clusters.load().iter().find(|c| c.name == name).cloned()
+    }
+
+    /// Every cluster's current generation, in order.
+    pub fn runtimes(&self) -> Vec<Arc<Runtime>> {
+        self.clusters.load().iter().map(|c| c.runtime()).collect()
+    }
+
+    /// The listener named `name`, in whichever cluster holds it (names are unique).
+    pub fn listener(&self, name: &str) -> Option<Arc<crate::cluster::ListenerState>> {
+        self.clusters.load().iter().find_map(|c| c.runtime().listener(name).cloned())
+    }
+
+    /// Sessions open in every cluster.
+    pub fn open_sessions(&self) -> usize {
+        self.runtimes().iter().map(|r| r.sessions()).sum()
+    }
+
+    /// Records a transition in every cluster's event log (reloads belong to all).
+    pub fn event_all(&self, text: &str) {
+        for rt in self.runtimes() {
+            rt.events.push(text.to_owned());
         }
     }
 }

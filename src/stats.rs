@@ -13,10 +13,15 @@ use crate::cluster::{AdminState, ListenerState, NodeState, Server};
 use crate::config::CheckMode;
 use crate::health::ProbeResult;
 use crate::history::{Failover, Segment, Series};
-use crate::state::Shared;
+use crate::state::{ClusterState, Shared};
 
+/// One cluster's view. For a file without `[[cluster]]` it is the whole process; with
+/// them, the top level is the first cluster and `clusters` holds every cluster's (so the
+/// keys scripts read keep their meaning for the single unnamed cluster).
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// The cluster: `""` for the unnamed cluster of a file without `[[cluster]]`.
+    pub cluster: String,
     pub version: &'static str,
     pub uptime_secs: u64,
     pub sessions: usize,
@@ -48,6 +53,9 @@ pub struct Snapshot {
     pub discovery: Option<DiscoverySnap>,
     /// The last failovers (leader changes), newest first, with what they cost.
     pub failovers: Vec<Failover>,
+    /// Every cluster's snapshot, in file order, when the file has `[[cluster]]` tables
+    /// (empty otherwise: the top level is the one unnamed cluster).
+    pub clusters: Vec<Snapshot>,
 }
 
 /// A node as Patroni describes it.
@@ -171,7 +179,23 @@ pub struct ServerSnap {
 
 impl Snapshot {
     pub fn of(shared: &Shared) -> Snapshot {
-        let rt = shared.runtime.load();
+        let all = shared.clusters.load();
+        let mut top = Snapshot::of_cluster(shared, &all[0]);
+        if all.len() > 1 || !all[0].name.is_empty() {
+            top.clusters = all.iter().map(|c| Snapshot::of_cluster(shared, c)).collect();
+        }
+        top
+    }
+
+    /// Each cluster's snapshot: the clusters of a multi-cluster file, else this one.
+    pub fn each(&self) -> impl Iterator<Item = &Snapshot> + '_ {
+        let own = self.clusters.is_empty().then_some(self);
+        own.into_iter().chain(self.clusters.iter())
+    }
+
+    /// One cluster's snapshot.
+    pub fn of_cluster(shared: &Shared, cluster: &ClusterState) -> Snapshot {
+        let rt = cluster.runtime();
         let now = Instant::now();
         let history = rt.history.view();
         let leader = rt.leadership.leader();
@@ -190,6 +214,7 @@ impl Snapshot {
                 .collect(),
         };
         Snapshot {
+            cluster: cluster.name.clone(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: now.saturating_duration_since(rt.started).as_secs(),
             sessions: rt.sessions(),
@@ -208,7 +233,7 @@ impl Snapshot {
             history: history.series,
             leader_timeline: history.leader_timeline,
             discovery: rt.config.global.discovery.as_ref().map(|_| {
-                let d = &shared.discovery;
+                let d = &cluster.discovery;
                 let (source, error) = d.last();
                 DiscoverySnap {
                     members: d.members.load(Ordering::Relaxed),
@@ -227,6 +252,7 @@ impl Snapshot {
                 .into_iter()
                 .map(|e| EventSnap { at: e.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), text: e.text })
                 .collect(),
+            clusters: Vec::new(),
         }
     }
 }
@@ -330,7 +356,7 @@ pub fn csv(s: &Snapshot) -> String {
     let mut out = String::from(
         "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,econ,wretr,wredis,status,chkfail,chkdown,lastchg,downtime,check_status,check_code,check_duration,role\n",
     );
-    for l in &s.listeners {
+    for l in s.each().flat_map(|c| &c.listeners) {
         for v in &l.servers {
             let row = [
                 l.name.clone(),

@@ -57,8 +57,10 @@ pub fn act(
     action: &str,
     node: &str,
     listener: Option<&str>,
+    cluster: Option<&str>,
 ) -> Result<Vec<String>, Result<String, StatusError>> {
-    let body = serde_json::json!({ "action": action, "node": node, "listener": listener }).to_string();
+    let body =
+        serde_json::json!({ "action": action, "node": node, "listener": listener, "cluster": cluster }).to_string();
     let (status, body) = request(src, "POST", "/api/admin", Some(&body)).map_err(Err)?;
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     match status {
@@ -109,7 +111,11 @@ fn request(src: &Source, method: &str, path: &str, body: Option<&str>) -> Result
 
 /// Whether a leader is admitted: some write listener has a server up (or, with none, the
 /// cluster has a leader). The exit code of `pgfront status`.
+/// With `[[cluster]]` tables: in every cluster.
 pub fn leader_admitted(v: &Value) -> bool {
+    if let Some(all) = v["clusters"].as_array().filter(|a| !a.is_empty()) {
+        return all.iter().all(leader_admitted);
+    }
     let listeners = v["listeners"].as_array().cloned().unwrap_or_default();
     let writes: Vec<&Value> = listeners.iter().filter(|l| l["writes"] == true).collect();
     if writes.is_empty() {
@@ -158,8 +164,24 @@ fn ago(secs: u64) -> String {
     }
 }
 
-/// The status as a person reads it.
+/// The status as a person reads it: with `[[cluster]]` tables, one part per cluster.
 pub fn render(url: &str, v: &Value) -> String {
+    match v["clusters"].as_array().filter(|a| !a.is_empty()) {
+        None => render_cluster(url, v),
+        Some(all) => {
+            let mut out = String::new();
+            for c in all {
+                let _ = writeln!(out, "== cluster {} ==", s(&c["cluster"]));
+                out.push_str(&render_cluster(url, c));
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+/// One cluster's status.
+fn render_cluster(url: &str, v: &Value) -> String {
     let mut out = String::new();
     let leader = match (&v["leader"], v["leader_conflict"] == true) {
         (_, true) => "CONFLICT: several nodes claim leadership; writes are held".to_owned(),

@@ -66,12 +66,12 @@ bind = "127.0.0.1:0"
 }
 
 fn node_names(pg: &Pgfront) -> Vec<(String, Origin)> {
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     rt.config.nodes.iter().map(|n| (n.name.clone(), n.origin)).collect()
 }
 
 fn has_event(pg: &Pgfront, text: &str) -> bool {
-    pg.shared().runtime.load().events.recent().iter().any(|e| e.text.contains(text))
+    pg.shared().runtime().events.recent().iter().any(|e| e.text.contains(text))
 }
 
 #[tokio::test]
@@ -84,12 +84,12 @@ async fn a_member_joining_reaches_the_listeners_without_a_reload() {
     let replicas = pg.listener_addr("replicas").unwrap();
     // Only one seed and no declared node: the leader and a replica are found from it.
     eventually(LIMIT, "node1 leads through the primary listener", || {
-        pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1
+        pg.shared().runtime().listener("primary").unwrap().servers_up() == 1
     })
     .await;
     assert_eq!(connect(primary).await.unwrap().server, "node1");
     eventually(LIMIT, "node2 serves replicas", || {
-        pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1
+        pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1
     })
     .await;
     let kept = connect_to(replicas, "node2").await;
@@ -97,7 +97,7 @@ async fn a_member_joining_reaches_the_listeners_without_a_reload() {
 
     publish(&lab, &cluster_json(&[("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])]));
     eventually(LIMIT, "node3 joins the replicas listener", || {
-        pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2
+        pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2
     })
     .await;
     connect_to(replicas, "node3").await;
@@ -105,8 +105,8 @@ async fn a_member_joining_reaches_the_listeners_without_a_reload() {
     kept.echo(b"still here").await.expect("a session on a node that stays is untouched by the change");
     let shared = pg.shared();
     assert_eq!(shared.reloads.ok.load(Ordering::Relaxed), 0, "no reload was needed");
-    assert_eq!(shared.discovery.members.load(Ordering::Relaxed), 3);
-    assert!(shared.discovery.changes.load(Ordering::Relaxed) >= 2);
+    assert_eq!(shared.first().discovery.members.load(Ordering::Relaxed), 3);
+    assert!(shared.first().discovery.changes.load(Ordering::Relaxed) >= 2);
     assert!(has_event(&pg, "discovery: node3 joined"));
     let (status, metrics) = support::http_get(pg.web_addr().unwrap(), "/metrics", None).await;
     assert_eq!(status, 200);
@@ -124,7 +124,7 @@ async fn a_member_that_leaves_keeps_its_sessions_until_its_check_fails() {
     let pg = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
     let replicas = pg.listener_addr("replicas").unwrap();
     eventually(LIMIT, "both replicas up", || {
-        pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2
+        pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2
     })
     .await;
     let mut live = connect_to(replicas, "node3").await;
@@ -192,8 +192,8 @@ async fn an_address_outside_the_allow_list_is_never_used() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node_names(&pg), [("node1".to_owned(), Origin::Discovered)]);
-    assert_eq!(pg.shared().discovery.refused.load(Ordering::Relaxed), 2);
-    let refusals = pg.shared().runtime.load().events.recent().iter().filter(|e| e.text.contains("ignored")).count();
+    assert_eq!(pg.shared().first().discovery.refused.load(Ordering::Relaxed), 2);
+    let refusals = pg.shared().runtime().events.recent().iter().filter(|e| e.text.contains("ignored")).count();
     assert_eq!(refusals, 2, "each refusal is said once, not every round");
     // No replica at all: a session is refused rather than sent anywhere.
     assert!(connect(replicas).await.is_err());
@@ -212,14 +212,14 @@ async fn a_seed_that_is_down_does_not_stop_discovery() {
     eventually(LIMIT, "three members found through the second seed", || node_names(&pg).len() == 3).await;
     // Both seeds fail now: the members found are asked instead.
     lab.nodes[1].rest.set_all(Some(support::Answer::Hang));
-    let requests = pg.shared().discovery.requests.load(Ordering::Relaxed);
+    let requests = pg.shared().first().discovery.requests.load(Ordering::Relaxed);
     let extra = Lab::start(1).await;
     extra.nodes[0].rest.patroni("replica", 2);
     let mut more: Vec<(&str, &FakeNode)> = all.to_vec();
     more.push(("node4", &extra.nodes[0]));
     publish(&lab, &cluster_json(&more));
     eventually(LIMIT, "node4 found through a known member", || node_names(&pg).len() == 4).await;
-    assert!(pg.shared().discovery.requests.load(Ordering::Relaxed) > requests);
+    assert!(pg.shared().first().discovery.requests.load(Ordering::Relaxed) > requests);
     pg.shutdown(Duration::from_millis(100)).await;
 }
 
@@ -239,10 +239,10 @@ async fn declared_nodes_keep_their_settings_and_a_reload_keeps_the_members() {
     assert_eq!(node_names(&pg)[0], ("node2".to_owned(), Origin::Declared), "declared nodes come first");
     let replicas = pg.listener_addr("replicas").unwrap();
     eventually(LIMIT, "both replicas up", || {
-        pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2
+        pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2
     })
     .await;
-    let rt = pg.shared().runtime.load_full();
+    let rt = pg.shared().runtime();
     let limit = |name: &str| rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == name).unwrap().maxconn;
     assert_eq!((limit("node2"), limit("node3")), (1, 100), "declared maxconn kept, defaults for the discovered");
     let mut live = connect_to(replicas, "node3").await;
@@ -251,7 +251,7 @@ async fn declared_nodes_keep_their_settings_and_a_reload_keeps_the_members() {
     let config = pgfront::Config::parse(std::path::Path::new("test.toml"), &text).unwrap();
     pg.reload(config).unwrap();
     assert_eq!(node_names(&pg).len(), 3, "the reload keeps the discovered members");
-    assert_eq!(pg.shared().runtime.load().listener("replicas").unwrap().servers_up(), 2, "and their health");
+    assert_eq!(pg.shared().runtime().listener("replicas").unwrap().servers_up(), 2, "and their health");
     live.echo(b"after the reload").await.unwrap();
     pg.shutdown(Duration::from_millis(100)).await;
 }
@@ -284,7 +284,7 @@ async fn measure_connect_cost() {
     let discovered = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
     for pg in [&declared, &discovered] {
         eventually(LIMIT, "two replicas", || {
-            pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2
+            pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2
         })
         .await;
     }
@@ -307,11 +307,11 @@ async fn measure_connect_cost() {
                 }
             })
         };
-        let changes = discovered.shared().discovery.changes.load(Ordering::Relaxed);
+        let changes = discovered.shared().first().discovery.changes.load(Ordering::Relaxed);
         let c = sample(discovered.listener_addr("replicas").unwrap(), n).await;
         stop.store(true, Ordering::Relaxed);
         churn.await.unwrap();
-        let swaps = discovered.shared().discovery.changes.load(Ordering::Relaxed) - changes;
+        let swaps = discovered.shared().first().discovery.changes.load(Ordering::Relaxed) - changes;
         eprintln!(
             "round {round}: connect+first byte median/p99 µs: declared {}/{}, discovered {}/{}, discovered with {swaps} generation swaps during the sample {}/{}",
             a.0, a.1, b.0, b.1, c.0, c.1
@@ -330,7 +330,7 @@ async fn an_empty_or_foreign_answer_changes_nothing() {
     publish(&lab, &cluster_json(&all));
     let pg = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
     eventually(LIMIT, "three members", || node_names(&pg).len() == 3).await;
-    let errors = pg.shared().discovery.errors.load(Ordering::Relaxed);
+    let errors = pg.shared().first().discovery.errors.load(Ordering::Relaxed);
     // Another Patroni cluster's answer, then an empty list, then only forbidden addresses.
     for json in [
         cluster_json(&all[..1]).replace("\"scope\": \"lab\"", "\"scope\": \"other\""),
@@ -338,13 +338,13 @@ async fn an_empty_or_foreign_answer_changes_nothing() {
         cluster_json(&all).replace("\"host\": \"127.0.0.1\"", "\"host\": \"10.0.0.1\""),
     ] {
         publish(&lab, &json);
-        let seen = pg.shared().discovery.errors.load(Ordering::Relaxed);
-        eventually(LIMIT, "rounds fail", || pg.shared().discovery.errors.load(Ordering::Relaxed) > seen + 2).await;
+        let seen = pg.shared().first().discovery.errors.load(Ordering::Relaxed);
+        eventually(LIMIT, "rounds fail", || pg.shared().first().discovery.errors.load(Ordering::Relaxed) > seen + 2).await;
         assert_eq!(node_names(&pg).len(), 3, "the member set is unchanged by {json}");
     }
-    assert!(pg.shared().discovery.errors.load(Ordering::Relaxed) > errors);
+    assert!(pg.shared().first().discovery.errors.load(Ordering::Relaxed) > errors);
     assert!(has_event(&pg, "discovery: no member answered /cluster"), "said once");
-    let (_, error) = pg.shared().discovery.last();
+    let (_, error) = pg.shared().first().discovery.last();
     assert!(error.unwrap().contains("no usable member"));
     publish(&lab, &cluster_json(&all));
     eventually(LIMIT, "answers again", || has_event(&pg, "/cluster answers again")).await;

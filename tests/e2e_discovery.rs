@@ -126,11 +126,11 @@ bind = "127.0.0.1:0"
 }
 
 fn up(pg: &Pgfront, listener: &str) -> usize {
-    pg.shared().runtime.load().listener(listener).unwrap().servers_up()
+    pg.shared().runtime().listener(listener).unwrap().servers_up()
 }
 
 fn nodes(pg: &Pgfront) -> Vec<(String, String, Origin)> {
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     rt.config.nodes.iter().map(|n| (n.name.clone(), n.address.clone(), n.origin)).collect()
 }
 
@@ -214,7 +214,7 @@ async fn one_seed_finds_the_cluster_and_a_fourth_node_joins_and_leaves() {
         let (recovery, ip) = server_ip(replicas, "").await;
         assert!(recovery && ip != node4 && ip != leader, "5001 after node4 left: {ip}");
     }
-    let d = &pg.shared().discovery;
+    let d = &pg.shared().first().discovery;
     let rate = d.requests.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     eprintln!(
         "discovery: {} /cluster requests in {:.1} s ({rate:.2}/s), {} changes, {} errors",

@@ -239,7 +239,7 @@ async fn pairs(
 }
 
 fn report(what: &str, t: &Tally, pg: &Pgfront) {
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let st = &rt.listener("reads").unwrap().stats;
     let n = t.get(|t| &t.pairs).max(1);
     eprintln!(
@@ -267,7 +267,7 @@ async fn reads_with_min_lsn_see_their_writes_on_replicas_that_apply_late() {
     let _restore = Restore;
     let pg = support::start(&config());
     eventually(LIVENESS, "one leader and two replicas admitted", || {
-        let rt = pg.shared().runtime.load();
+        let rt = pg.shared().runtime();
         rt.listener("primary").unwrap().servers_up() == 1 && rt.listener("reads").unwrap().servers_up() == 2
     })
     .await;
@@ -295,14 +295,14 @@ async fn reads_with_min_lsn_see_their_writes_on_replicas_that_apply_late() {
     // Read-your-writes.
     let n = env_u64("PGFRONT_MIN_LSN_PAIRS", 2000);
     let limit = Duration::from_secs(env_u64("PGFRONT_MIN_LSN_SECONDS", 120));
-    let before = pg.shared().runtime.load().listener("reads").unwrap().stats.min_lsn_leader.load(Ordering::Relaxed);
+    let before = pg.shared().runtime().listener("reads").unwrap().stats.min_lsn_leader.load(Ordering::Relaxed);
     let rw = pairs(primary, reads, true, n, limit, None).await;
     report("with min_lsn", &rw, &pg);
     let done = rw.get(|t| &t.pairs);
     assert!(done >= n.min(500), "only {done} pairs in {limit:?}");
     assert_eq!(rw.get(|t| &t.misses), 0, "a read with min_lsn missed its own write");
     assert!(rw.get(|t| &t.on_replica) * 2 > done, "most reads must be served by replicas");
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let on_leader = rt.listener("reads").unwrap().stats.min_lsn_leader.load(Ordering::Relaxed) - before;
     assert_eq!(on_leader, done - rw.get(|t| &t.on_replica), "pgfront's count of fallbacks agrees");
 

@@ -97,7 +97,7 @@ fn start_pgfront() -> Pgfront {
 
 async fn ready(pg: &Pgfront) {
     eventually(LIVENESS, "one leader and two replicas admitted", || {
-        let rt = pg.shared().runtime.load();
+        let rt = pg.shared().runtime();
         rt.listener("primary").unwrap().servers_up() == 1 && rt.listener("replicas").unwrap().servers_up() == 2
     })
     .await;
@@ -374,7 +374,7 @@ async fn a_switchover_moves_writes_to_the_new_leader() {
         let (rt, most_up, watching) = (pg.shared().clone(), most_up.clone(), watching.clone());
         tokio::spawn(async move {
             while watching.load(Ordering::SeqCst) {
-                let n = rt.runtime.load().listener("primary").unwrap().servers_up() as u64;
+                let n = rt.runtime().listener("primary").unwrap().servers_up() as u64;
                 most_up.fetch_max(n, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -721,7 +721,7 @@ async fn a_stopped_replica_leaves_the_rotation_and_comes_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eventually(LIVENESS, "the stopped replica leaves the rotation", || {
-        pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1
+        pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1
     })
     .await;
     for _ in 0..4 {
@@ -804,7 +804,7 @@ async fn imported_haproxy_configs_send_each_port_to_the_same_role_as_haproxy() {
         let config = pgfront::Config::parse(Path::new("imported.toml"), &text).unwrap();
         let what = format!("{shape}: every imported listener has a server up");
         eventually(LIVENESS, &what, || {
-            let rt = pg.shared().runtime.load();
+            let rt = pg.shared().runtime();
             rt.listeners.iter().all(|l| l.servers_up() >= 1)
         })
         .await;

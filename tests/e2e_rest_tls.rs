@@ -135,7 +135,7 @@ fn full_tls() -> String {
 }
 
 fn up(pg: &Pgfront, listener: &str) -> usize {
-    pg.shared().runtime.load().listener(listener).unwrap().servers_up()
+    pg.shared().runtime().listener(listener).unwrap().servers_up()
 }
 
 async fn server_ip(addr: SocketAddr, options: &str) -> (bool, String) {

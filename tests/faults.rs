@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn up_count(pg: &pgfront::Pgfront, listener: &str) -> usize {
-    pg.shared().runtime.load().listener(listener).map_or(0, |l| l.servers_up())
+    pg.shared().runtime().listener(listener).map_or(0, |l| l.servers_up())
 }
 
 fn parse(text: &str) -> Config {
@@ -59,7 +59,7 @@ async fn still_open(s: &mut TcpStream) -> bool {
 }
 
 fn failures(pg: &pgfront::Pgfront, listener: &str, server: &str) -> u64 {
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let l = rt.listener(listener).unwrap();
     l.servers.iter().find(|s| s.name == server).unwrap().check.report().failures
 }
@@ -74,7 +74,7 @@ async fn a_rest_blip_of_the_leader_cuts_nothing_and_is_no_leader_change() {
     let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
     assert_eq!(on, "node1");
     let mut writer = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
-    let changes = pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst);
+    let changes = pg.shared().runtime().leadership.changes.load(Ordering::SeqCst);
 
     // The leader's agent stops answering for one probe (busy, or restarting), then is back.
     let before = failures(&pg, "primary", "node1");
@@ -85,7 +85,7 @@ async fn a_rest_blip_of_the_leader_cuts_nothing_and_is_no_leader_change() {
 
     assert!(still_open(&mut asked).await, "the session that asked for the primary was cut by a blip");
     writer.echo(b"the writer too").await.unwrap();
-    let after = pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst);
+    let after = pg.shared().runtime().leadership.changes.load(Ordering::SeqCst);
     assert_eq!(after, changes, "a blip counted as leader changes");
 
     // Losing the leader for good still ends the term after fall failures.
@@ -118,7 +118,7 @@ async fn a_rebuilt_cluster_takes_writes_again_without_a_restart() {
     // Re-bootstrapped: a new database, timeline 1, node2 leads.
     play(1, 1, "7999");
     eventually(LIMIT, "writes resume on the rebuilt cluster", || {
-        let rt = pg.shared().runtime.load();
+        let rt = pg.shared().runtime();
         rt.leadership.leader() == Some(1) && up_count(&pg, "primary") == 1
     })
     .await;
@@ -143,14 +143,14 @@ async fn a_reload_that_changes_only_timings_keeps_every_server_up() {
         .replace("timeout_connect = \"500ms\"", "timeout_connect = \"30ms\"")
         .replace("inter = \"50ms\"\nfastinter", "inter = \"60ms\"\nfastinter");
     let downs = |pg: &pgfront::Pgfront| -> u64 {
-        let rt = pg.shared().runtime.load();
+        let rt = pg.shared().runtime();
         rt.listeners.iter().flat_map(|l| &l.servers).map(|s| s.check.report().downs).sum()
     };
     let downs_before = downs(&pg);
     pg.reload(parse(&changed)).unwrap();
     assert_eq!(up_count(&pg, "replicas"), 2, "a timing change sent the replicas back to DOWN");
     assert_eq!(up_count(&pg, "primary"), 1);
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let check = &rt.listener("replicas").unwrap().servers[1].check;
     assert_eq!(check.spec.timing.connect_timeout, Duration::from_millis(30), "the new timing applies");
     assert_eq!(check.spec.timing.inter, Duration::from_millis(60));
@@ -205,7 +205,7 @@ async fn a_stop_ends_sessions_still_connecting() {
     eventually(LIMIT, "up", || up_count(&pg, "primary") == 1).await;
     let mut connecting = TcpStream::connect(pg.listener_addr("primary").unwrap()).await.unwrap();
     connecting.write_all(&startup_message(&[("user", "u")])).await.unwrap();
-    eventually(LIMIT, "connecting", || pg.shared().runtime.load().sessions() == 1).await;
+    eventually(LIMIT, "connecting", || pg.shared().runtime().sessions() == 1).await;
     let stopped = tokio::time::timeout(LIMIT, pg.shutdown(Duration::from_millis(100))).await;
     assert!(stopped.is_ok(), "the hard stop waited for a session still connecting");
     let mut rest = Vec::new();
@@ -233,7 +233,7 @@ async fn drain_and_maint_are_reported_in_server_status() {
     lab.leader(0);
     let pg = start(&lab.config(""));
     eventually(LIMIT, "up", || up_count(&pg, "primary") == 1 && up_count(&pg, "replicas") == 1).await;
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     rt.listener("primary").unwrap().servers[0].set_admin(pgfront::cluster::AdminState::Drain);
     rt.listener("replicas").unwrap().servers[1].set_admin(pgfront::cluster::AdminState::Maint);
     let (_, m) = http_get(pg.web_addr().unwrap(), "/metrics", None).await;
@@ -308,12 +308,12 @@ async fn connects_in_flight_are_bounded_and_released_at_ready_for_query_or_timeo
     let (_first, on) = primary_session(addr).await;
     assert_eq!(on, "node1");
     let server =
-        || pg.shared().runtime.load().listener("primary").unwrap().servers[0].stats.connecting.load(Ordering::SeqCst);
+        || pg.shared().runtime().listener("primary").unwrap().servers[0].stats.connecting.load(Ordering::SeqCst);
     assert_eq!(server(), 1, "the first session is still authenticating");
     // The second waits for the place, then gets it: served, not refused.
     let (_second, on) = tokio::time::timeout(LIMIT, primary_session(addr)).await.expect("never released");
     assert_eq!(on, "node1");
-    let queued = pg.shared().runtime.load().listener("primary").unwrap().stats.queue_max.load(Ordering::SeqCst);
+    let queued = pg.shared().runtime().listener("primary").unwrap().stats.queue_max.load(Ordering::SeqCst);
     assert_eq!(queued, 1, "the second session waited in the queue");
 }
 
@@ -333,7 +333,7 @@ async fn opaque_sessions_give_their_connect_place_back_once_the_server_answered(
         held.push(c.unwrap_or_else(|_| panic!("session {i} waited for a connect place")).unwrap());
     }
     let connecting =
-        pg.shared().runtime.load().listener("primary").unwrap().servers[0].stats.connecting.load(Ordering::SeqCst);
+        pg.shared().runtime().listener("primary").unwrap().servers[0].stats.connecting.load(Ordering::SeqCst);
     assert_eq!(connecting, 0);
 }
 
@@ -348,7 +348,7 @@ async fn a_reload_that_removes_a_node_before_the_leader_changes_nothing_else() {
     eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
     let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
     assert_eq!(on, "node3");
-    let changes = pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst);
+    let changes = pg.shared().runtime().leadership.changes.load(Ordering::SeqCst);
     let node1 = format!(
         "[[node]]\nname = \"node1\"\naddress = \"{}\"\ncheck_address = \"{}\"\n\n",
         lab.nodes[0].backend.addr, lab.nodes[0].rest.addr
@@ -356,14 +356,14 @@ async fn a_reload_that_removes_a_node_before_the_leader_changes_nothing_else() {
     pg.reload(parse(&text.replace(&node1, ""))).unwrap();
     assert_eq!(up_count(&pg, "primary"), 1, "the leader stays admitted");
     assert_eq!(up_count(&pg, "replicas"), 1, "node2 stays up");
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     assert_eq!(rt.leadership.leader(), Some(1), "node3, now second in the list, still leads");
     drop(rt);
     assert!(still_open(&mut asked).await, "the session sent to the unchanged leader survives");
     // Let a few probes pass: still no change counted.
     let probes = lab.nodes[2].rest.hits("/primary");
     eventually(LIMIT, "probed again", || lab.nodes[2].rest.hits("/primary") > probes + 2).await;
-    assert_eq!(pg.shared().runtime.load().leadership.changes.load(Ordering::SeqCst), changes);
+    assert_eq!(pg.shared().runtime().leadership.changes.load(Ordering::SeqCst), changes);
 }
 
 #[tokio::test]
@@ -384,7 +384,7 @@ async fn sessions_waiting_for_the_primary_go_when_the_leader_answers_again() {
     eventually(LIMIT, "one probe failed", || failures(&pg, "primary", "node1") > before).await;
     let addr = pg.listener_addr("replicas").unwrap();
     let waiting = tokio::spawn(primary_session(addr));
-    let queued = || pg.shared().runtime.load().listener("replicas").unwrap().stats.queue_cur.load(Ordering::SeqCst);
+    let queued = || pg.shared().runtime().listener("replicas").unwrap().stats.queue_cur.load(Ordering::SeqCst);
     eventually(LIMIT, "held while the leader's latest answer failed", || queued() == 1).await;
     lab.nodes[0].rest.set_all(None);
     let (_s, on) =

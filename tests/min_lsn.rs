@@ -44,7 +44,7 @@ async fn lab(a: u64, b: u64) -> Lab {
 
 async fn ready(pg: &pgfront::Pgfront) {
     eventually(LIMIT, "two replicas and the leader up", || {
-        let rt = pg.shared().runtime.load();
+        let rt = pg.shared().runtime();
         rt.listener("replicas").unwrap().servers_up() == 2
             && rt.listener("primary").unwrap().servers_up() == 1
             && rt.leadership.ready_leader() == Some(0)

@@ -19,7 +19,7 @@ async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) 
 const ADMIN: &str = "YWRtaW46c2VjcmV0";
 
 fn up_count(pg: &pgfront::Pgfront, listener: &str) -> usize {
-    pg.shared().runtime.load().listener(listener).map_or(0, |l| l.servers_up())
+    pg.shared().runtime().listener(listener).map_or(0, |l| l.servers_up())
 }
 
 fn parse(text: &str) -> Config {
@@ -101,7 +101,7 @@ async fn a_good_reload_keeps_live_sessions_and_health() {
     assert_eq!(up_count(&pg, "replicas"), 2, "unchanged checks keep their state");
     assert_eq!(pg.listener_addr("replicas").unwrap(), replicas, "the socket stays");
     live.echo(b"still here after the reload").await.unwrap();
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     assert_eq!(rt.listener("replicas").unwrap().config.timeout_connect, Duration::from_millis(700));
     assert!(
         rt.listener("replicas").unwrap().servers.iter().map(|s| s.stats.total.load(Ordering::SeqCst)).sum::<u64>() >= 1,
@@ -158,7 +158,7 @@ async fn a_bad_reload_changes_nothing_and_says_why() {
         ),
     );
     assert!(pg.reload(parse(&text)).is_err());
-    assert!(pg.shared().runtime.load().listener("extra").is_none());
+    assert!(pg.shared().runtime().listener("extra").is_none());
 }
 
 #[tokio::test]
@@ -218,7 +218,7 @@ async fn sessions_on_a_rebuilt_server_are_still_cut_on_mark_down() {
         "check = { method = \"OPTIONS\", path = \"/read-only\", expect = 200 }\nmaxconn = 50",
     );
     pg.reload(parse(&changed)).unwrap();
-    let rt = pg.shared().runtime.load_full();
+    let rt = pg.shared().runtime();
     let node2 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
     assert_eq!(node2.maxconn, 50);
     assert_eq!(node2.stats.cur.load(Ordering::SeqCst), 1, "the open session still counts against maxconn");

@@ -460,7 +460,7 @@ check = {{ method = "OPTIONS", path = "/master" }}
     let bound = pgfront::Bound::bind(&parse()).unwrap();
     let pg = pgfront::app::start(parse(), bound);
     let server =
-        |pg: &pgfront::Pgfront| Arc::clone(&pg.shared().runtime.load().listener("primary").unwrap().servers[0]);
+        |pg: &pgfront::Pgfront| Arc::clone(&pg.shared().runtime().listener("primary").unwrap().servers[0]);
     support::eventually(Duration::from_secs(10), "the check fails on the old CA", || {
         server(&pg).check.report().last.is_some_and(|r| r.code == CheckCode::L6Rsp)
     })

@@ -11,11 +11,11 @@ use support::*;
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn up_count(pg: &pgfront::Pgfront, listener: &str) -> usize {
-    pg.shared().runtime.load().listener(listener).unwrap().servers_up()
+    pg.shared().runtime().listener(listener).unwrap().servers_up()
 }
 
 fn is_up(pg: &pgfront::Pgfront, listener: &str, server: &str) -> bool {
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     rt.listener(listener).unwrap().servers.iter().any(|s| s.name == server && s.is_up())
 }
 
@@ -79,7 +79,7 @@ async fn a_queued_session_proceeds_when_a_server_comes_up() {
     let addr = pg.listener_addr("primary").unwrap();
     let waiting = tokio::spawn(connect(addr));
     eventually(LIMIT, "session queued", || {
-        pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
+        pg.shared().runtime().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
     })
     .await;
     lab.leader(1);
@@ -129,7 +129,7 @@ async fn maxconn_queues_then_refuses_with_53300() {
     // A queued session proceeds when the slot frees.
     let waiting = tokio::spawn(connect(addr));
     eventually(LIMIT, "queued", || {
-        pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
+        pg.shared().runtime().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst) == 1
     })
     .await;
     drop(first);
@@ -151,7 +151,7 @@ async fn a_failed_connect_is_retried_on_another_server() {
     for _ in 0..4 {
         assert_eq!(connect(addr).await.unwrap().server, "node3");
     }
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let node2 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
     assert!(node2.stats.conn_errors.load(Ordering::SeqCst) >= 1);
     assert!(node2.stats.redispatches.load(Ordering::SeqCst) >= 1);
@@ -172,7 +172,7 @@ async fn connect_failures_exhaust_retries_with_08006() {
     eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
     let err = connect(addr).await.err().expect("refused");
     assert_eq!(err.code, "08006", "{err:?}");
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let s = &rt.listener("primary").unwrap().servers[0];
     assert!(s.stats.conn_errors.load(Ordering::SeqCst) >= 2, "at least one try and one retry");
     assert!(s.stats.retries.load(Ordering::SeqCst) >= 1);
@@ -232,7 +232,7 @@ async fn bytes_flow_unchanged_both_ways_with_half_close() {
     n.unwrap();
     assert_eq!(back.len(), data.len());
     assert!(back == data, "echo differs");
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let s = &rt.listener("primary").unwrap().servers[0];
     eventually(LIMIT, "counters", || s.stats.bytes_out.load(Ordering::SeqCst) >= data.len() as u64).await;
     assert_eq!(s.stats.bytes_in.load(Ordering::SeqCst), data.len() as u64 + 8);
@@ -341,7 +341,7 @@ async fn a_client_that_gives_up_in_the_queue_takes_no_server() {
     let addr = pg.listener_addr("primary").unwrap();
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut c, &OPENING).await.unwrap();
-    let queue = || pg.shared().runtime.load().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst);
+    let queue = || pg.shared().runtime().listener("primary").unwrap().stats.queue_cur.load(Ordering::SeqCst);
     eventually(LIMIT, "queued", || queue() == 1).await;
     drop(c);
     eventually(LIMIT, "left the queue", || queue() == 0).await;
@@ -370,7 +370,7 @@ async fn a_cancel_with_an_unknown_key_goes_to_every_server_of_the_listener() {
     for n in &lab.nodes {
         eventually(LIMIT, "cancel delivered", || n.backend.accepted.load(Ordering::SeqCst) == 1).await;
     }
-    assert_eq!(pg.shared().runtime.load().listener("replicas").unwrap().stats.cancels.load(Ordering::SeqCst), 1);
+    assert_eq!(pg.shared().runtime().listener("replicas").unwrap().stats.cancels.load(Ordering::SeqCst), 1);
 }
 
 /// Connects in plain text with a StartupMessage of `params`; returns the server's name.

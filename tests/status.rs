@@ -43,7 +43,7 @@ async fn status_prints_the_cluster_and_says_whether_a_leader_is_admitted() {
     lab.leader(0);
     let pg = start(&lab.config(""));
     eventually(LIMIT, "all up", || {
-        let rt = pg.shared().runtime.load();
+        let rt = pg.shared().runtime();
         rt.listener("primary").unwrap().servers_up() == 1 && rt.listener("replicas").unwrap().servers_up() == 2
     })
     .await;
@@ -72,7 +72,7 @@ async fn status_prints_the_cluster_and_says_whether_a_leader_is_admitted() {
     for n in &lab.nodes {
         n.rest.patroni("replica", 9);
     }
-    eventually(LIMIT, "leader gone", || pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 0)
+    eventually(LIMIT, "leader gone", || pg.shared().runtime().listener("primary").unwrap().servers_up() == 0)
         .await;
     let (code, out, _) = status(&["--url", &url, "--user", "viewer"], &[("PGFRONT_PASSWORD", "look")]).await;
     assert_eq!(code, 1, "{out}");
@@ -98,10 +98,10 @@ async fn ctl_acts_through_the_admin_api_for_admins_only() {
     let lab = Lab::start(3).await;
     lab.leader(0);
     let pg = start(&lab.config(""));
-    eventually(LIMIT, "all up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2).await;
+    eventually(LIMIT, "all up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2).await;
     let url = format!("http://{}", pg.web_addr().unwrap());
     let admin_of = |listener: &str, server: &str| {
-        let rt = pg.shared().runtime.load();
+        let rt = pg.shared().runtime();
         rt.listener(listener).unwrap().servers.iter().find(|s| s.name == server).unwrap().admin()
     };
     use pgfront::cluster::AdminState;

@@ -94,7 +94,7 @@ async fn tls_clients_are_routed_by_their_startup_parameters() {
     let (_dir, cert, key) = cert();
     let pg = start(&config(&lab, &cert, &key));
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "all up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2).await;
+    eventually(LIMIT, "all up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2).await;
     for (options, want) in [("-c pgfront.target=primary", Some("node1")), ("", None)] {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(&OPENING).await.unwrap();
@@ -126,7 +126,7 @@ async fn direct_tls_clients_are_accepted() {
     let (_dir, cert, key) = cert();
     let pg = start(&config(&lab, &cert, &key));
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replica up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1)
+    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1)
         .await;
     // PostgreSQL 17's sslnegotiation=direct: a ClientHello straight away, ALPN postgresql.
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -144,7 +144,7 @@ async fn plain_clients_still_work_and_a_bad_handshake_is_closed() {
     let (_dir, cert, key) = cert();
     let pg = start(&config(&lab, &cert, &key));
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replica up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1)
+    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1)
         .await;
     let mut plain = TcpStream::connect(addr).await.unwrap();
     plain.write_all(&startup_message(&[("user", "app")])).await.unwrap();
@@ -179,7 +179,7 @@ async fn a_failed_tls_handshake_towards_the_server_is_08006_at_once_not_a_hold()
         config(&lab, &cert, &key).replace("server = \"disable\" }", "server = \"require\" }\ntimeout_queue = \"30s\"");
     let pg = start(&text);
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replica up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1)
+    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1)
         .await;
     let mut plain = TcpStream::connect(addr).await.unwrap();
     plain.write_all(&startup_message(&[("user", "app")])).await.unwrap();
@@ -191,7 +191,7 @@ async fn a_failed_tls_handshake_towards_the_server_is_08006_at_once_not_a_hold()
     assert!(fatal.message.contains("TLS with node2"), "{}", fatal.message);
     let (_, page) = http_get(pg.web_addr().unwrap(), "/", Some("YWRtaW46c2VjcmV0")).await;
     assert!(page.contains("does not accept TLS"), "the page shows the reason");
-    let rt = pg.shared().runtime.load();
+    let rt = pg.shared().runtime();
     let node2 = &rt.listener("replicas").unwrap().servers[1];
     assert_eq!(node2.stats.cur.load(std::sync::atomic::Ordering::SeqCst), 0, "the slot is released");
 }
@@ -236,7 +236,7 @@ async fn an_encrypted_cancel_request_is_closed_with_a_close_notify() {
     let (_dir, cert, key) = cert();
     let pg = start(&config(&lab, &cert, &key));
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 1).await;
+    eventually(LIMIT, "up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&OPENING).await.unwrap();
     let mut s = [0u8; 1];
@@ -254,7 +254,7 @@ async fn an_encrypted_cancel_request_is_closed_with_a_close_notify() {
     assert!(r.is_ok(), "a clean TLS close, not {r:?}");
     assert!(rest.is_empty());
     eventually(LIMIT, "the cancel was forwarded", || {
-        pg.shared().runtime.load().listener("replicas").unwrap().stats.cancels.load(std::sync::atomic::Ordering::SeqCst)
+        pg.shared().runtime().listener("replicas").unwrap().stats.cancels.load(std::sync::atomic::Ordering::SeqCst)
             == 1
     })
     .await;

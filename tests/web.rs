@@ -37,7 +37,7 @@ async fn views_show_state_and_counters() {
     let pg = start(&lab.config(""));
     let web = pg.web_addr().unwrap();
     let addr = pg.listener_addr("primary").unwrap();
-    eventually(LIMIT, "leader up", || pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1).await;
+    eventually(LIMIT, "leader up", || pg.shared().runtime().listener("primary").unwrap().servers_up() == 1).await;
     let mut c = connect(addr).await.unwrap();
     c.echo(b"0123456789").await.unwrap();
 
@@ -101,7 +101,7 @@ async fn transitional_states_are_shown() {
     let pg =
         start(&lab.config("fastinter = \"30s\"").replace("inter = \"50ms\"\nfastinter = \"20ms\"", "inter = \"50ms\""));
     let web = pg.web_addr().unwrap();
-    let rt = pg.shared().runtime.load_full();
+    let rt = pg.shared().runtime();
     let check = rt.listener("primary").unwrap().servers[0].check.clone();
     eventually(LIMIT, "DOWN 1/2", || check.report().machine.label() == "DOWN 1/2").await;
     let (_, html) = get(web, "/", Some(ADMIN)).await;
@@ -114,7 +114,7 @@ async fn the_other_role_is_shown_as_that_role_and_real_failures_stand_out() {
     lab.leader(0);
     let pg = start(&lab.config(""));
     let web = pg.web_addr().unwrap();
-    let rt = pg.shared().runtime.load_full();
+    let rt = pg.shared().runtime();
     let replicas = rt.listener("replicas").unwrap().clone();
     eventually(LIMIT, "replicas up", || replicas.servers_up() == 2).await;
     // node3's agent stops answering: a real failure.
@@ -156,7 +156,7 @@ async fn a_leader_change_is_in_the_failover_panel_with_the_sessions_it_cut() {
     let pg = start(&lab.config(""));
     let web = pg.web_addr().unwrap();
     let primary = pg.listener_addr("primary").unwrap();
-    eventually(LIMIT, "leader up", || pg.shared().runtime.load().listener("primary").unwrap().servers_up() == 1).await;
+    eventually(LIMIT, "leader up", || pg.shared().runtime().listener("primary").unwrap().servers_up() == 1).await;
     let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["failovers"].as_array().map(Vec::len), Some(0), "a leader at start-up is no failover");
@@ -219,7 +219,7 @@ async fn admin_actions_need_an_admin_and_the_csrf_token() {
     let pg = start(&lab.config(""));
     let web = pg.web_addr().unwrap();
     let replicas = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replicas up", || pg.shared().runtime.load().listener("replicas").unwrap().servers_up() == 2)
+    eventually(LIMIT, "replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2)
         .await;
     let token = csrf(web).await;
     let form = |action: &str, t: &str| format!("listener=replicas&server=node2&action={action}&csrf={t}");

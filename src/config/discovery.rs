@@ -104,13 +104,16 @@ impl Config {
 }
 
 impl Validator<'_> {
-    /// `[global] discovery`, `discovery_seeds`, `discovery_allow`, `discovery_inter`.
+    /// `discovery`, `discovery_seeds`, `discovery_allow`, `discovery_inter` of `table`
+    /// (`global` for a file without `[[cluster]]`, else each `cluster`).
     pub(super) fn discovery(
         &self,
         g: &RawGlobal,
         d: &RawDefaults,
         source: Option<IpAddr>,
+        table: &str,
     ) -> Result<Option<Discovery>, ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
         let on = match &g.discovery {
             None => None,
             Some(v) => match v.get_ref().as_str() {
@@ -118,15 +121,15 @@ impl Validator<'_> {
                 "none" => None,
                 other => {
                     let msg = format!("unknown discovery {other:?}; expected \"patroni\" or \"none\"");
-                    return Err(self.src.error(v.span(), "global.discovery", msg));
+                    return Err(self.src.error(v.span(), &key("discovery"), msg));
                 }
             },
         };
         let Some(on) = on else {
             let stray = [
-                ("global.discovery_seeds", g.discovery_seeds.as_ref().map(|s| s.span())),
-                ("global.discovery_allow", g.discovery_allow.as_ref().map(|s| s.span())),
-                ("global.discovery_inter", g.discovery_inter.as_ref().map(|s| s.span())),
+                (&key("discovery_seeds"), g.discovery_seeds.as_ref().map(|s| s.span())),
+                (&key("discovery_allow"), g.discovery_allow.as_ref().map(|s| s.span())),
+                (&key("discovery_inter"), g.discovery_inter.as_ref().map(|s| s.span())),
             ];
             if let Some((key, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.src.error(span, key, "needs discovery = \"patroni\""));
@@ -143,16 +146,16 @@ impl Validator<'_> {
             )),
         };
         let mut seeds = Vec::new();
-        for s in list(&g.discovery_seeds, "global.discovery_seeds", "REST address (host:port)")? {
-            self.host_port(&s, "global.discovery_seeds")?;
+        for s in list(&g.discovery_seeds, &key("discovery_seeds"), "REST address (host:port)")? {
+            self.host_port(&s, &key("discovery_seeds"))?;
             seeds.push(s.into_inner());
         }
         let mut allow = Vec::new();
-        for a in list(&g.discovery_allow, "global.discovery_allow", "address block (10.0.0.0/24)")? {
-            allow.push(Cidr::parse(a.get_ref()).map_err(|e| self.src.error(a.span(), "global.discovery_allow", e))?);
+        for a in list(&g.discovery_allow, &key("discovery_allow"), "address block (10.0.0.0/24)")? {
+            allow.push(Cidr::parse(a.get_ref()).map_err(|e| self.src.error(a.span(), &key("discovery_allow"), e))?);
         }
         let inter = self.nonzero(&d.inter, "inter", defaults::INTER)?;
-        let inter = self.nonzero(&g.discovery_inter, "global.discovery_inter", inter)?;
+        let inter = self.nonzero(&g.discovery_inter, &key("discovery_inter"), inter)?;
         let timeout_connect = d.timeout_connect.as_ref().map_or(defaults::TIMEOUT_CONNECT, |t| t.get_ref().0);
         Ok(Some(Discovery {
             seeds,

@@ -100,7 +100,15 @@ impl Route {
     }
 }
 
-/// A validated configuration.
+/// A validated configuration, and the view of one Patroni cluster the live state is built
+/// from.
+///
+/// A file without `[[cluster]]` tables is one unnamed cluster: `cluster` is empty, `nodes`
+/// and `listeners` are the file's, and `clusters` is empty. A file with `[[cluster]]`
+/// tables has no top-level nodes or listeners; `clusters` holds one view per cluster, in
+/// file order, each a `Config` of its own (the file's `global` with that cluster's
+/// discovery, the file's `web`, its nodes and listeners). [`Config::views`] gives the
+/// clusters either way; each is built into a generation of its own (`cluster::Runtime`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub path: PathBuf,
@@ -108,6 +116,10 @@ pub struct Config {
     pub nodes: Vec<Node>,
     pub listeners: Vec<Listener>,
     pub web: Option<Web>,
+    /// The cluster's name: `""` for the unnamed cluster of a file without `[[cluster]]`.
+    pub cluster: String,
+    /// The `[[cluster]]` tables of the file, one view each (empty without them).
+    pub clusters: Vec<Config>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +343,21 @@ impl std::fmt::Debug for User {
 }
 
 impl Config {
+    /// The clusters of the file, one view each: the file itself for a file without
+    /// `[[cluster]]` (the unnamed cluster), else its `[[cluster]]`s in file order.
+    pub fn views(&self) -> Vec<Config> {
+        if self.clusters.is_empty() {
+            vec![self.clone()]
+        } else {
+            self.clusters.clone()
+        }
+    }
+
+    /// Every listener of the file, in every cluster.
+    pub fn all_listeners(&self) -> impl Iterator<Item = &Listener> + '_ {
+        self.listeners.iter().chain(self.clusters.iter().flat_map(|c| c.listeners.iter()))
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
@@ -341,6 +368,13 @@ impl Config {
     /// Validates `text` as if read from `path` (which only names it in errors).
     /// What is valid but will not do what it seems to: said by `pgfront check` and at start.
     pub fn warnings(&self) -> Vec<String> {
+        if !self.clusters.is_empty() {
+            let mut w = Vec::new();
+            for c in &self.clusters {
+                w.extend(c.warnings().into_iter().map(|text| format!("cluster {:?}: {text}", c.cluster)));
+            }
+            return w;
+        }
         let mut w = Vec::new();
         if let Some(d) = &self.global.discovery {
             for c in d.allow.iter().filter(|c| c.prefix() == 0) {
@@ -422,14 +456,116 @@ impl Validator<'_> {
             discovery: None,
         };
         let mut global = global;
-        global.discovery = self.discovery(&raw.global, &raw.defaults, global.source)?;
-        let discovering = global.discovery.is_some();
-        let nodes = self.nodes(&raw.nodes, &raw.defaults, global.source)?;
-        let mut listeners = Vec::with_capacity(raw.listeners.len());
         let mut binds: HashMap<SocketAddr, String> = HashMap::new();
-        for l in &raw.listeners {
-            let listener = self.listener(l, &raw.defaults, &raw.nodes, &nodes, check_mode, discovering)?;
-            if listeners.iter().any(|o: &Listener| o.name == listener.name) {
+        let mut names: Vec<String> = Vec::new();
+        if raw.clusters.is_empty() {
+            global.discovery = self.discovery(&raw.global, &raw.defaults, global.source, "global")?;
+            let (nodes, listeners) =
+                self.cluster(&raw.nodes, &raw.listeners, &raw.defaults, &global, &mut binds, &mut names)?;
+            if listeners.is_empty() {
+                return Err(self.src.error(0..0, "listener", "no [[listener]] is defined; pgfront needs at least one"));
+            }
+            let web = self.web(raw.web, &binds)?;
+            return Ok(Config {
+                path: self.src.path.to_owned(),
+                global,
+                nodes,
+                listeners,
+                web,
+                cluster: String::new(),
+                clusters: Vec::new(),
+            });
+        }
+        // With [[cluster]] tables, nodes, listeners and discovery belong to a cluster.
+        if let Some(n) = raw.nodes.first() {
+            let msg = "a top-level [[node]] cannot be mixed with [[cluster]] tables: move it into its cluster as [[cluster.node]]";
+            return Err(self.src.error(n.name.span(), "node", msg));
+        }
+        if let Some(l) = raw.listeners.first() {
+            let msg = "a top-level [[listener]] cannot be mixed with [[cluster]] tables: move it into its cluster as [[cluster.listener]]";
+            return Err(self.src.error(l.name.span(), "listener", msg));
+        }
+        let g = &raw.global;
+        let stray = [
+            ("global.discovery", g.discovery.as_ref().map(Spanned::span)),
+            ("global.discovery_seeds", g.discovery_seeds.as_ref().map(Spanned::span)),
+            ("global.discovery_allow", g.discovery_allow.as_ref().map(Spanned::span)),
+            ("global.discovery_inter", g.discovery_inter.as_ref().map(Spanned::span)),
+        ];
+        if let Some((key, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
+            let msg = "with [[cluster]] tables, discovery is set in each [[cluster]] (its seeds are that cluster's)";
+            return Err(self.src.error(span, key, msg));
+        }
+        let mut clusters: Vec<Config> = Vec::with_capacity(raw.clusters.len());
+        for c in &raw.clusters {
+            let name = c.name.get_ref();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(self.src.error(
+                    c.name.span(),
+                    "cluster.name",
+                    format!("{name:?} is not a valid name (letters, digits, '-', '_', '.')"),
+                ));
+            }
+            if clusters.iter().any(|o| &o.cluster == name) {
+                return Err(self.src.error(c.name.span(), "cluster.name", format!("duplicate cluster name {name:?}")));
+            }
+            let own = raw::RawGlobal {
+                discovery: c.discovery.clone(),
+                discovery_seeds: c.discovery_seeds.clone(),
+                discovery_allow: c.discovery_allow.clone(),
+                discovery_inter: c.discovery_inter.clone(),
+                ..Default::default()
+            };
+            let mut global = global.clone();
+            global.discovery = self.discovery(&own, &raw.defaults, global.source, "cluster")?;
+            let (nodes, listeners) =
+                self.cluster(&c.nodes, &c.listeners, &raw.defaults, &global, &mut binds, &mut names)?;
+            if listeners.is_empty() {
+                let msg = format!("cluster {name:?} has no [[cluster.listener]]; each cluster needs at least one");
+                return Err(self.src.error(c.name.span(), "cluster.listener", msg));
+            }
+            clusters.push(Config {
+                path: self.src.path.to_owned(),
+                global,
+                nodes,
+                listeners,
+                web: None,
+                cluster: name.clone(),
+                clusters: Vec::new(),
+            });
+        }
+        let web = self.web(raw.web, &binds)?;
+        for c in &mut clusters {
+            c.web.clone_from(&web);
+        }
+        Ok(Config {
+            path: self.src.path.to_owned(),
+            global,
+            nodes: Vec::new(),
+            listeners: Vec::new(),
+            web,
+            cluster: String::new(),
+            clusters,
+        })
+    }
+
+    /// One cluster's nodes and listeners. Listener names and binds are unique across the
+    /// whole file (`names`, `binds`), so metrics, admin actions and binds never collide.
+    fn cluster(
+        &self,
+        raw_nodes: &[RawNode],
+        raw_listeners: &[RawListener],
+        defaults: &RawDefaults,
+        global: &Global,
+        binds: &mut HashMap<SocketAddr, String>,
+        names: &mut Vec<String>,
+    ) -> Result<(Vec<Node>, Vec<Listener>)> {
+        let discovering = global.discovery.is_some();
+        let nodes = self.nodes(raw_nodes, defaults, global.source)?;
+        let mut listeners = Vec::with_capacity(raw_listeners.len());
+        for l in raw_listeners {
+            let listener = self.listener(l, defaults, raw_nodes, &nodes, global.check_mode, discovering)?;
+            if names.contains(&listener.name) {
                 return Err(self.src.error(
                     l.name.span(),
                     "listener.name",
@@ -445,12 +581,14 @@ impl Validator<'_> {
                     format!("{} is already bound by listener {other:?}", listener.bind),
                 ));
             }
+            names.push(listener.name.clone());
             listeners.push(listener);
         }
-        if listeners.is_empty() {
-            return Err(self.src.error(0..0, "listener", "no [[listener]] is defined; pgfront needs at least one"));
-        }
-        let web = match raw.web {
+        Ok((nodes, listeners))
+    }
+
+    fn web(&self, raw: Option<raw::RawWeb>, binds: &HashMap<SocketAddr, String>) -> Result<Option<Web>> {
+        Ok(match raw {
             None => None,
             Some(w) => {
                 let bind = self.bind(&w.bind, "web.bind")?;
@@ -517,8 +655,7 @@ impl Validator<'_> {
                 }
                 Some(Web { bind, refresh: w.refresh.map_or(defaults::WEB_REFRESH, |d| d.0), users })
             }
-        };
-        Ok(Config { path: self.src.path.to_owned(), global, nodes, listeners, web })
+        })
     }
 
     fn nodes(&self, raw: &[RawNode], defaults: &RawDefaults, source: Option<IpAddr>) -> Result<Vec<Node>> {

@@ -47,9 +47,29 @@ pub struct RawConfig {
     #[serde(default, rename = "listener")]
     pub listeners: Vec<RawListener>,
     pub web: Option<RawWeb>,
+    /// `[[cluster]]` tables: several Patroni clusters in one process. A file without them
+    /// is one unnamed cluster made of the top-level `[[node]]`s and `[[listener]]`s.
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<RawCluster>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// One `[[cluster]]` table: a Patroni cluster with its nodes (or discovery) and listeners.
+/// `[global]`, `[defaults]` and `[web]` stay top level and apply to every cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Spanned<String>,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<RawNode>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    pub discovery: Option<Spanned<String>>,
+    pub discovery_seeds: Option<Spanned<Vec<Spanned<String>>>>,
+    pub discovery_allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub discovery_inter: Option<Spanned<Dur>>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawGlobal {
     pub maxconn: Option<Spanned<usize>>,

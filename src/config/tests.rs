@@ -461,3 +461,133 @@ fn min_lsn_wait_defaults_overrides_and_errors() {
     assert_eq!((line, key.as_str()), (17, "min_lsn_wait"), "{msg}");
     assert!(msg.contains("patroni"), "{msg}");
 }
+
+const CLUSTERS: &str = r#"
+[defaults]
+inter = "3s"
+
+[[cluster]]
+name = "billing"
+
+[[cluster.node]]
+name = "node1"
+address = "127.0.0.31:5432"
+
+[[cluster.node]]
+name = "node2"
+address = "127.0.0.32:5432"
+
+[[cluster.listener]]
+name = "billing-primary"
+bind = "127.0.0.1:5100"
+balance = "first"
+check = { path = "/primary" }
+
+[[cluster.listener]]
+name = "billing-replicas"
+bind = "127.0.0.1:5101"
+check = { path = "/replica" }
+inter = "1s"
+
+[[cluster]]
+name = "orders"
+discovery = "patroni"
+discovery_seeds = ["127.0.0.41:8008"]
+discovery_allow = ["127.0.0.40/29"]
+
+[[cluster.node]]
+name = "node1"
+address = "127.0.0.41:5432"
+
+[[cluster.listener]]
+name = "orders-primary"
+bind = "127.0.0.1:5200"
+balance = "first"
+check = { path = "/primary" }
+
+[web]
+bind = "127.0.0.1:7100"
+"#;
+
+#[test]
+fn clusters_are_parsed_into_one_view_each() {
+    let c = parse(CLUSTERS).unwrap();
+    assert!(c.nodes.is_empty() && c.listeners.is_empty(), "a multi-cluster file has no top-level nodes");
+    let views = c.views();
+    let names: Vec<&str> = views.iter().map(|v| v.cluster.as_str()).collect();
+    assert_eq!(names, ["billing", "orders"]);
+    let (billing, orders) = (&views[0], &views[1]);
+    assert_eq!(billing.nodes.len(), 2);
+    assert_eq!(billing.listeners[0].servers, [0, 1]);
+    assert_eq!(billing.listeners[0].check.timing.inter, Duration::from_secs(3), "[defaults] apply to every cluster");
+    assert_eq!(billing.listeners[1].check.timing.inter, Duration::from_secs(1), "a listener overrides them");
+    assert!(billing.global.discovery.is_none());
+    let d = orders.global.discovery.as_ref().expect("discovery is per cluster");
+    assert_eq!(d.seeds, ["127.0.0.41:8008"]);
+    assert_eq!(orders.nodes[0].address, "127.0.0.41:5432", "node names may repeat across clusters");
+    assert_eq!(orders.web, c.web, "every view has the web surface");
+    assert!(c.global.discovery.is_none());
+    let binds: Vec<String> = c.all_listeners().map(|l| l.bind.to_string()).collect();
+    assert_eq!(binds, ["127.0.0.1:5100", "127.0.0.1:5101", "127.0.0.1:5200"]);
+}
+
+#[test]
+fn a_file_without_clusters_is_one_unnamed_cluster() {
+    let c = parse(BASE).unwrap();
+    assert!(c.clusters.is_empty());
+    let views = c.views();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0], c, "the view is the file itself");
+    assert_eq!(views[0].cluster, "");
+    for f in ["conf/local.toml", "conf/pgfront.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+        let shipped = Config::load(&path).unwrap();
+        assert_eq!(shipped.views().len(), 1, "{f} is one unnamed cluster");
+        assert_eq!(shipped.views()[0].cluster, "", "{f}");
+    }
+}
+
+#[test]
+fn cluster_errors_name_the_line_and_key() {
+    // A top-level [[listener]] mixed with [[cluster]].
+    let mixed = format!("[[listener]]\nname = \"x\"\nbind = \"127.0.0.1:6000\"\ncheck = {{ path = \"/primary\" }}\n{CLUSTERS}");
+    let (line, key, msg) = err_at(&mixed);
+    assert_eq!((line, key.as_str()), (2, "listener"), "{msg}");
+    assert!(msg.contains("cannot be mixed with [[cluster]]"), "{msg}");
+    let mixed = format!("[[node]]\nname = \"x\"\naddress = \"127.0.0.1:5432\"\n{CLUSTERS}");
+    let (line, key, msg) = err_at(&mixed);
+    assert_eq!((line, key.as_str()), (2, "node"), "{msg}");
+    // Discovery is per cluster.
+    let (line, key, _) = err_at(&format!("[global]\ndiscovery = \"patroni\"\n{CLUSTERS}"));
+    assert_eq!((line, key.as_str()), (2, "global.discovery"));
+    // Names.
+    let dup = CLUSTERS.replace("name = \"orders\"", "name = \"billing\"");
+    let (line, key, msg) = err_at(&dup);
+    assert_eq!((line, key.as_str()), (29, "cluster.name"), "{msg}");
+    assert!(msg.contains("duplicate cluster name \"billing\""), "{msg}");
+    let (_, key, _) = err_at(&CLUSTERS.replace("name = \"orders\"", "name = \"\""));
+    assert_eq!(key, "cluster.name");
+    let (line, key, msg) = err_at(&CLUSTERS.replace("\"orders-primary\"", "\"billing-primary\""));
+    assert_eq!((line, key.as_str()), (39, "listener.name"), "{msg}");
+    assert!(msg.contains("duplicate listener name"), "{msg}");
+    // Binds are unique across clusters.
+    let (line, key, msg) = err_at(&CLUSTERS.replace("127.0.0.1:5200", "127.0.0.1:5101"));
+    assert_eq!((line, key.as_str()), (40, "listener.bind"), "{msg}");
+    assert!(msg.contains("already bound by listener \"billing-replicas\""), "{msg}");
+    // A listener may name only its own cluster's nodes.
+    let foreign = CLUSTERS.replace(
+        "name = \"orders-primary\"",
+        "name = \"orders-primary\"\nservers = [\"node2\"]",
+    );
+    let (_, key, msg) = err_at(&foreign);
+    assert_eq!(key, "listener.servers", "{msg}");
+    // A cluster without listeners; unknown keys.
+    let empty = CLUSTERS.replace("[[cluster]]\nname = \"orders\"", "[[cluster]]\nname = \"empty\"\n\n[[cluster]]\nname = \"orders\"");
+    let (_, key, msg) = err_at(&empty);
+    assert_eq!(key, "cluster.listener", "{msg}");
+    let (_, _, msg) = err_at(&CLUSTERS.replace("name = \"orders\"\n", "name = \"orders\"\nnodes = 3\n"));
+    assert!(msg.contains("unknown field `nodes`"), "{msg}");
+    // Discovery keys of a cluster are checked there, with the cluster's key.
+    let (line, key, _) = err_at(&CLUSTERS.replace("discovery = \"patroni\"\n", ""));
+    assert_eq!((line, key.as_str()), (30, "cluster.discovery_seeds"));
+}

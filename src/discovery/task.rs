@@ -20,7 +20,7 @@ use super::{admit, parse_cluster, Refused};
 use crate::cluster::Runtime;
 use crate::config::{CheckSpec, CheckTiming, Discovery, Member, Origin};
 use crate::health::Probe;
-use crate::state::Shared;
+use crate::state::ClusterState;
 
 /// How a running pgfront takes a new member set: merged with the file's nodes and applied
 /// through the generation path of a reload. Returns whether the running set changed.
@@ -31,17 +31,17 @@ pub trait Apply: Send + Sync + 'static {
 /// How often a pgfront without discovery looks whether a reload turned it on.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// Runs until `stop`: reads the member list and applies changes.
-pub async fn run(shared: Arc<Shared>, probe: Arc<dyn Probe>, apply: Arc<dyn Apply>, stop: CancellationToken) {
+/// Runs until `stop`: reads `cluster`'s member list and applies changes to it.
+pub async fn run(cluster: Arc<ClusterState>, probe: Arc<dyn Probe>, apply: Arc<dyn Apply>, stop: CancellationToken) {
     let mut round = Round::default();
     loop {
         let started = Instant::now();
-        let rt = shared.runtime.load_full();
+        let rt = cluster.runtime();
         let next = match rt.config.global.discovery.clone() {
             None => started + IDLE,
             Some(d) => {
                 tokio::select! {
-                    () = round.run(&shared, &rt, &d, probe.as_ref(), apply.as_ref()) => {}
+                    () = round.run(&cluster, &rt, &d, probe.as_ref(), apply.as_ref()) => {}
                     () = stop.cancelled() => return,
                 }
                 started + d.inter
@@ -70,8 +70,8 @@ struct Round {
 }
 
 impl Round {
-    async fn run(&mut self, shared: &Shared, rt: &Runtime, d: &Discovery, probe: &dyn Probe, apply: &dyn Apply) {
-        let stats = &shared.discovery;
+    async fn run(&mut self, cluster: &ClusterState, rt: &Runtime, d: &Discovery, probe: &dyn Probe, apply: &dyn Apply) {
+        let stats = &cluster.discovery;
         let mut errors = Vec::new();
         let mut answer = None;
         for source in sources(d, rt, self.last_good.as_deref()) {

@@ -21,12 +21,19 @@ pub use copy::End;
 pub use react::Reactor;
 pub use tweaks::{bind, bind_copies};
 
-use crate::state::Shared;
+use crate::state::{ClusterState, Shared};
 
-/// Accepts on `socket` for the listener named `name` until the accept token is cancelled.
-/// The listener's policy is looked up in the current runtime at each accept, so a reload
-/// applies to the next session without rebinding.
-pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener, stop: CancellationToken) {
+/// Accepts on `socket` for the listener named `name` of `cluster` until the accept token is
+/// cancelled. The listener's policy is looked up in its cluster's current generation at
+/// each accept, so a reload applies to the next session without rebinding (and a listener
+/// a reload moved to another cluster is found there).
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    cluster: Arc<ClusterState>,
+    name: String,
+    socket: TcpListener,
+    stop: CancellationToken,
+) {
     loop {
         // Global maxconn: accept only while a place is free, as HAProxy does; the kernel's
         // backlog holds clients meanwhile. The place is taken after the accept, so idle
@@ -57,8 +64,9 @@ pub async fn accept_loop(shared: Arc<Shared>, name: String, socket: TcpListener,
                 () = stop.cancelled() => return,
             },
         };
-        let runtime = shared.runtime.load();
-        let Some(listener) = runtime.listener(&name).cloned() else {
+        let runtime = cluster.runtime();
+        let found = runtime.listener(&name).cloned().or_else(|| shared.listener(&name));
+        let Some(listener) = found else {
             // Removed by a reload whose socket has not closed yet.
             continue;
         };

@@ -843,7 +843,7 @@ mod tests {
         let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let tokens = Tokens::new();
         let shared = Arc::new(Shared::new(Runtime::build(Arc::new(config), &tokens.sessions), tokens));
-        let listener = Arc::clone(shared.runtime.load().listener("l").unwrap());
+        let listener = Arc::clone(shared.runtime().listener("l").unwrap());
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _peer = TcpStream::connect(socket.local_addr().unwrap()).await.unwrap();
         let (client, peer) = socket.accept().await.unwrap();

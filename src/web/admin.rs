@@ -50,7 +50,14 @@ pub fn apply(
     server: &str,
     action: &str,
 ) -> Result<String, (StatusCode, String)> {
-    let rt = shared.runtime.load();
+    // Listener names are unique across clusters: the listener names its cluster.
+    let rt = shared
+        .clusters
+        .load()
+        .iter()
+        .map(|c| c.runtime())
+        .find(|rt| rt.listener(listener).is_some())
+        .unwrap_or_else(|| shared.runtime());
     let Some(s) = rt.listener(listener).and_then(|l| l.servers.iter().find(|s| s.name == server)) else {
         return Err((StatusCode::NOT_FOUND, format!("no server {server:?} on listener {listener:?}")));
     };
@@ -85,6 +92,9 @@ struct ApiAction {
     node: String,
     /// One listener; all listeners that have the node when absent.
     listener: Option<String>,
+    /// The cluster of the node (`[[cluster]]` name); needed only when several clusters
+    /// have a node of that name and no listener is given.
+    cluster: Option<String>,
 }
 
 /// The JSON admin API for `pgfront ctl` and scripts: basic auth and the admin role, as the
@@ -114,9 +124,20 @@ pub async fn api(shared: &Shared, user: &str, req: Request<Incoming>) -> Reply {
     let listeners: Vec<String> = match &a.listener {
         Some(l) => vec![l.clone()],
         None => {
-            let rt = shared.runtime.load();
-            rt.listeners
+            let runtimes: Vec<_> = shared
+                .runtimes()
+                .into_iter()
+                .filter(|rt| a.cluster.as_ref().is_none_or(|c| &rt.config.cluster == c))
+                .filter(|rt| rt.listeners.iter().any(|l| l.servers.iter().any(|s| s.name == a.node)))
+                .collect();
+            if runtimes.len() > 1 {
+                let names: Vec<&str> = runtimes.iter().map(|rt| rt.config.cluster.as_str()).collect();
+                let why = format!("node {:?} is in clusters {names:?}: say which with \"cluster\"", a.node);
+                return error(StatusCode::CONFLICT, why);
+            }
+            runtimes
                 .iter()
+                .flat_map(|rt| rt.listeners.iter())
                 .filter(|l| l.servers.iter().any(|s| s.name == a.node))
                 .map(|l| l.config.name.clone())
                 .collect()

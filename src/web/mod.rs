@@ -85,7 +85,7 @@ impl Web {
             // For Pacemaker or an outer balancer: the process is up and serving.
             return text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
         }
-        let runtime = self.shared.runtime.load();
+        let runtime = self.shared.runtime();
         let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
         let Some(user) = self.verified.user(req.headers(), users).await else {
             let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "authentication required\n".into());
@@ -123,7 +123,7 @@ impl Web {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
             },
             "/" | "/stats" => {
-                let refresh = self.shared.runtime.load().config.web.as_ref().map_or(5, |w| w.refresh.as_secs().max(1));
+                let refresh = self.shared.runtime().config.web.as_ref().map_or(5, |w| w.refresh.as_secs().max(1));
                 let csrf = (role == Role::Admin).then_some(self.csrf.as_str());
                 text(StatusCode::OK, "text/html; charset=utf-8", page::render(&snap, refresh, csrf))
             }

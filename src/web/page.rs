@@ -99,8 +99,34 @@ pub fn render(s: &Snapshot, refresh_secs: u64, csrf: Option<&str>) -> String {
 "##,
         esc(s.version),
         ago(s.uptime_secs),
-        s.sessions,
+        s.each().map(|c| c.sessions).sum::<usize>(),
     );
+    if let Some(e) = &s.reload_error {
+        let _ = write!(
+            h,
+            r#"<p class="banner alert">The last reload was refused; the running configuration is unchanged: {}</p>"#,
+            esc(e)
+        );
+    }
+    // One section per cluster: the page as it always was for a file without [[cluster]].
+    for c in s.each() {
+        section(&mut h, c, csrf);
+    }
+    let _ = write!(
+        h,
+        "<p class=\"muted\">reloads: {} ok, {} refused</p>\n</body></html>\n",
+        s.reloads_ok, s.reloads_failed
+    );
+    h
+}
+
+/// One cluster: its leader, Patroni's view of its nodes, its listeners, failovers and
+/// transitions. A named cluster (`[[cluster]]`) gets a heading.
+fn section(h: &mut String, s: &Snapshot, csrf: Option<&str>) {
+    if !s.cluster.is_empty() {
+        let _ = write!(h, r#"<h2 class="cl" id="cluster-{0}" style="font-size:17px;border-top:2px solid #99a;padding-top:.3em">Cluster {0}</h2>"#, esc(&s.cluster));
+        h.push('\n');
+    }
     match (&s.leader, s.leader_conflict) {
         (_, true) => h.push_str(r#"<p class="banner alert">Several nodes claim leadership on the same timeline: writes are held until one remains.</p>"#),
         (Some(l), _) => {
@@ -138,31 +164,19 @@ pub fn render(s: &Snapshot, refresh_secs: u64, csrf: Option<&str>) -> String {
             );
         }
     }
-    if let Some(e) = &s.reload_error {
-        let _ = write!(
-            h,
-            r#"<p class="banner alert">The last reload was refused; the running configuration is unchanged: {}</p>"#,
-            esc(e)
-        );
-    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    history::timeline(&mut h, s, now);
-    cluster(&mut h, s);
+    history::timeline(h, s, now);
+    cluster(h, s);
     for l in &s.listeners {
-        listener(&mut h, s, l, csrf);
+        listener(h, s, l, csrf);
     }
-    history::failovers(&mut h, &s.failovers);
+    history::failovers(h, &s.failovers);
     h.push_str("<h2>Recent transitions</h2>\n<ol class=\"events\">\n");
     for e in s.events.iter().take(30) {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at);
         let _ = writeln!(h, "<li>{} {}</li>", humantime::format_rfc3339_seconds(at), esc(&e.text));
     }
-    let _ = write!(
-        h,
-        "</ol>\n<p class=\"muted\">reloads: {} ok, {} refused</p>\n</body></html>\n",
-        s.reloads_ok, s.reloads_failed
-    );
-    h
+    h.push_str("</ol>\n");
 }
 
 /// The cluster as Patroni describes it, with each node's last hour of check latency and

@@ -1,0 +1,239 @@
+//! Several Patroni clusters in one process (`[[cluster]]`): each cluster has its own
+//! generation, checkers and leadership, so a leader change, a reload or a removal in one
+//! never touches another's sessions or health. Against scripted REST fakes.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfront::{Config, Pgfront};
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+const WEB: &str = r#"
+[web]
+bind = "127.0.0.1:0"
+[[web.user]]
+name = "admin"
+password = "secret"
+role = "admin"
+"#;
+
+/// A `[[cluster]]` named `name` over `lab`'s nodes (named node1..), with a write listener
+/// `NAME-primary` and a round-robin `NAME-replicas`.
+fn cluster(name: &str, lab: &Lab, inter: &str) -> String {
+    let nodes = lab.nodes_toml().replace("[[node]]", "[[cluster.node]]");
+    format!(
+        r#"
+[[cluster]]
+name = "{name}"
+
+{nodes}
+[[cluster.listener]]
+name = "{name}-primary"
+bind = "127.0.0.1:0"
+balance = "first"
+check = {{ path = "/primary" }}
+{inter}
+
+[[cluster.listener]]
+name = "{name}-replicas"
+bind = "127.0.0.1:0"
+check = {{ path = "/replica" }}
+"#
+    )
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(Path::new("clusters.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn up(pg: &Pgfront, listener: &str) -> usize {
+    pg.shared().listener(listener).map_or(0, |l| l.servers_up())
+}
+
+/// What must not move in a cluster that is left alone: its generation (the same `Arc`),
+/// its leader changes, and every server's up/down transitions and check failures.
+struct Untouched {
+    runtime: Arc<pgfront::cluster::Runtime>,
+    leader_changes: u64,
+    health: Vec<(String, String, u64, u64, bool)>,
+}
+
+fn untouched(pg: &Pgfront, name: &str) -> Untouched {
+    let runtime = pg.cluster(name).expect("the cluster runs").runtime.load_full();
+    Untouched {
+        leader_changes: runtime.leadership.changes.load(Ordering::SeqCst),
+        health: health(&runtime),
+        runtime,
+    }
+}
+
+fn health(rt: &pgfront::cluster::Runtime) -> Vec<(String, String, u64, u64, bool)> {
+    rt.listeners
+        .iter()
+        .flat_map(|l| {
+            l.servers.iter().map(move |s| {
+                let r = s.check.report();
+                (l.config.name.clone(), s.name.clone(), r.downs, r.failures, s.is_up())
+            })
+        })
+        .collect()
+}
+
+impl Untouched {
+    fn assert_same(&self, pg: &Pgfront, name: &str, what: &str) {
+        let now = pg.cluster(name).expect("the cluster still runs").runtime.load_full();
+        assert!(Arc::ptr_eq(&self.runtime, &now), "{what}: cluster {name}'s generation was rebuilt");
+        assert_eq!(now.leadership.changes.load(Ordering::SeqCst), self.leader_changes, "{what}: {name}'s leadership");
+        assert_eq!(health(&now), self.health, "{what}: {name}'s health");
+    }
+}
+
+#[tokio::test]
+async fn a_leader_change_in_one_cluster_leaves_the_other_alone() {
+    let (a, b) = (Lab::start(3).await, Lab::start(3).await);
+    a.leader(0);
+    b.leader(0);
+    let text = format!("{FAST}{}{}{WEB}", cluster("a", &a, ""), cluster("b", &b, ""));
+    let pg = support::start(&text);
+    eventually(LIMIT, "both clusters up", || {
+        up(&pg, "a-primary") == 1 && up(&pg, "a-replicas") == 2 && up(&pg, "b-primary") == 1 && up(&pg, "b-replicas") == 2
+    })
+    .await;
+    // Sessions in both clusters; each lands on its own cluster's backends.
+    let mut a_write = connect(pg.listener_addr("a-primary").unwrap()).await.unwrap();
+    assert_eq!(a.nodes[0].backend.accepted.load(Ordering::SeqCst), 1);
+    let mut b_write = connect(pg.listener_addr("b-primary").unwrap()).await.unwrap();
+    assert_eq!((b_write.server.as_str(), b.nodes[0].backend.accepted.load(Ordering::SeqCst)), ("node1", 1));
+    let mut b_read = connect_to(pg.listener_addr("b-replicas").unwrap(), "node2").await;
+    assert_eq!(a.nodes[1].backend.accepted.load(Ordering::SeqCst), 0, "cluster b's sessions never reach a's nodes");
+    let before = untouched(&pg, "b");
+
+    // A switchover in cluster a: node2 leads there, node1's write session is cut.
+    a.leader(1);
+    eventually(LIMIT, "a's new leader", || {
+        let l = pg.shared().listener("a-primary").unwrap();
+        l.servers.iter().any(|s| s.name == "node2" && s.is_up()) && l.servers_up() == 1
+    })
+    .await;
+    assert!(a_write.closed_within(LIMIT).await, "the session on a's old leader is cut");
+    let a_new = connect(pg.listener_addr("a-primary").unwrap()).await.unwrap();
+    assert_eq!(a_new.server, "node2");
+    assert_eq!(pg.cluster("a").unwrap().runtime.load().leadership.changes.load(Ordering::SeqCst), 2);
+
+    // Cluster b: same generation, same leader, no transition, its sessions open and working.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    before.assert_same(&pg, "b", "after a's switchover");
+    b_write.echo(b"b still writes").await.expect("b's write session is untouched");
+    b_read.echo(b"b still reads").await.expect("b's read session is untouched");
+    let b_leader = pg.cluster("b").unwrap().runtime.load().leadership.leader();
+    assert_eq!(b_leader, Some(0), "b's leader is still node1");
+
+    // The views: one section, one JSON entry and a `cluster` label per cluster.
+    let web = pg.web_addr().unwrap();
+    let (status, json) = http_get(web, "/status.json", Some("YWRtaW46c2VjcmV0")).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let clusters = v["clusters"].as_array().expect("per-cluster data");
+    assert_eq!(clusters.len(), 2);
+    assert_eq!((clusters[0]["cluster"].as_str(), clusters[0]["leader"].as_str()), (Some("a"), Some("node2")));
+    assert_eq!((clusters[1]["cluster"].as_str(), clusters[1]["leader"].as_str()), (Some("b"), Some("node1")));
+    assert_eq!(clusters[1]["leader_changes"], 1);
+    assert_eq!(v["cluster"], "a", "the top level is the first cluster");
+    let (_, page) = http_get(web, "/", Some("YWRtaW46c2VjcmV0")).await;
+    assert!(page.contains("Cluster a") && page.contains("Cluster b"), "a section per cluster");
+    let (_, metrics) = http_get(web, "/metrics", None).await;
+    for series in [
+        r#"pgfront_node_is_leader{cluster="a",node="node2"} 1"#,
+        r#"pgfront_node_is_leader{cluster="b",node="node1"} 1"#,
+        r#"pgfront_server_current_sessions{cluster="b",listener="b-replicas",server="node2"} 1"#,
+        r#"pgfront_leader_changes_total{cluster="a"} 2"#,
+        r#"pgfront_leader_changes_total{cluster="b"} 1"#,
+        "pgfront_config_last_reload_successful 1",
+    ] {
+        assert!(metrics.contains(series), "missing {series}\n{metrics}");
+    }
+    drop((a_new, b_write, b_read));
+    pg.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_reload_adds_and_removes_a_cluster_without_touching_the_other() {
+    let (a, b) = (Lab::start(2).await, Lab::start(2).await);
+    a.leader(0);
+    b.leader(0);
+    let only_a = format!("{FAST}{}{WEB}", cluster("a", &a, ""));
+    let pg = support::start(&only_a);
+    eventually(LIMIT, "a up", || up(&pg, "a-primary") == 1 && up(&pg, "a-replicas") == 1).await;
+    assert!(pg.listener_addr("b-primary").is_none());
+    let mut a_write = connect(pg.listener_addr("a-primary").unwrap()).await.unwrap();
+    let a_before = untouched(&pg, "a");
+
+    // Adding b: a's generation, health and sessions stay as they are.
+    let both = format!("{FAST}{}{}{WEB}", cluster("a", &a, ""), cluster("b", &b, ""));
+    pg.reload(parse(&both)).expect("the reload applies");
+    eventually(LIMIT, "b up", || up(&pg, "b-primary") == 1 && up(&pg, "b-replicas") == 1).await;
+    let mut b_write = connect(pg.listener_addr("b-primary").unwrap()).await.unwrap();
+    assert_eq!(b.nodes[0].backend.accepted.load(Ordering::SeqCst), 1);
+    a_before.assert_same(&pg, "a", "after b was added");
+    a_write.echo(b"a after b joined").await.expect("a's session is untouched");
+
+    // Retiming b alone leaves a alone too.
+    let b_retimed = format!("{FAST}{}{}{WEB}", cluster("a", &a, ""), cluster("b", &b, "inter = \"40ms\""));
+    pg.reload(parse(&b_retimed)).expect("the reload applies");
+    a_before.assert_same(&pg, "a", "after b was retimed");
+    assert_eq!(up(&pg, "b-primary"), 1, "b's health carries over its own reload");
+
+    // Removing a: b's generation, health and sessions stay; a's open session runs to its
+    // end, its listeners stop accepting and its nodes are no longer probed.
+    let b_before = untouched(&pg, "b");
+    let only_b = format!("{FAST}{}{WEB}", cluster("b", &b, "inter = \"40ms\""));
+    pg.reload(parse(&only_b)).expect("the reload applies");
+    assert!(pg.cluster("a").is_none());
+    assert!(pg.listener_addr("a-primary").is_none() && pg.listener_addr("a-replicas").is_none());
+    b_before.assert_same(&pg, "b", "after a was removed");
+    b_write.echo(b"b after a left").await.expect("b's session is untouched");
+    a_write.echo(b"a's session runs to its end").await.expect("a removed cluster's open session stays");
+    let probes = a.nodes[0].rest.hits("/primary");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.nodes[0].rest.hits("/primary") <= probes + 1, "a's checkers stopped");
+    let (_, json) = http_get(pg.web_addr().unwrap(), "/status.json", Some("YWRtaW46c2VjcmV0")).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let names: Vec<&str> = v["clusters"].as_array().unwrap().iter().filter_map(|c| c["cluster"].as_str()).collect();
+    assert_eq!(names, ["b"]);
+    assert_eq!(pg.shared().reloads.ok.load(Ordering::SeqCst), 3);
+    drop((a_write, b_write));
+    pg.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn admin_actions_name_the_cluster_when_node_names_repeat() {
+    let (a, b) = (Lab::start(2).await, Lab::start(2).await);
+    a.leader(0);
+    b.leader(0);
+    let pg = support::start(&format!("{FAST}{}{}{WEB}", cluster("a", &a, ""), cluster("b", &b, "")));
+    eventually(LIMIT, "up", || up(&pg, "a-replicas") == 1 && up(&pg, "b-replicas") == 1).await;
+    let src = pgfront::status::Source {
+        url: format!("http://{}", pg.web_addr().unwrap()),
+        user: Some("admin".into()),
+        password: Some("secret".into()),
+        timeout: Duration::from_secs(5),
+    };
+    let act = |cluster: Option<&'static str>| {
+        let src = src.clone();
+        tokio::task::spawn_blocking(move || pgfront::status::act(&src, "drain", "node2", None, cluster))
+    };
+    let refused = act(None).await.unwrap().expect_err("node2 is in both clusters");
+    assert!(matches!(&refused, Ok(why) if why.contains("cluster")), "{refused:?}");
+    let done = act(Some("b")).await.unwrap().expect("drained in b");
+    assert_eq!(done, ["b-primary/node2: set DRAIN", "b-replicas/node2: set DRAIN"]);
+    let a_node2 = pg.shared().listener("a-replicas").unwrap().servers[1].admin();
+    let b_node2 = pg.shared().listener("b-replicas").unwrap().servers[1].admin();
+    assert_eq!((a_node2.as_str(), b_node2.as_str()), ("READY", "DRAIN"));
+    pg.shutdown(Duration::from_secs(1)).await;
+}
