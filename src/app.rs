@@ -421,7 +421,8 @@ impl Generations {
     ) {
         for (name, configured, socket) in fresh {
             let Some(cluster) = cluster_of(&self.shared, &name) else { continue };
-            let (addr, token) = spawn_listener(&self.shared, &self.tasks, &self.workers, &cluster, name.clone(), socket);
+            let (addr, token) =
+                spawn_listener(&self.shared, &self.tasks, &self.workers, &cluster, name.clone(), socket);
             if let Some((_, _, old)) = serving.listeners.insert(name, (configured, addr, token)) {
                 old.cancel();
             }

@@ -58,6 +58,11 @@ impl ClusterState {
             discovery: Default::default(),
         }
     }
+
+    /// The current generation.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
 }
 
 #[derive(Debug)]

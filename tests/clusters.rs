@@ -66,11 +66,7 @@ struct Untouched {
 
 fn untouched(pg: &Pgfront, name: &str) -> Untouched {
     let runtime = pg.cluster(name).expect("the cluster runs").runtime.load_full();
-    Untouched {
-        leader_changes: runtime.leadership.changes.load(Ordering::SeqCst),
-        health: health(&runtime),
-        runtime,
-    }
+    Untouched { leader_changes: runtime.leadership.changes.load(Ordering::SeqCst), health: health(&runtime), runtime }
 }
 
 fn health(rt: &pgfront::cluster::Runtime) -> Vec<(String, String, u64, u64, bool)> {
@@ -102,7 +98,10 @@ async fn a_leader_change_in_one_cluster_leaves_the_other_alone() {
     let text = format!("{FAST}{}{}{WEB}", cluster("a", &a, ""), cluster("b", &b, ""));
     let pg = support::start(&text);
     eventually(LIMIT, "both clusters up", || {
-        up(&pg, "a-primary") == 1 && up(&pg, "a-replicas") == 2 && up(&pg, "b-primary") == 1 && up(&pg, "b-replicas") == 2
+        up(&pg, "a-primary") == 1
+            && up(&pg, "a-replicas") == 2
+            && up(&pg, "b-primary") == 1
+            && up(&pg, "b-replicas") == 2
     })
     .await;
     // Sessions in both clusters; each lands on its own cluster's backends.
@@ -235,5 +234,65 @@ async fn admin_actions_name_the_cluster_when_node_names_repeat() {
     let a_node2 = pg.shared().listener("a-replicas").unwrap().servers[1].admin();
     let b_node2 = pg.shared().listener("b-replicas").unwrap().servers[1].admin();
     assert_eq!((a_node2.as_str(), b_node2.as_str()), ("READY", "DRAIN"));
+    pg.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Patroni's `/cluster` answer listing `lab`'s first `count` nodes as node1...
+fn members_json(lab: &Lab, count: usize) -> String {
+    let list: Vec<String> = lab.nodes[..count]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                r#"{{"name": "node{}", "role": "replica", "state": "streaming", "host": "{}", "port": {}, "api_url": "http://{}/patroni"}}"#,
+                i + 1,
+                n.backend.addr.ip(),
+                n.backend.addr.port(),
+                n.rest.addr
+            )
+        })
+        .collect();
+    format!(r#"{{"members": [{}], "scope": "b"}}"#, list.join(", "))
+}
+
+#[tokio::test]
+async fn discovery_in_one_cluster_changes_only_that_cluster() {
+    let (a, b) = (Lab::start(2).await, Lab::start(3).await);
+    a.leader(0);
+    b.leader(0);
+    for n in &b.nodes {
+        n.rest.set_body("/cluster", &members_json(&b, 2));
+    }
+    let discovered = format!(
+        r#"
+[[cluster]]
+name = "b"
+discovery = "patroni"
+discovery_seeds = ["{}"]
+discovery_allow = ["127.0.0.1"]
+discovery_inter = "50ms"
+
+[[cluster.listener]]
+name = "b-replicas"
+bind = "127.0.0.1:0"
+check = {{ path = "/replica" }}
+"#,
+        b.nodes[0].rest.addr
+    );
+    let pg = support::start(&format!("{FAST}{}{discovered}{WEB}", cluster("a", &a, "")));
+    eventually(LIMIT, "a up, b's members found", || up(&pg, "a-replicas") == 1 && up(&pg, "b-replicas") == 1).await;
+    let mut a_read = connect(pg.listener_addr("a-replicas").unwrap()).await.unwrap();
+    let a_before = untouched(&pg, "a");
+    // A third member joins b: b's generation changes, a's does not.
+    for n in &b.nodes {
+        n.rest.set_body("/cluster", &members_json(&b, 3));
+    }
+    eventually(LIMIT, "node3 joins b", || up(&pg, "b-replicas") == 2).await;
+    assert_eq!(pg.cluster("b").unwrap().runtime.load().config.nodes.len(), 3);
+    assert!(pg.cluster("b").unwrap().discovery.changes.load(Ordering::SeqCst) >= 2);
+    assert_eq!(pg.cluster("a").unwrap().discovery.changes.load(Ordering::SeqCst), 0);
+    a_before.assert_same(&pg, "a", "after b's member set changed");
+    a_read.echo(b"a is untouched").await.unwrap();
+    assert_eq!(pg.shared().reloads.ok.load(Ordering::SeqCst), 0, "no reload");
     pg.shutdown(Duration::from_secs(1)).await;
 }

@@ -123,10 +123,8 @@ async fn a_member_that_leaves_keeps_its_sessions_until_its_check_fails() {
     publish(&lab, &cluster_json(&all));
     let pg = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
     let replicas = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "both replicas up", || {
-        pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2
-    })
-    .await;
+    eventually(LIMIT, "both replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2)
+        .await;
     let mut live = connect_to(replicas, "node3").await;
 
     publish(&lab, &cluster_json(&all[..2]));
@@ -238,10 +236,8 @@ async fn declared_nodes_keep_their_settings_and_a_reload_keeps_the_members() {
     eventually(LIMIT, "three nodes", || node_names(&pg).len() == 3).await;
     assert_eq!(node_names(&pg)[0], ("node2".to_owned(), Origin::Declared), "declared nodes come first");
     let replicas = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "both replicas up", || {
-        pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2
-    })
-    .await;
+    eventually(LIMIT, "both replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2)
+        .await;
     let rt = pg.shared().runtime();
     let limit = |name: &str| rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == name).unwrap().maxconn;
     assert_eq!((limit("node2"), limit("node3")), (1, 100), "declared maxconn kept, defaults for the discovered");
@@ -283,10 +279,8 @@ async fn measure_connect_cost() {
     let declared = start(&lab.config(""));
     let discovered = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
     for pg in [&declared, &discovered] {
-        eventually(LIMIT, "two replicas", || {
-            pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2
-        })
-        .await;
+        eventually(LIMIT, "two replicas", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2)
+            .await;
     }
     for round in 0..3 {
         let a = sample(declared.listener_addr("replicas").unwrap(), n).await;
@@ -339,7 +333,8 @@ async fn an_empty_or_foreign_answer_changes_nothing() {
     ] {
         publish(&lab, &json);
         let seen = pg.shared().first().discovery.errors.load(Ordering::Relaxed);
-        eventually(LIMIT, "rounds fail", || pg.shared().first().discovery.errors.load(Ordering::Relaxed) > seen + 2).await;
+        eventually(LIMIT, "rounds fail", || pg.shared().first().discovery.errors.load(Ordering::Relaxed) > seen + 2)
+            .await;
         assert_eq!(node_names(&pg).len(), 3, "the member set is unchanged by {json}");
     }
     assert!(pg.shared().first().discovery.errors.load(Ordering::Relaxed) > errors);

@@ -43,7 +43,8 @@ struct LabEnv {
 
 impl LabEnv {
     fn from_env(which: &str, net: &str, etcd: &str, dir: &str) -> LabEnv {
-        let var = |k: &str, d: &str| std::env::var(format!("PGFRONT_CLUSTERS_{which}_{k}")).unwrap_or_else(|_| d.into());
+        let var =
+            |k: &str, d: &str| std::env::var(format!("PGFRONT_CLUSTERS_{which}_{k}")).unwrap_or_else(|_| d.into());
         LabEnv { net: var("NET", net), etcd: var("ETCD", etcd), dir: PathBuf::from(var("DIR", dir)) }
     }
 
@@ -108,7 +109,9 @@ impl LabEnv {
             String::new()
         };
         (1..=3)
-            .map(|i| format!("[[cluster.node]]\nname = \"node{i}\"\naddress = \"{n}{i}:5432\"\n{check_tls}\n", n = self.net))
+            .map(|i| {
+                format!("[[cluster.node]]\nname = \"node{i}\"\naddress = \"{n}{i}:5432\"\n{check_tls}\n", n = self.net)
+            })
             .collect()
     }
 }
@@ -197,7 +200,10 @@ async fn a_switchover_in_one_cluster_leaves_the_other_clusters_sessions_alone() 
     let b_leader = format!("{}{}", b.net, b.leader().await.trim_start_matches("node"));
     let pg = support::start(&config(&a, &b));
     eventually(LIVENESS, "both clusters routed", || {
-        up(&pg, "a-primary") == 1 && up(&pg, "a-replicas") == 2 && up(&pg, "b-primary") == 1 && up(&pg, "b-replicas") == 2
+        up(&pg, "a-primary") == 1
+            && up(&pg, "a-replicas") == 2
+            && up(&pg, "b-primary") == 1
+            && up(&pg, "b-replicas") == 2
     })
     .await;
 

@@ -459,8 +459,7 @@ check = {{ method = "OPTIONS", path = "/master" }}
     let parse = || pgfront::Config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let bound = pgfront::Bound::bind(&parse()).unwrap();
     let pg = pgfront::app::start(parse(), bound);
-    let server =
-        |pg: &pgfront::Pgfront| Arc::clone(&pg.shared().runtime().listener("primary").unwrap().servers[0]);
+    let server = |pg: &pgfront::Pgfront| Arc::clone(&pg.shared().runtime().listener("primary").unwrap().servers[0]);
     support::eventually(Duration::from_secs(10), "the check fails on the old CA", || {
         server(&pg).check.report().last.is_some_and(|r| r.code == CheckCode::L6Rsp)
     })

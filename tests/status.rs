@@ -72,8 +72,7 @@ async fn status_prints_the_cluster_and_says_whether_a_leader_is_admitted() {
     for n in &lab.nodes {
         n.rest.patroni("replica", 9);
     }
-    eventually(LIMIT, "leader gone", || pg.shared().runtime().listener("primary").unwrap().servers_up() == 0)
-        .await;
+    eventually(LIMIT, "leader gone", || pg.shared().runtime().listener("primary").unwrap().servers_up() == 0).await;
     let (code, out, _) = status(&["--url", &url, "--user", "viewer"], &[("PGFRONT_PASSWORD", "look")]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("NO LEADER"), "{out}");

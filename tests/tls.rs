@@ -126,8 +126,7 @@ async fn direct_tls_clients_are_accepted() {
     let (_dir, cert, key) = cert();
     let pg = start(&config(&lab, &cert, &key));
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1)
-        .await;
+    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1).await;
     // PostgreSQL 17's sslnegotiation=direct: a ClientHello straight away, ALPN postgresql.
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut tls = connector(true).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
@@ -144,8 +143,7 @@ async fn plain_clients_still_work_and_a_bad_handshake_is_closed() {
     let (_dir, cert, key) = cert();
     let pg = start(&config(&lab, &cert, &key));
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1)
-        .await;
+    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1).await;
     let mut plain = TcpStream::connect(addr).await.unwrap();
     plain.write_all(&startup_message(&[("user", "app")])).await.unwrap();
     assert_eq!(server_name(&mut plain).await, "node2");
@@ -179,8 +177,7 @@ async fn a_failed_tls_handshake_towards_the_server_is_08006_at_once_not_a_hold()
         config(&lab, &cert, &key).replace("server = \"disable\" }", "server = \"require\" }\ntimeout_queue = \"30s\"");
     let pg = start(&text);
     let addr = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1)
-        .await;
+    eventually(LIMIT, "replica up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 1).await;
     let mut plain = TcpStream::connect(addr).await.unwrap();
     plain.write_all(&startup_message(&[("user", "app")])).await.unwrap();
     let mut first = [0u8; 1];
@@ -207,14 +204,7 @@ async fn a_tls_client_that_gives_up_while_queued_leaves_the_queue() {
     let pg = start(&text);
     let addr = pg.listener_addr("replicas").unwrap();
     let queued = || {
-        pg.shared()
-            .runtime
-            .load()
-            .listener("replicas")
-            .unwrap()
-            .stats
-            .queue_cur
-            .load(std::sync::atomic::Ordering::SeqCst)
+        pg.shared().runtime().listener("replicas").unwrap().stats.queue_cur.load(std::sync::atomic::Ordering::SeqCst)
     };
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&OPENING).await.unwrap();
@@ -254,8 +244,7 @@ async fn an_encrypted_cancel_request_is_closed_with_a_close_notify() {
     assert!(r.is_ok(), "a clean TLS close, not {r:?}");
     assert!(rest.is_empty());
     eventually(LIMIT, "the cancel was forwarded", || {
-        pg.shared().runtime().listener("replicas").unwrap().stats.cancels.load(std::sync::atomic::Ordering::SeqCst)
-            == 1
+        pg.shared().runtime().listener("replicas").unwrap().stats.cancels.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
 }

@@ -219,8 +219,7 @@ async fn admin_actions_need_an_admin_and_the_csrf_token() {
     let pg = start(&lab.config(""));
     let web = pg.web_addr().unwrap();
     let replicas = pg.listener_addr("replicas").unwrap();
-    eventually(LIMIT, "replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2)
-        .await;
+    eventually(LIMIT, "replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2).await;
     let token = csrf(web).await;
     let form = |action: &str, t: &str| format!("listener=replicas&server=node2&action={action}&csrf={t}");
 

@@ -121,7 +121,7 @@ impl Validator<'_> {
                 "none" => None,
                 other => {
                     let msg = format!("unknown discovery {other:?}; expected \"patroni\" or \"none\"");
-                    return Err(self.src.error(v.span(), &key("discovery"), msg));
+                    return Err(self.src.error(v.span(), key("discovery"), msg));
                 }
             },
         };
@@ -152,7 +152,7 @@ impl Validator<'_> {
         }
         let mut allow = Vec::new();
         for a in list(&g.discovery_allow, &key("discovery_allow"), "address block (10.0.0.0/24)")? {
-            allow.push(Cidr::parse(a.get_ref()).map_err(|e| self.src.error(a.span(), &key("discovery_allow"), e))?);
+            allow.push(Cidr::parse(a.get_ref()).map_err(|e| self.src.error(a.span(), key("discovery_allow"), e))?);
         }
         let inter = self.nonzero(&d.inter, "inter", defaults::INTER)?;
         let inter = self.nonzero(&g.discovery_inter, &key("discovery_inter"), inter)?;

@@ -550,7 +550,8 @@ fn a_file_without_clusters_is_one_unnamed_cluster() {
 #[test]
 fn cluster_errors_name_the_line_and_key() {
     // A top-level [[listener]] mixed with [[cluster]].
-    let mixed = format!("[[listener]]\nname = \"x\"\nbind = \"127.0.0.1:6000\"\ncheck = {{ path = \"/primary\" }}\n{CLUSTERS}");
+    let mixed =
+        format!("[[listener]]\nname = \"x\"\nbind = \"127.0.0.1:6000\"\ncheck = {{ path = \"/primary\" }}\n{CLUSTERS}");
     let (line, key, msg) = err_at(&mixed);
     assert_eq!((line, key.as_str()), (2, "listener"), "{msg}");
     assert!(msg.contains("cannot be mixed with [[cluster]]"), "{msg}");
@@ -575,14 +576,12 @@ fn cluster_errors_name_the_line_and_key() {
     assert_eq!((line, key.as_str()), (40, "listener.bind"), "{msg}");
     assert!(msg.contains("already bound by listener \"billing-replicas\""), "{msg}");
     // A listener may name only its own cluster's nodes.
-    let foreign = CLUSTERS.replace(
-        "name = \"orders-primary\"",
-        "name = \"orders-primary\"\nservers = [\"node2\"]",
-    );
+    let foreign = CLUSTERS.replace("name = \"orders-primary\"", "name = \"orders-primary\"\nservers = [\"node2\"]");
     let (_, key, msg) = err_at(&foreign);
     assert_eq!(key, "listener.servers", "{msg}");
     // A cluster without listeners; unknown keys.
-    let empty = CLUSTERS.replace("[[cluster]]\nname = \"orders\"", "[[cluster]]\nname = \"empty\"\n\n[[cluster]]\nname = \"orders\"");
+    let empty = CLUSTERS
+        .replace("[[cluster]]\nname = \"orders\"", "[[cluster]]\nname = \"empty\"\n\n[[cluster]]\nname = \"orders\"");
     let (_, key, msg) = err_at(&empty);
     assert_eq!(key, "cluster.listener", "{msg}");
     let (_, _, msg) = err_at(&CLUSTERS.replace("name = \"orders\"\n", "name = \"orders\"\nnodes = 3\n"));

@@ -64,7 +64,7 @@ pub async fn accept_loop(
                 () = stop.cancelled() => return,
             },
         };
-        let runtime = cluster.runtime();
+        let runtime = cluster.runtime.load();
         let found = runtime.listener(&name).cloned().or_else(|| shared.listener(&name));
         let Some(listener) = found else {
             // Removed by a reload whose socket has not closed yet.

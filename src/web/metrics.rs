@@ -20,7 +20,11 @@ pub fn render(snap: &Snapshot) -> String {
     let on = snap.each().any(|c| !c.cluster.is_empty());
     let mut m = Metrics { registry: Registry::new(), cluster: on };
     let server = ["cluster", "listener", "server"];
-    let st = m.gauge("server_status", "Server status: 1 for the current state.", &["cluster", "listener", "server", "state"]);
+    let st = m.gauge(
+        "server_status",
+        "Server status: 1 for the current state.",
+        &["cluster", "listener", "server", "state"],
+    );
     let cur = m.gauge("server_current_sessions", "Sessions open on the server.", &server);
     let max = m.gauge("server_max_sessions", "Most sessions ever open at once on the server.", &server);
     let lim = m.gauge("server_limit_sessions", "The server's maxconn.", &server);
@@ -65,54 +69,57 @@ pub fn render(snap: &Snapshot) -> String {
         &["cluster", "listener"],
     );
     for c in snap.each() {
-    let cn = c.cluster.as_str();
-    for l in &c.listeners {
-        let ln = l.name.as_str();
-        active.with_label_values(&lv(on, &[cn, ln])).set(l.servers_up as i64);
-        qcur.with_label_values(&lv(on, &[cn, ln])).set(l.queue_cur as i64);
-        qmax.with_label_values(&lv(on, &[cn, ln])).set(l.queue_max as i64);
-        accepted.with_label_values(&lv(on, &[cn, ln])).inc_by(l.accepted);
-        refused.with_label_values(&lv(on, &[cn, ln])).inc_by(l.refused);
-        cancels.with_label_values(&lv(on, &[cn, ln])).inc_by(l.cancels);
-        for (by, n) in [("replica", l.min_lsn_replica), ("leader", l.min_lsn_leader), ("refused", l.min_lsn_refused)] {
-            min_lsn.with_label_values(&lv(on, &[cn, ln, by])).inc_by(n);
-        }
-        min_lsn_wait.with_label_values(&lv(on, &[cn, ln])).inc_by(l.min_lsn_wait_us as f64 / 1e6);
-        for s in &l.servers {
-            let v = [cn, ln, s.name.as_str()];
-            // As HAProxy's exporter: the operator's DRAIN or MAINT in place of the health state.
-            let now = match s.admin {
-                // A member gone from Patroni's list that still holds sessions: a drain.
-                "READY" if s.status.starts_with("LEAVING") => "DRAIN",
-                "READY" if s.up => "UP",
-                "READY" => "DOWN",
-                other => other,
-            };
-            for state in ["UP", "DOWN", "DRAIN", "MAINT"] {
-                st.with_label_values(&lv(on, &[cn, ln, &s.name, state])).set(i64::from(state == now));
+        let cn = c.cluster.as_str();
+        for l in &c.listeners {
+            let ln = l.name.as_str();
+            active.with_label_values(&lv(on, &[cn, ln])).set(l.servers_up as i64);
+            qcur.with_label_values(&lv(on, &[cn, ln])).set(l.queue_cur as i64);
+            qmax.with_label_values(&lv(on, &[cn, ln])).set(l.queue_max as i64);
+            accepted.with_label_values(&lv(on, &[cn, ln])).inc_by(l.accepted);
+            refused.with_label_values(&lv(on, &[cn, ln])).inc_by(l.refused);
+            cancels.with_label_values(&lv(on, &[cn, ln])).inc_by(l.cancels);
+            for (by, n) in
+                [("replica", l.min_lsn_replica), ("leader", l.min_lsn_leader), ("refused", l.min_lsn_refused)]
+            {
+                min_lsn.with_label_values(&lv(on, &[cn, ln, by])).inc_by(n);
             }
-            cur.with_label_values(&lv(on, &v)).set(s.cur as i64);
-            max.with_label_values(&lv(on, &v)).set(s.max as i64);
-            lim.with_label_values(&lv(on, &v)).set(s.limit as i64);
-            tot.with_label_values(&lv(on, &v)).inc_by(s.total);
-            bin.with_label_values(&lv(on, &v)).inc_by(s.bytes_in);
-            bout.with_label_values(&lv(on, &v)).inc_by(s.bytes_out);
-            econ.with_label_values(&lv(on, &v)).inc_by(s.conn_errors);
-            wretr.with_label_values(&lv(on, &v)).inc_by(s.retries);
-            wredis.with_label_values(&lv(on, &v)).inc_by(s.redispatches);
-            chkfail.with_label_values(&lv(on, &v)).inc_by(s.check_failures);
-            chkdown.with_label_values(&lv(on, &v)).inc_by(s.downs);
-            lastchg.with_label_values(&lv(on, &v)).set(s.last_change_secs as i64);
-            downtime.with_label_values(&lv(on, &v)).inc_by(s.downtime_secs);
-            chkdur.with_label_values(&lv(on, &v)).set(s.check_duration_ms.unwrap_or(0) as f64 / 1000.0);
-            if let Some(code) = s.check_code {
-                chkst.with_label_values(&lv(on, &[cn, ln, &s.name, code])).set(1);
+            min_lsn_wait.with_label_values(&lv(on, &[cn, ln])).inc_by(l.min_lsn_wait_us as f64 / 1e6);
+            for s in &l.servers {
+                let v = [cn, ln, s.name.as_str()];
+                // As HAProxy's exporter: the operator's DRAIN or MAINT in place of the health state.
+                let now = match s.admin {
+                    // A member gone from Patroni's list that still holds sessions: a drain.
+                    "READY" if s.status.starts_with("LEAVING") => "DRAIN",
+                    "READY" if s.up => "UP",
+                    "READY" => "DOWN",
+                    other => other,
+                };
+                for state in ["UP", "DOWN", "DRAIN", "MAINT"] {
+                    st.with_label_values(&lv(on, &[cn, ln, &s.name, state])).set(i64::from(state == now));
+                }
+                cur.with_label_values(&lv(on, &v)).set(s.cur as i64);
+                max.with_label_values(&lv(on, &v)).set(s.max as i64);
+                lim.with_label_values(&lv(on, &v)).set(s.limit as i64);
+                tot.with_label_values(&lv(on, &v)).inc_by(s.total);
+                bin.with_label_values(&lv(on, &v)).inc_by(s.bytes_in);
+                bout.with_label_values(&lv(on, &v)).inc_by(s.bytes_out);
+                econ.with_label_values(&lv(on, &v)).inc_by(s.conn_errors);
+                wretr.with_label_values(&lv(on, &v)).inc_by(s.retries);
+                wredis.with_label_values(&lv(on, &v)).inc_by(s.redispatches);
+                chkfail.with_label_values(&lv(on, &v)).inc_by(s.check_failures);
+                chkdown.with_label_values(&lv(on, &v)).inc_by(s.downs);
+                lastchg.with_label_values(&lv(on, &v)).set(s.last_change_secs as i64);
+                downtime.with_label_values(&lv(on, &v)).inc_by(s.downtime_secs);
+                chkdur.with_label_values(&lv(on, &v)).set(s.check_duration_ms.unwrap_or(0) as f64 / 1000.0);
+                if let Some(code) = s.check_code {
+                    chkst.with_label_values(&lv(on, &[cn, ln, &s.name, code])).set(1);
+                }
             }
         }
-    }
     }
     let node = ["cluster", "node"];
-    let role = m.gauge("node_role", "The node's role per Patroni: 1 for the current role.", &["cluster", "node", "role"]);
+    let role =
+        m.gauge("node_role", "The node's role per Patroni: 1 for the current role.", &["cluster", "node", "role"]);
     let leader = m.gauge("node_is_leader", "1 for the node pgfront sends writes to.", &node);
     let timeline = m.gauge("node_timeline", "The node's PostgreSQL timeline.", &node);
     let lag = m.gauge("node_replication_lag_bytes", "Replay lag behind the leader, in bytes.", &node);
@@ -122,27 +129,30 @@ pub fn render(snap: &Snapshot) -> String {
         &node,
     );
     for c in snap.each() {
-    let cn = c.cluster.as_str();
-    for n in &c.nodes {
-        leader.with_label_values(&lv(on, &[cn, &n.name])).set(i64::from(n.is_leader));
-        if let Some(r) = &n.role {
-            role.with_label_values(&lv(on, &[cn, &n.name, r])).set(1);
+        let cn = c.cluster.as_str();
+        for n in &c.nodes {
+            leader.with_label_values(&lv(on, &[cn, &n.name])).set(i64::from(n.is_leader));
+            if let Some(r) = &n.role {
+                role.with_label_values(&lv(on, &[cn, &n.name, r])).set(1);
+            }
+            if let Some(t) = n.timeline {
+                timeline.with_label_values(&lv(on, &[cn, &n.name])).set(t as i64);
+            }
+            if let Some(b) = n.lag_bytes {
+                lag.with_label_values(&lv(on, &[cn, &n.name])).set(b as i64);
+            }
+            if let Some(t) = n.check_cert_not_after {
+                expiry.with_label_values(&lv(on, &[cn, &n.name])).set(t);
+            }
         }
-        if let Some(t) = n.timeline {
-            timeline.with_label_values(&lv(on, &[cn, &n.name])).set(t as i64);
-        }
-        if let Some(b) = n.lag_bytes {
-            lag.with_label_values(&lv(on, &[cn, &n.name])).set(b as i64);
-        }
-        if let Some(t) = n.check_cert_not_after {
-            expiry.with_label_values(&lv(on, &[cn, &n.name])).set(t);
-        }
-    }
     }
     let by_cluster = ["cluster"];
     let changes = m.counter("leader_changes_total", "Changes of the write target (including to none).", &by_cluster);
-    let conflict =
-        m.gauge("leader_conflict", "1 while several nodes claim leadership on one timeline (writes held).", &by_cluster);
+    let conflict = m.gauge(
+        "leader_conflict",
+        "1 while several nodes claim leadership on one timeline (writes held).",
+        &by_cluster,
+    );
     let identity = m.counter(
         "cluster_identity_changes_total",
         "Changes of the cluster's system identifier: the cluster was rebuilt and its timelines started over.",
@@ -156,8 +166,8 @@ pub fn render(snap: &Snapshot) -> String {
     let held = m.gauge("sessions_held", "Sessions waiting in a queue, e.g. for a new leader.", &by_cluster);
     let sessions = m.gauge("current_sessions", "Sessions open across listeners.", &by_cluster);
     let discovering = snap.each().any(|c| c.discovery.is_some());
-    let members = discovering
-        .then(|| m.gauge("discovery_members", "Members of Patroni's member list in use.", &by_cluster));
+    let members =
+        discovering.then(|| m.gauge("discovery_members", "Members of Patroni's member list in use.", &by_cluster));
     let refused_members = discovering.then(|| {
         m.gauge(
             "discovery_refused_members",
@@ -169,7 +179,11 @@ pub fn render(snap: &Snapshot) -> String {
         m.counter("discovery_changes_total", "Member sets applied (joins, leaves, address changes).", &by_cluster)
     });
     let derrors = discovering.then(|| {
-        m.counter("discovery_errors_total", "Discovery rounds in which no REST API answered with a member list.", &by_cluster)
+        m.counter(
+            "discovery_errors_total",
+            "Discovery rounds in which no REST API answered with a member list.",
+            &by_cluster,
+        )
     });
     let drequests =
         discovering.then(|| m.counter("discovery_requests_total", "GET /cluster requests made.", &by_cluster));
@@ -231,7 +245,8 @@ impl Metrics {
     }
 
     fn gauge(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        let g = IntGaugeVec::new(Opts::new(format!("pgfront_{name}"), help), &self.labels(labels)).expect("valid metric");
+        let g =
+            IntGaugeVec::new(Opts::new(format!("pgfront_{name}"), help), &self.labels(labels)).expect("valid metric");
         self.registry.register(Box::new(g.clone())).expect("unique metric");
         g
     }
@@ -243,13 +258,15 @@ impl Metrics {
     }
 
     fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        let c = IntCounterVec::new(Opts::new(format!("pgfront_{name}"), help), &self.labels(labels)).expect("valid metric");
+        let c =
+            IntCounterVec::new(Opts::new(format!("pgfront_{name}"), help), &self.labels(labels)).expect("valid metric");
         self.registry.register(Box::new(c.clone())).expect("unique metric");
         c
     }
 
     fn fcounter(&mut self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
-        let c = CounterVec::new(Opts::new(format!("pgfront_{name}"), help), &self.labels(labels)).expect("valid metric");
+        let c =
+            CounterVec::new(Opts::new(format!("pgfront_{name}"), help), &self.labels(labels)).expect("valid metric");
         self.registry.register(Box::new(c.clone())).expect("unique metric");
         c
     }

@@ -124,7 +124,11 @@ pub fn render(s: &Snapshot, refresh_secs: u64, csrf: Option<&str>) -> String {
 /// transitions. A named cluster (`[[cluster]]`) gets a heading.
 fn section(h: &mut String, s: &Snapshot, csrf: Option<&str>) {
     if !s.cluster.is_empty() {
-        let _ = write!(h, r#"<h2 class="cl" id="cluster-{0}" style="font-size:17px;border-top:2px solid #99a;padding-top:.3em">Cluster {0}</h2>"#, esc(&s.cluster));
+        let _ = write!(
+            h,
+            r#"<h2 class="cl" id="cluster-{0}" style="font-size:17px;border-top:2px solid #99a;padding-top:.3em">Cluster {0}</h2>"#,
+            esc(&s.cluster)
+        );
         h.push('\n');
     }
     match (&s.leader, s.leader_conflict) {
