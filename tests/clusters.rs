@@ -158,6 +158,24 @@ async fn a_leader_change_in_one_cluster_leaves_the_other_alone() {
     ] {
         assert!(metrics.contains(series), "missing {series}\n{metrics}");
     }
+    // promtool's own linter, where it is installed (scripts/deps installs it for CI).
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    // `pgfront status` prints one part per cluster.
+    let text = pgfront::status::render("http://x", &v);
+    assert!(text.contains("== cluster a ==") && text.contains("== cluster b =="), "{text}");
+    assert!(text.contains("leader node2") && text.contains("leader node1"), "{text}");
+    assert!(pgfront::status::leader_admitted(&v));
     drop((a_new, b_write, b_read));
     pg.shutdown(Duration::from_secs(1)).await;
 }
