@@ -361,7 +361,10 @@ impl Generations {
         let (old_max, new_max) = (old.global.maxconn, config.global.maxconn);
         let before = self.shared.clusters.load_full();
         let mut after: Vec<Arc<ClusterState>> = Vec::new();
-        for view in config.views() {
+        let views = config.views();
+        let names: Vec<String> = views.iter().map(|v| v.cluster.clone()).collect();
+        let mut succeeded: Vec<String> = Vec::new();
+        for view in views {
             match before.iter().find(|c| c.name == view.cluster) {
                 Some(cluster) => {
                     let cs = serving.clusters.get_mut(&view.cluster).expect("a running cluster is served");
@@ -373,9 +376,25 @@ impl Generations {
                     after.push(Arc::clone(cluster));
                 }
                 None => {
-                    let runtime = Runtime::build(Arc::new(view.with_members(&[])), &self.shared.tokens.sessions);
-                    let cluster = Arc::new(ClusterState::new(runtime));
-                    tracing::info!(cluster = %cluster.name, "cluster added");
+                    // A renamed cluster (or a file moved to [[cluster]] tables) succeeds the
+                    // removed cluster that served one of its listeners: nodes, checks, health,
+                    // leadership, queues and sessions carry over as in any reload.
+                    let predecessor = before
+                        .iter()
+                        .filter(|c| !names.contains(&c.name) && !succeeded.contains(&c.name))
+                        .find(|c| view.listeners.iter().any(|l| c.runtime.load().listener(&l.name).is_some()));
+                    let previous = predecessor.map(|c| c.runtime());
+                    let sessions = &self.shared.tokens.sessions;
+                    let config = Arc::new(view.with_members(&[]));
+                    let cluster =
+                        Arc::new(ClusterState::new(Runtime::build_from(config, sessions, previous.as_deref())));
+                    match predecessor {
+                        Some(p) => {
+                            tracing::info!(cluster = %cluster.name, from = %p.name, "cluster added, succeeding a removed one");
+                            succeeded.push(p.name.clone());
+                        }
+                        None => tracing::info!(cluster = %cluster.name, "cluster added"),
+                    }
                     let cs = self.start_cluster(&cluster, view);
                     serving.clusters.insert(cluster.name.clone(), cs);
                     after.push(cluster);

@@ -369,3 +369,26 @@ async fn measure_connect_cost() {
     single.shutdown(Duration::from_millis(100)).await;
     multi.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn moving_a_file_to_cluster_tables_keeps_health_and_sessions() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = support::start(&text);
+    eventually(LIMIT, "up", || up(&pg, "primary") == 1 && up(&pg, "replicas") == 2).await;
+    let mut c = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    let addr = pg.listener_addr("primary").unwrap();
+    let (_, rest) = text.split_once("[[node]]").unwrap();
+    let named = format!("{FAST}\n[[cluster]]\nname = \"main\"\n\n[[node]]{rest}")
+        .replace("[[node]]", "[[cluster.node]]")
+        .replace("[[listener]]", "[[cluster.listener]]");
+    pg.reload(parse(&named)).expect("the reload applies");
+    assert!(pg.cluster("").is_none() && pg.cluster("main").is_some());
+    assert_eq!((up(&pg, "primary"), up(&pg, "replicas")), (1, 2), "health carried over");
+    assert_eq!(pg.listener_addr("primary"), Some(addr), "same socket");
+    c.echo(b"still here").await.expect("the session is untouched");
+    let next = connect(addr).await.expect("new sessions are served at once");
+    assert_eq!(next.server, "node1");
+    pg.shutdown(Duration::from_secs(1)).await;
+}
