@@ -403,6 +403,7 @@ impl Generations {
         }
         for gone in before.iter().filter(|c| !after.iter().any(|a| Arc::ptr_eq(a, c))) {
             tracing::info!(cluster = %gone.name, "cluster removed; its open sessions run to their end");
+            gone.removed.store(true, Ordering::Relaxed);
             if let Some(cs) = serving.clusters.remove(&gone.name) {
                 cs.checkers.cancel();
                 cs.discovery.cancel();

@@ -48,6 +48,10 @@ pub struct ClusterState {
     pub runtime: ArcSwap<Runtime>,
     /// What discovery (`discovery = "patroni"`) found and did for this cluster.
     pub discovery: crate::discovery::Stats,
+    /// Set when a reload removed the cluster: its last generation stays for the sessions
+    /// that hold it, but an accept loop it kept (a listener another cluster took over, by
+    /// name and bind) must look its listener up in the current clusters instead.
+    pub removed: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterState {
@@ -56,7 +60,13 @@ impl ClusterState {
             name: runtime.config.cluster.clone(),
             runtime: ArcSwap::from_pointee(runtime),
             discovery: Default::default(),
+            removed: Default::default(),
         }
+    }
+
+    /// Whether a reload removed the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     /// The current generation.

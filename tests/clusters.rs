@@ -390,5 +390,12 @@ async fn moving_a_file_to_cluster_tables_keeps_health_and_sessions() {
     c.echo(b"still here").await.expect("the session is untouched");
     let next = connect(addr).await.expect("new sessions are served at once");
     assert_eq!(next.server, "node1");
+    // Later reloads apply to the listener it took over (its accept loop reads the new
+    // cluster): an idle timeout set now closes a new idle session.
+    let idle = named.replacen("balance = \"first\"", "balance = \"first\"\ntimeout_client = \"300ms\"", 1);
+    assert_ne!(idle, named);
+    pg.reload(parse(&idle)).expect("the reload applies");
+    let mut short = connect(addr).await.unwrap();
+    assert!(short.closed_within(Duration::from_secs(3)).await, "the reloaded timeout_client applies");
     pg.shutdown(Duration::from_secs(1)).await;
 }

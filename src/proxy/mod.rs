@@ -64,8 +64,13 @@ pub async fn accept_loop(
                 () = stop.cancelled() => return,
             },
         };
+        // A listener a reload moved to another cluster (or whose cluster it removed and
+        // another took over) is looked up across the current clusters.
         let runtime = cluster.runtime.load();
-        let found = runtime.listener(&name).cloned().or_else(|| shared.listener(&name));
+        let found = match runtime.listener(&name) {
+            Some(l) if !cluster.is_removed() => Some(Arc::clone(l)),
+            _ => shared.listener(&name),
+        };
         let Some(listener) = found else {
             // Removed by a reload whose socket has not closed yet.
             continue;
