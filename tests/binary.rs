@@ -182,6 +182,83 @@ async fn a_json_log_format_writes_one_parseable_object_per_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn out_of_descriptors_clients_wait_and_the_shortage_is_logged_once() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let (p1, p2, web) = (free_port(), free_port(), free_port());
+    let text = lab
+        .config("")
+        .replace("[global]", "[global]\nthreads = 1")
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+    let dir = std::env::temp_dir().join(format!("pgfront-emfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgfront.toml");
+    std::fs::write(&path, &text).unwrap();
+    // 64 descriptors: a few dozen sessions (a client and a server socket each) exhaust them.
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=64:64", BIN, "run", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _reaper = KillOnDrop(pid);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (log, stderr) = (std::sync::Arc::clone(&log), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+    let count = |what: &str| log.lock().unwrap().iter().filter(|l| l.contains(what)).count();
+    let web: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while json(&get(web, "/status.json").await.unwrap_or_default())["listeners"][0]["servers_up"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "pgfront did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&OPENING).await.unwrap();
+        held.push(s);
+    }
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while count("out of file descriptors") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "descriptors never ran out: {:?}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The shortage lasts a second (accept pausing 100 ms at a time, flapping as sessions\n    // end): it is logged once, not at every pause.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(held);
+    // The waiting clients were served from the backlog and closed; a new one is served.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), connect(addr)).await {
+            if c.echo(b"after the shortage").await.is_ok() {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not served after the shortage");
+    }
+    signal(pid, "-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "{status:?}");
+    let lines = log.lock().unwrap().clone();
+    assert_eq!(count("out of file descriptors"), 1, "logged once per 10 s: {lines:#?}");
+    assert_eq!(count("file descriptors available again"), 1, "the recovery is said too, once: {lines:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Kills a child process when dropped, unless it already exited.
 struct KillOnDrop(u32);
 

@@ -34,6 +34,7 @@ pub async fn accept_loop(
     socket: TcpListener,
     stop: CancellationToken,
 ) {
+    let mut exhausted = Exhaustion::default();
     loop {
         // Global maxconn: accept only while a place is free, as HAProxy does; the kernel's
         // backlog holds clients meanwhile. The place is taken after the accept, so idle
@@ -44,9 +45,12 @@ pub async fn accept_loop(
         }
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
-                Ok(v) => v,
+                Ok(v) => {
+                    exhausted.recovered(&name);
+                    v
+                }
                 Err(e) => {
-                    accept_error(&name, &e).await;
+                    accept_error(&name, &e, &mut exhausted).await;
                     continue;
                 }
             },
@@ -80,11 +84,46 @@ pub async fn accept_loop(
     }
 }
 
+/// How long accept waits when descriptors are exhausted before it tries again.
+const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+/// While descriptors stay exhausted, the error is logged at most this often (with the
+/// number of pauses since), so a long shortage is not ten log lines a second.
+const EXHAUSTED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// An accept loop's descriptor shortage. Accept flaps between failing and succeeding while
+/// descriptors are short (each closing session frees one), so both the error and the
+/// recovery are said at most once per `EXHAUSTED_LOG_EVERY`.
+#[derive(Default)]
+struct Exhaustion {
+    /// When the error was last logged.
+    logged: Option<tokio::time::Instant>,
+    /// The error was logged and the recovery not yet.
+    short: bool,
+    /// Pauses since the error was last logged.
+    pauses: u64,
+}
+
+impl Exhaustion {
+    fn recovered(&mut self, name: &str) {
+        if std::mem::take(&mut self.short) {
+            tracing::warn!(listener = %name, pauses = self.pauses, "file descriptors available again; accepting");
+        }
+    }
+}
+
 /// Logs an accept error and backs off when descriptors are exhausted instead of spinning.
-async fn accept_error(name: &str, e: &std::io::Error) {
+async fn accept_error(name: &str, e: &std::io::Error, exhausted: &mut Exhaustion) {
     if tweaks::is_fd_exhaustion(e) {
-        tracing::error!(listener = %name, error = %e, "out of file descriptors; pausing accept");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        exhausted.pauses += 1;
+        let now = tokio::time::Instant::now();
+        if exhausted.logged.is_none_or(|at| now.duration_since(at) >= EXHAUSTED_LOG_EVERY) {
+            tracing::error!(listener = %name, error = %e, pauses = exhausted.pauses,
+                "out of file descriptors; pausing accept (clients wait in the backlog)");
+            exhausted.logged = Some(now);
+            exhausted.short = true;
+            exhausted.pauses = 0;
+        }
+        tokio::time::sleep(EXHAUSTED_PAUSE).await;
     } else {
         tracing::debug!(listener = %name, error = %e, "accept failed");
     }
