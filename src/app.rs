@@ -384,8 +384,14 @@ impl Generations {
                         .filter(|c| !names.contains(&c.name) && !succeeded.contains(&c.name))
                         .find(|c| view.listeners.iter().any(|l| c.runtime.load().listener(&l.name).is_some()));
                     let previous = predecessor.map(|c| c.runtime());
+                    // Its discovered members too, so they keep their health and sessions
+                    // instead of coming back as new servers at the next discovery round.
+                    let members: Vec<Member> = predecessor
+                        .and_then(|p| serving.clusters.get(&p.name))
+                        .map(|cs| cs.members.clone())
+                        .unwrap_or_default();
                     let sessions = &self.shared.tokens.sessions;
-                    let config = Arc::new(view.with_members(&[]));
+                    let config = Arc::new(view.with_members(&members));
                     let cluster =
                         Arc::new(ClusterState::new(Runtime::build_from(config, sessions, previous.as_deref())));
                     match predecessor {
@@ -395,12 +401,16 @@ impl Generations {
                         }
                         None => tracing::info!(cluster = %cluster.name, "cluster added"),
                     }
-                    let cs = self.start_cluster(&cluster, view);
+                    let mut cs = self.start_cluster(&cluster, view);
+                    cs.members = members;
                     serving.clusters.insert(cluster.name.clone(), cs);
                     after.push(cluster);
                 }
             }
         }
+        // The new list first: an accept loop that finds its cluster removed looks its
+        // listener up again, and must find it in the new list, never the old one.
+        self.shared.clusters.store(Arc::new(after.clone()));
         for gone in before.iter().filter(|c| !after.iter().any(|a| Arc::ptr_eq(a, c))) {
             tracing::info!(cluster = %gone.name, "cluster removed; its open sessions run to their end");
             gone.removed.store(true, Ordering::Relaxed);
@@ -409,7 +419,6 @@ impl Generations {
                 cs.discovery.cancel();
             }
         }
-        self.shared.clusters.store(Arc::new(after));
         self.shared.resize(old_max, new_max);
         self.listeners(&mut serving, &config, fresh);
         serving.file = config;

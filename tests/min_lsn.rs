@@ -235,3 +235,30 @@ async fn a_bad_position_is_a_fatal_naming_the_parameter() {
     let plain = pg.listener_addr("primary").unwrap();
     assert_eq!(session(plain, &[("options", &min_lsn("nonsense"))]).await.unwrap(), "node1");
 }
+
+#[tokio::test]
+async fn a_position_asked_while_nothing_is_admitted_waits_the_queue_bound_not_only_min_lsn_wait() {
+    let lab = Lab::start(3).await;
+    for n in &lab.nodes {
+        n.rest.set_all(Some(Answer::Garbage));
+    }
+    // Fast checks (the lab's), so the servers come up while the session waits.
+    let text = lab.config("min_lsn_wait = \"100ms\"\ntimeout_queue = \"10s\"").replace(
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"",
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\nclient_target = true",
+    );
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    let waiting = tokio::spawn(async move { session(addr, &[("options", &min_lsn("0/10"))]).await });
+    // Past min_lsn_wait with nothing admitted (a failover): still waiting, not refused.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!waiting.is_finished(), "refused when the position wait ended: {:?}", waiting.await);
+    for n in &lab.nodes {
+        n.rest.set_all(None);
+    }
+    lab.leader(0);
+    lab.nodes[1].rest.set_json(&replica(1000, false));
+    lab.nodes[2].rest.set_json(&replica(1000, false));
+    let served = tokio::time::timeout(LIMIT, waiting).await.expect("served in time").unwrap();
+    assert!(served.is_ok(), "served once servers were admitted: {served:?}");
+}

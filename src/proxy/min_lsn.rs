@@ -100,13 +100,14 @@ pub async fn acquire(
             count(listener, w, None);
             Err(Miss::Behind { lsn: w.lsn })
         }
-        // Servers that have the position are at maxconn: wait for a place, as any session.
-        Err(NoServer::Full) => {
+        // Servers that have the position are at maxconn, or nothing is admitted at all (a
+        // failover): wait for the listener's whole bound, as a session without a position
+        // would, rather than be refused when the position wait ends.
+        Err(NoServer::Full | NoServer::NoneUp | NoServer::NoLeader) => {
             let slot = balance::acquire(listener, avoid, *ask, hold_until.max(Instant::now())).await;
             count(listener, w, slot.as_ref().ok());
             slot.map_err(Miss::Queue)
         }
-        Err(e) => Err(Miss::Queue(e)),
     }
 }
 
