@@ -345,3 +345,34 @@ async fn an_empty_or_foreign_answer_changes_nothing() {
     eventually(LIMIT, "answers again", || has_event(&pg, "/cluster answers again")).await;
     pg.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn moving_a_discovery_file_to_cluster_tables_keeps_the_members_and_their_health() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    publish(&lab, &cluster_json(&[("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])]));
+    let seed = lab.nodes[0].rest.addr.to_string();
+    let text = config(&[seed.clone()], "127.0.0.1/32", "");
+    let pg = start(&text);
+    eventually(LIMIT, "both replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2)
+        .await;
+    let mut live = connect_to(pg.listener_addr("replicas").unwrap(), "node3").await;
+    // The same cluster as a named [[cluster]] table: discovery moves into it.
+    let keys = format!(
+        "discovery = \"patroni\"\ndiscovery_seeds = [\"{seed}\"]\ndiscovery_allow = [\"127.0.0.1/32\"]\ndiscovery_inter = \"50ms\"\n"
+    );
+    let named = text
+        .replace(&keys, "")
+        .replacen("[[listener]]", &format!("[[cluster]]\nname = \"main\"\n{keys}\n[[cluster.listener]]"), 1)
+        .replace("[[listener]]", "[[cluster.listener]]");
+    assert!(named.contains("[[cluster]]") && !named.contains("\n[[listener]]"), "{named}");
+    let config =
+        pgfront::Config::parse(std::path::Path::new("test.toml"), &named).unwrap_or_else(|e| panic!("{e}\n{named}"));
+    pg.reload(config).unwrap();
+    // At once, not at the next discovery round: the members and their health carried over.
+    assert!(pg.cluster("main").is_some());
+    assert_eq!(node_names(&pg).len(), 3, "the discovered members carried over");
+    assert_eq!(pg.shared().runtime().listener("replicas").unwrap().servers_up(), 2, "with their health");
+    live.echo(b"after the move").await.unwrap();
+    pg.shutdown(Duration::from_millis(100)).await;
+}
