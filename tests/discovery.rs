@@ -352,7 +352,7 @@ async fn moving_a_discovery_file_to_cluster_tables_keeps_the_members_and_their_h
     lab.leader(0);
     publish(&lab, &cluster_json(&[("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])]));
     let seed = lab.nodes[0].rest.addr.to_string();
-    let text = config(&[seed.clone()], "127.0.0.1/32", "");
+    let text = config(std::slice::from_ref(&seed), "127.0.0.1/32", "");
     let pg = start(&text);
     eventually(LIMIT, "both replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2)
         .await;
