@@ -331,17 +331,6 @@ check = {{ path = "/replica" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run it by name"]
 async fn measure_connect_cost() {
-    async fn sample(addr: std::net::SocketAddr, n: usize) -> (u128, u128) {
-        let mut us = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = std::time::Instant::now();
-            let c = connect(addr).await.unwrap();
-            us.push(t.elapsed().as_micros());
-            drop(c);
-        }
-        us.sort_unstable();
-        (us[n / 2], us[n * 99 / 100])
-    }
     let (a, b) = (Lab::start(3).await, Lab::start(3).await);
     a.leader(0);
     b.leader(0);
@@ -355,11 +344,11 @@ async fn measure_connect_cost() {
     for round in 0..6 {
         // Alternating which goes first: both instances' checkers run all along.
         let (one, two) = if round % 2 == 0 {
-            let one = sample(single.listener_addr("replicas").unwrap(), n).await;
-            (one, sample(multi.listener_addr("b-replicas").unwrap(), n).await)
+            let one = support::connect_latency(single.listener_addr("replicas").unwrap(), n).await;
+            (one, support::connect_latency(multi.listener_addr("b-replicas").unwrap(), n).await)
         } else {
-            let two = sample(multi.listener_addr("b-replicas").unwrap(), n).await;
-            (sample(single.listener_addr("replicas").unwrap(), n).await, two)
+            let two = support::connect_latency(multi.listener_addr("b-replicas").unwrap(), n).await;
+            (support::connect_latency(single.listener_addr("replicas").unwrap(), n).await, two)
         };
         eprintln!(
             "round {round}: connect+first byte median/p99 µs: one unnamed cluster {}/{}, second of two clusters {}/{}",

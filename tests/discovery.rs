@@ -259,17 +259,6 @@ async fn declared_nodes_keep_their_settings_and_a_reload_keeps_the_members() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run it by name"]
 async fn measure_connect_cost() {
-    async fn sample(addr: std::net::SocketAddr, n: usize) -> (u128, u128) {
-        let mut us = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = std::time::Instant::now();
-            let c = connect(addr).await.unwrap();
-            us.push(t.elapsed().as_micros());
-            drop(c);
-        }
-        us.sort_unstable();
-        (us[n / 2], us[n * 99 / 100])
-    }
     let lab = Lab::start(3).await;
     lab.leader(0);
     let all = [("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])];
@@ -283,8 +272,8 @@ async fn measure_connect_cost() {
             .await;
     }
     for round in 0..3 {
-        let a = sample(declared.listener_addr("replicas").unwrap(), n).await;
-        let b = sample(discovered.listener_addr("replicas").unwrap(), n).await;
+        let a = support::connect_latency(declared.listener_addr("replicas").unwrap(), n).await;
+        let b = support::connect_latency(discovered.listener_addr("replicas").unwrap(), n).await;
         // Churn: node3 leaves and joins every 20 ms, a new generation each time.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let churn = {
@@ -302,7 +291,7 @@ async fn measure_connect_cost() {
             })
         };
         let changes = discovered.shared().first().discovery.changes.load(Ordering::Relaxed);
-        let c = sample(discovered.listener_addr("replicas").unwrap(), n).await;
+        let c = support::connect_latency(discovered.listener_addr("replicas").unwrap(), n).await;
         stop.store(true, Ordering::Relaxed);
         churn.await.unwrap();
         let swaps = discovered.shared().first().discovery.changes.load(Ordering::Relaxed) - changes;

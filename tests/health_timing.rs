@@ -11,7 +11,7 @@ use std::time::Duration;
 use pgfront::cluster::spawn_checkers;
 use pgfront::cluster::Runtime;
 use pgfront::config::{CheckSpec, Config};
-use pgfront::health::{CheckCode, Probe, ProbeResult};
+use pgfront::health::{Probe, ProbeResult};
 use pgfront::proxy::Reactor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,14 +54,7 @@ impl Probe for Scripted {
                     q.front().copied().unwrap_or(false)
                 }
             };
-            ProbeResult {
-                code: if passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
-                status: Some(if passed { 200 } else { 503 }),
-                duration: Duration::ZERO,
-                detail: String::new(),
-                body: None,
-                cert_not_after: None,
-            }
+            ProbeResult::answered(passed, Duration::ZERO, "")
         })
     }
 }
@@ -226,12 +219,8 @@ impl Probe for Agents {
             let role = if leader { "primary" } else { "replica" };
             let tl = *self.timeline.lock().unwrap();
             ProbeResult {
-                code: if leader { CheckCode::L7Ok } else { CheckCode::L7Sts },
-                status: Some(if leader { 200 } else { 503 }),
-                duration: Duration::ZERO,
-                detail: String::new(),
                 body: Some(format!(r#"{{"state": "running", "role": "{role}", "timeline": {tl}}}"#).into_bytes()),
-                cert_not_after: None,
+                ..ProbeResult::answered(leader, Duration::ZERO, "")
             }
         })
     }
@@ -377,10 +366,6 @@ impl Probe for StaleAgents {
                 _ => (self.both.load(SeqCst), 2),
             };
             ProbeResult {
-                code: if claims { CheckCode::L7Ok } else { CheckCode::L7Sts },
-                status: Some(if claims { 200 } else { 503 }),
-                duration: Duration::ZERO,
-                detail: String::new(),
                 body: Some(
                     format!(
                         r#"{{"state": "running", "role": "{}", "timeline": {tl}}}"#,
@@ -388,7 +373,7 @@ impl Probe for StaleAgents {
                     )
                     .into_bytes(),
                 ),
-                cert_not_after: None,
+                ..ProbeResult::answered(claims, Duration::ZERO, "")
             }
         })
     }

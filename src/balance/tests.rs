@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::cluster::Runtime;
 use crate::config::Config;
-use crate::health::{CheckCode, ProbeResult};
+use crate::health::ProbeResult;
 
 fn runtime(nodes: usize, extra: &str, previous: Option<&Runtime>) -> Runtime {
     let maxconn = if extra.contains("maxconn") { "" } else { "maxconn = 1\n" };
@@ -21,14 +21,7 @@ fn runtime(nodes: usize, extra: &str, previous: Option<&Runtime>) -> Runtime {
 }
 
 fn up(rt: &Runtime, server: usize) {
-    let ok = ProbeResult {
-        code: CheckCode::L7Ok,
-        status: Some(200),
-        duration: Duration::ZERO,
-        detail: String::new(),
-        body: None,
-        cert_not_after: None,
-    };
+    let ok = ProbeResult::answered(true, Duration::ZERO, "");
     rt.listeners[0].servers[server].check.promote(ok, "test".into());
 }
 
@@ -180,14 +173,7 @@ fn lsn_runtime(extra: &str, up_: [bool; 2], replayed: [u64; 2]) -> Runtime {
             xlog: Xlog { replayed_location: Some(p), ..Xlog::default() },
             ..NodeStatus::default()
         };
-        let ok = ProbeResult {
-            code: CheckCode::L7Ok,
-            status: Some(200),
-            duration: Duration::ZERO,
-            detail: String::new(),
-            body: None,
-            cert_not_after: None,
-        };
+        let ok = ProbeResult::answered(true, Duration::ZERO, "");
         rt.nodes[i + 1].record(ok, Some(status), &Answer::Failed, 3);
         if u {
             up(&rt, i + 1);
@@ -276,14 +262,7 @@ async fn a_session_waiting_for_a_position_is_served_by_the_answer_that_shows_it(
     assert!(!rt.nodes[0].wants_replay(), "not the leader");
     // n3's next answer shows the position; the checker serves the queue after it.
     let status = NodeStatus { xlog: Xlog { replayed_location: Some(120), ..Xlog::default() }, ..NodeStatus::default() };
-    let ok = ProbeResult {
-        code: CheckCode::L7Ok,
-        status: Some(200),
-        duration: Duration::ZERO,
-        detail: String::new(),
-        body: None,
-        cert_not_after: None,
-    };
+    let ok = ProbeResult::answered(true, Duration::ZERO, "");
     rt.nodes[2].record(ok, Some(status), &Answer::Failed, 3);
     assert!(!rt.nodes[2].wants_replay(), "n3 has it: back to its interval");
     assert!(rt.nodes[1].wants_replay(), "n2 still refreshes until the wait ends");

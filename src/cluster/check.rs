@@ -247,7 +247,6 @@ fn latest_reason(result: &ProbeResult, machine: &Machine, timing: &crate::config
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::CheckCode;
 
     fn check() -> Check {
         let text = "[[node]]\nname = \"n\"\naddress = \"127.0.0.1:1\"\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ncheck = { path = \"/master\" }\n";
@@ -257,14 +256,7 @@ mod tests {
     }
 
     fn answer(passed: bool, detail: &str) -> ProbeResult {
-        ProbeResult {
-            code: if passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
-            status: Some(if passed { 200 } else { 503 }),
-            duration: Duration::from_millis(1),
-            detail: detail.to_owned(),
-            body: None,
-            cert_not_after: None,
-        }
+        ProbeResult::answered(passed, Duration::from_millis(1), detail)
     }
 
     #[test]

@@ -301,14 +301,7 @@ impl Checker {
             let (r, lag) = match (&status, c.spec.endpoint.as_ref()) {
                 (Some(Ok(st)), Some(endpoint)) => {
                     let v = verdict(endpoint, st, view, c.report().lag_excluded);
-                    let r = ProbeResult {
-                        code: if v.passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
-                        status: Some(if v.passed { 200 } else { 503 }),
-                        duration: result.duration,
-                        detail: v.why,
-                        body: None,
-                        cert_not_after: None,
-                    };
+                    let r = ProbeResult::answered(v.passed, result.duration, v.why);
                     (r, Some(v.lag_excluded))
                 }
                 (Some(Err(why)), _) => {

@@ -77,6 +77,19 @@ impl ProbeResult {
         self.code == CheckCode::L7Ok
     }
 
+    /// An answer with Patroni's status for a check that `passed` (200) or not (503): what
+    /// Patroni mode makes of a node's JSON for each listener's check, and what tests script.
+    pub fn answered(passed: bool, duration: Duration, detail: impl Into<String>) -> ProbeResult {
+        ProbeResult {
+            code: if passed { CheckCode::L7Ok } else { CheckCode::L7Sts },
+            status: Some(if passed { 200 } else { 503 }),
+            duration,
+            detail: detail.into(),
+            body: None,
+            cert_not_after: None,
+        }
+    }
+
     fn fail(code: CheckCode, started: Instant, detail: impl Into<String>) -> ProbeResult {
         ProbeResult {
             code,

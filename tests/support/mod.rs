@@ -396,6 +396,20 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, Fatal> {
 
 pub use pgfront::pg::startup_message;
 
+/// Connect-to-first-byte latency through pgfront, `n` times: (median, p99) in µs. For the
+/// ignored measurement tests (costs belong in measurements, not assertions).
+pub async fn connect_latency(addr: SocketAddr, n: usize) -> (u128, u128) {
+    let mut us = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let c = connect(addr).await.unwrap();
+        us.push(t.elapsed().as_micros());
+        drop(c);
+    }
+    us.sort_unstable();
+    (us[n / 2], us[n * 99 / 100])
+}
+
 /// Connects through pgfront until round robin hands out a session on `server`.
 pub async fn connect_to(addr: SocketAddr, server: &str) -> Client {
     for _ in 0..100 {
