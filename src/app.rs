@@ -65,8 +65,12 @@ pub struct Bound {
     web: Option<TcpListener>,
 }
 
-fn bind_listener(l: &crate::config::Listener, copies: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
-    proxy::bind_copies(l.bind, copies).map_err(|source| BindError {
+fn bind_listener(
+    l: &crate::config::Listener,
+    copies: usize,
+    defer: bool,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    proxy::bind_copies(l.bind, copies, defer).map_err(|source| BindError {
         what: format!("listener {:?}", l.name),
         addr: l.bind,
         source,
@@ -83,7 +87,7 @@ impl Bound {
     pub fn bind_for(config: &Config, workers: usize) -> Result<Bound, BindError> {
         let mut listeners = Vec::new();
         for l in config.all_listeners() {
-            listeners.push((l.name.clone(), bind_listener(l, workers.max(1))?));
+            listeners.push((l.name.clone(), bind_listener(l, workers.max(1), config.global.defer_accept)?));
         }
         let web = match &config.web {
             None => None,
@@ -346,7 +350,8 @@ impl Generations {
         for l in config.all_listeners() {
             let same = serving.listeners.get(&l.name).is_some_and(|(configured, _, _)| *configured == l.bind);
             if !same {
-                fresh.push((l.name.clone(), l.bind, bind_listener(l, self.workers.len())?));
+                let defer = config.global.defer_accept;
+                fresh.push((l.name.clone(), l.bind, bind_listener(l, self.workers.len(), defer)?));
             }
         }
         let old = &serving.file;
@@ -357,6 +362,11 @@ impl Generations {
         }
         if config.global.log_format != old.global.log_format {
             tracing::warn!("log_format changes only with a restart");
+        }
+        if config.global.defer_accept != old.global.defer_accept {
+            tracing::warn!(
+                "defer_accept applies to listeners bound from now on; the others keep theirs until a restart"
+            );
         }
         let (old_max, new_max) = (old.global.maxconn, config.global.maxconn);
         let before = self.shared.clusters.load_full();

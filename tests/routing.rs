@@ -211,6 +211,39 @@ async fn a_silent_client_is_closed_and_garbage_gets_08p01() {
     assert!(lab.nodes[0].backend.accepted.load(Ordering::SeqCst) == 0);
 }
 
+/// The opening is read in one read, which may take what a client sent behind it: bytes
+/// behind a StartupMessage reach the server after it, in order; bytes behind an SSLRequest
+/// (before its answer) are refused as PostgreSQL refuses them.
+#[tokio::test]
+async fn bytes_behind_the_opening_are_kept_in_order_or_refused_as_postgresql_does() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "up", || up_count(&pg, "primary") == 1).await;
+    let startup = startup_message(&[("user", "u"), ("database", "d")]);
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(&[startup.clone(), b"Q\0\0\0\x0bselect\0".to_vec()].concat()).await.unwrap();
+    let mut auth = [0u8; 9];
+    c.read_exact(&mut auth).await.unwrap();
+    assert_eq!(auth, [b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
+    let mut rest = [0u8; 6 + 12];
+    c.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"node1\nQ\0\0\0\x0bselect\0", "the query came back after the server's answer");
+    assert_eq!(*lab.nodes[0].backend.last_startup.lock().unwrap(), startup, "the server got the startup alone first");
+
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(&[OPENING.to_vec(), startup].concat()).await.unwrap();
+    let mut t = [0u8; 1];
+    c.read_exact(&mut t).await.unwrap();
+    assert_eq!(t[0], b'E', "no 'S' or 'N' for an SSLRequest with data behind it");
+    let err = read_error(&mut c).await;
+    assert_eq!(err.code, "08P01", "{err:?}");
+    assert!(err.message.contains("unencrypted data after"), "{err:?}");
+    assert_eq!(lab.nodes[0].backend.accepted.load(Ordering::SeqCst), 1, "only the first session reached the server");
+}
+
 #[tokio::test]
 async fn bytes_flow_unchanged_both_ways_with_half_close() {
     let lab = Lab::start(1).await;

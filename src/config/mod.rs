@@ -141,6 +141,13 @@ pub struct Global {
     pub threads: usize,
     /// How log lines are written; read at start-up (a reload cannot change it).
     pub log_format: LogFormat,
+    /// Listeners hand over a client only once it has sent its first bytes (TCP_DEFER_ACCEPT,
+    /// HAProxy's `defer-accept`). Every PostgreSQL client speaks first, so this saves a
+    /// wake-up, a read that finds nothing and a timer per new session; a client that
+    /// connects and says nothing waits in the kernel (about a second) instead of holding a
+    /// descriptor and a task. Set when a listener is bound: a reload keeps the sockets of
+    /// listeners that stay.
+    pub defer_accept: bool,
     /// Nodes learned from Patroni's member list, when set (`discovery = "patroni"`).
     pub discovery: Option<Discovery>,
 }
@@ -441,6 +448,7 @@ impl Validator<'_> {
         };
         let global = Global {
             log_format,
+            defer_accept: raw.global.defer_accept.unwrap_or(true),
             maxconn: self.positive(raw.global.maxconn.as_ref(), "global.maxconn")?.unwrap_or(defaults::GLOBAL_MAXCONN),
             hard_stop_after: raw.global.hard_stop_after.map_or(defaults::HARD_STOP_AFTER, |d| d.0),
             check_mode,

@@ -79,6 +79,7 @@ pub struct RawGlobal {
     pub source: Option<Spanned<String>>,
     pub threads: Option<Spanned<usize>>,
     pub log_format: Option<Spanned<String>>,
+    pub defer_accept: Option<bool>,
     /// `"patroni"`: learn nodes from Patroni's `GET /cluster` (see `config::discovery`).
     pub discovery: Option<Spanned<String>>,
     pub discovery_seeds: Option<Spanned<Vec<Spanned<String>>>>,

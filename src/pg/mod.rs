@@ -42,6 +42,10 @@ pub enum BadOpening {
     Protocol(u16, u16),
     #[error("malformed startup packet")]
     Malformed,
+    /// Bytes sent behind an SSLRequest or GSSENCRequest before its answer: PostgreSQL
+    /// refuses them (CVE-2021-23214), and so does pgfront.
+    #[error("received unencrypted data after an encryption request")]
+    DataAfterRequest,
 }
 
 /// Classifies the first eight bytes a client sends, as the PostgreSQL server would.

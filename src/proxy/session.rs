@@ -492,9 +492,14 @@ impl std::fmt::Display for EndDetail<'_> {
 async fn gone(client: &ClientIo) {
     let mut b = [0u8; 1];
     match client {
-        Either::Left(tcp) => match tcp.peek(&mut b).await {
-            Ok(0) | Err(_) => {}
-            Ok(_) => std::future::pending().await,
+        // Readiness first: the opening's short read left it clear, so a session that is not
+        // held makes no syscall here (a peek at once cost one per session).
+        Either::Left(tcp) => match tcp.readable().await {
+            Err(_) => {}
+            Ok(()) => match tcp.peek(&mut b).await {
+                Ok(0) | Err(_) => {}
+                Ok(_) => std::future::pending().await,
+            },
         },
         // Inside TLS a close arrives as a record (close_notify) before the FIN, so a peek
         // sees data; the socket's read-closed readiness (EPOLLRDHUP) tells the FIN itself.
@@ -511,31 +516,49 @@ async fn gone(client: &ClientIo) {
     }
 }
 
-/// Reads the client's opening: eight bytes, then the rest of a StartupMessage or a
-/// CancelRequest (bounded by the 10000-byte limit and `timeout_startup`).
+/// Room for a whole StartupMessage in the first read (libpq's, JDBC's and asyncpg's are
+/// 60 to 300 bytes): one read takes it where reading its length first took two.
+const FIRST_CLIENT_READ: usize = 512;
+
+/// Reads the client's opening: one read, then the rest of a StartupMessage or a
+/// CancelRequest if it was longer (bounded by the 10000-byte limit and `timeout_startup`).
+/// A client waits for an answer after its opening, so nothing should follow it; what does
+/// is kept in order behind a StartupMessage (or a direct-TLS ClientHello's start), dropped
+/// behind a CancelRequest, and refused behind an SSLRequest or GSSENCRequest, as
+/// PostgreSQL refuses it (unencrypted data there is a client bug or an injection attempt).
 async fn read_prelude<S: AsyncRead + Unpin>(client: &mut S, deadline: Instant) -> Result<Prelude, Refusal> {
-    let mut head = [0u8; 8];
-    match timeout_at(deadline, client.read_exact(&mut head)).await {
-        Err(_) => return Err(Refusal::Silent),
-        Ok(Err(_)) => return Err(Refusal::Gone),
-        Ok(Ok(_)) => {}
+    let mut first = [0u8; FIRST_CLIENT_READ];
+    let mut got = 0;
+    while got < 8 {
+        match timeout_at(deadline, client.read(&mut first[got..])).await {
+            Err(_) => return Err(Refusal::Silent),
+            Ok(Err(_) | Ok(0)) => return Err(Refusal::Gone),
+            Ok(Ok(n)) => got += n,
+        }
     }
+    let head: [u8; 8] = first[..8].try_into().expect("eight bytes were read");
     let opening = pg::classify(head)?;
-    let mut bytes = head.to_vec();
-    let rest = match opening {
-        Opening::Startup { len, .. } | Opening::CancelRequest { len } => len as usize - 8,
-        _ => 0,
+    let len = match opening {
+        Opening::Startup { len, .. } | Opening::CancelRequest { len } => len as usize,
+        Opening::SslRequest | Opening::GssEncRequest if got > 8 => {
+            return Err(pg::BadOpening::DataAfterRequest.into());
+        }
+        Opening::SslRequest | Opening::GssEncRequest => 8,
+        Opening::DirectTls => got,
     };
-    if rest > 0 {
-        bytes.resize(8 + rest, 0);
-        match timeout_at(deadline, client.read_exact(&mut bytes[8..])).await {
+    let mut bytes = first[..got].to_vec();
+    if got < len {
+        bytes.resize(len, 0);
+        match timeout_at(deadline, client.read_exact(&mut bytes[got..])).await {
             Err(_) => return Err(Refusal::Silent),
             Ok(Err(_)) => return Err(Refusal::Gone),
             Ok(Ok(_)) => {}
         }
+    } else if matches!(opening, Opening::CancelRequest { .. }) {
+        bytes.truncate(len);
     }
     let startup = match opening {
-        Opening::Startup { .. } => Some(Startup::parse(&bytes)?),
+        Opening::Startup { .. } => Some(Startup::parse(&bytes[..len])?),
         _ => None,
     };
     Ok(Prelude { bytes, opening, startup })

@@ -12,37 +12,44 @@ const BACKLOG: i32 = 1024;
 
 /// Binds a listening socket with SO_REUSEADDR, so a restart does not fail on TIME_WAIT.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::from_std(bind_std(addr, false)?)
+    TcpListener::from_std(bind_std(addr, false, 0)?)
 }
 
 /// Binds `copies` listening sockets on `addr`, one per worker: with more than one, each has
 /// SO_REUSEPORT and the kernel spreads new connections across them, so each worker
 /// accepts and serves its own share without handing sessions between threads. The sockets
-/// are registered with a runtime by the worker that accepts on them.
-pub fn bind_copies(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::net::TcpListener>> {
+/// are registered with a runtime by the worker that accepts on them. With `defer`, a
+/// client is accepted once it has sent something (see `Global::defer_accept`).
+pub fn bind_copies(addr: SocketAddr, copies: usize, defer: bool) -> io::Result<Vec<std::net::TcpListener>> {
+    let defer = if defer { DEFER_ACCEPT } else { 0 };
     if copies > 1 {
         // SO_REUSEPORT would let this bind share a port another process (a second pgfront)
         // already serves: make sure it is free first, as a plain bind would.
-        let probe = bind_std(addr, false)?;
+        let probe = bind_std(addr, false, 0)?;
         let addr = probe.local_addr()?;
         drop(probe);
-        return bind_group(addr, copies);
+        return bind_group(addr, copies, defer);
     }
-    bind_group(addr, copies)
+    bind_group(addr, copies, defer)
 }
 
-fn bind_group(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_std(addr, copies > 1)?;
+fn bind_group(addr: SocketAddr, copies: usize, defer: i32) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_std(addr, copies > 1, defer)?;
     // Port 0 picks a port once; the other copies join it.
     let addr = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..copies {
-        all.push(bind_std(addr, true)?);
+        all.push(bind_std(addr, true, defer)?);
     }
     Ok(all)
 }
 
-fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+/// Seconds a silent client waits in the kernel before it is accepted anyway (Linux rounds
+/// this to SYN-ACK retransmissions: the first comes after a second), after which
+/// `timeout_startup` applies to it as to any client.
+const DEFER_ACCEPT: i32 = 1;
+
+fn bind_std(addr: SocketAddr, reuse_port: bool, defer: i32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -53,9 +60,33 @@ fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     // them from the listener, which saves four setsockopt calls per new session.
     socket.set_nodelay(true)?;
     socket.set_tcp_keepalive(&keepalive())?;
+    if defer > 0 {
+        set_defer_accept(&socket, defer)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+/// TCP_DEFER_ACCEPT (socket2 0.5 has no setter for it).
+fn set_defer_accept(socket: &Socket, secs: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = secs;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Keepalives so a vanished peer is noticed within minutes.
@@ -86,7 +117,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_keepalives_from_the_listener() {
         for copies in [1, 2] {
-            let sockets = bind_copies("127.0.0.1:0".parse().unwrap(), copies).unwrap();
+            let sockets = bind_copies("127.0.0.1:0".parse().unwrap(), copies, false).unwrap();
             let addr = sockets[0].local_addr().unwrap();
             let listeners: Vec<TcpListener> = sockets.into_iter().map(|s| TcpListener::from_std(s).unwrap()).collect();
             let _client = TcpStream::connect(addr).await.unwrap();
@@ -101,6 +132,48 @@ mod tests {
             assert!(s.keepalive().unwrap(), "SO_KEEPALIVE");
             assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(60));
             assert_eq!(s.keepalive_interval().unwrap(), Duration::from_secs(10));
+        }
+    }
+
+    /// With defer_accept every copy has TCP_DEFER_ACCEPT, and a client is accepted with its
+    /// first bytes already readable; without it, the option is off.
+    #[tokio::test]
+    async fn deferred_listeners_hand_over_clients_with_their_first_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let value = |l: &std::net::TcpListener| {
+            use std::os::fd::AsRawFd;
+            let mut v: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid descriptor, and a c_int with its size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    l.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_DEFER_ACCEPT,
+                    std::ptr::from_mut(&mut v).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        for copies in [1, 2] {
+            let off = bind_copies("127.0.0.1:0".parse().unwrap(), copies, false).unwrap();
+            assert!(off.iter().all(|l| value(l) == 0), "off unless asked");
+            let sockets = bind_copies("127.0.0.1:0".parse().unwrap(), copies, true).unwrap();
+            assert!(sockets.iter().all(|l| value(l) > 0), "every copy defers");
+            let addr = sockets[0].local_addr().unwrap();
+            let listeners: Vec<TcpListener> = sockets.into_iter().map(|s| TcpListener::from_std(s).unwrap()).collect();
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(b"\0\0\0\x08").await.unwrap();
+            let accepted = loop {
+                if let Some(s) = listeners.iter().find_map(|l| l.accept().now_or_never()) {
+                    break s.unwrap().0;
+                }
+                tokio::task::yield_now().await;
+            };
+            let mut b = [0u8; 8];
+            assert_eq!(accepted.try_read(&mut b).unwrap(), 4, "the first bytes came with the client");
         }
     }
 
