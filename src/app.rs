@@ -368,7 +368,13 @@ impl Generations {
                 "defer_accept applies to listeners bound from now on; the others keep theirs until a restart"
             );
         }
-        let (old_max, new_max) = (old.global.maxconn, config.global.maxconn);
+        // Both as the descriptor limit holds them (see `fds`): the old one as it was applied.
+        let old_max = crate::fds::fitting(old.global.maxconn, crate::fds::limit());
+        let new_max = if config.global.maxconn == old.global.maxconn {
+            old_max
+        } else {
+            crate::fds::fit_maxconn(config.global.maxconn)
+        };
         let before = self.shared.clusters.load_full();
         let mut after: Vec<Arc<ClusterState>> = Vec::new();
         let views = config.views();

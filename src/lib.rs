@@ -11,6 +11,7 @@ pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod fds;
 pub mod health;
 pub mod history;
 pub mod import;

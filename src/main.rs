@@ -269,6 +269,10 @@ fn run(path: PathBuf) -> ExitCode {
         // Colour codes only on a terminal: journald and log files get plain text.
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    // Two descriptors per session: take what the hard limit allows before anything is
+    // bound; global.maxconn is then held to what that limit can serve (see pgfront::fds).
+    let limit = pgfront::fds::raise_limit();
+    tracing::debug!(descriptor_limit = limit, "descriptor limit");
     // The control runtime (checkers, web surface, signals, reloads) on this thread; the
     // sessions on one current-thread runtime per worker thread.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -176,7 +176,7 @@ impl Shared {
         let clusters = runtimes.into_iter().map(|r| Arc::new(ClusterState::new(r))).collect();
         Shared {
             clusters: ArcSwap::from_pointee(clusters),
-            global: Arc::new(Semaphore::new(maxconn)),
+            global: Arc::new(Semaphore::new(crate::fds::fit_maxconn(maxconn))),
             tokens,
             sessions: TaskTracker::new(),
             reloads: Reloads::default(),

@@ -182,81 +182,192 @@ async fn a_json_log_format_writes_one_parseable_object_per_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn out_of_descriptors_clients_wait_and_the_shortage_is_logged_once() {
-    let lab = Lab::start(3).await;
-    lab.leader(0);
-    let (p1, p2, web) = (free_port(), free_port(), free_port());
-    let text = lab
-        .config("")
-        .replace("[global]", "[global]\nthreads = 1")
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
-    let dir = std::env::temp_dir().join(format!("pgfront-emfile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("pgfront.toml");
-    std::fs::write(&path, &text).unwrap();
-    // 64 descriptors: a few dozen sessions (a client and a server socket each) exhaust them.
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=64:64", BIN, "run", "--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let _reaper = KillOnDrop(pid);
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let (log, stderr) = (std::sync::Arc::clone(&log), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        })
-    };
-    let count = |what: &str| log.lock().unwrap().iter().filter(|l| l.contains(what)).count();
-    let web: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while json(&get(web, "/status.json").await.unwrap_or_default())["listeners"][0]["servers_up"] != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "pgfront did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let addr: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..80 {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(&OPENING).await.unwrap();
-        held.push(s);
-    }
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while count("out of file descriptors") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "descriptors never ran out: {:?}", log.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The shortage lasts a second (accept pausing 100 ms at a time, flapping as sessions\n    // end): it is logged once, not at every pause.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    drop(held);
-    // The waiting clients were served from the backlog and closed; a new one is served.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), connect(addr)).await {
-            if c.echo(b"after the shortage").await.is_ok() {
-                break;
-            }
+/// pgfront run under `prlimit --nofile=N:N` (two worker threads) with its stderr
+/// collected, in front of one fake node: the port of its first listener and its web port.
+struct Limited {
+    child: std::process::Child,
+    pid: u32,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    addr: SocketAddr,
+    web: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Limited {
+    async fn start(lab: &Lab, nofile: u32, tag: &str) -> Limited {
+        let (p1, p2, web) = (free_port(), free_port(), free_port());
+        let text = lab
+            .config("")
+            .replace("[global]", "[global]\nthreads = 2")
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+        let dir = std::env::temp_dir().join(format!("pgfront-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pgfront.toml");
+        std::fs::write(&path, &text).unwrap();
+        let mut child = Command::new("prlimit")
+            .args([&format!("--nofile={nofile}:{nofile}"), BIN, "run", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let reader = {
+            let (log, stderr) = (std::sync::Arc::clone(&log), child.stderr.take().unwrap());
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            })
+        };
+        let me = Limited {
+            child,
+            pid,
+            log,
+            reader: Some(reader),
+            addr: format!("127.0.0.1:{p1}").parse().unwrap(),
+            web: format!("127.0.0.1:{web}").parse().unwrap(),
+            dir,
+        };
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while json(&get(me.web, "/status.json").await.unwrap_or_default())["listeners"][0]["servers_up"] != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "pgfront did not come up: {:#?}", me.lines());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not served after the shortage");
+        me
     }
-    signal(pid, "-TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    reader.join().unwrap();
-    assert!(status.success(), "{status:?}");
-    let lines = log.lock().unwrap().clone();
-    assert_eq!(count("out of file descriptors"), 1, "logged once per 10 s: {lines:#?}");
-    assert_eq!(count("file descriptors available again"), 1, "the recovery is said too, once: {lines:#?}");
-    let _ = std::fs::remove_dir_all(&dir);
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(what)).count()
+    }
+
+    async fn wait_for(&self, what: &str) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while self.count(what) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never logged {what:?}: {:#?}", self.lines());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops pgfront (it must exit cleanly) and returns its whole log.
+    async fn stop(mut self) -> Vec<String> {
+        signal(self.pid, "-TERM");
+        let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        assert!(status.success(), "{status:?}");
+        self.lines()
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sessions that echo, and whose server is never blamed for pgfront's own shortage.
+async fn all_echo(held: &mut [Client], what: &[u8]) {
+    for c in held.iter_mut() {
+        tokio::time::timeout(LIMIT, c.echo(what)).await.expect("a held session hung").expect("a held session broke");
+    }
+}
+
+#[tokio::test]
+async fn a_descriptor_limit_too_small_for_maxconn_holds_sessions_to_what_it_can_serve() {
+    // Before: with maxconn above what the limit holds, waiting clients were accepted until
+    // no descriptor was left for their server connects or for the health check, whose
+    // failures (L4CON) marked the server down and cut every established session.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = Limited::start(&lab, 64, "fdcap").await;
+    assert_eq!(pg.count("the limit holds 16 sessions"), 1, "{:#?}", pg.lines());
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("not served").unwrap());
+    }
+    // More clients than that wait in the backlog while the 16 work and checks go on.
+    let waiting: Vec<_> = (0..8).map(|_| tokio::spawn(connect(pg.addr))).collect();
+    let checks = lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni");
+    eventually(LIMIT, "checks go on", || {
+        lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni") > checks + 5
+    })
+    .await;
+    all_echo(&mut held, b"at the limit").await;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "the excess waits");
+    held.truncate(8);
+    for w in waiting {
+        let mut c = tokio::time::timeout(LIMIT, w).await.expect("a waiting client was never served").unwrap().unwrap();
+        c.echo(b"served after waiting").await.unwrap();
+    }
+    all_echo(&mut held, b"still there").await;
+    drop(held);
+    let lines = pg.stop().await;
+    for bad in ["out of file descriptors", "server is DOWN", "Too many open files"] {
+        assert!(!lines.iter().any(|l| l.contains(bad)), "{bad:?} in {lines:#?}");
+    }
+}
+
+#[tokio::test]
+async fn out_of_descriptors_sessions_and_health_are_kept_and_the_shortage_is_logged_once() {
+    // Before: a check that got no descriptor was a failed check (L4CON) and cut every
+    // session of the server; and each of the two workers' accept loops logged the shortage.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = Limited::start(&lab, 64, "emfile").await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("not served").unwrap());
+    }
+    // Idle connections to the web page take the rest of the descriptors (the web surface
+    // is not under maxconn): new sessions and checks find none.
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        match tokio::net::TcpStream::connect(pg.web).await {
+            Ok(s) => idle.push(s),
+            Err(_) => break,
+        }
+    }
+    // Several, so that both workers' copies of the listener meet the shortage.
+    let late: Vec<_> = (0..4).map(|_| tokio::spawn(connect(pg.addr))).collect();
+    pg.wait_for("out of file descriptors; pausing accept").await;
+    pg.wait_for("health check not made").await;
+    // The check has met the shortage at least `fall` (2) times at its 50 ms interval.
+    let seen = pg.count("health check not made");
+    let rest = lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pg.count("health check not made"), seen, "said once per shortage");
+    assert_eq!(lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni"), rest, "no check was made");
+    all_echo(&mut held, b"during the shortage").await;
+    drop(idle);
+    for c in late {
+        let mut c = tokio::time::timeout(LIMIT, c).await.expect("never served after the shortage").unwrap().unwrap();
+        c.echo(b"after the shortage").await.unwrap();
+        held.push(c);
+    }
+    pg.wait_for("health checks made again").await;
+    all_echo(&mut held, b"after").await;
+    drop(held);
+    let lines = pg.stop().await;
+    let count = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        count("out of file descriptors; pausing accept"),
+        1,
+        "once for the process, not per accept loop: {lines:#?}"
+    );
+    assert_eq!(count("file descriptors available again"), 1, "the recovery is said once too: {lines:#?}");
+    assert_eq!(count("server is DOWN"), 0, "pgfront's shortage is not the server's: {lines:#?}");
 }
 
 /// Kills a child process when dropped, unless it already exited.

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::node::{Answer, Claim};
-use super::{Change, Check, React, Runtime};
+use super::{Change, Check, NodeState, React, Runtime};
 use crate::config::{CheckMode, CheckSpec, CheckTiming};
 use crate::health::{verdict, CheckCode, NodeStatus, Probe, ProbeResult, Transition, View};
 
@@ -107,6 +107,8 @@ impl Checker {
         // The last TLS failure logged: said once when it starts or changes, not every probe
         // (a node that never came up would otherwise fail silently at the default level).
         let mut tls_failure: Option<String> = None;
+        // pgfront itself ran out of descriptors for the check: said once per shortage.
+        let mut no_socket = false;
         loop {
             let started = Instant::now();
             let seen = node.kicks();
@@ -114,22 +116,19 @@ impl Checker {
                 r = probe.probe(&self.target.address, &self.target.spec) => r,
                 () = self.stop.cancelled() => return,
             };
-            node.note_cert(&result);
-            if matches!(result.code, CheckCode::L6Rsp | CheckCode::L6Tout) {
-                if tls_failure.as_deref() != Some(result.detail.as_str()) {
-                    tracing::warn!(node = %node.name, rest = %self.target.address, result = %result.summary(),
-                        detail = %result.detail, "health check over HTTPS failed");
-                    tls_failure = Some(result.detail.clone());
+            if result.code == CheckCode::SockErr {
+                // No verdict about the node: its checks keep their state (a shortage of
+                // pgfront's must not mark servers down and cut their sessions), and it is
+                // probed again at the next interval.
+                if !std::mem::replace(&mut no_socket, true) {
+                    tracing::warn!(node = %node.name, rest = %self.target.address, detail = %result.detail,
+                        "health check not made: pgfront is out of file descriptors; the node's state is kept");
                 }
-            } else if result.status.is_some() && tls_failure.take().is_some() {
-                tracing::info!(node = %node.name, rest = %self.target.address, "health check over HTTPS answers again");
-            }
-            if !result.passed() && result.status.is_none() {
-                tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
-            }
-            match rt.config.global.check_mode {
-                CheckMode::Patroni => self.patroni_answer(result).await,
-                CheckMode::Http => self.http_answer(&result),
+            } else {
+                if std::mem::take(&mut no_socket) {
+                    tracing::info!(node = %node.name, "health checks made again");
+                }
+                self.answer(&node, result, &mut tls_failure).await;
             }
             let mut delay =
                 self.target.checks.iter().map(|c| c.next_interval()).min().unwrap_or(self.target.spec.timing.inter);
@@ -152,6 +151,27 @@ impl Checker {
                 }
                 () = self.stop.cancelled() => return,
             }
+        }
+    }
+
+    /// Records a probe's verdict for each of the node's checks, by the check mode's rule.
+    async fn answer(&self, node: &NodeState, result: ProbeResult, tls_failure: &mut Option<String>) {
+        node.note_cert(&result);
+        if matches!(result.code, CheckCode::L6Rsp | CheckCode::L6Tout) {
+            if tls_failure.as_deref() != Some(result.detail.as_str()) {
+                tracing::warn!(node = %node.name, rest = %self.target.address, result = %result.summary(),
+                    detail = %result.detail, "health check over HTTPS failed");
+                *tls_failure = Some(result.detail.clone());
+            }
+        } else if result.status.is_some() && tls_failure.take().is_some() {
+            tracing::info!(node = %node.name, rest = %self.target.address, "health check over HTTPS answers again");
+        }
+        if !result.passed() && result.status.is_none() {
+            tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
+        }
+        match self.rt.config.global.check_mode {
+            CheckMode::Patroni => self.patroni_answer(result).await,
+            CheckMode::Http => self.http_answer(&result),
         }
     }
 

@@ -40,6 +40,10 @@ pub enum CheckCode {
     /// The TLS handshake failed: an untrusted, expired or misnamed certificate, or the
     /// server refused pgfront's (missing) client certificate.
     L6Rsp,
+    /// pgfront could not make the check itself (out of file descriptors): HAProxy's
+    /// SOCKERR. It says nothing about the node, so it is no verdict: the check's state
+    /// stays as it was rather than counting towards `fall` and cutting sessions.
+    SockErr,
 }
 
 impl CheckCode {
@@ -53,6 +57,7 @@ impl CheckCode {
             CheckCode::L7Tout => "L7TOUT",
             CheckCode::L6Tout => "L6TOUT",
             CheckCode::L6Rsp => "L6RSP",
+            CheckCode::SockErr => "SOCKERR",
         }
     }
 }
@@ -140,6 +145,13 @@ async fn http_probe(target: &str, spec: &CheckSpec) -> ProbeResult {
     let connect = timeout_at(started + spec.timing.connect_timeout, crate::net::connect(target, spec.source)).await;
     let stream = match connect {
         Err(_) => return ProbeResult::fail(CheckCode::L4Tout, started, "connect timeout"),
+        Ok(Err(e)) if crate::fds::is_exhaustion(&e) => {
+            return ProbeResult::fail(
+                CheckCode::SockErr,
+                started,
+                format!("pgfront has no descriptor for the check: {e}"),
+            );
+        }
         Ok(Err(e)) => return ProbeResult::fail(CheckCode::L4Con, started, e.to_string()),
         Ok(Ok(s)) => s,
     };

@@ -34,7 +34,6 @@ pub async fn accept_loop(
     socket: TcpListener,
     stop: CancellationToken,
 ) {
-    let mut exhausted = Exhaustion::default();
     loop {
         // Global maxconn: accept only while a place is free, as HAProxy does; the kernel's
         // backlog holds clients meanwhile. The place is taken after the accept, so idle
@@ -46,11 +45,13 @@ pub async fn accept_loop(
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
                 Ok(v) => {
-                    exhausted.recovered(&name);
+                    if SHORT.load(std::sync::atomic::Ordering::Relaxed) {
+                        lock_exhaustion().recovered(&name);
+                    }
                     v
                 }
                 Err(e) => {
-                    accept_error(&name, &e, &mut exhausted).await;
+                    accept_error(&name, &e).await;
                     continue;
                 }
             },
@@ -90,38 +91,48 @@ const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// number of pauses since), so a long shortage is not ten log lines a second.
 const EXHAUSTED_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// An accept loop's descriptor shortage. Accept flaps between failing and succeeding while
-/// descriptors are short (each closing session frees one), so both the error and the
-/// recovery are said at most once per `EXHAUSTED_LOG_EVERY`.
-#[derive(Default)]
+/// The process's descriptor shortage. Accept flaps between failing and succeeding while
+/// descriptors are short (each closing session frees one), and every worker's accept loop
+/// of every listener meets the same shortage: both the error and the recovery are said at
+/// most once per `EXHAUSTED_LOG_EVERY` for the whole process.
 struct Exhaustion {
     /// When the error was last logged.
     logged: Option<tokio::time::Instant>,
-    /// The error was logged and the recovery not yet.
-    short: bool,
-    /// Pauses since the error was last logged.
+    /// Pauses (of any accept loop) since the error was last logged.
     pauses: u64,
+}
+
+/// The error was logged and the recovery not yet: read on every accept, so a plain flag
+/// (the lock is taken only while a shortage lasts).
+static SHORT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static EXHAUSTION: std::sync::Mutex<Exhaustion> = std::sync::Mutex::new(Exhaustion { logged: None, pauses: 0 });
+
+fn lock_exhaustion() -> std::sync::MutexGuard<'static, Exhaustion> {
+    EXHAUSTION.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Exhaustion {
     fn recovered(&mut self, name: &str) {
-        if std::mem::take(&mut self.short) {
+        if SHORT.swap(false, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(listener = %name, pauses = self.pauses, "file descriptors available again; accepting");
         }
     }
 }
 
 /// Logs an accept error and backs off when descriptors are exhausted instead of spinning.
-async fn accept_error(name: &str, e: &std::io::Error, exhausted: &mut Exhaustion) {
-    if tweaks::is_fd_exhaustion(e) {
-        exhausted.pauses += 1;
-        let now = tokio::time::Instant::now();
-        if exhausted.logged.is_none_or(|at| now.duration_since(at) >= EXHAUSTED_LOG_EVERY) {
-            tracing::error!(listener = %name, error = %e, pauses = exhausted.pauses,
-                "out of file descriptors; pausing accept (clients wait in the backlog)");
-            exhausted.logged = Some(now);
-            exhausted.short = true;
-            exhausted.pauses = 0;
+async fn accept_error(name: &str, e: &std::io::Error) {
+    if crate::fds::is_exhaustion(e) {
+        {
+            let mut x = lock_exhaustion();
+            x.pauses += 1;
+            let now = tokio::time::Instant::now();
+            if x.logged.is_none_or(|at| now.duration_since(at) >= EXHAUSTED_LOG_EVERY) {
+                tracing::error!(listener = %name, error = %e, pauses = x.pauses,
+                    "out of file descriptors; pausing accept (clients wait in the backlog)");
+                x.logged = Some(now);
+                x.pauses = 0;
+                SHORT.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         tokio::time::sleep(EXHAUSTED_PAUSE).await;
     } else {

@@ -788,6 +788,18 @@ async fn connect(
                 let _ = tweaks::server(&stream);
                 return Ok((slot, stream));
             }
+            Ok(Err(e)) if crate::fds::is_exhaustion(&e) => {
+                // pgfront's shortage, not the server's: nothing is counted against it and
+                // its check is not asked; the session is held while descriptors free up.
+                tracing::debug!(listener = %cfg.name, server = %server.name, error = %e, "no descriptor for a server connect; session held");
+                drop(slot);
+                pause(listener, hold_until).await.map_err(|_| Refusal::Connect {
+                    server: server.name.clone(),
+                    address: server.address.clone(),
+                    error: e.to_string(),
+                })?;
+                continue;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("connect timeout after {:?}", cfg.timeout_connect),
         };

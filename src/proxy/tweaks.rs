@@ -101,14 +101,6 @@ pub fn server(stream: &TcpStream) -> io::Result<()> {
     SockRef::from(stream).set_tcp_keepalive(&keepalive())
 }
 
-/// Whether an accept error means the process is out of descriptors (back off, don't spin).
-pub fn is_fd_exhaustion(e: &io::Error) -> bool {
-    // Linux's ENFILE and EMFILE.
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    matches!(e.raw_os_error(), Some(ENFILE | EMFILE))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
