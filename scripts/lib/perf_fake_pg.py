@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """A PostgreSQL backend that answers any startup and then holds the session, for
-scripts/perf-bench's memory case: SSLRequest/GSSENCRequest get 'N'; a StartupMessage gets
-AuthenticationOk, a few ParameterStatus, BackendKeyData (a distinct key per session) and
-ReadyForQuery; after that every byte received is echoed back. A CancelRequest is closed.
-Beside it a REST endpoint answers every HTTP request with 200 (pgfront's health check).
+scripts/perf-bench's memory case and scripts/scale-test: SSLRequest/GSSENCRequest get 'N';
+a StartupMessage gets AuthenticationOk, a few ParameterStatus, BackendKeyData (a distinct
+key per session) and ReadyForQuery. After that, by default every byte received is echoed
+back (perf-bench); with --query it speaks the simple query protocol instead: a Query ('Q')
+gets RowDescription (one int4 column), DataRow ("1"), CommandComplete ("SELECT 1") and
+ReadyForQuery, a Terminate ('X') closes, any other message gets an ErrorResponse (0A000)
+and ReadyForQuery. A CancelRequest is closed. Beside it a REST endpoint answers every HTTP
+request with 200 (pgfront's health check).
 
-usage: perf_fake_pg.py PG_HOST:PORT REST_HOST:PORT
+usage: perf_fake_pg.py [--query] PG_HOST:PORT REST_HOST:PORT
 Runs until SIGTERM/SIGINT.
 """
 import asyncio, itertools, signal, struct, sys
@@ -25,6 +29,15 @@ PARAMS = b"".join(param(k, v) for k, v in [
     ("server_version", "15.0"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
     ("DateStyle", "ISO, MDY"), ("integer_datetimes", "on"), ("standard_conforming_strings", "on")])
 
+# The answer to any simple Query: one row of one int4 column, as `SELECT 1` gets.
+QUERY_ANSWER = (msg(b"T", struct.pack("!H", 1) + b"?column?\0" + struct.pack("!IhIhih", 0, 0, 23, 4, -1, 0)) +
+                msg(b"D", struct.pack("!HI", 1, 1) + b"1") +
+                msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
+UNSUPPORTED = (msg(b"E", b"SFATAL\0VERROR\0C0A000\0Mfake backend: only simple Query is supported\0\0") +
+               msg(b"Z", b"I"))
+
+QUERY_MODE = False
+
 
 async def pg_session(reader, writer):
     try:
@@ -33,19 +46,29 @@ async def pg_session(reader, writer):
             length, code = struct.unpack("!II", head)
             if length < 8 or length > 10000:
                 return
-            rest = await reader.readexactly(length - 8)
+            await reader.readexactly(length - 8)  # the startup's parameters: anyone is welcome
             if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest
                 writer.write(b"N")
                 continue
             if code == 80877102:  # CancelRequest
                 return
-            del rest
             key = next(KEYS)
             writer.write(msg(b"R", struct.pack("!I", 0)) + PARAMS +
                          msg(b"K", struct.pack("!II", 100000 + key % 1000000, key)) +
                          msg(b"Z", b"I"))
             await writer.drain()
             break
+        if QUERY_MODE:
+            while True:  # one message per turn, until Terminate or the peer closes
+                head = await reader.readexactly(5)
+                length = struct.unpack("!I", head[1:])[0]
+                if length < 4 or length > 1 << 20:
+                    return
+                await reader.readexactly(length - 4)
+                if head[:1] == b"X":
+                    return
+                writer.write(QUERY_ANSWER if head[:1] == b"Q" else UNSUPPORTED)
+                await writer.drain()
         while True:
             data = await reader.read(65536)
             if not data:
@@ -81,13 +104,17 @@ async def main(pg, rest_addr):
     rh, rp = rest_addr.rsplit(":", 1)
     servers = [await asyncio.start_server(pg_session, h, int(p), backlog=4096, reuse_address=True),
                await asyncio.start_server(rest, rh, int(rp), backlog=128, reuse_address=True)]
-    print(f"fake PostgreSQL on {pg}, REST on {rest_addr}", flush=True)
+    print(f"fake PostgreSQL on {pg} ({'query' if QUERY_MODE else 'echo'} mode), REST on {rest_addr}", flush=True)
     await stop.wait()
     for s in servers:
         s.close()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    if args[:1] == ["--query"]:
+        QUERY_MODE = True
+        args = args[1:]
+    if len(args) != 2:
         sys.exit(__doc__)
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(args[0], args[1]))
