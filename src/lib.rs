@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod health;
 pub mod history;
 pub mod import;
+pub mod malloc;
 pub mod net;
 pub mod pg;
 pub mod proxy;
