@@ -378,6 +378,13 @@ async fn mem(addr: SocketAddr, n: usize) {
     settle().await;
     let closed = snap();
     println!("after close: {} (left behind)", per(&before, &closed, n));
+    println!("  live blocks left behind by size (bytes requested, rounded up to 16):");
+    for (i, (a, b)) in before.sizes.iter().zip(&closed.sizes).enumerate() {
+        if a != b {
+            let size = if i == BINS - 1 { ">8192".to_owned() } else { format!("{}", i * 16) };
+            println!("    {size:>6}: {:+}", b - a);
+        }
+    }
 }
 
 async fn cycles(addr: SocketAddr, n: usize, clients: usize) {

@@ -15,6 +15,7 @@ pub mod fds;
 pub mod health;
 pub mod history;
 pub mod import;
+pub mod malloc;
 pub mod net;
 pub mod pg;
 pub mod proxy;

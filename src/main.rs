@@ -107,7 +107,16 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => run(config),
+        Command::Run { config } => {
+            // Memory freed by ended sessions goes back to the system only without glibc's
+            // per-thread cache (see pgfront::malloc): this starts pgfront again without it.
+            if let Some(e) = pgfront::malloc::restart_without_tcache() {
+                eprintln!(
+                    "pgfront: warning: cannot start again with glibc's per-thread malloc cache off ({e}); memory freed by ended sessions may stay resident"
+                );
+            }
+            run(config)
+        }
         Command::ImportHaproxy { file, hash_passwords } => import_haproxy(&file, hash_passwords),
         Command::Status { remote, json, watch } => match source(remote) {
             Ok(src) => status(&src, json, watch),

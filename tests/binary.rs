@@ -370,6 +370,63 @@ async fn out_of_descriptors_sessions_and_health_are_kept_and_the_shortage_is_log
     assert_eq!(count("server is DOWN"), 0, "pgfront's shortage is not the server's: {lines:#?}");
 }
 
+/// glibc's per-thread malloc cache keeps pages of ended sessions resident (issue 9; see
+/// `pgfront::malloc`): `run` serves with it off, same process, unless the operator set its
+/// size. Failed before: served with glibc's default cache.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn run_serves_with_glibcs_per_thread_malloc_cache_off_unless_the_operator_set_it() {
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let dir = std::env::temp_dir().join(format!("pgfront-tcache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (given, served) in [
+        (None, "glibc.malloc.tcache_count=0"),
+        (Some("glibc.malloc.arena_max=2"), "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"),
+        (Some("glibc.malloc.tcache_count=3"), "glibc.malloc.tcache_count=3"),
+    ] {
+        let (p1, p2, web) = (free_port(), free_port(), free_port());
+        let text = lab
+            .config("")
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+        let path = dir.join("pgfront.toml");
+        std::fs::write(&path, &text).unwrap();
+        let mut command = Command::new(BIN);
+        command.args(["run", "--config", path.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
+        match given {
+            Some(v) => command.env("GLIBC_TUNABLES", v),
+            None => command.env_remove("GLIBC_TUNABLES"),
+        };
+        let mut child = command.spawn().unwrap();
+        let pid = child.id();
+        let _reaper = KillOnDrop(pid);
+        let web: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while get(web, "/status.json").await.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "pgfront did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The environment the serving program started with (the same process id). glibc
+        // reads GLIBC_TUNABLES in place, ending each tunable with a NUL: the pieces after
+        // it that name a glibc tunable are part of it.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        let mut pieces = environ.split('\0').skip_while(|v| !v.starts_with("GLIBC_TUNABLES="));
+        let first = pieces.next().unwrap_or_default().to_owned();
+        let tunables = pieces.take_while(|v| v.starts_with("glibc.")).fold(first, |all, v| all + ":" + v);
+        assert_eq!(tunables, format!("GLIBC_TUNABLES={served}"), "given {given:?}");
+        // Still named pgfront for ps, pgrep and the journal.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "pgfront");
+        signal(pid, "-TERM");
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Kills a child process when dropped, unless it already exited.
 struct KillOnDrop(u32);
 

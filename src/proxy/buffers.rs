@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
@@ -20,18 +21,36 @@ const POOL: usize = 256;
 /// Bytes freed (copy buffers beyond the pools, ended sessions) since the allocator was
 /// last asked to give memory back: a burst on thousands of sessions, or thousands of
 /// sessions ending, frees megabytes that glibc's malloc would otherwise keep resident.
-static FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static FREED: AtomicUsize = AtomicUsize::new(0);
 
-/// How much must have been freed before memory is handed back to the system.
+/// `FREED` as the previous look (a second ago) saw it.
+static LOOKED: AtomicUsize = AtomicUsize::new(0);
+
+/// How much must have been freed before memory is handed back while freeing goes on.
 const TRIM_AFTER: usize = 1 << 20;
 
-/// Hands freed memory back to the system if a burst freed enough to matter (called from
-/// a control task about once a second; nothing happens while traffic is steady).
+/// How much must have been freed before memory is handed back once freeing stopped.
+const TRIM_QUIET: usize = 64 << 10;
+
+/// Whether to hand memory back now, from the bytes freed since the last time and that
+/// count at the previous look: after a megabyte, or once nothing more was freed for a
+/// look (the last sessions of a mass close, or a few hundred ending, free less than a
+/// megabyte after the last trim, which would otherwise stay resident until more end).
+fn due(freed: usize, at_last_look: usize) -> bool {
+    freed >= TRIM_AFTER || (freed >= TRIM_QUIET && freed == at_last_look)
+}
+
+/// Hands freed memory back to the system if enough was freed (called from a control task
+/// about once a second; nothing happens while traffic is steady).
 pub fn trim() {
-    if FREED.load(std::sync::atomic::Ordering::Relaxed) < TRIM_AFTER {
+    let freed = FREED.load(Ordering::Relaxed);
+    let at_last_look = LOOKED.swap(freed, Ordering::Relaxed);
+    if !due(freed, at_last_look) {
         return;
     }
-    FREED.store(0, std::sync::atomic::Ordering::Relaxed);
+    // What was freed meanwhile counts towards the next time.
+    FREED.fetch_sub(freed, Ordering::Relaxed);
+    LOOKED.store(0, Ordering::Relaxed);
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory to the system; it touches no live allocation.
     unsafe {
@@ -42,7 +61,7 @@ pub fn trim() {
 /// Notes memory freed outside the buffer pools (a session's task and registrations when it
 /// ends), so that many ended sessions hand their memory back as a burst does.
 pub fn freed(bytes: usize) {
-    FREED.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    FREED.fetch_add(bytes, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -65,7 +84,7 @@ fn give(buf: Box<[u8]>) {
         }
     });
     if kept != Ok(true) {
-        FREED.fetch_add(BUF, std::sync::atomic::Ordering::Relaxed);
+        FREED.fetch_add(BUF, Ordering::Relaxed);
     }
 }
 
@@ -181,5 +200,15 @@ mod tests {
         give(a);
         let again = take();
         assert_eq!(again.as_ptr(), ptr);
+    }
+
+    #[test]
+    fn memory_is_handed_back_once_freeing_stops_even_below_a_megabyte() {
+        // 450 sessions ended (2 KiB each counted), and nothing since the last look.
+        let freed = 450 * 2048;
+        assert!(!due(freed, 0), "still freeing: wait for the megabyte or the end");
+        assert!(due(freed, freed), "freeing stopped below a megabyte: handed back");
+        assert!(due(TRIM_AFTER, 0), "a megabyte: handed back while freeing goes on");
+        assert!(!due(0, 0) && !due(4096, 4096), "a session or two: not worth a trim yet");
     }
 }
