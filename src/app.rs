@@ -368,13 +368,8 @@ impl Generations {
                 "defer_accept applies to listeners bound from now on; the others keep theirs until a restart"
             );
         }
-        // Both as the descriptor limit holds them (see `fds`): the old one as it was applied.
-        let old_max = crate::fds::fitting(old.global.maxconn, crate::fds::limit());
-        let new_max = if config.global.maxconn == old.global.maxconn {
-            old_max
-        } else {
-            crate::fds::fit_maxconn(config.global.maxconn)
-        };
+        // As the descriptor limit holds it (see `fds`); resized from the one in effect.
+        let new_max = crate::fds::fit_maxconn(config.global.maxconn);
         let before = self.shared.clusters.load_full();
         let mut after: Vec<Arc<ClusterState>> = Vec::new();
         let views = config.views();
@@ -435,7 +430,7 @@ impl Generations {
                 cs.discovery.cancel();
             }
         }
-        self.shared.resize(old_max, new_max);
+        self.shared.resize(new_max);
         self.listeners(&mut serving, &config, fresh);
         serving.file = config;
         Ok(())

@@ -82,6 +82,9 @@ pub struct Shared {
     pub clusters: ArcSwap<Vec<Arc<ClusterState>>>,
     /// Global maxconn: a permit per open session, taken before accepting.
     pub global: Arc<Semaphore>,
+    /// The global maxconn in effect: the configured one, as the descriptor limit holds it
+    /// (`fds::fit_maxconn`), so a reload resizes from what was applied.
+    maxconn: AtomicUsize,
     /// Permits a reload that lowered maxconn could not take back at once because sessions
     /// held them: each is forgotten as its session ends.
     pub owed: Arc<AtomicUsize>,
@@ -150,7 +153,8 @@ impl Shared {
 
     /// Applies a new global maxconn: raising it pays debts first, lowering takes back the
     /// free places at once and the held ones as their sessions end.
-    pub fn resize(&self, old: usize, new: usize) {
+    pub fn resize(&self, new: usize) {
+        let old = self.maxconn.swap(new, Ordering::AcqRel);
         if new >= old {
             let mut more = new - old;
             let _ = self.owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
@@ -172,11 +176,13 @@ impl Shared {
 
     /// Shared state for several clusters, one generation each; `runtimes` is not empty.
     pub fn with_clusters(runtimes: Vec<Runtime>, tokens: Tokens) -> Shared {
-        let maxconn = runtimes.first().map_or(crate::config::defaults::GLOBAL_MAXCONN, |r| r.config.global.maxconn);
+        let configured = runtimes.first().map_or(crate::config::defaults::GLOBAL_MAXCONN, |r| r.config.global.maxconn);
+        let maxconn = crate::fds::fit_maxconn(configured);
         let clusters = runtimes.into_iter().map(|r| Arc::new(ClusterState::new(r))).collect();
         Shared {
             clusters: ArcSwap::from_pointee(clusters),
-            global: Arc::new(Semaphore::new(crate::fds::fit_maxconn(maxconn))),
+            global: Arc::new(Semaphore::new(maxconn)),
+            maxconn: AtomicUsize::new(maxconn),
             tokens,
             sessions: TaskTracker::new(),
             reloads: Reloads::default(),
@@ -241,12 +247,12 @@ mod tests {
     async fn lowering_maxconn_takes_back_held_places_as_sessions_end() {
         let s = shared(4);
         let held: Vec<Permit> = vec![s.permit().await.unwrap(), s.permit().await.unwrap(), s.permit().await.unwrap()];
-        s.resize(4, 1);
+        s.resize(1);
         assert_eq!(s.global.available_permits(), 0, "the free place is taken back at once");
         assert_eq!(s.owed.load(Ordering::SeqCst), 2);
         drop(held);
         assert_eq!(s.global.available_permits(), 1, "two ended sessions paid the debt, the third frees a place");
-        s.resize(1, 3);
+        s.resize(3);
         assert_eq!(s.global.available_permits(), 3);
     }
 
@@ -254,9 +260,9 @@ mod tests {
     async fn raising_maxconn_pays_debts_first() {
         let s = shared(2);
         let held = vec![s.permit().await.unwrap(), s.permit().await.unwrap()];
-        s.resize(2, 1);
+        s.resize(1);
         assert_eq!(s.owed.load(Ordering::SeqCst), 1);
-        s.resize(1, 2);
+        s.resize(2);
         assert_eq!((s.owed.load(Ordering::SeqCst), s.global.available_permits()), (0, 0));
         drop(held);
         assert_eq!(s.global.available_permits(), 2);
