@@ -40,9 +40,10 @@ pub enum CheckCode {
     /// The TLS handshake failed: an untrusted, expired or misnamed certificate, or the
     /// server refused pgfront's (missing) client certificate.
     L6Rsp,
-    /// pgfront could not make the check itself (out of file descriptors): HAProxy's
-    /// SOCKERR. It says nothing about the node, so it is no verdict: the check's state
-    /// stays as it was rather than counting towards `fall` and cutting sessions.
+    /// pgfront could not make the check itself (out of file descriptors). HAProxy calls it
+    /// SOCKERR and counts it as a failed check; pgfront does not: it says nothing about the
+    /// node, so it is no verdict, and the check's state stays as it was rather than
+    /// counting towards `fall` and cutting the sessions of a healthy server.
     SockErr,
 }
 

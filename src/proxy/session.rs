@@ -149,6 +149,9 @@ impl Refusal {
 /// What the client sent before a server was chosen, forwarded to it first.
 struct Prelude {
     bytes: Vec<u8>,
+    /// Where the opening ends in `bytes`; what follows was sent behind it, for the chosen
+    /// server only (after its first answer), never for a connect that may be retried.
+    end: usize,
     opening: Opening,
     /// The parsed StartupMessage of a plain-text client.
     startup: Option<Startup>,
@@ -270,6 +273,15 @@ async fn establish_session(
             return None;
         }
     };
+    // What the client sent behind its opening goes to the chosen server only, in order.
+    if prelude.end < prelude.bytes.len() {
+        if let Err(e) = upstream.write_all(&prelude.bytes[prelude.end..]).await {
+            let server = &slot.server().name;
+            tracing::info!(listener = %listener.config.name, server = %server, client = %peer, error = %e,
+                "session closed: the server went away before what the client sent behind its opening reached it");
+            return None;
+        }
+    }
     // The connect place is held until authentication ends where pgfront can see it
     // (ReadyForQuery); for an opaque session, until the server answered its opening.
     let readable = prelude.startup.is_some();
@@ -561,7 +573,8 @@ async fn read_prelude<S: AsyncRead + Unpin>(client: &mut S, deadline: Instant) -
         Opening::Startup { .. } => Some(Startup::parse(&bytes[..len])?),
         _ => None,
     };
-    Ok(Prelude { bytes, opening, startup })
+    let end = len.min(bytes.len());
+    Ok(Prelude { bytes, end, opening, startup })
 }
 
 /// Connects a server and hands it the prelude. For a plain-text StartupMessage the
@@ -586,7 +599,7 @@ async fn establish(
         let server = Arc::clone(slot.server());
         let first = async {
             let mut upstream = secure(stream, listener, &server.address).await?;
-            upstream.write_all(&prelude.bytes).await?;
+            upstream.write_all(&prelude.bytes[..prelude.end]).await?;
             if prelude.startup.is_none() {
                 // Pass-through TLS: the server's one-byte answer to an SSLRequest tells
                 // whether a TLS handshake must follow.

@@ -113,10 +113,12 @@ mod tests {
             let addr = sockets[0].local_addr().unwrap();
             let listeners: Vec<TcpListener> = sockets.into_iter().map(|s| TcpListener::from_std(s).unwrap()).collect();
             let _client = TcpStream::connect(addr).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
             let accepted = loop {
                 if let Some(s) = listeners.iter().find_map(|l| l.accept().now_or_never()) {
                     break s.unwrap().0;
                 }
+                assert!(std::time::Instant::now() < deadline, "no client accepted");
                 tokio::task::yield_now().await;
             };
             let s = SockRef::from(&accepted);
@@ -158,10 +160,12 @@ mod tests {
             let listeners: Vec<TcpListener> = sockets.into_iter().map(|s| TcpListener::from_std(s).unwrap()).collect();
             let mut client = TcpStream::connect(addr).await.unwrap();
             client.write_all(b"\0\0\0\x08").await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
             let accepted = loop {
                 if let Some(s) = listeners.iter().find_map(|l| l.accept().now_or_never()) {
                     break s.unwrap().0;
                 }
+                assert!(std::time::Instant::now() < deadline, "no client accepted");
                 tokio::task::yield_now().await;
             };
             let mut b = [0u8; 8];
