@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn refused(pg: &pgfront::Pgfront, l: &str) -> u64 {
-    pg.shared().runtime().listener(l).unwrap().stats.refused.load(Ordering::SeqCst) as u64
+    pg.shared().runtime().listener(l).unwrap().stats.refused.load(Ordering::SeqCst)
 }
 
 /// A client sends its StartupMessage and its FIN at once while no leader is known: the
