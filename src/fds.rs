@@ -10,21 +10,23 @@ use std::io;
 /// the limit (a process started with a tiny limit still serves a few sessions).
 const RESERVE: u64 = 100;
 
+/// RLIMIT_NOFILE as it is now.
+fn get() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the one struct passed.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
 /// Raises the soft descriptor limit to the hard one, as HAProxy and Go programs do at
 /// start-up (systemd's `LimitNOFILE=65536` sets both already; a shell's soft limit is
 /// often 1024 under a larger hard one). Returns the soft limit in effect.
 pub fn raise_limit() -> Option<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit write and read the one struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
+    let lim = get()?;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the one struct passed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(raised.rlim_cur);
         }
     }
     Some(lim.rlim_cur)
@@ -32,10 +34,7 @@ pub fn raise_limit() -> Option<u64> {
 
 /// The soft descriptor limit of this process, if it has one.
 pub fn limit() -> Option<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the one struct passed.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+    get().map(|l| l.rlim_cur).filter(|&c| c != libc::RLIM_INFINITY)
 }
 
 /// The global maxconn a descriptor `limit` can hold: two per session, after the reserve.

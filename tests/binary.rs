@@ -17,6 +17,29 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `lab`'s config with `global` added to `[global]`, its two listeners and its web page on
+/// fixed free ports (a child process cannot tell which port 0 chose): the text and the
+/// ports (first listener, second listener, web).
+fn on_fixed_ports(lab: &Lab, global: &str) -> (String, u16, u16, u16) {
+    let (p1, p2, web) = (free_port(), free_port(), free_port());
+    let text = lab
+        .config("")
+        .replace("[global]", &format!("[global]\n{global}"))
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+    (text, p1, p2, web)
+}
+
+/// Writes `text` as pgfront.toml in a fresh temp directory named after `tag`.
+fn write_config(tag: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("pgfront-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgfront.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nAuthorization: Basic YWRtaW46c2VjcmV0\r\n\r\n").as_bytes())
@@ -58,16 +81,8 @@ fn check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one() {
 async fn run_reloads_on_sighup_and_stops_on_sigterm() {
     let lab = Lab::start(3).await;
     lab.leader(0);
-    let (p1, p2, web) = (free_port(), free_port(), free_port());
-    let text = lab
-        .config("")
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
-    let dir = std::env::temp_dir().join(format!("pgfront-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("pgfront.toml");
-    std::fs::write(&path, &text).unwrap();
+    let (text, _, p2, web) = on_fixed_ports(&lab, "");
+    let (dir, path) = write_config("run", &text);
     let child = Command::new(BIN)
         .args(["run", "--config", path.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -126,18 +141,9 @@ async fn run_reloads_on_sighup_and_stops_on_sigterm() {
 async fn a_json_log_format_writes_one_parseable_object_per_line() {
     let lab = Lab::start(3).await;
     lab.leader(0);
-    let (p1, p2, web) = (free_port(), free_port(), free_port());
-    let text = lab
-        .config("")
-        .replace("[global]", "[global]\nlog_format = \"json\"")
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
-        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+    let (text, p1, _, web) = on_fixed_ports(&lab, "log_format = \"json\"");
     assert!(text.contains("log_format = \"json\""));
-    let dir = std::env::temp_dir().join(format!("pgfront-json-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("pgfront.toml");
-    std::fs::write(&path, &text).unwrap();
+    let (dir, path) = write_config("json", &text);
     let child = Command::new(BIN)
         .args(["run", "--config", path.to_str().unwrap()])
         .env_remove("RUST_LOG")
@@ -196,17 +202,8 @@ struct Limited {
 
 impl Limited {
     async fn start(lab: &Lab, nofile: u32, tag: &str) -> Limited {
-        let (p1, p2, web) = (free_port(), free_port(), free_port());
-        let text = lab
-            .config("")
-            .replace("[global]", "[global]\nthreads = 2")
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
-        let dir = std::env::temp_dir().join(format!("pgfront-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pgfront.toml");
-        std::fs::write(&path, &text).unwrap();
+        let (text, p1, _, web) = on_fixed_ports(lab, "threads = 2");
+        let (dir, path) = write_config(tag, &text);
         let mut child = Command::new("prlimit")
             .args([&format!("--nofile={nofile}:{nofile}"), BIN, "run", "--config", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
@@ -385,12 +382,7 @@ async fn run_serves_with_glibcs_per_thread_malloc_cache_off_unless_the_operator_
         (Some("glibc.malloc.arena_max=2"), "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"),
         (Some("glibc.malloc.tcache_count=3"), "glibc.malloc.tcache_count=3"),
     ] {
-        let (p1, p2, web) = (free_port(), free_port(), free_port());
-        let text = lab
-            .config("")
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{web}\""), 1);
+        let (text, _, _, web) = on_fixed_ports(&lab, "");
         let path = dir.join("pgfront.toml");
         std::fs::write(&path, &text).unwrap();
         let mut command = Command::new(BIN);
