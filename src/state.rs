@@ -94,6 +94,8 @@ pub struct Shared {
     pub reloads: Reloads,
     /// Cancel keys of the sessions pgfront can read, to route cancels precisely.
     pub cancel_keys: crate::proxy::keys::CancelKeys,
+    /// What the web surface and cancel fan-outs may take of the descriptors' reserve.
+    pub shares: crate::fds::Shares,
 }
 
 /// Reload outcomes, for logs, metrics and the dashboard.
@@ -187,6 +189,7 @@ impl Shared {
             sessions: TaskTracker::new(),
             reloads: Reloads::default(),
             cancel_keys: Default::default(),
+            shares: crate::fds::Shares::new(),
             owed: Arc::default(),
         }
     }

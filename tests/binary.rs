@@ -198,6 +198,7 @@ struct Limited {
     addr: SocketAddr,
     web: SocketAddr,
     dir: std::path::PathBuf,
+    nofile: u32,
 }
 
 impl Limited {
@@ -230,6 +231,7 @@ impl Limited {
             addr: format!("127.0.0.1:{p1}").parse().unwrap(),
             web: format!("127.0.0.1:{web}").parse().unwrap(),
             dir,
+            nofile,
         };
         let deadline = tokio::time::Instant::now() + LIMIT;
         while json(&get(me.web, "/status.json").await.unwrap_or_default())["listeners"][0]["servers_up"] != 1 {
@@ -241,6 +243,26 @@ impl Limited {
 
     fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Sets pgfront's soft descriptor limit while it runs (the hard one stays), as an
+    /// operator's `prlimit --pid` would: a new descriptor needs a free number below it.
+    fn set_soft_limit(&self, soft: u32) {
+        let limit = format!("--nofile={soft}:{}", self.nofile);
+        assert!(Command::new("prlimit").args(["--pid", &self.pid.to_string(), &limit]).status().unwrap().success());
+    }
+
+    /// The lowest descriptor number pgfront does not have open: every one below is taken.
+    fn first_free_fd(&self) -> u32 {
+        let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        (0..).find(|n| !open.contains(n)).unwrap()
+    }
+
+    fn checks(lab: &Lab) -> u64 {
+        lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni")
     }
 
     fn count(&self, what: &str) -> usize {
@@ -327,27 +349,22 @@ async fn out_of_descriptors_sessions_and_health_are_kept_and_the_shortage_is_log
     for _ in 0..8 {
         held.push(tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("not served").unwrap());
     }
-    // Idle connections to the web page take the rest of the descriptors (the web surface
-    // is not under maxconn): new sessions and checks find none.
-    let mut idle = Vec::new();
-    for _ in 0..60 {
-        match tokio::net::TcpStream::connect(pg.web).await {
-            Ok(s) => idle.push(s),
-            Err(_) => break,
-        }
-    }
+    // pgfront's own bounds keep its descriptors within the limit (see the web test below);
+    // here the limit drops under what it holds, so no descriptor is left at all, not even
+    // the one each checker keeps spare: new sessions and checks find none.
+    pg.set_soft_limit(3);
     // Several, so that both workers' copies of the listener meet the shortage.
     let late: Vec<_> = (0..4).map(|_| tokio::spawn(connect(pg.addr))).collect();
     pg.wait_for("out of file descriptors; pausing accept").await;
     pg.wait_for("health check not made").await;
     // The check has met the shortage at least `fall` (2) times at its 50 ms interval.
     let seen = pg.count("health check not made");
-    let rest = lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni");
+    let rest = Limited::checks(&lab);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pg.count("health check not made"), seen, "said once per shortage");
-    assert_eq!(lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni"), rest, "no check was made");
+    assert_eq!(Limited::checks(&lab), rest, "no check was made");
     all_echo(&mut held, b"during the shortage").await;
-    drop(idle);
+    pg.set_soft_limit(64);
     for c in late {
         let mut c = tokio::time::timeout(LIMIT, c).await.expect("never served after the shortage").unwrap().unwrap();
         c.echo(b"after the shortage").await.unwrap();
@@ -365,6 +382,66 @@ async fn out_of_descriptors_sessions_and_health_are_kept_and_the_shortage_is_log
     );
     assert_eq!(count("file descriptors available again"), 1, "the recovery is said once too: {lines:#?}");
     assert_eq!(count("server is DOWN"), 0, "pgfront's shortage is not the server's: {lines:#?}");
+}
+
+#[tokio::test]
+async fn a_leader_lost_while_descriptors_are_short_is_still_found_out() {
+    // Before: with no descriptor free, the checks were not made (no verdict), so a leader
+    // that stepped down during a shortage stayed UP for as long as the shortage lasted.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = Limited::start(&lab, 64, "spare").await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("not served").unwrap());
+    }
+    // Every descriptor number below the limit is taken: only a checker's spare frees one.
+    pg.set_soft_limit(pg.first_free_fd());
+    let rest = Limited::checks(&lab);
+    eventually(LIMIT, "checks made with the spare descriptor", || Limited::checks(&lab) > rest + 4).await;
+    all_echo(&mut held, b"during the shortage").await;
+    // The node is no longer the leader (timeline 2 is the lab's first leader's).
+    lab.nodes[0].rest.patroni("replica", 2);
+    pg.wait_for("server is DOWN").await;
+    pg.set_soft_limit(64);
+    drop(held);
+    let lines = pg.stop().await;
+    assert!(!lines.iter().any(|l| l.contains("health check not made")), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn the_web_surface_cannot_take_the_descriptors_sessions_and_checks_need() {
+    // Before: the web port accepted without bound, so idle connections to it took every
+    // descriptor: sessions under maxconn were not served and checks were not made.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = Limited::start(&lab, 64, "webcap").await;
+    // It holds 8 (a quarter of the 32 kept out of sessions' reach); the rest wait in the
+    // backlog.
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(tokio::net::TcpStream::connect(pg.web).await.unwrap());
+    }
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(
+            tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("a session under maxconn not served").unwrap(),
+        );
+    }
+    let rest = Limited::checks(&lab);
+    eventually(LIMIT, "checks go on", || Limited::checks(&lab) > rest + 4).await;
+    all_echo(&mut held, b"beside the idle web connections").await;
+    drop(idle);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while get(pg.web, "/status.json").await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the web page never answered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    let lines = pg.stop().await;
+    for bad in ["out of file descriptors", "health check not made", "server is DOWN", "Too many open files"] {
+        assert!(!lines.iter().any(|l| l.contains(bad)), "{bad:?} in {lines:#?}");
+    }
 }
 
 /// glibc's per-thread malloc cache keeps pages of ended sessions resident (issue 9; see

@@ -109,13 +109,23 @@ impl Checker {
         let mut tls_failure: Option<String> = None;
         // pgfront itself ran out of descriptors for the check: said once per shortage.
         let mut no_socket = false;
+        // Given up to make a check when descriptors are short (see `fds::Spare`).
+        let mut spare = crate::fds::Spare::new();
         loop {
             let started = Instant::now();
             let seen = node.kicks();
-            let result = tokio::select! {
+            let mut result = tokio::select! {
                 r = probe.probe(&self.target.address, &self.target.spec) => r,
                 () = self.stop.cancelled() => return,
             };
+            if result.code == CheckCode::SockErr && spare.release() {
+                // Its descriptor is free now: the check is made with it.
+                result = tokio::select! {
+                    r = probe.probe(&self.target.address, &self.target.spec) => r,
+                    () = self.stop.cancelled() => return,
+                };
+            }
+            spare.refill();
             if result.code == CheckCode::SockErr {
                 // No verdict about the node: its checks keep their state (a shortage of
                 // pgfront's must not mark servers down and cut their sessions), and it is

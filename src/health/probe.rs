@@ -43,7 +43,9 @@ pub enum CheckCode {
     /// pgfront could not make the check itself (out of file descriptors). HAProxy calls it
     /// SOCKERR and counts it as a failed check; pgfront does not: it says nothing about the
     /// node, so it is no verdict, and the check's state stays as it was rather than
-    /// counting towards `fall` and cutting the sessions of a healthy server.
+    /// counting towards `fall` and cutting the sessions of a healthy server. The checker
+    /// first tries again with the descriptor it keeps spare (`fds::Spare`), so this is
+    /// left only when even that found none.
     SockErr,
 }
 

@@ -39,7 +39,17 @@ struct Web {
 /// Serves the web surface until `stop` is cancelled.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationToken) {
     let web = Arc::new(Web { shared, verified: auth::Verified::default(), csrf: auth::csrf_token() });
+    let share = Arc::clone(&web.shared.shares.web);
     loop {
+        // Bounded (see `fds::Shares`): more wait in the backlog, and an idle keep-alive
+        // connection gives its place back after `header_read_timeout`.
+        let place = tokio::select! {
+            p = Arc::clone(&share).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stop.cancelled() => return,
+        };
         let (stream, _) = tokio::select! {
             r = socket.accept() => match r {
                 Ok(v) => v,
@@ -69,6 +79,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
                 _ = conn.as_mut() => {}
                 () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
             }
+            drop(place);
         });
     }
 }
