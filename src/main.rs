@@ -110,12 +110,9 @@ fn main() -> ExitCode {
         Command::Run { config } => {
             // Memory freed by ended sessions goes back to the system only without glibc's
             // per-thread cache (see pgfront::malloc): this starts pgfront again without it.
-            if let Some(e) = pgfront::malloc::restart_without_tcache() {
-                eprintln!(
-                    "pgfront: warning: cannot start again with glibc's per-thread malloc cache off ({e}); memory freed by ended sessions may stay resident"
-                );
-            }
-            run(config)
+            // A failure is logged once logging is set up (in the operator's log format).
+            let restart = pgfront::malloc::restart_without_tcache();
+            run(config, restart)
         }
         Command::ImportHaproxy { file, hash_passwords } => import_haproxy(&file, hash_passwords),
         Command::Status { remote, json, watch } => match source(remote) {
@@ -255,7 +252,7 @@ fn import_haproxy(file: &Path, hash_passwords: bool) -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, restart_failed: Option<std::io::Error>) -> ExitCode {
     use std::io::IsTerminal;
     // The file first: it says how to log (an invalid one is reported on stderr as is).
     let config = match Config::load(&path) {
@@ -277,6 +274,10 @@ fn run(path: PathBuf) -> ExitCode {
         LogFormat::Json => logs.json().with_current_span(false).init(),
         // Colour codes only on a terminal: journald and log files get plain text.
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    if let Some(e) = restart_failed {
+        tracing::warn!(error = %e,
+            "cannot start again with glibc's per-thread malloc cache off; memory freed by ended sessions may stay resident");
     }
     // Two descriptors per session: take what the hard limit allows before anything is
     // bound; global.maxconn is then held to what that limit can serve (see pgfront::fds).
