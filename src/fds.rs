@@ -40,17 +40,39 @@ pub fn limit() -> Option<u64> {
     get().map(|l| l.rlim_cur).filter(|&c| c != libc::RLIM_INFINITY)
 }
 
-/// Descriptors a `limit` keeps out of sessions' reach.
-fn reserve(limit: Option<u64>) -> u64 {
-    limit.map_or(RESERVE, |l| RESERVE.min(l / 2))
+/// The part of RESERVE meant for descriptors open before the first session (stdio, a
+/// listening socket per worker and listener, the runtimes' epoll and wakers, the web
+/// port): about 21 with three listeners on two workers.
+const BASE_IN_RESERVE: u64 = 25;
+
+/// Descriptors open when serving began (see [`note_base`]): a machine with many worker
+/// threads holds more listening sockets and runtimes than the reserve allows for.
+static BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts the descriptors this process has open, once its sockets are bound and its
+/// runtimes started, so that the reserve grows with them (16 workers with three
+/// listeners hold about 100).
+pub fn note_base() {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        // One of them is the directory being read.
+        let open = u64::try_from(dir.count()).unwrap_or(0).saturating_sub(1);
+        BASE.fetch_max(open, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Descriptors a `limit` keeps out of sessions' reach: RESERVE, more where the
+/// descriptors open at start (`base`) exceed what it allows for, and at most half the limit.
+fn reserve(limit: Option<u64>, base: u64) -> u64 {
+    let reserve = RESERVE + base.saturating_sub(BASE_IN_RESERVE);
+    limit.map_or(reserve, |l| reserve.min(l / 2))
 }
 
 /// The global maxconn a descriptor `limit` can hold: two per session, after the reserve.
-pub fn fitting(maxconn: usize, limit: Option<u64>) -> usize {
+pub fn fitting(maxconn: usize, limit: Option<u64>, base: u64) -> usize {
     let Some(limit) = limit else {
         return maxconn;
     };
-    let reserve = reserve(Some(limit));
+    let reserve = reserve(Some(limit), base);
     let sessions = (limit.saturating_sub(reserve) / 2).max(1);
     maxconn.min(usize::try_from(sessions).unwrap_or(usize::MAX))
 }
@@ -59,7 +81,8 @@ pub fn fitting(maxconn: usize, limit: Option<u64>) -> usize {
 /// with a warning naming both when the limit is the smaller (once, until either changes).
 pub fn fit_maxconn(maxconn: usize) -> usize {
     let limit = limit();
-    let fit = fitting(maxconn, limit);
+    let base = BASE.load(std::sync::atomic::Ordering::Relaxed);
+    let fit = fitting(maxconn, limit, base);
     // Said when it starts to apply or changes, not at every reload while it holds.
     static SAID: std::sync::Mutex<Option<(usize, usize)>> = std::sync::Mutex::new(None);
     let mut said = SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -67,16 +90,16 @@ pub fn fit_maxconn(maxconn: usize) -> usize {
     if fit < maxconn && news {
         tracing::warn!(configured = maxconn, in_effect = fit, descriptor_limit = limit.unwrap_or_default(),
             "global.maxconn needs about {} descriptors (2 per session); the limit holds {fit} sessions: raise LimitNOFILE (or ulimit -n)",
-            maxconn * 2 + RESERVE as usize);
+            maxconn * 2 + reserve(None, base) as usize);
     }
     fit
 }
 
 /// The shares of the reserve that what is not a session may take: bounded, so that a
 /// flood of dashboard connections or of cancel requests cannot take the descriptors the
-/// health checks and the sessions' server connects need. A quarter of the reserve each
-/// (25 of 100); the rest is for listeners, the runtimes' own descriptors, the checks and
-/// a reload reading its files.
+/// health checks and the sessions' server connects need. A quarter each of what the
+/// reserve leaves after the descriptors open at start (19 of 100 with 21 open); the rest
+/// is for the checks (a probe and a spare each) and a reload reading its files.
 #[derive(Debug)]
 pub struct Shares {
     /// Connections the web surface holds at once; more wait in its backlog.
@@ -89,12 +112,13 @@ pub struct Shares {
 impl Shares {
     /// The shares of this process's descriptor limit.
     pub fn new() -> Shares {
-        Shares::of(limit())
+        Shares::of(limit(), BASE.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    fn of(limit: Option<u64>) -> Shares {
-        let quarter = usize::try_from(reserve(limit) / 4).unwrap_or(usize::MAX);
-        Shares { web: Arc::new(Semaphore::new(quarter.max(2))), fanout: Arc::new(Semaphore::new(quarter.max(1))) }
+    fn of(limit: Option<u64>, base: u64) -> Shares {
+        let free = reserve(limit, base).saturating_sub(base);
+        let quarter = usize::try_from(free / 4).unwrap_or(usize::MAX);
+        Shares { web: Arc::new(Semaphore::new(quarter.max(1))), fanout: Arc::new(Semaphore::new(quarter.max(1))) }
     }
 }
 
@@ -147,24 +171,26 @@ mod tests {
 
     #[test]
     fn maxconn_is_what_the_limit_holds_after_the_reserve() {
-        assert_eq!(fitting(4096, None), 4096);
-        assert_eq!(fitting(4096, Some(65536)), 4096);
-        assert_eq!(fitting(40_000, Some(65536)), (65536 - 100) / 2);
-        assert_eq!(fitting(4096, Some(1024)), (1024 - 100) / 2);
+        assert_eq!(fitting(4096, None, 21), 4096);
+        assert_eq!(fitting(4096, Some(65536), 21), 4096);
+        assert_eq!(fitting(40_000, Some(65536), 21), (65536 - 100) / 2);
+        assert_eq!(fitting(4096, Some(1024), 21), (1024 - 100) / 2);
         // A small limit keeps half: 64 descriptors hold 16 sessions.
-        assert_eq!(fitting(4096, Some(64)), 16);
-        assert_eq!(fitting(4096, Some(256)), 78);
-        assert_eq!(fitting(4096, Some(2)), 1);
+        assert_eq!(fitting(4096, Some(64), 21), 16);
+        assert_eq!(fitting(4096, Some(256), 21), 78);
+        assert_eq!(fitting(4096, Some(2), 21), 1);
+        // 16 workers with three listeners start with about 105 descriptors open.
+        assert_eq!(fitting(40_000, Some(65536), 105), (65536 - 180) / 2);
     }
 
     #[test]
-    fn the_web_surface_and_cancel_fan_outs_take_a_quarter_of_the_reserve_each() {
-        let s = Shares::of(Some(65536));
-        assert_eq!((s.web.available_permits(), s.fanout.available_permits()), (25, 25));
-        let s = Shares::of(Some(64));
-        assert_eq!((s.web.available_permits(), s.fanout.available_permits()), (8, 8));
-        let s = Shares::of(Some(4));
-        assert_eq!((s.web.available_permits(), s.fanout.available_permits()), (2, 1));
+    fn the_web_surface_and_cancel_fan_outs_take_a_quarter_each_of_what_the_reserve_leaves() {
+        let places = |s: Shares| (s.web.available_permits(), s.fanout.available_permits());
+        assert_eq!(places(Shares::of(Some(65536), 21)), (19, 19));
+        assert_eq!(places(Shares::of(Some(65536), 105)), (18, 18));
+        // Half of 64 is kept: 11 of it after what is open at start.
+        assert_eq!(places(Shares::of(Some(64), 21)), (2, 2));
+        assert_eq!(places(Shares::of(Some(4), 21)), (1, 1));
     }
 
     #[test]

@@ -111,6 +111,8 @@ impl Checker {
         let mut no_socket = false;
         // Given up to make a check when descriptors are short (see `fds::Spare`).
         let mut spare = crate::fds::Spare::new();
+        // A check was made with the spare during this shortage: said once per shortage.
+        let mut spared = false;
         loop {
             let started = Instant::now();
             let seen = node.kicks();
@@ -124,6 +126,12 @@ impl Checker {
                     r = probe.probe(&self.target.address, &self.target.spec) => r,
                     () = self.stop.cancelled() => return,
                 };
+                if result.code != CheckCode::SockErr && !std::mem::replace(&mut spared, true) {
+                    tracing::warn!(node = %node.name, rest = %self.target.address,
+                        "pgfront is out of file descriptors: health check made with the one kept spare for it");
+                }
+            } else if result.code != CheckCode::SockErr {
+                spared = false;
             }
             spare.refill();
             if result.code == CheckCode::SockErr {

@@ -25,7 +25,12 @@ pub async fn forward(shared: &Shared, listener: &ListenerState, packet: &[u8], p
     let source_of = |address: &str| listener.servers.iter().find(|s| s.address == address).and_then(|s| s.source);
     let targets: Vec<(String, Option<std::net::IpAddr>)> = match &known {
         Some(address) => vec![(address.clone(), source_of(address))],
-        None => listener.servers.iter().map(|s| (s.address.clone(), s.source)).collect(),
+        // Servers that are up first: when the fan-out goes one at a time (its share is
+        // taken), a node that does not answer must not hold up the rest by its timeout.
+        None => {
+            let (up, down): (Vec<_>, Vec<_>) = listener.servers.iter().partition(|s| s.is_up());
+            up.into_iter().chain(down).map(|s| (s.address.clone(), s.source)).collect()
+        }
     };
     let limit = listener.config.timeout_connect;
     let delivered = fan_out(targets, &shared.shares.fanout, |(address, source)| {

@@ -29,6 +29,14 @@ use crate::stats::{self, Snapshot};
 
 type Reply = Response<Full<Bytes>>;
 
+/// How long one web connection may stay open (many requests over keep-alive, or one answer
+/// read slowly): its place under the web's descriptor share (`fds::Shares`) comes back.
+const WEB_CONN_LIMIT: Duration = Duration::from_secs(30);
+/// How long a connection closing (at WEB_CONN_LIMIT or a stop) may take to finish its answer.
+const WEB_DRAIN: Duration = Duration::from_secs(5);
+/// Below this many free places, new web connections are not kept alive.
+const WEB_SPARE_PLACES: usize = 4;
+
 /// What the web surface keeps for its whole life.
 struct Web {
     shared: Arc<Shared>,
@@ -64,6 +72,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
         };
         let web = Arc::clone(&web);
         let stop = stop.clone();
+        // With its share nearly taken, a connection serves one request and closes, so a
+        // dashboard refreshing faster than the idle timeout does not keep its place.
+        let keep_alive = share.available_permits() >= WEB_SPARE_PLACES;
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let web = Arc::clone(&web);
@@ -73,12 +84,23 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
                 .timer(TokioTimer::new())
                 // A client that never finishes its headers cannot hold a task forever.
                 .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(keep_alive)
                 .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            // Owned, so that it is closed before its place is given back.
+            let mut conn = Box::pin(conn);
+            // A connection's place is bounded in time too: one that keeps asking, or that
+            // never reads a large answer, gives it back after WEB_CONN_LIMIT.
+            let ended = tokio::select! {
+                _ = conn.as_mut() => true,
+                () = tokio::time::sleep(WEB_CONN_LIMIT) => false,
+                () = stop.cancelled() => false,
+            };
+            if !ended {
+                // The request in flight, if any, is answered; then the connection closes.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(WEB_DRAIN, conn.as_mut()).await;
             }
+            drop(conn);
             drop(place);
         });
     }
