@@ -7,6 +7,7 @@
 use std::io;
 use std::sync::Arc;
 
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
 /// Descriptors kept out of sessions' reach: at most this many, and at most half of
@@ -128,34 +129,41 @@ impl Default for Shares {
     }
 }
 
-/// One descriptor a health checker keeps open (on /dev/null) and gives up to make its
-/// check when the process is out of them, so that a node that died during a shortage is
-/// still found out (without it, the check is no verdict and the node keeps its state).
-#[derive(Debug, Default)]
-pub struct Spare(Option<std::fs::File>);
+/// An unconnected TCP socket a health checker keeps and makes its check with when the
+/// process is out of descriptors, so that a node that died during a shortage is still
+/// found out (without it, the check is no verdict and the node keeps its state). The
+/// descriptor is handed to the check, not freed, so no other thread can take it first;
+/// once the check's connection closes, its number is free again for the refill.
+#[derive(Debug)]
+pub struct Spare {
+    socket: Option<TcpSocket>,
+    v6: bool,
+}
 
 impl Spare {
-    /// A spare, if a descriptor is free now.
-    pub fn new() -> Spare {
-        let mut s = Spare(None);
+    /// A spare of the family `target` (`ip:port`, or a name: IPv4) needs, if a descriptor
+    /// is free now.
+    pub fn for_target(target: &str) -> Spare {
+        let v6 = target.parse::<std::net::SocketAddr>().is_ok_and(|a| a.is_ipv6());
+        let mut s = Spare { socket: None, v6 };
         s.refill();
         s
     }
 
-    /// Closes the spare, making its descriptor free; false if there was none to give.
-    pub fn release(&mut self) -> bool {
-        self.0.take().is_some()
+    /// The socket to connect with; None if it was taken and not refilled yet.
+    pub fn take(&mut self) -> Option<TcpSocket> {
+        self.socket.take()
     }
 
-    /// Opens the spare again if it was given up (a no-op while descriptors stay short).
+    /// Opens a new one if it was taken (a no-op while descriptors stay short).
     pub fn refill(&mut self) {
-        if self.0.is_none() {
-            self.0 = std::fs::File::open("/dev/null").ok();
+        if self.socket.is_none() {
+            self.socket = if self.v6 { TcpSocket::new_v6() } else { TcpSocket::new_v4() }.ok();
         }
     }
 
     pub fn is_held(&self) -> bool {
-        self.0.is_some()
+        self.socket.is_some()
     }
 }
 
@@ -193,14 +201,20 @@ mod tests {
         assert_eq!(places(Shares::of(Some(4), 21)), (1, 1));
     }
 
-    #[test]
-    fn a_spare_is_given_up_once_and_refilled() {
-        let mut s = Spare::new();
+    #[tokio::test]
+    async fn a_spare_is_taken_once_and_refilled_in_the_targets_family() {
+        let mut s = Spare::for_target("127.0.0.1:8008");
         assert!(s.is_held());
-        assert!(s.release());
-        assert!(!s.release(), "nothing left to give");
+        let socket = s.take().expect("a socket");
+        assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_ok(), "IPv4");
+        assert!(s.take().is_none(), "nothing left to give");
         s.refill();
         assert!(s.is_held());
+        let mut s = Spare::for_target("[::1]:8008");
+        if let Some(socket) = s.take() {
+            // (a host without IPv6 has no socket to give)
+            assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "IPv6");
+        }
     }
 
     #[test]

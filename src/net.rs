@@ -24,6 +24,21 @@ pub async fn connect(address: &str, source: Option<IpAddr>) -> io::Result<TcpStr
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{address} resolves to nothing"))))
 }
 
+/// Connects to `address` with `socket`, an unconnected socket made earlier (a health
+/// checker's spare, for when no new descriptor can be had): to the first resolved address
+/// of the socket's family, from `source` when given.
+pub async fn connect_using(address: &str, source: Option<IpAddr>, socket: TcpSocket) -> io::Result<TcpStream> {
+    // An unbound socket's name is its family's any-address.
+    let v4 = socket.local_addr().map_or(true, |a| a.is_ipv4());
+    let addr = lookup_host(address).await?.find(|a| a.is_ipv4() == v4).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{address} has no address of the spare's family"))
+    })?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    socket.connect(addr).await
+}
+
 async fn connect_from(addr: SocketAddr, source: IpAddr) -> io::Result<TcpStream> {
     if addr.is_ipv4() != source.is_ipv4() {
         return Err(io::Error::new(
@@ -51,5 +66,20 @@ mod tests {
         let (client, accepted) = tokio::join!(connect(&addr, None), listener.accept());
         let _client = client.unwrap();
         assert_eq!(accepted.unwrap().1.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_spare_socket_connects_from_the_source_address_too() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let source: IpAddr = "127.0.0.2".parse().unwrap();
+        let spare = TcpSocket::new_v4().unwrap();
+        let (client, accepted) = tokio::join!(connect_using(&addr, Some(source), spare), listener.accept());
+        let _client = client.unwrap();
+        assert_eq!(accepted.unwrap().1.ip(), source);
+        // A spare of the other family finds no address to connect to.
+        if let Ok(v6) = TcpSocket::new_v6() {
+            assert!(connect_using(&addr, None, v6).await.is_err());
+        }
     }
 }

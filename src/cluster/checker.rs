@@ -109,8 +109,8 @@ impl Checker {
         let mut tls_failure: Option<String> = None;
         // pgfront itself ran out of descriptors for the check: said once per shortage.
         let mut no_socket = false;
-        // Given up to make a check when descriptors are short (see `fds::Spare`).
-        let mut spare = crate::fds::Spare::new();
+        // Made the check with when descriptors are short (see `fds::Spare`).
+        let mut spare = crate::fds::Spare::for_target(&self.target.address);
         // A check was made with the spare during this shortage: said once per shortage.
         let mut spared = false;
         loop {
@@ -120,10 +120,9 @@ impl Checker {
                 r = probe.probe(&self.target.address, &self.target.spec) => r,
                 () = self.stop.cancelled() => return,
             };
-            if result.code == CheckCode::SockErr && spare.release() {
-                // Its descriptor is free now: the check is made with it.
+            if let Some(socket) = (result.code == CheckCode::SockErr).then(|| spare.take()).flatten() {
                 result = tokio::select! {
-                    r = probe.probe(&self.target.address, &self.target.spec) => r,
+                    r = probe.probe_with(&self.target.address, &self.target.spec, socket) => r,
                     () = self.stop.cancelled() => return,
                 };
                 if result.code != CheckCode::SockErr && !std::mem::replace(&mut spared, true) {

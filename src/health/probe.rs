@@ -44,8 +44,8 @@ pub enum CheckCode {
     /// SOCKERR and counts it as a failed check; pgfront does not: it says nothing about the
     /// node, so it is no verdict, and the check's state stays as it was rather than
     /// counting towards `fall` and cutting the sessions of a healthy server. The checker
-    /// first tries again with the descriptor it keeps spare (`fds::Spare`), so this is
-    /// left only when even that found none.
+    /// first tries again with the socket it keeps spare (`fds::Spare`), so this is left
+    /// only when that was used and no new one could be made since.
     SockErr,
 }
 
@@ -127,6 +127,18 @@ pub trait Probe: Send + Sync + 'static {
         target: &'a str,
         spec: &'a CheckSpec,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
+
+    /// Probes with `socket`, the checker's spare, when the process had no descriptor for
+    /// a new one (see `fds::Spare`). Probes that open no socket (scripted fakes) ignore it.
+    fn probe_with<'a>(
+        &'a self,
+        target: &'a str,
+        spec: &'a CheckSpec,
+        socket: tokio::net::TcpSocket,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        drop(socket);
+        self.probe(target, spec)
+    }
 }
 
 /// HTTP/1.0 over a fresh TCP connection per probe, as HAProxy does.
@@ -139,13 +151,28 @@ impl Probe for HttpProbe {
         target: &'a str,
         spec: &'a CheckSpec,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
-        Box::pin(http_probe(target, spec))
+        Box::pin(http_probe(target, spec, None))
+    }
+
+    fn probe_with<'a>(
+        &'a self,
+        target: &'a str,
+        spec: &'a CheckSpec,
+        socket: tokio::net::TcpSocket,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(http_probe(target, spec, Some(socket)))
     }
 }
 
-async fn http_probe(target: &str, spec: &CheckSpec) -> ProbeResult {
+async fn http_probe(target: &str, spec: &CheckSpec, socket: Option<tokio::net::TcpSocket>) -> ProbeResult {
     let started = Instant::now();
-    let connect = timeout_at(started + spec.timing.connect_timeout, crate::net::connect(target, spec.source)).await;
+    let connecting = async {
+        match socket {
+            Some(s) => crate::net::connect_using(target, spec.source, s).await,
+            None => crate::net::connect(target, spec.source).await,
+        }
+    };
+    let connect = timeout_at(started + spec.timing.connect_timeout, connecting).await;
     let stream = match connect {
         Err(_) => return ProbeResult::fail(CheckCode::L4Tout, started, "connect timeout"),
         Ok(Err(e)) if crate::fds::is_exhaustion(&e) => {
