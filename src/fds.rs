@@ -101,10 +101,16 @@ pub fn fit_maxconn(maxconn: usize) -> usize {
 /// health checks and the sessions' server connects need. A quarter each of what the
 /// reserve leaves after the descriptors open at start (19 of 100 with 21 open); the rest
 /// is for the checks (a probe and a spare each) and a reload reading its files.
+/// Places of the web's quick lane (see `Shares::web_quick`), out of its quarter.
+const WEB_QUICK: usize = 2;
+
 #[derive(Debug)]
 pub struct Shares {
     /// Connections the web surface holds at once; more wait in its backlog.
     pub web: Arc<Semaphore>,
+    /// Two more, for one short request each when `web` is taken (a monitor's GET /health
+    /// must not wait behind dashboards: Pacemaker restarts pgfront when it times out).
+    pub web_quick: Arc<Semaphore>,
     /// Server connects that cancel requests make beyond one each (a cancel whose key is
     /// unknown goes to every server of its listener): more go one at a time.
     pub fanout: Arc<Semaphore>,
@@ -119,7 +125,11 @@ impl Shares {
     fn of(limit: Option<u64>, base: u64) -> Shares {
         let free = reserve(limit, base).saturating_sub(base);
         let quarter = usize::try_from(free / 4).unwrap_or(usize::MAX);
-        Shares { web: Arc::new(Semaphore::new(quarter.max(1))), fanout: Arc::new(Semaphore::new(quarter.max(1))) }
+        Shares {
+            web: Arc::new(Semaphore::new(quarter.saturating_sub(WEB_QUICK).max(1))),
+            web_quick: Arc::new(Semaphore::new(WEB_QUICK)),
+            fanout: Arc::new(Semaphore::new(quarter.max(1))),
+        }
     }
 }
 
@@ -193,12 +203,13 @@ mod tests {
 
     #[test]
     fn the_web_surface_and_cancel_fan_outs_take_a_quarter_each_of_what_the_reserve_leaves() {
-        let places = |s: Shares| (s.web.available_permits(), s.fanout.available_permits());
+        let places =
+            |s: Shares| (s.web.available_permits() + s.web_quick.available_permits(), s.fanout.available_permits());
         assert_eq!(places(Shares::of(Some(65536), 21)), (19, 19));
         assert_eq!(places(Shares::of(Some(65536), 105)), (18, 18));
         // Half of 64 is kept: 11 of it after what is open at start.
-        assert_eq!(places(Shares::of(Some(64), 21)), (2, 2));
-        assert_eq!(places(Shares::of(Some(4), 21)), (1, 1));
+        assert_eq!(places(Shares::of(Some(64), 21)), (3, 2));
+        assert_eq!(places(Shares::of(Some(4), 21)), (3, 1));
     }
 
     #[tokio::test]

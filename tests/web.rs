@@ -259,3 +259,23 @@ async fn admin_actions_need_an_admin_and_the_csrf_token() {
     assert!(html.contains("by admin"), "actions are in the transition log with the user");
     assert!(!html.contains("secret") && !html.contains("look"), "no password on the page");
 }
+
+#[tokio::test]
+async fn health_answers_at_once_while_dashboards_hold_every_web_place() {
+    // Pacemaker's monitor GETs /health with a 5 s timeout and restarts pgfront when it
+    // fails. Failed before the quick lane: with every place held by idle connections, the
+    // GET waited in the backlog for one to time out (10 s).
+    let lab = Lab::start(1).await;
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    let places = pg.shared().shares.web.available_permits();
+    let mut idle = Vec::new();
+    for _ in 0..places {
+        idle.push(tokio::net::TcpStream::connect(web).await.unwrap());
+    }
+    eventually(LIMIT, "every place taken", || pg.shared().shares.web.available_permits() == 0).await;
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(5), get(web, "/health", None)).await.expect("/health waited");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    drop(idle);
+}

@@ -34,6 +34,8 @@ type Reply = Response<Full<Bytes>>;
 const WEB_CONN_LIMIT: Duration = Duration::from_secs(30);
 /// How long a connection closing (at WEB_CONN_LIMIT or a stop) may take to finish its answer.
 const WEB_DRAIN: Duration = Duration::from_secs(5);
+/// How long a connection of the quick lane may take, its request and answer in all.
+const WEB_QUICK_LIMIT: Duration = Duration::from_secs(2);
 /// Below this many free places, new web connections are not kept alive.
 const WEB_SPARE_PLACES: usize = 4;
 
@@ -48,16 +50,18 @@ struct Web {
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationToken) {
     let web = Arc::new(Web { shared, verified: auth::Verified::default(), csrf: auth::csrf_token() });
     let share = Arc::clone(&web.shared.shares.web);
+    let quick_share = Arc::clone(&web.shared.shares.web_quick);
     loop {
         // Bounded (see `fds::Shares`): more wait in the backlog, and an idle keep-alive
-        // connection gives its place back after `header_read_timeout`.
-        let place = tokio::select! {
-            p = Arc::clone(&share).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        // connection gives its place back after `header_read_timeout`. With every place
+        // taken, the quick lane serves one short request per connection.
+        let (place, quick) = tokio::select! {
+            biased;
+            p = Arc::clone(&share).acquire_owned() => (p, false),
+            p = Arc::clone(&quick_share).acquire_owned() => (p, true),
             () = stop.cancelled() => return,
         };
+        let Ok(place) = place else { return };
         let (stream, _) = tokio::select! {
             r = socket.accept() => match r {
                 Ok(v) => v,
@@ -74,7 +78,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
         let stop = stop.clone();
         // With its share nearly taken, a connection serves one request and closes, so a
         // dashboard refreshing faster than the idle timeout does not keep its place.
-        let keep_alive = share.available_permits() >= WEB_SPARE_PLACES;
+        let keep_alive = !quick && share.available_permits() >= WEB_SPARE_PLACES;
+        let (read_limit, conn_limit) =
+            if quick { (WEB_QUICK_LIMIT, WEB_QUICK_LIMIT) } else { (Duration::from_secs(10), WEB_CONN_LIMIT) };
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let web = Arc::clone(&web);
@@ -83,7 +89,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 // A client that never finishes its headers cannot hold a task forever.
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(read_limit)
                 .keep_alive(keep_alive)
                 .serve_connection(TokioIo::new(stream), svc);
             // Owned, so that it is closed before its place is given back.
@@ -92,7 +98,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
             // never reads a large answer, gives it back after WEB_CONN_LIMIT.
             let ended = tokio::select! {
                 _ = conn.as_mut() => true,
-                () = tokio::time::sleep(WEB_CONN_LIMIT) => false,
+                () = tokio::time::sleep(conn_limit) => false,
                 () = stop.cancelled() => false,
             };
             if !ended {
