@@ -50,10 +50,17 @@ const BASE_IN_RESERVE: u64 = 25;
 /// threads holds more listening sockets and runtimes than the reserve allows for.
 static BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Nodes whose checks the reserve allows for (each check holds a probe and a spare).
+const NODES_IN_RESERVE: u64 = 15;
+
+/// Nodes checked (see [`note_base`]).
+static NODES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Counts the descriptors this process has open, once its sockets are bound and its
-/// runtimes started, so that the reserve grows with them (16 workers with three
-/// listeners hold about 100).
-pub fn note_base() {
+/// runtimes started, and the `nodes` it checks, so that the reserve grows with them (16
+/// workers with three listeners hold about 100; each node's check two).
+pub fn note_base(nodes: usize) {
+    NODES.fetch_max(u64::try_from(nodes).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         // One of them is the directory being read.
         let open = u64::try_from(dir.count()).unwrap_or(0).saturating_sub(1);
@@ -62,9 +69,11 @@ pub fn note_base() {
 }
 
 /// Descriptors a `limit` keeps out of sessions' reach: RESERVE, more where the
-/// descriptors open at start (`base`) exceed what it allows for, and at most half the limit.
+/// descriptors open at start (`base`) or the nodes checked exceed what it allows for, and
+/// at most half the limit.
 fn reserve(limit: Option<u64>, base: u64) -> u64 {
-    let reserve = RESERVE + base.saturating_sub(BASE_IN_RESERVE);
+    let nodes = NODES.load(std::sync::atomic::Ordering::Relaxed);
+    let reserve = RESERVE + base.saturating_sub(BASE_IN_RESERVE) + 2 * nodes.saturating_sub(NODES_IN_RESERVE);
     limit.map_or(reserve, |l| reserve.min(l / 2))
 }
 
@@ -96,20 +105,21 @@ pub fn fit_maxconn(maxconn: usize) -> usize {
     fit
 }
 
+/// Places of the web's quick lane (see `Shares::web_quick`), out of its quarter.
+const WEB_QUICK: usize = 2;
+
 /// The shares of the reserve that what is not a session may take: bounded, so that a
 /// flood of dashboard connections or of cancel requests cannot take the descriptors the
 /// health checks and the sessions' server connects need. A quarter each of what the
 /// reserve leaves after the descriptors open at start (19 of 100 with 21 open); the rest
 /// is for the checks (a probe and a spare each) and a reload reading its files.
-/// Places of the web's quick lane (see `Shares::web_quick`), out of its quarter.
-const WEB_QUICK: usize = 2;
-
 #[derive(Debug)]
 pub struct Shares {
     /// Connections the web surface holds at once; more wait in its backlog.
     pub web: Arc<Semaphore>,
-    /// Two more, for one short request each when `web` is taken (a monitor's GET /health
-    /// must not wait behind dashboards: Pacemaker restarts pgfront when it times out).
+    /// Two more (one at small limits), for when `web` is taken: each serves one quick
+    /// GET /health and nothing else (a monitor's check must not wait behind dashboards:
+    /// Pacemaker restarts pgfront when it times out).
     pub web_quick: Arc<Semaphore>,
     /// Server connects that cancel requests make beyond one each (a cancel whose key is
     /// unknown goes to every server of its listener): more go one at a time.
@@ -125,9 +135,10 @@ impl Shares {
     fn of(limit: Option<u64>, base: u64) -> Shares {
         let free = reserve(limit, base).saturating_sub(base);
         let quarter = usize::try_from(free / 4).unwrap_or(usize::MAX);
+        let quick = WEB_QUICK.min(quarter / 2).max(1);
         Shares {
-            web: Arc::new(Semaphore::new(quarter.saturating_sub(WEB_QUICK).max(1))),
-            web_quick: Arc::new(Semaphore::new(WEB_QUICK)),
+            web: Arc::new(Semaphore::new(quarter.saturating_sub(quick).max(1))),
+            web_quick: Arc::new(Semaphore::new(quick)),
             fanout: Arc::new(Semaphore::new(quarter.max(1))),
         }
     }
@@ -151,10 +162,14 @@ pub struct Spare {
 }
 
 impl Spare {
-    /// A spare of the family `target` (`ip:port`, or a name: IPv4) needs, if a descriptor
-    /// is free now.
-    pub fn for_target(target: &str) -> Spare {
-        let v6 = target.parse::<std::net::SocketAddr>().is_ok_and(|a| a.is_ipv6());
+    /// A spare of the family the check needs: its `source` address's when it has one,
+    /// else the family of `target` (`ip:port`; a name: IPv4, or what [`Spare::seen`]
+    /// learns), if a descriptor is free now.
+    pub fn for_target(target: &str, source: Option<std::net::IpAddr>) -> Spare {
+        let v6 = match source {
+            Some(ip) => ip.is_ipv6(),
+            None => target.parse::<std::net::SocketAddr>().is_ok_and(|a| a.is_ipv6()),
+        };
         let mut s = Spare { socket: None, v6 };
         s.refill();
         s
@@ -163,6 +178,16 @@ impl Spare {
     /// The socket to connect with; None if it was taken and not refilled yet.
     pub fn take(&mut self) -> Option<TcpSocket> {
         self.socket.take()
+    }
+
+    /// The family a check actually connected with (a name may resolve to IPv6 only):
+    /// the next spare is of that family.
+    pub fn seen(&mut self, peer: std::net::SocketAddr) {
+        if peer.is_ipv6() != self.v6 {
+            self.v6 = peer.is_ipv6();
+            self.socket = None;
+            self.refill();
+        }
     }
 
     /// Opens a new one if it was taken (a no-op while descriptors stay short).
@@ -174,6 +199,16 @@ impl Spare {
 
     pub fn is_held(&self) -> bool {
         self.socket.is_some()
+    }
+}
+
+/// Whether this process is out of descriptors now: a failed connect or name lookup is
+/// then pgfront's shortage (glibc reports a lookup that found no descriptor as a lookup
+/// failure, not as EMFILE), never the node's fault.
+pub fn short_now() -> bool {
+    match TcpSocket::new_v4() {
+        Ok(_) => false,
+        Err(e) => is_exhaustion(&e),
     }
 }
 
@@ -208,23 +243,36 @@ mod tests {
         assert_eq!(places(Shares::of(Some(65536), 21)), (19, 19));
         assert_eq!(places(Shares::of(Some(65536), 105)), (18, 18));
         // Half of 64 is kept: 11 of it after what is open at start.
-        assert_eq!(places(Shares::of(Some(64), 21)), (3, 2));
-        assert_eq!(places(Shares::of(Some(4), 21)), (3, 1));
+        assert_eq!(places(Shares::of(Some(64), 21)), (2, 2));
+        // At least one place each, main and quick.
+        assert_eq!(places(Shares::of(Some(4), 21)), (2, 1));
     }
 
     #[tokio::test]
     async fn a_spare_is_taken_once_and_refilled_in_the_targets_family() {
-        let mut s = Spare::for_target("127.0.0.1:8008");
+        let mut s = Spare::for_target("127.0.0.1:8008", None);
         assert!(s.is_held());
         let socket = s.take().expect("a socket");
         assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_ok(), "IPv4");
         assert!(s.take().is_none(), "nothing left to give");
         s.refill();
         assert!(s.is_held());
-        let mut s = Spare::for_target("[::1]:8008");
+        let mut s = Spare::for_target("[::1]:8008", None);
         if let Some(socket) = s.take() {
             // (a host without IPv6 has no socket to give)
             assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "IPv6");
+        }
+        // A name: IPv4 unless the source is IPv6, or a check connected over IPv6.
+        let mut s = Spare::for_target("rest.example:8008", None);
+        assert!(s.take().unwrap().bind("127.0.0.1:0".parse().unwrap()).is_ok());
+        s.refill();
+        s.seen("[::1]:8008".parse().unwrap());
+        if let Some(socket) = s.take() {
+            assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "IPv6 after seeing it");
+        }
+        let mut s = Spare::for_target("rest.example:8008", Some("::1".parse().unwrap()));
+        if let Some(socket) = s.take() {
+            assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "the source's family");
         }
     }
 

@@ -24,19 +24,35 @@ pub async fn connect(address: &str, source: Option<IpAddr>) -> io::Result<TcpStr
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{address} resolves to nothing"))))
 }
 
+/// Why a connect with a spare socket failed.
+#[derive(Debug)]
+pub enum SpareError {
+    /// Before anything reached the node: the name did not resolve, no address of the
+    /// socket's family, the source not bindable, or other addresses left untried. Says
+    /// nothing about the node.
+    Local(io::Error),
+    /// The connect itself failed.
+    Connect(io::Error),
+}
+
 /// Connects to `address` with `socket`, an unconnected socket made earlier (a health
-/// checker's spare, for when no new descriptor can be had): to the first resolved address
-/// of the socket's family, from `source` when given.
-pub async fn connect_using(address: &str, source: Option<IpAddr>, socket: TcpSocket) -> io::Result<TcpStream> {
+/// checker's spare, for when no new descriptor can be had): to the resolved address of
+/// the socket's family, from `source` when given.
+pub async fn connect_using(address: &str, source: Option<IpAddr>, socket: TcpSocket) -> Result<TcpStream, SpareError> {
     // An unbound socket's name is its family's any-address.
     let v4 = socket.local_addr().map_or(true, |a| a.is_ipv4());
-    let addr = lookup_host(address).await?.find(|a| a.is_ipv4() == v4).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("{address} has no address of the spare's family"))
+    let mut addrs = lookup_host(address).await.map_err(SpareError::Local)?.filter(|a| a.is_ipv4() == v4);
+    let addr = addrs.next().ok_or_else(|| {
+        SpareError::Local(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{address} has no address of the spare socket's family"),
+        ))
     })?;
     if let Some(source) = source {
-        socket.bind(SocketAddr::new(source, 0))?;
+        socket.bind(SocketAddr::new(source, 0)).map_err(SpareError::Local)?;
     }
-    socket.connect(addr).await
+    let untried = addrs.next().is_some();
+    socket.connect(addr).await.map_err(|e| if untried { SpareError::Local(e) } else { SpareError::Connect(e) })
 }
 
 async fn connect_from(addr: SocketAddr, source: IpAddr) -> io::Result<TcpStream> {
@@ -75,11 +91,11 @@ mod tests {
         let source: IpAddr = "127.0.0.2".parse().unwrap();
         let spare = TcpSocket::new_v4().unwrap();
         let (client, accepted) = tokio::join!(connect_using(&addr, Some(source), spare), listener.accept());
-        let _client = client.unwrap();
+        let _client = client.map_err(|e| format!("{e:?}")).unwrap();
         assert_eq!(accepted.unwrap().1.ip(), source);
         // A spare of the other family finds no address to connect to.
         if let Ok(v6) = TcpSocket::new_v6() {
-            assert!(connect_using(&addr, None, v6).await.is_err());
+            assert!(matches!(connect_using(&addr, None, v6).await, Err(SpareError::Local(_))));
         }
     }
 }

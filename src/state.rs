@@ -180,7 +180,7 @@ impl Shared {
     pub fn with_clusters(runtimes: Vec<Runtime>, tokens: Tokens) -> Shared {
         let configured = runtimes.first().map_or(crate::config::defaults::GLOBAL_MAXCONN, |r| r.config.global.maxconn);
         // Bound and started by now: what is open is what serving needs besides sessions.
-        crate::fds::note_base();
+        crate::fds::note_base(runtimes.iter().map(|r| r.config.nodes.len()).sum());
         let maxconn = crate::fds::fit_maxconn(configured);
         let clusters = runtimes.into_iter().map(|r| Arc::new(ClusterState::new(r))).collect();
         Shared {

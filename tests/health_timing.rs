@@ -11,7 +11,7 @@ use std::time::Duration;
 use pgfront::cluster::spawn_checkers;
 use pgfront::cluster::Runtime;
 use pgfront::config::{CheckSpec, Config};
-use pgfront::health::{Probe, ProbeResult};
+use pgfront::health::{CheckCode, Probe, ProbeResult};
 use pgfront::proxy::Reactor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -377,4 +377,61 @@ impl Probe for StaleAgents {
             }
         })
     }
+}
+
+/// A process out of descriptors: every probe finds none (SOCKERR), and one made with the
+/// checker's spare socket answers `answer` (or finds none either, when None).
+struct Short {
+    answer: Mutex<Option<bool>>,
+    spared: std::sync::atomic::AtomicUsize,
+}
+
+impl Probe for Short {
+    fn probe<'a>(
+        &'a self,
+        _target: &'a str,
+        _spec: &'a CheckSpec,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(async {
+            ProbeResult {
+                code: CheckCode::SockErr,
+                status: None,
+                ..ProbeResult::answered(false, Duration::ZERO, "Too many open files")
+            }
+        })
+    }
+
+    fn probe_with<'a>(
+        &'a self,
+        target: &'a str,
+        spec: &'a CheckSpec,
+        _socket: tokio::net::TcpSocket,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        self.spared.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match *self.answer.lock().unwrap() {
+            Some(passed) => Box::pin(async move { ProbeResult::answered(passed, Duration::ZERO, "") }),
+            None => self.probe(target, spec),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_descriptors_checks_are_made_with_the_spare_socket_or_give_no_verdict() {
+    let rt = runtime();
+    let probe = Arc::new(Short { answer: Mutex::new(Some(true)), spared: Default::default() });
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    advance_to(start, 2_500).await;
+    assert!(up(&rt, "primary", "a"), "rise=2 reached with checks made on the spare socket");
+    // The spare cannot be used either: no verdict, the state stays.
+    *probe.answer.lock().unwrap() = None;
+    advance_to(start, 30_000).await;
+    assert!(up(&rt, "primary", "a"), "no check made is no verdict: still UP");
+    // The spare works again and the node has failed meanwhile: DOWN after fall=3.
+    *probe.answer.lock().unwrap() = Some(false);
+    advance_to(start, 45_000).await;
+    assert!(!up(&rt, "primary", "a"), "found out with the spare socket");
+    assert!(probe.spared.load(std::sync::atomic::Ordering::SeqCst) > 5);
+    stop.cancel();
 }

@@ -268,14 +268,27 @@ async fn health_answers_at_once_while_dashboards_hold_every_web_place() {
     let lab = Lab::start(1).await;
     let pg = start(&lab.config(""));
     let web = pg.web_addr().unwrap();
-    let places = pg.shared().shares.web.available_permits();
+    let shares = &pg.shared().shares;
+    let quick = shares.web_quick.available_permits();
+    // Idle connections until every main place is held and the accept loop waits with a
+    // quick place for the next connection.
+    let places = || (shares.web.available_permits(), shares.web_quick.available_permits());
     let mut idle = Vec::new();
-    for _ in 0..places {
+    while places() != (0, quick - 1) {
+        assert!(idle.len() <= 100, "the web never took every place");
+        // One at a time: each accepted connection takes a place and the loop the next.
+        let before = places();
         idle.push(tokio::net::TcpStream::connect(web).await.unwrap());
+        eventually(LIMIT, "the connection accepted", || places() != before).await;
     }
-    eventually(LIMIT, "every place taken", || pg.shared().shares.web.available_permits() == 0).await;
     let (status, body) =
         tokio::time::timeout(Duration::from_secs(5), get(web, "/health", None)).await.expect("/health waited");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The quick lane answers nothing else: the page waits for a place of its own.
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), get(web, "/status.json", Some(ADMIN)))
+        .await
+        .expect("the quick lane waited");
+    assert_eq!(status, 503);
     drop(idle);
+    eventually(LIMIT, "the page is served again", || shares.web.available_permits() > 0).await;
 }

@@ -110,7 +110,7 @@ impl Checker {
         // pgfront itself ran out of descriptors for the check: said once per shortage.
         let mut no_socket = false;
         // Made the check with when descriptors are short (see `fds::Spare`).
-        let mut spare = crate::fds::Spare::for_target(&self.target.address);
+        let mut spare = crate::fds::Spare::for_target(&self.target.address, self.target.spec.source);
         // A check was made with the spare during this shortage: said once per shortage.
         let mut spared = false;
         loop {
@@ -131,6 +131,9 @@ impl Checker {
                 }
             } else if result.code != CheckCode::SockErr {
                 spared = false;
+            }
+            if let Some(peer) = result.peer {
+                spare.seen(peer);
             }
             spare.refill();
             if result.code == CheckCode::SockErr {

@@ -82,6 +82,7 @@ mod tests {
             detail: String::new(),
             body: None,
             cert_not_after: None,
+            peer: None,
         }
     }
 

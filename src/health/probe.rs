@@ -78,6 +78,8 @@ pub struct ProbeResult {
     pub body: Option<Vec<u8>>,
     /// Over HTTPS, the `notAfter` of the REST API's certificate (seconds since the epoch).
     pub cert_not_after: Option<i64>,
+    /// The address the check connected to, when it connected.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl ProbeResult {
@@ -95,6 +97,7 @@ impl ProbeResult {
             detail: detail.into(),
             body: None,
             cert_not_after: None,
+            peer: None,
         }
     }
 
@@ -106,6 +109,7 @@ impl ProbeResult {
             detail: detail.into(),
             body: None,
             cert_not_after: None,
+            peer: None,
         }
     }
 
@@ -169,22 +173,39 @@ async fn http_probe(target: &str, spec: &CheckSpec, socket: Option<tokio::net::T
     let connecting = async {
         match socket {
             Some(s) => crate::net::connect_using(target, spec.source, s).await,
-            None => crate::net::connect(target, spec.source).await,
+            None => crate::net::connect(target, spec.source).await.map_err(crate::net::SpareError::Connect),
         }
     };
     let connect = timeout_at(started + spec.timing.connect_timeout, connecting).await;
+    let no_descriptor = |e: &dyn std::fmt::Display| {
+        ProbeResult::fail(CheckCode::SockErr, started, format!("pgfront has no descriptor for the check: {e}"))
+    };
     let stream = match connect {
         Err(_) => return ProbeResult::fail(CheckCode::L4Tout, started, "connect timeout"),
-        Ok(Err(e)) if crate::fds::is_exhaustion(&e) => {
-            return ProbeResult::fail(
-                CheckCode::SockErr,
-                started,
-                format!("pgfront has no descriptor for the check: {e}"),
-            );
+        // The spare could not be used (its family, the name, the source): no verdict.
+        Ok(Err(crate::net::SpareError::Local(e))) => return no_descriptor(&e),
+        // A failed lookup or connect while the process has no descriptor is its shortage.
+        Ok(Err(crate::net::SpareError::Connect(e))) if crate::fds::is_exhaustion(&e) || crate::fds::short_now() => {
+            return no_descriptor(&e);
         }
-        Ok(Err(e)) => return ProbeResult::fail(CheckCode::L4Con, started, e.to_string()),
+        Ok(Err(crate::net::SpareError::Connect(e))) => {
+            return ProbeResult::fail(CheckCode::L4Con, started, e.to_string())
+        }
         Ok(Ok(s)) => s,
     };
+    let peer = stream.peer_addr().ok();
+    let mut result = handshake_and_ask(stream, target, spec, started).await;
+    result.peer = peer;
+    result
+}
+
+/// The TLS handshake, if any, and the HTTP exchange over a connected stream.
+async fn handshake_and_ask(
+    stream: tokio::net::TcpStream,
+    target: &str,
+    spec: &CheckSpec,
+    started: Instant,
+) -> ProbeResult {
     // HAProxy's `timeout check` bounds the handshake and the answer once connected.
     let deadline = Instant::now() + spec.timing.timeout;
     let Some(tls) = &spec.tls else {
@@ -235,7 +256,15 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 (CheckCode::L7Sts, format!("status {status}, expected {}", spec.expect))
             };
-            ProbeResult { code, status: Some(status), duration: started.elapsed(), detail, body, cert_not_after: None }
+            ProbeResult {
+                code,
+                status: Some(status),
+                duration: started.elapsed(),
+                detail,
+                body,
+                cert_not_after: None,
+                peer: None,
+            }
         }
     };
     r.cert_not_after = cert_not_after;

@@ -22,6 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Role;
 use crate::state::Shared;
@@ -34,8 +35,12 @@ type Reply = Response<Full<Bytes>>;
 const WEB_CONN_LIMIT: Duration = Duration::from_secs(30);
 /// How long a connection closing (at WEB_CONN_LIMIT or a stop) may take to finish its answer.
 const WEB_DRAIN: Duration = Duration::from_secs(5);
-/// How long a connection of the quick lane may take, its request and answer in all.
-const WEB_QUICK_LIMIT: Duration = Duration::from_secs(2);
+/// How long a connection of the quick lane may take to send its request (curl and the
+/// OCF agent send theirs at once)...
+const WEB_QUICK_READ: Duration = Duration::from_millis(500);
+/// ...and its request and answer in all, and to finish it once that passed.
+const WEB_QUICK_LIMIT: Duration = Duration::from_secs(1);
+const WEB_QUICK_DRAIN: Duration = Duration::from_millis(500);
 /// Below this many free places, new web connections are not kept alive.
 const WEB_SPARE_PLACES: usize = 4;
 
@@ -46,22 +51,39 @@ struct Web {
     csrf: String,
 }
 
-/// Serves the web surface until `stop` is cancelled.
+/// Serves the web surface until `stop` is cancelled, then lets the connections open
+/// finish their answers (each within its drain) before returning.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationToken) {
     let web = Arc::new(Web { shared, verified: auth::Verified::default(), csrf: auth::csrf_token() });
+    let conns = TaskTracker::new();
+    accept_loop(&web, &socket, &stop, &conns).await;
+    drop(socket);
+    conns.close();
+    conns.wait().await;
+}
+
+/// Which share a connection's place is from.
+#[derive(Clone, Copy)]
+enum Lane {
+    Main,
+    /// The main share was taken: one quick GET /health (see `fds::Shares::web_quick`).
+    Quick,
+}
+
+async fn accept_loop(web: &Arc<Web>, socket: &TcpListener, stop: &CancellationToken, conns: &TaskTracker) {
     let share = Arc::clone(&web.shared.shares.web);
     let quick_share = Arc::clone(&web.shared.shares.web_quick);
     loop {
         // Bounded (see `fds::Shares`): more wait in the backlog, and an idle keep-alive
         // connection gives its place back after `header_read_timeout`. With every place
-        // taken, the quick lane serves one short request per connection.
-        let (place, quick) = tokio::select! {
+        // taken, the quick lane serves one GET /health per connection.
+        let (place, mut lane) = tokio::select! {
             biased;
-            p = Arc::clone(&share).acquire_owned() => (p, false),
-            p = Arc::clone(&quick_share).acquire_owned() => (p, true),
+            p = Arc::clone(&share).acquire_owned() => (p, Lane::Main),
+            p = Arc::clone(&quick_share).acquire_owned() => (p, Lane::Quick),
             () = stop.cancelled() => return,
         };
-        let Ok(place) = place else { return };
+        let Ok(mut place) = place else { return };
         let (stream, _) = tokio::select! {
             r = socket.accept() => match r {
                 Ok(v) => v,
@@ -74,17 +96,28 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
             },
             () = stop.cancelled() => return,
         };
-        let web = Arc::clone(&web);
-        let stop = stop.clone();
+        // A main place freed while this one waited: the connection gets it instead.
+        if let (Lane::Quick, Ok(p)) = (lane, Arc::clone(&share).try_acquire_owned()) {
+            (place, lane) = (p, Lane::Main);
+        }
         // With its share nearly taken, a connection serves one request and closes, so a
         // dashboard refreshing faster than the idle timeout does not keep its place.
-        let keep_alive = !quick && share.available_permits() >= WEB_SPARE_PLACES;
-        let (read_limit, conn_limit) =
-            if quick { (WEB_QUICK_LIMIT, WEB_QUICK_LIMIT) } else { (Duration::from_secs(10), WEB_CONN_LIMIT) };
-        tokio::spawn(async move {
+        let keep_alive = matches!(lane, Lane::Main) && share.available_permits() >= WEB_SPARE_PLACES;
+        let (read_limit, conn_limit, drain) = match lane {
+            Lane::Main => (Duration::from_secs(10), WEB_CONN_LIMIT, WEB_DRAIN),
+            Lane::Quick => (WEB_QUICK_READ, WEB_QUICK_LIMIT, WEB_QUICK_DRAIN),
+        };
+        let web = Arc::clone(web);
+        let stop = stop.clone();
+        conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let web = Arc::clone(&web);
-                async move { Ok::<_, Infallible>(web.handle(req).await) }
+                async move {
+                    Ok::<_, Infallible>(match lane {
+                        Lane::Main => web.handle(req).await,
+                        Lane::Quick => web.quick(&req),
+                    })
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -95,7 +128,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
             // Owned, so that it is closed before its place is given back.
             let mut conn = Box::pin(conn);
             // A connection's place is bounded in time too: one that keeps asking, or that
-            // never reads a large answer, gives it back after WEB_CONN_LIMIT.
+            // never reads a large answer, gives it back after its limit and drain.
             let ended = tokio::select! {
                 _ = conn.as_mut() => true,
                 () = tokio::time::sleep(conn_limit) => false,
@@ -104,7 +137,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
             if !ended {
                 // The request in flight, if any, is answered; then the connection closes.
                 conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(WEB_DRAIN, conn.as_mut()).await;
+                let _ = tokio::time::timeout(drain, conn.as_mut()).await;
             }
             drop(conn);
             drop(place);
@@ -113,6 +146,20 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
 }
 
 impl Web {
+    /// The quick lane's one answer: /health, what Pacemaker's monitor asks; anything else
+    /// is asked to come back (the dashboards hold every other place).
+    fn quick(&self, req: &Request<Incoming>) -> Reply {
+        let mut r = if req.uri().path() == "/health" {
+            text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
+        } else {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "busy: try again\n".into());
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        };
+        r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_owned();
         if path == "/metrics" {
