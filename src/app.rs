@@ -368,7 +368,9 @@ impl Generations {
                 "defer_accept applies to listeners bound from now on; the others keep theirs until a restart"
             );
         }
-        // As the descriptor limit holds it (see `fds`); resized from the one in effect.
+        // As the descriptor limit holds it (see `fds`), with a reserve for the checks of
+        // the nodes the file has now; resized from the one in effect.
+        crate::fds::note_nodes(config.views().iter().map(|v| v.nodes.len()).sum());
         let new_max = crate::fds::fit_maxconn(config.global.maxconn);
         let before = self.shared.clusters.load_full();
         let mut after: Vec<Arc<ClusterState>> = Vec::new();

@@ -60,7 +60,7 @@ static NODES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0
 /// runtimes started, and the `nodes` it checks, so that the reserve grows with them (16
 /// workers with three listeners hold about 100; each node's check two).
 pub fn note_base(nodes: usize) {
-    NODES.fetch_max(u64::try_from(nodes).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+    note_nodes(nodes);
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         // One of them is the directory being read.
         let open = u64::try_from(dir.count()).unwrap_or(0).saturating_sub(1);
@@ -68,11 +68,20 @@ pub fn note_base(nodes: usize) {
     }
 }
 
+/// The nodes a reload's file checks (the count at start grows, never shrinks: a removed
+/// node's checker may still hold its descriptors while it stops).
+pub fn note_nodes(nodes: usize) {
+    NODES.fetch_max(u64::try_from(nodes).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Descriptors a `limit` keeps out of sessions' reach: RESERVE, more where the
 /// descriptors open at start (`base`) or the nodes checked exceed what it allows for, and
 /// at most half the limit.
 fn reserve(limit: Option<u64>, base: u64) -> u64 {
-    let nodes = NODES.load(std::sync::atomic::Ordering::Relaxed);
+    reserve_for(limit, base, NODES.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn reserve_for(limit: Option<u64>, base: u64, nodes: u64) -> u64 {
     let reserve = RESERVE + base.saturating_sub(BASE_IN_RESERVE) + 2 * nodes.saturating_sub(NODES_IN_RESERVE);
     limit.map_or(reserve, |l| reserve.min(l / 2))
 }
@@ -274,6 +283,15 @@ mod tests {
         if let Some(socket) = s.take() {
             assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "the source's family");
         }
+    }
+
+    #[test]
+    fn the_reserve_grows_with_what_is_open_at_start_and_the_nodes_checked() {
+        assert_eq!(reserve_for(Some(65536), 21, 3), 100);
+        assert_eq!(reserve_for(Some(65536), 105, 3), 180);
+        assert_eq!(reserve_for(Some(65536), 21, 40), 150);
+        assert_eq!(reserve_for(None, 21, 40), 150);
+        assert_eq!(reserve_for(Some(64), 105, 40), 32, "at most half the limit");
     }
 
     #[test]
