@@ -206,7 +206,8 @@ impl Spare {
         }
     }
 
-    pub fn is_held(&self) -> bool {
+    #[cfg(test)]
+    fn is_held(&self) -> bool {
         self.socket.is_some()
     }
 }

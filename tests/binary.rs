@@ -308,6 +308,21 @@ impl Drop for Limited {
     }
 }
 
+/// `n` sessions through `addr`, each served within LIMIT.
+async fn hold(addr: SocketAddr, n: usize) -> Vec<Client> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(tokio::time::timeout(LIMIT, connect(addr)).await.expect("not served").unwrap());
+    }
+    held
+}
+
+fn assert_no_line_has(lines: &[String], bad: &[&str]) {
+    for bad in bad {
+        assert!(!lines.iter().any(|l| l.contains(bad)), "{bad:?} in {lines:#?}");
+    }
+}
+
 /// Sessions that echo, and whose server is never blamed for pgfront's own shortage.
 async fn all_echo(held: &mut [Client], what: &[u8]) {
     for c in held.iter_mut() {
@@ -324,10 +339,7 @@ async fn a_descriptor_limit_too_small_for_maxconn_holds_sessions_to_what_it_can_
     lab.leader(0);
     let pg = Limited::start(&lab, 64, "fdcap").await;
     assert_eq!(pg.count("the limit holds 16 sessions"), 1, "{:#?}", pg.lines());
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        held.push(tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("not served").unwrap());
-    }
+    let mut held = hold(pg.addr, 16).await;
     // More clients than that wait in the backlog while the 16 work and checks go on.
     let waiting: Vec<_> = (0..8).map(|_| tokio::spawn(connect(pg.addr))).collect();
     let checks = lab.nodes[0].rest.hits("/primary") + lab.nodes[0].rest.hits("/patroni");
@@ -345,9 +357,7 @@ async fn a_descriptor_limit_too_small_for_maxconn_holds_sessions_to_what_it_can_
     all_echo(&mut held, b"still there").await;
     drop(held);
     let lines = pg.stop().await;
-    for bad in ["out of file descriptors", "server is DOWN", "Too many open files"] {
-        assert!(!lines.iter().any(|l| l.contains(bad)), "{bad:?} in {lines:#?}");
-    }
+    assert_no_line_has(&lines, &["out of file descriptors", "server is DOWN", "Too many open files"]);
 }
 
 #[tokio::test]
@@ -357,10 +367,7 @@ async fn out_of_descriptors_sessions_and_health_are_kept_and_the_shortage_is_log
     let lab = Lab::start(1).await;
     lab.leader(0);
     let pg = Limited::start(&lab, 64, "emfile").await;
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        held.push(tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("not served").unwrap());
-    }
+    let mut held = hold(pg.addr, 8).await;
     // pgfront's own bounds keep its descriptors within the limit (see the web test below);
     // here the limit drops under what it holds, so no descriptor is left at all, not even
     // the one each checker keeps spare: new sessions and checks find none.
@@ -403,10 +410,7 @@ async fn a_leader_lost_while_descriptors_are_short_is_still_found_out() {
     let lab = Lab::start(1).await;
     lab.leader(0);
     let pg = Limited::start(&lab, 64, "spare").await;
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("not served").unwrap());
-    }
+    let mut held = hold(pg.addr, 4).await;
     // Every descriptor number below the limit is taken: only a checker's spare frees one
     // (taken while no check's own socket is open, which would leave a free number below).
     let rest_port = lab.nodes[0].rest.addr.port();
@@ -445,12 +449,8 @@ async fn the_web_surface_cannot_take_the_descriptors_sessions_and_checks_need() 
     for _ in 0..60 {
         idle.push(tokio::net::TcpStream::connect(pg.web).await.unwrap());
     }
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        held.push(
-            tokio::time::timeout(LIMIT, connect(pg.addr)).await.expect("a session under maxconn not served").unwrap(),
-        );
-    }
+    // All 16 sessions under maxconn are served.
+    let mut held = hold(pg.addr, 16).await;
     let rest = Limited::checks(&lab);
     eventually(LIMIT, "checks go on", || Limited::checks(&lab) > rest + 4).await;
     all_echo(&mut held, b"beside the idle web connections").await;
@@ -462,9 +462,10 @@ async fn the_web_surface_cannot_take_the_descriptors_sessions_and_checks_need() 
     }
     drop(held);
     let lines = pg.stop().await;
-    for bad in ["out of file descriptors", "health check not made", "server is DOWN", "Too many open files"] {
-        assert!(!lines.iter().any(|l| l.contains(bad)), "{bad:?} in {lines:#?}");
-    }
+    assert_no_line_has(
+        &lines,
+        &["out of file descriptors", "health check not made", "server is DOWN", "Too many open files"],
+    );
 }
 
 /// glibc's per-thread malloc cache keeps pages of ended sessions resident (issue 9; see

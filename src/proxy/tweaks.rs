@@ -113,19 +113,24 @@ mod tests {
             let addr = sockets[0].local_addr().unwrap();
             let listeners: Vec<TcpListener> = sockets.into_iter().map(|s| TcpListener::from_std(s).unwrap()).collect();
             let _client = TcpStream::connect(addr).await.unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            let accepted = loop {
-                if let Some(s) = listeners.iter().find_map(|l| l.accept().now_or_never()) {
-                    break s.unwrap().0;
-                }
-                assert!(std::time::Instant::now() < deadline, "no client accepted");
-                tokio::task::yield_now().await;
-            };
+            let accepted = accept_any(&listeners).await;
             let s = SockRef::from(&accepted);
             assert!(s.nodelay().unwrap(), "TCP_NODELAY");
             assert!(s.keepalive().unwrap(), "SO_KEEPALIVE");
             assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(60));
             assert_eq!(s.keepalive_interval().unwrap(), Duration::from_secs(10));
+        }
+    }
+
+    /// The first client any of `listeners` accepts (SO_REUSEPORT picks which).
+    async fn accept_any(listeners: &[TcpListener]) -> TcpStream {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = listeners.iter().find_map(|l| l.accept().now_or_never()) {
+                return s.unwrap().0;
+            }
+            assert!(std::time::Instant::now() < deadline, "no client accepted");
+            tokio::task::yield_now().await;
         }
     }
 
@@ -160,14 +165,7 @@ mod tests {
             let listeners: Vec<TcpListener> = sockets.into_iter().map(|s| TcpListener::from_std(s).unwrap()).collect();
             let mut client = TcpStream::connect(addr).await.unwrap();
             client.write_all(b"\0\0\0\x08").await.unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            let accepted = loop {
-                if let Some(s) = listeners.iter().find_map(|l| l.accept().now_or_never()) {
-                    break s.unwrap().0;
-                }
-                assert!(std::time::Instant::now() < deadline, "no client accepted");
-                tokio::task::yield_now().await;
-            };
+            let accepted = accept_any(&listeners).await;
             let mut b = [0u8; 8];
             assert_eq!(accepted.try_read(&mut b).unwrap(), 4, "the first bytes came with the client");
         }
