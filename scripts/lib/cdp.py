@@ -161,6 +161,10 @@ class Browser:
                 raise CdpError("Chromium has no page to drive")
             self.ws = WebSocket(pages[0]["webSocketDebuggerUrl"], timeout)
             self.call("Page.enable")
+            # Lifecycle events carry the loader id, so open() can tell its own navigation's
+            # load from that of a navigation the page began itself (the dashboard's
+            # meta refresh), which may fire after open() cleared the events.
+            self.call("Page.setLifecycleEventsEnabled", enabled=True)
             self.call("Runtime.enable")
             self.call("Network.enable")
             self.call("Emulation.setDeviceMetricsOverride",
@@ -192,11 +196,12 @@ class Browser:
             if "method" in msg:
                 self.events.append(msg)
 
-    def wait_event(self, name, timeout):
+    def wait_event(self, name, timeout, match=lambda e: True):
+        """The first event called `name` for which `match` holds; events before it are dropped."""
         deadline = time.monotonic() + timeout
         while True:
             for i, e in enumerate(self.events):
-                if e["method"] == name:
+                if e["method"] == name and match(e):
                     del self.events[: i + 1]
                     return e
             self.events.clear()
@@ -212,7 +217,10 @@ class Browser:
         r = self.call("Page.navigate", url=url, timeout=timeout)
         if r.get("errorText"):
             raise CdpError(f"{url}: {r['errorText']}")
-        self.wait_event("Page.loadEventFired", timeout)
+        loader = r.get("loaderId")
+        self.wait_event("Page.lifecycleEvent", timeout,
+                        lambda e: e["params"].get("name") == "load"
+                        and (loader is None or e["params"].get("loaderId") == loader))
 
     def eval(self, expression, timeout=20):
         """The value of a JavaScript expression (JSON-serialisable)."""
