@@ -368,10 +368,6 @@ impl Generations {
                 "defer_accept applies to listeners bound from now on; the others keep theirs until a restart"
             );
         }
-        // As the descriptor limit holds it (see `fds`), with a reserve for the checks of
-        // the nodes the file has now; resized from the one in effect.
-        crate::fds::note_nodes(config.views().iter().map(|v| v.nodes.len()).sum());
-        let new_max = crate::fds::fit_maxconn(config.global.maxconn);
         let before = self.shared.clusters.load_full();
         let mut after: Vec<Arc<ClusterState>> = Vec::new();
         let views = config.views();
@@ -432,7 +428,9 @@ impl Generations {
                 cs.discovery.cancel();
             }
         }
-        self.shared.resize(new_max);
+        // As the descriptor limit holds it (see `fds`), with a reserve for the checks of
+        // every node served now, discovered members included; resized from the one in effect.
+        self.shared.refit(config.global.maxconn);
         self.listeners(&mut serving, &config, fresh);
         serving.file = config;
         Ok(())
@@ -509,6 +507,8 @@ impl discovery::Apply for ClusterApply {
         let merged = cs.file.with_members(&members);
         self.gen.swap(&cluster, cs, merged);
         cs.members = members;
+        // Each member's check holds descriptors too: the reserve grows with them.
+        self.gen.shared.refit(serving.file.global.maxconn);
         true
     }
 }

@@ -133,6 +133,8 @@ pub struct Shares {
     /// Server connects that cancel requests make beyond one each (a cancel whose key is
     /// unknown goes to every server of its listener): more go one at a time.
     pub fanout: Arc<Semaphore>,
+    /// The places given so far, [web, web_quick, fanout]: [`Shares::grow`] adds the rest.
+    given: std::sync::Mutex<[usize; 3]>,
 }
 
 impl Shares {
@@ -142,13 +144,41 @@ impl Shares {
     }
 
     fn of(limit: Option<u64>, base: u64) -> Shares {
-        let free = reserve(limit, base).saturating_sub(base);
+        let [web, quick, fanout] = Shares::sizes(limit, base, NODES.load(std::sync::atomic::Ordering::Relaxed));
+        Shares {
+            web: Arc::new(Semaphore::new(web)),
+            web_quick: Arc::new(Semaphore::new(quick)),
+            fanout: Arc::new(Semaphore::new(fanout)),
+            given: std::sync::Mutex::new([web, quick, fanout]),
+        }
+    }
+
+    /// Places of [web, web_quick, fanout] for a `limit`, what was open at start and the
+    /// nodes checked.
+    fn sizes(limit: Option<u64>, base: u64, nodes: u64) -> [usize; 3] {
+        let free = reserve_for(limit, base, nodes).saturating_sub(base);
         let quarter = usize::try_from(free / 4).unwrap_or(usize::MAX);
         let quick = WEB_QUICK.min(quarter / 2).max(1);
-        Shares {
-            web: Arc::new(Semaphore::new(quarter.saturating_sub(quick).max(1))),
-            web_quick: Arc::new(Semaphore::new(quick)),
-            fanout: Arc::new(Semaphore::new(quarter.max(1))),
+        [quarter.saturating_sub(quick).max(1), quick, quarter.max(1)]
+    }
+
+    /// Grows the shares to what the reserve is now (more nodes checked, a raised limit).
+    /// They never shrink: places in use cannot be taken back, and the reserve they came
+    /// from only grows while the process runs (see [`note_nodes`]).
+    pub fn grow(&self) {
+        let (base, nodes) =
+            (BASE.load(std::sync::atomic::Ordering::Relaxed), NODES.load(std::sync::atomic::Ordering::Relaxed));
+        self.grow_to(Shares::sizes(limit(), base, nodes));
+    }
+
+    fn grow_to(&self, sizes: [usize; 3]) {
+        let mut given = self.given.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((sem, had), now) in [&self.web, &self.web_quick, &self.fanout].into_iter().zip(given.iter_mut()).zip(sizes)
+        {
+            if now > *had {
+                sem.add_permits(now - *had);
+                *had = now;
+            }
         }
     }
 }
@@ -256,6 +286,26 @@ mod tests {
         assert_eq!(places(Shares::of(Some(64), 21)), (2, 2));
         // At least one place each, main and quick.
         assert_eq!(places(Shares::of(Some(4), 21)), (2, 1));
+    }
+
+    #[test]
+    fn the_shares_grow_with_the_reserve_and_never_shrink() {
+        let s = Shares::of(Some(65536), 21);
+        let held = s.web.clone().try_acquire_many_owned(5).unwrap();
+        // 40 nodes: a reserve of 150, 129 after what is open at start, 32 places each.
+        assert_eq!(Shares::sizes(Some(65536), 21, 40), [30, 2, 32]);
+        s.grow_to(Shares::sizes(Some(65536), 21, 40));
+        assert_eq!(
+            (s.web.available_permits(), s.web_quick.available_permits(), s.fanout.available_permits()),
+            (25, 2, 32)
+        );
+        s.grow_to([10, 1, 10]);
+        assert_eq!(
+            (s.web.available_permits(), s.web_quick.available_permits(), s.fanout.available_permits()),
+            (25, 2, 32)
+        );
+        drop(held);
+        assert_eq!(s.web.available_permits(), 30);
     }
 
     #[tokio::test]

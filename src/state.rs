@@ -153,6 +153,21 @@ impl Shared {
         self.global.acquire().await.is_ok()
     }
 
+    /// Fits the `configured` global maxconn to the descriptor limit as it is now, with a
+    /// reserve for the checks of every node the clusters serve now (a reload's file and
+    /// discovered members alike), resizes to it, and lets the web and cancel shares grow
+    /// with the reserve.
+    pub fn refit(&self, configured: usize) {
+        crate::fds::note_nodes(self.clusters.load().iter().map(|c| c.runtime().config.nodes.len()).sum());
+        self.resize(crate::fds::fit_maxconn(configured));
+        self.shares.grow();
+    }
+
+    /// The global maxconn in effect (see `maxconn`).
+    pub fn maxconn_in_effect(&self) -> usize {
+        self.maxconn.load(Ordering::Acquire)
+    }
+
     /// Applies a new global maxconn: raising it pays debts first, lowering takes back the
     /// free places at once and the held ones as their sessions end.
     pub fn resize(&self, new: usize) {

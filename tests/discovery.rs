@@ -365,3 +365,49 @@ async fn moving_a_discovery_file_to_cluster_tables_keeps_the_members_and_their_h
     live.echo(b"after the move").await.unwrap();
     pg.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn discovered_members_count_towards_the_descriptor_reserve() {
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let members = [("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])];
+    publish(&lab, &cluster_json(&members));
+    // A maxconn no descriptor limit holds, so the one in effect is the limit's.
+    let text = config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", "")
+        .replace("[global]\n", "[global]\nmaxconn = 100000000\n");
+    let pg = start(&text);
+    eventually(LIMIT, "three members found", || pg.shared().first().discovery.members.load(Ordering::Relaxed) == 3)
+        .await;
+    let shared = pg.shared();
+    let (before, fanout) = (shared.maxconn_in_effect(), shared.shares.fanout.available_permits());
+    assert!(before < 100_000_000, "the test needs a descriptor limit (ulimit -n) to fit maxconn to");
+
+    // 37 more members (at addresses nothing listens on: their checks fail, but they are
+    // checked all the same), 40 in all: 25 over the reserve's allowance of 15, 2 each.
+    let free: Vec<std::net::SocketAddr> =
+        (0..37).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+    let mut list: Vec<String> = members
+        .iter()
+        .map(|(name, n)| {
+            format!(
+                r#"{{"name": "{name}", "role": "replica", "host": "127.0.0.1", "port": {}, "api_url": "http://{}/patroni"}}"#,
+                n.backend.addr.port(),
+                n.rest.addr
+            )
+        })
+        .collect();
+    list.extend(free.iter().enumerate().map(|(i, a)| {
+        format!(r#"{{"name": "extra{i}", "role": "replica", "host": "127.0.0.1", "port": {}, "api_url": "http://{a}/patroni"}}"#, a.port())
+    }));
+    publish(&lab, &format!(r#"{{"members": [{}], "scope": "lab"}}"#, list.join(", ")));
+    eventually(LIMIT, "40 members found", || shared.first().discovery.members.load(Ordering::Relaxed) == 40).await;
+    // Fitted again at once, without a reload: 25 sessions fewer, and more room for the
+    // web and cancel fan-outs.
+    eventually(LIMIT, "the maxconn in effect leaves room for 37 more checks", || {
+        shared.maxconn_in_effect() <= before - 25
+    })
+    .await;
+    assert_eq!(shared.reloads.ok.load(Ordering::Relaxed), 0, "no reload was made");
+    assert!(shared.shares.fanout.available_permits() > fanout, "the fan-out share grew with the reserve");
+    pg.shutdown(Duration::from_millis(100)).await;
+}
