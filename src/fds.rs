@@ -198,6 +198,18 @@ impl Default for Shares {
 pub struct Spare {
     socket: Option<TcpSocket>,
     v6: bool,
+    /// The address the node's checks last connected to (see [`Lent::known`]).
+    known: Option<std::net::SocketAddr>,
+}
+
+/// The spare as lent to one check.
+#[derive(Debug)]
+pub struct Lent {
+    pub socket: TcpSocket,
+    /// The address the node's checks last connected to: a check address that is a name
+    /// cannot be looked up while no descriptor is free (glibc opens /etc/hosts, or a
+    /// socket to the resolver), so the check goes there.
+    pub known: Option<std::net::SocketAddr>,
 }
 
 impl Spare {
@@ -209,19 +221,21 @@ impl Spare {
             Some(ip) => ip.is_ipv6(),
             None => target.parse::<std::net::SocketAddr>().is_ok_and(|a| a.is_ipv6()),
         };
-        let mut s = Spare { socket: None, v6 };
+        let mut s = Spare { socket: None, v6, known: None };
         s.refill();
         s
     }
 
     /// The socket to connect with; None if it was taken and not refilled yet.
-    pub fn take(&mut self) -> Option<TcpSocket> {
-        self.socket.take()
+    pub fn take(&mut self) -> Option<Lent> {
+        Some(Lent { socket: self.socket.take()?, known: self.known })
     }
 
-    /// The family a check actually connected with (a name may resolve to IPv6 only):
-    /// the next spare is of that family.
+    /// The address a check actually connected to: the next spare is of its family (a name
+    /// may resolve to IPv6 only), and a check with the spare goes there when the name
+    /// cannot be looked up.
     pub fn seen(&mut self, peer: std::net::SocketAddr) {
+        self.known = Some(peer);
         if peer.is_ipv6() != self.v6 {
             self.v6 = peer.is_ipv6();
             self.socket = None;
@@ -312,26 +326,27 @@ mod tests {
     async fn a_spare_is_taken_once_and_refilled_in_the_targets_family() {
         let mut s = Spare::for_target("127.0.0.1:8008", None);
         assert!(s.is_held());
-        let socket = s.take().expect("a socket");
+        let socket = s.take().expect("a socket").socket;
         assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_ok(), "IPv4");
         assert!(s.take().is_none(), "nothing left to give");
         s.refill();
         assert!(s.is_held());
         let mut s = Spare::for_target("[::1]:8008", None);
-        if let Some(socket) = s.take() {
+        if let Some(Lent { socket, .. }) = s.take() {
             // (a host without IPv6 has no socket to give)
             assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "IPv6");
         }
         // A name: IPv4 unless the source is IPv6, or a check connected over IPv6.
         let mut s = Spare::for_target("rest.example:8008", None);
-        assert!(s.take().unwrap().bind("127.0.0.1:0".parse().unwrap()).is_ok());
+        assert!(s.take().unwrap().socket.bind("127.0.0.1:0".parse().unwrap()).is_ok());
         s.refill();
         s.seen("[::1]:8008".parse().unwrap());
-        if let Some(socket) = s.take() {
+        if let Some(Lent { socket, known }) = s.take() {
+            assert_eq!(known, Some("[::1]:8008".parse().unwrap()), "where the check last went");
             assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "IPv6 after seeing it");
         }
         let mut s = Spare::for_target("rest.example:8008", Some("::1".parse().unwrap()));
-        if let Some(socket) = s.take() {
+        if let Some(Lent { socket, .. }) = s.take() {
             assert!(socket.bind("127.0.0.1:0".parse().unwrap()).is_err(), "the source's family");
         }
     }

@@ -8,6 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::{lookup_host, TcpSocket, TcpStream};
 
+use crate::fds::Lent;
+
 /// Connects to `address` (`host:port`, resolved now), from `source` when given. With
 /// several resolved addresses each is tried in turn, and the last error is returned.
 pub async fn connect(address: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
@@ -35,13 +37,19 @@ pub enum SpareError {
     Connect(io::Error),
 }
 
-/// Connects to `address` with `socket`, an unconnected socket made earlier (a health
-/// checker's spare, for when no new descriptor can be had): to the resolved address of
-/// the socket's family, from `source` when given.
-pub async fn connect_using(address: &str, source: Option<IpAddr>, socket: TcpSocket) -> Result<TcpStream, SpareError> {
+/// Connects to `address` with `spare`, an unconnected socket made earlier (a health
+/// checker's, for when no new descriptor can be had): to the resolved address of the
+/// socket's family, from `source` when given. A name that cannot be looked up (no
+/// descriptor for it either) is taken to be where the checks last connected, if they did.
+pub async fn connect_using(address: &str, source: Option<IpAddr>, spare: Lent) -> Result<TcpStream, SpareError> {
+    let Lent { socket, known } = spare;
     // An unbound socket's name is its family's any-address.
     let v4 = socket.local_addr().map_or(true, |a| a.is_ipv4());
-    let mut addrs = lookup_host(address).await.map_err(SpareError::Local)?.filter(|a| a.is_ipv4() == v4);
+    let found: Vec<SocketAddr> = match lookup_host(address).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => vec![known.ok_or(SpareError::Local(e))?],
+    };
+    let mut addrs = found.into_iter().filter(|a| a.is_ipv4() == v4);
     let addr = addrs.next().ok_or_else(|| {
         SpareError::Local(io::Error::new(
             io::ErrorKind::NotFound,
@@ -89,13 +97,28 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let source: IpAddr = "127.0.0.2".parse().unwrap();
-        let spare = TcpSocket::new_v4().unwrap();
+        let spare = Lent { socket: TcpSocket::new_v4().unwrap(), known: None };
         let (client, accepted) = tokio::join!(connect_using(&addr, Some(source), spare), listener.accept());
         let _client = client.map_err(|e| format!("{e:?}")).unwrap();
         assert_eq!(accepted.unwrap().1.ip(), source);
         // A spare of the other family finds no address to connect to.
         if let Ok(v6) = TcpSocket::new_v6() {
-            assert!(matches!(connect_using(&addr, None, v6).await, Err(SpareError::Local(_))));
+            let spare = Lent { socket: v6, known: None };
+            assert!(matches!(connect_using(&addr, None, spare).await, Err(SpareError::Local(_))));
         }
+    }
+
+    #[tokio::test]
+    async fn a_spare_socket_goes_where_the_checks_last_went_when_the_name_cannot_be_looked_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let known = listener.local_addr().unwrap();
+        // A port out of range: the lookup fails without asking a resolver.
+        let spare = Lent { socket: TcpSocket::new_v4().unwrap(), known: Some(known) };
+        let (client, accepted) = tokio::join!(connect_using("localhost:99999", None, spare), listener.accept());
+        client.map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!(accepted.unwrap().0.local_addr().unwrap(), known);
+        // Never seen connecting: no verdict.
+        let spare = Lent { socket: TcpSocket::new_v4().unwrap(), known: None };
+        assert!(matches!(connect_using("localhost:99999", None, spare).await, Err(SpareError::Local(_))));
     }
 }

@@ -203,7 +203,13 @@ struct Limited {
 
 impl Limited {
     async fn start(lab: &Lab, nofile: u32, tag: &str) -> Limited {
+        Limited::start_with(lab, nofile, tag, |text| text).await
+    }
+
+    /// [`Limited::start`] with the config text changed by `edit`.
+    async fn start_with(lab: &Lab, nofile: u32, tag: &str, edit: impl Fn(String) -> String) -> Limited {
         let (text, p1, _, web) = on_fixed_ports(lab, "threads = 2");
+        let text = edit(text);
         let (dir, path) = write_config(tag, &text);
         let mut child = Command::new("prlimit")
             .args([&format!("--nofile={nofile}:{nofile}"), BIN, "run", "--config", path.to_str().unwrap()])
@@ -427,6 +433,39 @@ async fn a_leader_lost_while_descriptors_are_short_is_still_found_out() {
     eventually(LIMIT, "checks go on with the spare descriptor", || Limited::checks(&lab) > rest + 4).await;
     all_echo(&mut held, b"during the shortage").await;
     // The node is no longer the leader (timeline 2 is the lab's first leader's).
+    lab.nodes[0].rest.patroni("replica", 2);
+    pg.wait_for("server is DOWN").await;
+    pg.set_soft_limit(64);
+    drop(held);
+    let lines = pg.stop().await;
+    assert!(!lines.iter().any(|l| l.contains("health check not made")), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn a_leader_checked_by_name_is_still_found_out_while_descriptors_are_short() {
+    // Before: the name could not be looked up without a descriptor (glibc opens
+    // /etc/hosts, or a socket to the resolver), so the spare was never used: no verdict,
+    // and the node stayed UP for as long as the shortage lasted.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let rest = lab.nodes[0].rest.addr;
+    let by_name = format!("check_address = \"localhost:{}\"", rest.port());
+    let pg =
+        Limited::start_with(&lab, 64, "spare-name", |t| t.replace(&format!("check_address = \"{rest}\""), &by_name))
+            .await;
+    let mut held = hold(pg.addr, 4).await;
+    let below = loop {
+        let before = pg.rest_socket_below(u32::MAX, rest.port());
+        let below = pg.first_free_fd();
+        if !before && !pg.rest_socket_below(u32::MAX, rest.port()) {
+            break below;
+        }
+    };
+    pg.set_soft_limit(below);
+    pg.wait_for("health check made with the one kept spare").await;
+    let checks = Limited::checks(&lab);
+    eventually(LIMIT, "checks go on with the spare descriptor", || Limited::checks(&lab) > checks + 4).await;
+    all_echo(&mut held, b"during the shortage").await;
     lab.nodes[0].rest.patroni("replica", 2);
     pg.wait_for("server is DOWN").await;
     pg.set_soft_limit(64);

@@ -405,7 +405,7 @@ impl Probe for Short {
         &'a self,
         target: &'a str,
         spec: &'a CheckSpec,
-        _socket: tokio::net::TcpSocket,
+        _spare: pgfront::fds::Lent,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
         self.spared.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match *self.answer.lock().unwrap() {

@@ -120,9 +120,9 @@ impl Checker {
                 r = probe.probe(&self.target.address, &self.target.spec) => r,
                 () = self.stop.cancelled() => return,
             };
-            if let Some(socket) = (result.code == CheckCode::SockErr).then(|| spare.take()).flatten() {
+            if let Some(lent) = (result.code == CheckCode::SockErr).then(|| spare.take()).flatten() {
                 result = tokio::select! {
-                    r = probe.probe_with(&self.target.address, &self.target.spec, socket) => r,
+                    r = probe.probe_with(&self.target.address, &self.target.spec, lent) => r,
                     () = self.stop.cancelled() => return,
                 };
                 if result.code != CheckCode::SockErr && !std::mem::replace(&mut spared, true) {

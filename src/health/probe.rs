@@ -132,15 +132,15 @@ pub trait Probe: Send + Sync + 'static {
         spec: &'a CheckSpec,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
 
-    /// Probes with `socket`, the checker's spare, when the process had no descriptor for
-    /// a new one (see `fds::Spare`). Probes that open no socket (scripted fakes) ignore it.
+    /// Probes with `spare`, the checker's spare socket, when the process had no descriptor
+    /// for a new one (see `fds::Spare`). Probes that open no socket (scripted fakes) ignore it.
     fn probe_with<'a>(
         &'a self,
         target: &'a str,
         spec: &'a CheckSpec,
-        socket: tokio::net::TcpSocket,
+        spare: crate::fds::Lent,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
-        drop(socket);
+        drop(spare);
         self.probe(target, spec)
     }
 }
@@ -162,16 +162,16 @@ impl Probe for HttpProbe {
         &'a self,
         target: &'a str,
         spec: &'a CheckSpec,
-        socket: tokio::net::TcpSocket,
+        spare: crate::fds::Lent,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
-        Box::pin(http_probe(target, spec, Some(socket)))
+        Box::pin(http_probe(target, spec, Some(spare)))
     }
 }
 
-async fn http_probe(target: &str, spec: &CheckSpec, socket: Option<tokio::net::TcpSocket>) -> ProbeResult {
+async fn http_probe(target: &str, spec: &CheckSpec, spare: Option<crate::fds::Lent>) -> ProbeResult {
     let started = Instant::now();
     let connecting = async {
-        match socket {
+        match spare {
             Some(s) => crate::net::connect_using(target, spec.source, s).await,
             None => crate::net::connect(target, spec.source).await.map_err(crate::net::SpareError::Connect),
         }
