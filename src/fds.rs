@@ -68,8 +68,8 @@ pub fn note_base(nodes: usize) {
     }
 }
 
-/// The nodes a reload's file checks (the count at start grows, never shrinks: a removed
-/// node's checker may still hold its descriptors while it stops).
+/// The nodes checked now, declared and discovered (the count at start grows, never
+/// shrinks: a removed node's checker may still hold its descriptors while it stops).
 pub fn note_nodes(nodes: usize) {
     NODES.fetch_max(u64::try_from(nodes).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
 }
@@ -140,11 +140,15 @@ pub struct Shares {
 impl Shares {
     /// The shares of this process's descriptor limit.
     pub fn new() -> Shares {
-        Shares::of(limit(), BASE.load(std::sync::atomic::Ordering::Relaxed))
+        Shares::of(
+            limit(),
+            BASE.load(std::sync::atomic::Ordering::Relaxed),
+            NODES.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
-    fn of(limit: Option<u64>, base: u64) -> Shares {
-        let [web, quick, fanout] = Shares::sizes(limit, base, NODES.load(std::sync::atomic::Ordering::Relaxed));
+    fn of(limit: Option<u64>, base: u64, nodes: u64) -> Shares {
+        let [web, quick, fanout] = Shares::sizes(limit, base, nodes);
         Shares {
             web: Arc::new(Semaphore::new(web)),
             web_quick: Arc::new(Semaphore::new(quick)),
@@ -163,8 +167,8 @@ impl Shares {
     }
 
     /// Grows the shares to what the reserve is now (more nodes checked, a raised limit).
-    /// They never shrink: places in use cannot be taken back, and the reserve they came
-    /// from only grows while the process runs (see [`note_nodes`]).
+    /// They never shrink: places in use cannot be taken back, and a smaller reserve (a
+    /// lowered limit) is already short of what the checks need, not made better by it.
     pub fn grow(&self) {
         let (base, nodes) =
             (BASE.load(std::sync::atomic::Ordering::Relaxed), NODES.load(std::sync::atomic::Ordering::Relaxed));
@@ -294,17 +298,17 @@ mod tests {
     fn the_web_surface_and_cancel_fan_outs_take_a_quarter_each_of_what_the_reserve_leaves() {
         let places =
             |s: Shares| (s.web.available_permits() + s.web_quick.available_permits(), s.fanout.available_permits());
-        assert_eq!(places(Shares::of(Some(65536), 21)), (19, 19));
-        assert_eq!(places(Shares::of(Some(65536), 105)), (18, 18));
+        assert_eq!(places(Shares::of(Some(65536), 21, 3)), (19, 19));
+        assert_eq!(places(Shares::of(Some(65536), 105, 3)), (18, 18));
         // Half of 64 is kept: 11 of it after what is open at start.
-        assert_eq!(places(Shares::of(Some(64), 21)), (2, 2));
+        assert_eq!(places(Shares::of(Some(64), 21, 3)), (2, 2));
         // At least one place each, main and quick.
-        assert_eq!(places(Shares::of(Some(4), 21)), (2, 1));
+        assert_eq!(places(Shares::of(Some(4), 21, 3)), (2, 1));
     }
 
     #[test]
     fn the_shares_grow_with_the_reserve_and_never_shrink() {
-        let s = Shares::of(Some(65536), 21);
+        let s = Shares::of(Some(65536), 21, 3);
         let held = s.web.clone().try_acquire_many_owned(5).unwrap();
         // 40 nodes: a reserve of 150, 129 after what is open at start, 32 places each.
         assert_eq!(Shares::sizes(Some(65536), 21, 40), [30, 2, 32]);

@@ -154,9 +154,9 @@ impl Shared {
     }
 
     /// Fits the `configured` global maxconn to the descriptor limit as it is now, with a
-    /// reserve for the checks of every node the clusters serve now (a reload's file and
-    /// discovered members alike), resizes to it, and lets the web and cancel shares grow
-    /// with the reserve.
+    /// reserve for the checks of the most nodes served so far (declared and discovered
+    /// alike; see `fds::note_nodes`), resizes to it, and lets the web and cancel shares
+    /// grow with the reserve.
     pub fn refit(&self, configured: usize) {
         crate::fds::note_nodes(self.clusters.load().iter().map(|c| c.runtime().config.nodes.len()).sum());
         self.resize(crate::fds::fit_maxconn(configured));

@@ -126,7 +126,7 @@ impl Checker {
                     () = self.stop.cancelled() => return,
                 };
                 if result.code != CheckCode::SockErr && !std::mem::replace(&mut spared, true) {
-                    tracing::warn!(node = %node.name, rest = %self.target.address,
+                    tracing::warn!(node = %node.name, rest = %self.target.address, detail = %result.detail,
                         "pgfront is out of file descriptors: health check made with the one kept spare for it");
                 }
             } else if result.code != CheckCode::SockErr {

@@ -173,7 +173,10 @@ async fn http_probe(target: &str, spec: &CheckSpec, spare: Option<crate::fds::Le
     let connecting = async {
         match spare {
             Some(s) => crate::net::connect_using(target, spec.source, s).await,
-            None => crate::net::connect(target, spec.source).await.map_err(crate::net::SpareError::Connect),
+            None => crate::net::connect(target, spec.source)
+                .await
+                .map(|s| (s, None))
+                .map_err(crate::net::SpareError::Connect),
         }
     };
     let connect = timeout_at(started + spec.timing.connect_timeout, connecting).await;
@@ -193,9 +196,15 @@ async fn http_probe(target: &str, spec: &CheckSpec, spare: Option<crate::fds::Le
         }
         Ok(Ok(s)) => s,
     };
+    let (stream, fallback) = stream;
     let peer = stream.peer_addr().ok();
     let mut result = handshake_and_ask(stream, target, spec, started).await;
     result.peer = peer;
+    if let Some(at) = fallback {
+        let why =
+            format!("its name could not be looked up without a descriptor: checked at {at}, where checks last went");
+        result.detail = if result.detail.is_empty() { why } else { format!("{} ({why})", result.detail) };
+    }
     result
 }
 
