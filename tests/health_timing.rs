@@ -435,3 +435,64 @@ async fn out_of_descriptors_checks_are_made_with_the_spare_socket_or_give_no_ver
     assert!(probe.spared.load(std::sync::atomic::Ordering::SeqCst) > 5);
     stop.cancel();
 }
+
+/// Answers every probe (from `addr`) until `short`; then finds no descriptor, and notes
+/// where each check made with the spare socket was told the node's checks last went.
+#[derive(Default)]
+struct Remembering {
+    short: std::sync::atomic::AtomicBool,
+    lent: Mutex<Vec<Option<std::net::SocketAddr>>>,
+}
+
+const REMEMBERED: &str = "10.9.8.7:8008";
+
+impl Probe for Remembering {
+    fn probe<'a>(
+        &'a self,
+        _target: &'a str,
+        _spec: &'a CheckSpec,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(async {
+            if self.short.load(std::sync::atomic::Ordering::SeqCst) {
+                return ProbeResult {
+                    code: CheckCode::SockErr,
+                    status: None,
+                    ..ProbeResult::answered(false, Duration::ZERO, "Too many open files")
+                };
+            }
+            ProbeResult { peer: Some(REMEMBERED.parse().unwrap()), ..ProbeResult::answered(true, Duration::ZERO, "") }
+        })
+    }
+
+    fn probe_with<'a>(
+        &'a self,
+        _target: &'a str,
+        _spec: &'a CheckSpec,
+        spare: pgfront::fds::Lent,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        self.lent.lock().unwrap().push(spare.known);
+        Box::pin(async { ProbeResult::answered(true, Duration::ZERO, "") })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_checker_lends_its_spare_with_where_the_nodes_checks_last_went() {
+    // Before: a reload's or a discovery change's new checkers knew no address until their
+    // own first check connected, so one started during a shortage could not check a node
+    // named by a host name at all.
+    let rt = runtime();
+    let probe = Arc::new(Remembering::default());
+    let start = Instant::now();
+    let first = CancellationToken::new();
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &first);
+    advance_to(start, 1_000).await;
+    first.cancel();
+    probe.short.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = CancellationToken::new();
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &second);
+    advance_to(start, 3_000).await;
+    let lent = probe.lent.lock().unwrap().clone();
+    assert!(!lent.is_empty(), "checks were made with the spare");
+    assert!(lent.iter().all(|known| *known == Some(REMEMBERED.parse().unwrap())), "{lent:?}");
+    second.cancel();
+}

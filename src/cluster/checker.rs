@@ -111,6 +111,11 @@ impl Checker {
         let mut no_socket = false;
         // Made the check with when descriptors are short (see `fds::Spare`).
         let mut spare = crate::fds::Spare::for_target(&self.target.address, self.target.spec.source);
+        // Where this node's checks last went, before this checker (the node's state outlives
+        // a reload's or a discovery change's new checkers).
+        if let Some(peer) = node.peer() {
+            spare.seen(peer);
+        }
         // A check was made with the spare during this shortage: said once per shortage.
         let mut spared = false;
         loop {
@@ -134,6 +139,7 @@ impl Checker {
             }
             if let Some(peer) = result.peer {
                 spare.seen(peer);
+                node.note_peer(peer);
             }
             spare.refill();
             if result.code == CheckCode::SockErr {

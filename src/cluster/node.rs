@@ -39,6 +39,10 @@ pub struct NodeState {
     /// the checker re-probes every `MIN_KICK_GAP` instead of every interval: however many
     /// sessions wait, Patroni sees at most one probe per gap.
     demand: Mutex<Option<(u64, Instant)>>,
+    /// Where the REST API was last reached: a checker started anew (by a reload or a
+    /// discovery change) lends its spare socket there while a name cannot be looked up
+    /// (see `fds::Lent`).
+    peer: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// A node's claim to lead, as its last authoritative answer made it.
@@ -106,6 +110,7 @@ impl NodeState {
             cert_not_after: AtomicI64::new(0),
             replayed: AtomicU64::new(0),
             demand: Mutex::new(None),
+            peer: Mutex::new(None),
         }
     }
 
@@ -163,6 +168,16 @@ impl NodeState {
             }
             notified.await;
         }
+    }
+
+    /// Notes where a check reached the REST API (see `peer`).
+    pub fn note_peer(&self, peer: std::net::SocketAddr) {
+        *self.peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(peer);
+    }
+
+    /// Where a check last reached the REST API, if one has.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        *self.peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn report(&self) -> NodeReport {
