@@ -509,3 +509,42 @@ async fn a_session_asking_for_the_primary_waits_then_is_told_no_leader_is_known(
     assert!(fatal.message.contains("asked for the primary") && fatal.message.contains("no leader"), "{fatal:?}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(300), "it waited the listener's timeout_queue");
 }
+
+#[tokio::test]
+async fn a_target_the_client_misspells_is_refused_not_served_elsewhere() {
+    // Before: `pgfront.target=PRIMARY`, `read-write` or `primry` were ignored, and the
+    // session went where the listener's own rule sent it: a replica, without a word.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("").replace(
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"",
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\nclient_target = true",
+    );
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    // Case aside, as PostgreSQL reads an enum setting; libpq's target_session_attrs words.
+    for asked in ["-c pgfront.target=PRIMARY", "-c pgfront.target=read-write"] {
+        assert_eq!(connect_startup(addr, &[("user", "app"), ("options", asked)]).await, "node1", "{asked}");
+    }
+    assert_ne!(connect_startup(addr, &[("user", "app"), ("options", "-c pgfront.target=read-only")]).await, "node1");
+    let routed = || -> u64 {
+        let rt = pg.shared().runtime();
+        rt.listener("replicas").unwrap().servers.iter().map(|s| s.stats.total.load(Ordering::SeqCst)).sum()
+    };
+    let before = routed();
+    // A value that names no target, sent either way: 22023, and no server is reached. Its
+    // control characters are escaped (a newline must not forge a line of pgfront's log).
+    for asked in [("options", "-c pgfront.target=primry"), ("pgfront.target", "primary\nWARN forged")] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &startup_message(&[("user", "app"), asked])).await.unwrap();
+        let mut first = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut first).await.unwrap();
+        assert_eq!(first[0], b'E', "{asked:?}");
+        let err = support::read_error(&mut s).await;
+        assert_eq!(err.code, "22023", "{err:?}");
+        assert!(err.message.contains("invalid value for parameter \"pgfront.target\""), "{err:?}");
+        assert!(!err.message.contains('\n'), "{err:?}");
+    }
+    assert_eq!(routed(), before, "the refused sessions reached no server");
+}

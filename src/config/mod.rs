@@ -69,11 +69,12 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses a client's `pgfront.target` value.
+    /// Parses a client's `pgfront.target` value: case aside, as PostgreSQL reads an enum
+    /// setting, and with libpq's `target_session_attrs` words for the same things.
     pub fn parse(v: &str) -> Option<Target> {
-        Some(match v {
-            "primary" | "leader" | "master" => Target::Primary,
-            "replica" | "standby" => Target::Replica,
+        Some(match v.to_ascii_lowercase().as_str() {
+            "primary" | "leader" | "master" | "read-write" => Target::Primary,
+            "replica" | "standby" | "read-only" => Target::Replica,
             "prefer-replica" | "prefer_replica" | "prefer-standby" => Target::PreferReplica,
             "any" => Target::Any,
             _ => return None,

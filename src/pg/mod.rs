@@ -7,6 +7,31 @@ mod startup;
 pub use lsn::{format_lsn, parse_lsn};
 pub use startup::{sqlstate as error_sqlstate, startup_message, Startup};
 
+#[cfg(test)]
+mod shown_tests {
+    #[test]
+    fn client_values_are_shown_quoted_escaped_and_short() {
+        assert_eq!(super::shown("0/3000060"), "\"0/3000060\"");
+        let forged = "zz\n2026-12-01T06:00:00Z  WARN leader changed\n\x1b[2J";
+        let s = super::shown(forged);
+        assert!(!s.contains('\n') && !s.contains('\x1b'), "{s}");
+        assert!(s.contains("\\n2026") && s.contains("\\u{1b}"), "{s}");
+        let long = "é".repeat(9000);
+        assert_eq!(super::shown(&long), format!("{:?}...", "é".repeat(64)));
+    }
+}
+
+/// A value a client sent, as pgfront shows it in its log and its errors: quoted, control
+/// characters escaped (a newline in a startup parameter must not forge a log line, nor an
+/// escape sequence drive an operator's terminal), and at most 64 characters.
+pub fn shown(value: &str) -> String {
+    const MOST: usize = 64;
+    match value.char_indices().nth(MOST) {
+        Some((cut, _)) => format!("{:?}...", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
 /// The largest startup packet PostgreSQL accepts.
 pub const MAX_STARTUP_PACKET: u32 = 10_000;
 pub const SSL_REQUEST: u32 = 80_877_103;

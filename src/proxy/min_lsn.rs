@@ -26,7 +26,7 @@ pub const SETTING: &str = "pgfront.min_lsn";
 
 /// A `pgfront.min_lsn` that is not an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value for parameter \"{SETTING}\": \"{0}\"")]
+#[error("invalid value for parameter \"{SETTING}\": {}", crate::pg::shown(.0))]
 pub struct BadLsn(pub String);
 
 /// The client's position, where this listener reads it (`client_target`); `None` when not

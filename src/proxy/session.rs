@@ -52,6 +52,10 @@ enum Refusal {
     Queue(NoServer, Duration),
     #[error("{0}")]
     BadLsn(#[from] BadLsn),
+    /// A `pgfront.target` that names no target: refused, not served by the listener's own
+    /// rule (a typo of `primary` must not land on a replica).
+    #[error("invalid value for parameter \"pgfront.target\": {}", pg::shown(.0))]
+    BadTarget(String),
     /// `pgfront.target=replica` with `pgfront.min_lsn`: no replica replayed it in time.
     #[error("no replica replayed {lsn} within min_lsn_wait (waited {waited:?})", lsn = pg::format_lsn(*.0), waited = .1)]
     Behind(u64, Duration),
@@ -75,7 +79,7 @@ impl Refusal {
             Refusal::Gone => "client_gone",
             Refusal::Garbage(_) => "protocol_violation",
             Refusal::Queue(e, _) => e.as_label(),
-            Refusal::BadLsn(_) => "invalid_parameter",
+            Refusal::BadLsn(_) | Refusal::BadTarget(_) => "invalid_parameter",
             Refusal::Behind(..) => "min_lsn_behind",
             Refusal::Connect { .. } => "connect_failed",
             Refusal::ServerTls { .. } => "server_tls",
@@ -126,6 +130,11 @@ impl Refusal {
                 sqlstate::INVALID_PARAMETER_VALUE,
                 format!("pgfront: {e}"),
                 Some("pgfront.min_lsn is a WAL position as pg_current_wal_lsn() prints it, like 0/3000060."),
+            ),
+            Refusal::BadTarget(_) => (
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("pgfront: {self}"),
+                Some("pgfront.target takes primary (or leader, read-write), replica (or standby, read-only), prefer-replica (or prefer-standby) or any."),
             ),
             Refusal::Behind(lsn, waited) => (
                 sqlstate::CANNOT_CONNECT_NOW,
@@ -253,11 +262,12 @@ async fn establish_session(
         let _ = timeout(CANCEL_CLOSE, client.shutdown()).await;
         return None;
     }
-    let target = target_of(listener, prelude.startup.as_ref());
-    let ask = match min_lsn::requested(listener, prelude.startup.as_ref()) {
-        Ok(lsn) => Ask::new(target, lsn),
+    let ask = match target_of(listener, prelude.startup.as_ref())
+        .and_then(|target| Ok(Ask::new(target, min_lsn::requested(listener, prelude.startup.as_ref())?)))
+    {
+        Ok(ask) => ask,
         Err(e) => {
-            refused(listener, Some(client), peer, started, e.into(), Some(&prelude.opening)).await;
+            refused(listener, Some(client), peer, started, e, Some(&prelude.opening)).await;
             return None;
         }
     };
@@ -450,22 +460,23 @@ async fn open(
 /// honours it, else the first route matching its user, database and application_name,
 /// else the listener's default. Only readable startups (plain text, or TLS terminated here)
 /// can ask; the rest get the default.
-fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Target {
+fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Result<Target, Refusal> {
     let cfg = &listener.config;
     let Some(s) = startup else {
-        return cfg.default_target;
+        return Ok(cfg.default_target);
     };
     if cfg.client_target {
         // `options='-c pgfront.target=...'` (libpq, JDBC, psycopg), or a startup parameter
         // of its own (asyncpg's server_settings), which PostgreSQL accepts just the same.
-        if let Some(t) = s.setting("pgfront.target").and_then(|v| Target::parse(&v)) {
-            return t;
+        if let Some(v) = s.setting("pgfront.target") {
+            return Target::parse(&v).ok_or(Refusal::BadTarget(v));
         }
     }
-    cfg.routes
+    Ok(cfg
+        .routes
         .iter()
         .find(|r| r.matches(s.get("user"), s.get("database"), s.get("application_name")))
-        .map_or(cfg.default_target, |r| r.target)
+        .map_or(cfg.default_target, |r| r.target))
 }
 
 async fn refused(
