@@ -23,6 +23,10 @@ pub enum NoServer {
     NoneUp,
     #[error("every available server is at its maxconn")]
     Full,
+    /// Every eligible server below its maxconn already has `max_connecting` logins in
+    /// progress (clients that connect and then take their time to authenticate hold them).
+    #[error("every available server has max_connecting logins in progress")]
+    Connecting,
     /// The client asked for the primary (`pgfront.target=primary`, or a route) and no
     /// leader is admitted: it is never sent elsewhere instead.
     #[error("no leader is known for a session that asked for the primary")]
@@ -38,6 +42,7 @@ impl NoServer {
         match self {
             NoServer::NoneUp => "no_server",
             NoServer::Full => "maxconn",
+            NoServer::Connecting => "max_connecting",
             NoServer::NoLeader => "no_leader",
             NoServer::Behind => "min_lsn_behind",
         }
@@ -143,7 +148,17 @@ fn acquire_on(l: &ListenerState, s: &Arc<Server>) -> Option<Slot> {
 fn leader_slot(l: &ListenerState, leader: Option<usize>) -> Result<Slot, NoServer> {
     let node = leader.ok_or(NoServer::NoneUp)?;
     let server = l.servers.iter().find(|s| s.node == node && s.accepts()).ok_or(NoServer::NoneUp)?;
-    acquire_on(l, server).map(|slot| slot.into_fallback(&l.leadership)).ok_or(NoServer::Full)
+    acquire_on(l, server).map(|slot| slot.into_fallback(&l.leadership)).ok_or_else(|| full(std::iter::once(server)))
+}
+
+/// Why servers that could not take a session could not: all at their maxconn, or one at
+/// least below it, so its `max_connecting` was the limit.
+fn full<'a>(mut tried: impl Iterator<Item = &'a Arc<Server>>) -> NoServer {
+    if tried.any(|s| s.stats.cur.load(Ordering::Relaxed) < s.maxconn) {
+        NoServer::Connecting
+    } else {
+        NoServer::Full
+    }
 }
 
 fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<Slot, NoServer> {
@@ -170,7 +185,7 @@ fn pick_among(l: &ListenerState, eligible: impl Fn(&Server) -> bool) -> Result<S
             order.into_iter().find_map(|s| acquire_on(l, s))
         }
     };
-    slot.ok_or(NoServer::Full)
+    slot.ok_or_else(|| full(l.servers.iter().filter(eligible)))
 }
 
 /// Picks a server, waiting in the listener's queue until `deadline` if none can take the

@@ -278,3 +278,22 @@ async fn a_session_whose_position_never_comes_is_behind_at_its_deadline() {
     assert_eq!(r.err(), Some(NoServer::Behind));
     assert!(l.queue.is_empty());
 }
+
+#[tokio::test]
+async fn a_refusal_says_which_limit_every_server_was_at() {
+    // Before: both were "every available server is at its maxconn", which sent operators
+    // to raise a maxconn that was nowhere near reached.
+    let rt = runtime(1, "maxconn = 100\nmax_connecting = 1", None);
+    up(&rt, 0);
+    let l = Arc::clone(&rt.listeners[0]);
+    let mut connecting = pick(&l, &[], Target::Listener).unwrap();
+    assert_eq!(pick(&l, &[], Target::Listener).err(), Some(NoServer::Connecting));
+    drop(connecting.take_connecting());
+    let rt = runtime(1, "maxconn = 1", None);
+    up(&rt, 0);
+    let l = Arc::clone(&rt.listeners[0]);
+    let mut held = pick(&l, &[], Target::Listener).unwrap();
+    drop(held.take_connecting());
+    assert_eq!(pick(&l, &[], Target::Listener).err(), Some(NoServer::Full));
+    assert_eq!(NoServer::Connecting.as_label(), "max_connecting");
+}

@@ -103,7 +103,7 @@ pub async fn acquire(
         // Servers that have the position are at maxconn, or nothing is admitted at all (a
         // failover): wait for the listener's whole bound, as a session without a position
         // would, rather than be refused when the position wait ends.
-        Err(NoServer::Full | NoServer::NoneUp | NoServer::NoLeader) => {
+        Err(NoServer::Full | NoServer::Connecting | NoServer::NoneUp | NoServer::NoLeader) => {
             let slot = balance::acquire(listener, avoid, *ask, hold_until.max(Instant::now())).await;
             count(listener, w, slot.as_ref().ok());
             slot.map_err(Miss::Queue)

@@ -117,6 +117,14 @@ impl Refusal {
                 ),
                 None,
             ),
+            Refusal::Queue(NoServer::Connecting, waited) => (
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!(
+                    "pgfront: every server of listener \"{listener}\" has max_connecting logins in progress (waited {:.1}s)",
+                    waited.as_secs_f64()
+                ),
+                Some("Logins that take long (slow or stalled clients authenticating) hold these places until ReadyForQuery or timeout_connect."),
+            ),
             // Not reached: a session whose position no server reached waits, then goes on.
             Refusal::Queue(NoServer::Behind, waited) => (
                 sqlstate::CANNOT_CONNECT_NOW,
