@@ -548,3 +548,63 @@ async fn a_target_the_client_misspells_is_refused_not_served_elsewhere() {
     }
     assert_eq!(routed(), before, "the refused sessions reached no server");
 }
+
+/// A PostgreSQL stand-in that asks every client for an MD5 password and then waits.
+async fn asking_backend() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = [0u8; 8];
+                if stream.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                let mut rest = vec![0u8; len.saturating_sub(8)];
+                let _ = stream.read_exact(&mut rest).await;
+                // AuthenticationMD5Password with its salt: the client's turn.
+                let _ = stream.write_all(&[b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4]).await;
+                let mut buf = [0u8; 1024];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn logins_stalled_by_their_clients_do_not_hold_every_connect_place() {
+    // Before: each client that connected and then never answered the server's password
+    // request held one of the server's max_connecting places until timeout_connect (here a
+    // minute), so with two of them no other client could even reach the server.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let backend = asking_backend().await;
+    let text = lab
+        .config("max_connecting = 2\ntimeout_queue = \"60s\"\n")
+        .replace("timeout_connect = \"500ms\"", "timeout_connect = \"60s\"")
+        .replace(&format!("address = \"{}\"", lab.nodes[0].backend.addr), &format!("address = \"{backend}\""));
+    let pg = start(&text);
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "the leader up", || up_count(&pg, "primary") == 1).await;
+    // Five clients that never answer: each still gets the server's request, in turn.
+    let mut stalled = Vec::new();
+    for i in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &startup_message(&[("user", "u")])).await.unwrap();
+        let mut asked = [0u8; 13];
+        tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read_exact(&mut s, &mut asked))
+            .await
+            .unwrap_or_else(|_| panic!("client {i} never reached the server: the connect places stayed held"))
+            .unwrap();
+        assert_eq!(&asked[..9], &[b'R', 0, 0, 0, 12, 0, 0, 0, 5]);
+        stalled.push(s);
+    }
+    let rt = pg.shared().runtime();
+    let server = &rt.listener("primary").unwrap().servers[0];
+    eventually(LIMIT, "no place held by a stalled login", || server.stats.connecting.load(Ordering::SeqCst) == 0).await;
+    // The stalled logins are still open: only their places were given back.
+    assert_eq!(server.stats.cur.load(Ordering::SeqCst), 5);
+}

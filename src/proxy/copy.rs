@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -86,7 +86,20 @@ struct Clock {
     last: AtomicU64,
     /// The client's last chunk ended with Terminate.
     goodbye: AtomicBool,
+    /// Milliseconds since `start` when the server asked the client to authenticate and
+    /// the client has not answered since (`NOT_ITS_TURN` otherwise; a login that long is
+    /// past `timeout_connect` anyway).
+    turn: AtomicU32,
 }
+
+/// `Clock::turn` when the client is not being waited for.
+const NOT_ITS_TURN: u32 = u32::MAX;
+
+/// How long a login may wait on its client (a password, a SASL step) and keep its
+/// server's connect place (`max_connecting`): the server does nothing meanwhile, and
+/// clients that connect and then stall must not hold every place until `timeout_connect`.
+/// libpq answers a SCRAM step within a few milliseconds.
+pub const CLIENT_TURN: Duration = Duration::from_millis(100);
 
 enum Side {
     Read(io::Error),
@@ -172,12 +185,20 @@ where
         tokio::pin!(cut_ended);
         // Milliseconds since `start` of the last byte moved in either direction. Both sides
         // see the same traffic in a forwarding proxy, so one clock serves both limits.
-        let clock = Clock { start: Instant::now(), last: AtomicU64::new(0), goodbye: AtomicBool::new(false) };
+        let mut sniffer = watch.sniffer;
+        // The server's first answer (read before the copy) may have asked the client already.
+        let asked = sniffer.as_deref_mut().is_some_and(|s| std::mem::take(&mut s.client_turn));
+        let clock = Clock {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            goodbye: AtomicBool::new(false),
+            turn: AtomicU32::new(if asked { 0 } else { NOT_ITS_TURN }),
+        };
         let mut up_counted = Counted::new(watch.meters.to_server);
         let mut down_counted = Counted::new(watch.meters.to_client);
         let (end, client_done_first) = {
             let up = one_way(&mut cr, &mut sw, &mut up_counted, &clock, Some(&clock.goodbye), None);
-            let down = one_way(&mut sr, &mut cw, &mut down_counted, &clock, None, watch.sniffer);
+            let down = one_way(&mut sr, &mut cw, &mut down_counted, &clock, None, sniffer);
             tokio::pin!(up, down);
             let (mut up_done, mut down_done) = (false, false);
             let idle = watch.idle;
@@ -285,8 +306,10 @@ where
                 return w.shutdown().await.map_err(Side::Write);
             }
             // Only during the startup phase: the cancel key, then nothing more per chunk.
+            let mut asks = false;
             if let Some(s) = sniffer.as_deref_mut() {
                 s.feed(buf);
+                asks = std::mem::take(&mut s.client_turn);
                 if s.done {
                     sniffer = None;
                 }
@@ -294,9 +317,14 @@ where
             w.write_all(buf).await.map_err(Side::Write)?;
             let now_ms = clock.start.elapsed().as_millis() as u64;
             counted.add(n, now_ms);
+            if asks {
+                clock.turn.store(u32::try_from(now_ms).unwrap_or(NOT_ITS_TURN - 1), Ordering::Relaxed);
+            }
             if let Some(g) = goodbye {
                 // The client's Terminate ends its last chunk: whoever closes next, it said goodbye.
                 g.store(buf.ends_with(&TERMINATE), Ordering::Relaxed);
+                // It answered: the server works again.
+                clock.turn.store(NOT_ITS_TURN, Ordering::Relaxed);
             }
             clock.last.store(now_ms, Ordering::Relaxed);
         }
@@ -310,7 +338,9 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 /// Completes when nothing moved for `limit`. On the way, gives the connect place back
-/// once its bound passed (one timer for both: a session's future holds a single `Sleep`).
+/// once its bound passed, or once the client kept the login waiting for `CLIENT_TURN`
+/// (one timer for all: a session's future holds a single `Sleep`; while the place is
+/// held, it looks every `CLIENT_TURN`).
 fn idle_timer<'a>(
     clock: &'a Clock,
     limit: Duration,
@@ -320,7 +350,11 @@ fn idle_timer<'a>(
         loop {
             let now = Instant::now();
             if let Some((held, bound)) = connecting {
-                if now >= clock.start + bound {
+                let turn = clock.turn.load(Ordering::Relaxed);
+                let stalled =
+                    turn != NOT_ITS_TURN && now >= clock.start + Duration::from_millis(turn.into()) + CLIENT_TURN;
+                // Given back at ReadyForQuery already (the sniffer), or now.
+                if stalled || now >= clock.start + bound || held.lock().map_or(true, |h| h.is_none()) {
                     release(held);
                     connecting = None;
                 }
@@ -329,7 +363,7 @@ fn idle_timer<'a>(
             if now >= idle {
                 return;
             }
-            let deadline = connecting.map_or(idle, |(_, bound)| idle.min(clock.start + bound));
+            let deadline = connecting.map_or(idle, |(_, bound)| idle.min(clock.start + bound).min(now + CLIENT_TURN));
             sleep_until(deadline).await;
         }
     }

@@ -100,6 +100,14 @@ pub struct KeySniffer<'a> {
     want: usize,
     registered: Option<Key>,
     seen: usize,
+    /// The code of an Authentication message being read, and how many of its 4 bytes are
+    /// still to come; then `after_code` body bytes to skip.
+    code: [u8; 4],
+    code_left: u8,
+    after_code: u32,
+    /// The server has asked the client to authenticate (a password, a SASL step): the
+    /// client's turn. Taken (and cleared) by the copy, which notes when it began.
+    pub client_turn: bool,
     pub done: bool,
     /// The session's place among its server's connects in flight, given back at
     /// ReadyForQuery: authentication is over, and the next queued session may connect.
@@ -131,6 +139,10 @@ impl<'a> KeySniffer<'a> {
             want: 0,
             registered: None,
             seen: 0,
+            code: [0; 4],
+            code_left: 0,
+            after_code: 0,
+            client_turn: false,
             done: false,
             connecting: None,
         }
@@ -153,6 +165,20 @@ impl<'a> KeySniffer<'a> {
                 let n = self.skip.min(data.len());
                 self.skip -= n;
                 data = &data[n..];
+                continue;
+            }
+            if self.code_left > 0 {
+                let at = 4 - self.code_left as usize;
+                let n = (self.code_left as usize).min(data.len());
+                self.code[at..at + n].copy_from_slice(&data[..n]);
+                self.code_left -= n as u8;
+                data = &data[n..];
+                if self.code_left == 0 {
+                    // Cleartext, MD5, GSS, SSPI, SASL and SASLContinue want an answer;
+                    // Ok and SASLFinal do not.
+                    self.client_turn = matches!(u32::from_be_bytes(self.code), 2 | 3 | 5 | 7 | 8 | 9 | 10 | 11);
+                    self.skip = std::mem::take(&mut self.after_code) as usize;
+                }
                 continue;
             }
             if self.want > 0 {
@@ -192,6 +218,11 @@ impl<'a> KeySniffer<'a> {
                 }
                 // ReadyForQuery: the startup phase is over.
                 b'Z' => self.done = true,
+                // Authentication: its code says whether the client is to answer.
+                b'R' if len >= 8 => {
+                    self.code_left = 4;
+                    self.after_code = u32::try_from(len - 8).unwrap_or(u32::MAX);
+                }
                 _ => self.skip = len - 4,
             }
         }
@@ -274,6 +305,31 @@ mod tests {
             for c in &chunks {
                 s.feed(c);
             }
+        }
+    }
+
+    #[test]
+    fn an_authentication_request_that_wants_an_answer_is_the_clients_turn() {
+        let keys = CancelKeys::default();
+        let server = server("10.0.0.1:5432");
+        let auth = |code: u32, rest: &[u8]| msg(b'R', &[&code.to_be_bytes()[..], rest].concat());
+        // SASL with its mechanisms, fed byte by byte; then SASLContinue; MD5; cleartext.
+        for (m, turn) in [
+            (auth(10, b"SCRAM-SHA-256\0\0"), true),
+            (auth(11, b"r=abc,s=def,i=4096"), true),
+            (auth(5, &[1, 2, 3, 4]), true),
+            (auth(3, b""), true),
+            (auth(12, b"v=xyz"), false),
+            (auth(0, b""), false),
+        ] {
+            let mut s = KeySniffer::new(&keys, &server);
+            for b in &m {
+                s.feed(&[*b]);
+            }
+            assert_eq!(s.client_turn, turn, "{m:?}");
+            // What follows is read as messages again.
+            s.feed(&msg(b'Z', b"I"));
+            assert!(s.done);
         }
     }
 

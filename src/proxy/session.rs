@@ -901,8 +901,10 @@ mod tests {
 
     /// An idle session holds its task for its whole life: the future's size is memory per
     /// session (with two sockets' registrations and the task's header, about all of it).
-    /// 3040 bytes before issue 9's work; raise this bound only knowingly.
-    const SERVE_FUTURE_MAX: usize = 1600;
+    /// 3040 bytes before issue 9's work; raise this bound only knowingly (1616 since a
+    /// login stalled by its client gives its connect place back: the sniffer reads the
+    /// authentication code, the copy's clock notes whose turn it is).
+    const SERVE_FUTURE_MAX: usize = 1616;
 
     #[tokio::test]
     async fn an_idle_session_future_stays_small() {
