@@ -306,25 +306,28 @@ where
                 return w.shutdown().await.map_err(Side::Write);
             }
             // Only during the startup phase: the cancel key, then nothing more per chunk.
-            let mut asks = false;
             if let Some(s) = sniffer.as_deref_mut() {
                 s.feed(buf);
-                asks = std::mem::take(&mut s.client_turn);
+                if std::mem::take(&mut s.client_turn) {
+                    // Noted before the request is passed on, so the client's answer
+                    // (which clears it) cannot come first.
+                    let ms = clock.start.elapsed().as_millis();
+                    clock.turn.store(u32::try_from(ms).unwrap_or(NOT_ITS_TURN - 1), Ordering::Relaxed);
+                }
                 if s.done {
                     sniffer = None;
                 }
             }
+            if goodbye.is_some() {
+                // The client answered (this is its direction): the server works again.
+                clock.turn.store(NOT_ITS_TURN, Ordering::Relaxed);
+            }
             w.write_all(buf).await.map_err(Side::Write)?;
             let now_ms = clock.start.elapsed().as_millis() as u64;
             counted.add(n, now_ms);
-            if asks {
-                clock.turn.store(u32::try_from(now_ms).unwrap_or(NOT_ITS_TURN - 1), Ordering::Relaxed);
-            }
             if let Some(g) = goodbye {
                 // The client's Terminate ends its last chunk: whoever closes next, it said goodbye.
                 g.store(buf.ends_with(&TERMINATE), Ordering::Relaxed);
-                // It answered: the server works again.
-                clock.turn.store(NOT_ITS_TURN, Ordering::Relaxed);
             }
             clock.last.store(now_ms, Ordering::Relaxed);
         }
