@@ -524,10 +524,12 @@ async fn a_target_the_client_misspells_is_refused_not_served_elsewhere() {
     let addr = pg.listener_addr("replicas").unwrap();
     eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
     // Case aside, as PostgreSQL reads an enum setting; libpq's target_session_attrs words.
-    for asked in ["-c pgfront.target=PRIMARY", "-c pgfront.target=read-write"] {
+    for asked in ["-c pgfront.target=PRIMARY", "-c pgfront.target=read-write", "-c pgfront.target=read_write"] {
         assert_eq!(connect_startup(addr, &[("user", "app"), ("options", asked)]).await, "node1", "{asked}");
     }
     assert_ne!(connect_startup(addr, &[("user", "app"), ("options", "-c pgfront.target=read-only")]).await, "node1");
+    // Empty (`-c pgfront.target=$T` with T unset): no choice, the listener's rule.
+    assert_ne!(connect_startup(addr, &[("user", "app"), ("pgfront.target", "")]).await, "node1");
     let routed = || -> u64 {
         let rt = pg.shared().runtime();
         rt.listener("replicas").unwrap().servers.iter().map(|s| s.stats.total.load(Ordering::SeqCst)).sum()
@@ -607,4 +609,43 @@ async fn logins_stalled_by_their_clients_do_not_hold_every_connect_place() {
     eventually(LIMIT, "no place held by a stalled login", || server.stats.connecting.load(Ordering::SeqCst) == 0).await;
     // The stalled logins are still open: only their places were given back.
     assert_eq!(server.stats.cur.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_its_password_does_not_keep_its_connect_place() {
+    // One byte at a time must not count as answering: the server waits for the whole
+    // message and does nothing meanwhile.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let backend = asking_backend().await;
+    let text = lab
+        .config("max_connecting = 1\n")
+        .replace("timeout_connect = \"500ms\"", "timeout_connect = \"60s\"")
+        .replace(&format!("address = \"{}\"", lab.nodes[0].backend.addr), &format!("address = \"{backend}\""));
+    let pg = start(&text);
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "the leader up", || up_count(&pg, "primary") == 1).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &startup_message(&[("user", "u")])).await.unwrap();
+    let mut asked = [0u8; 13];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut asked).await.unwrap();
+    // A PasswordMessage of 200 bytes, a byte every 20 ms (4 s, bounded).
+    let mut password = vec![b'p'];
+    password.extend_from_slice(&200u32.to_be_bytes());
+    password.resize(201, b'x');
+    let trickle = tokio::spawn(async move {
+        for b in password {
+            tokio::io::AsyncWriteExt::write_all(&mut s, &[b]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s
+    });
+    let rt = pg.shared().runtime();
+    let server = &rt.listener("primary").unwrap().servers[0];
+    eventually(LIMIT, "the place given back while the password trickles", || {
+        server.stats.connecting.load(Ordering::SeqCst) == 0 || trickle.is_finished()
+    })
+    .await;
+    assert!(!trickle.is_finished(), "the place was held until the whole password had come");
+    let _s = trickle.await.unwrap();
 }

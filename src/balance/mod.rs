@@ -24,7 +24,7 @@ pub enum NoServer {
     #[error("every available server is at its maxconn")]
     Full,
     /// Every eligible server below its maxconn already has `max_connecting` logins in
-    /// progress (clients that connect and then take their time to authenticate hold them).
+    /// progress (a login holds its place while the server works on it; see `copy::CLIENT_TURN`).
     #[error("every available server has max_connecting logins in progress")]
     Connecting,
     /// The client asked for the primary (`pgfront.target=primary`, or a route) and no

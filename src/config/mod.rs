@@ -69,14 +69,16 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses a client's `pgfront.target` value: case aside, as PostgreSQL reads an enum
-    /// setting, and with libpq's `target_session_attrs` words for the same things.
+    /// Parses a `pgfront.target` value (a client's, or a route's in the file): case aside,
+    /// as PostgreSQL reads an enum setting, `_` for `-`, and with libpq's
+    /// `target_session_attrs` words for the same things.
     pub fn parse(v: &str) -> Option<Target> {
-        Some(match v.to_ascii_lowercase().as_str() {
+        Some(match v.to_ascii_lowercase().replace('_', "-").as_str() {
             "primary" | "leader" | "master" | "read-write" => Target::Primary,
             "replica" | "standby" | "read-only" => Target::Replica,
-            "prefer-replica" | "prefer_replica" | "prefer-standby" => Target::PreferReplica,
+            "prefer-replica" | "prefer-standby" => Target::PreferReplica,
             "any" => Target::Any,
+            "listener" => Target::Listener,
             _ => return None,
         })
     }
@@ -797,7 +799,7 @@ impl Validator<'_> {
             ));
         }
         let parse_target = |v: &Spanned<String>, key: &str| {
-            Target::parse(v.get_ref()).or((v.get_ref() == "listener").then_some(Target::Listener)).ok_or_else(|| {
+            Target::parse(v.get_ref()).ok_or_else(|| {
                 let msg = format!(
                     "unknown target {:?}; expected primary, replica, prefer-replica, any or listener",
                     v.get_ref()

@@ -95,11 +95,53 @@ struct Clock {
 /// `Clock::turn` when the client is not being waited for.
 const NOT_ITS_TURN: u32 = u32::MAX;
 
-/// How long a login may wait on its client (a password, a SASL step) and keep its
-/// server's connect place (`max_connecting`): the server does nothing meanwhile, and
-/// clients that connect and then stall must not hold every place until `timeout_connect`.
-/// libpq answers a SCRAM step within a few milliseconds.
-pub const CLIENT_TURN: Duration = Duration::from_millis(100);
+/// How long a login may wait on its client (a password, a SASL step, each a whole
+/// message) and keep its server's connect place (`max_connecting`): the server does
+/// nothing meanwhile, and clients that connect and then stall must not hold every place
+/// until `timeout_connect`. libpq answers a SCRAM step within a few milliseconds plus a
+/// round trip; a client further away than this gives its place back at each step, and
+/// the server's work for it is then not bounded.
+pub const CLIENT_TURN: Duration = Duration::from_millis(250);
+
+/// How often the session's timer looks at the client's turn while the place is held.
+const TURN_LOOK: Duration = Duration::from_millis(100);
+
+/// The client's messages while it is its turn: the turn ends with a whole message, not
+/// with any byte (one byte at a time must not keep the place).
+#[derive(Default)]
+struct Framing {
+    head: [u8; 5],
+    filled: u8,
+    left: u32,
+}
+
+impl Framing {
+    /// Follows `data`; whether a message ended in it.
+    fn ends_one(&mut self, mut data: &[u8]) -> bool {
+        let mut ended = false;
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = (self.left as usize).min(data.len());
+                self.left -= n as u32;
+                data = &data[n..];
+                ended |= self.left == 0;
+                continue;
+            }
+            let at = self.filled as usize;
+            let n = (5 - at).min(data.len());
+            self.head[at..at + n].copy_from_slice(&data[..n]);
+            self.filled += n as u8;
+            data = &data[n..];
+            if self.filled == 5 {
+                self.filled = 0;
+                let [_, a, b, c, d] = self.head;
+                self.left = u32::from_be_bytes([a, b, c, d]).saturating_sub(4);
+                ended |= self.left == 0;
+            }
+        }
+        ended
+    }
+}
 
 enum Side {
     Read(io::Error),
@@ -298,6 +340,7 @@ where
 {
     async move {
         let mut slot = Slot::default();
+        let mut framing = Framing::default();
         loop {
             let n = std::future::poll_fn(|cx| r.poll_chunk(cx, &mut slot)).await.map_err(Side::Read)?;
             let buf = slot.filled(n);
@@ -318,9 +361,11 @@ where
                     sniffer = None;
                 }
             }
-            if goodbye.is_some() {
-                // The client answered (this is its direction): the server works again.
+            // The client's direction, while the server waits for it: once a whole message
+            // has come, the server works again.
+            if goodbye.is_some() && clock.turn.load(Ordering::Relaxed) != NOT_ITS_TURN && framing.ends_one(buf) {
                 clock.turn.store(NOT_ITS_TURN, Ordering::Relaxed);
+                framing = Framing::default();
             }
             w.write_all(buf).await.map_err(Side::Write)?;
             let now_ms = clock.start.elapsed().as_millis() as u64;
@@ -343,7 +388,7 @@ fn is_reset(e: &io::Error) -> bool {
 /// Completes when nothing moved for `limit`. On the way, gives the connect place back
 /// once its bound passed, or once the client kept the login waiting for `CLIENT_TURN`
 /// (one timer for all: a session's future holds a single `Sleep`; while the place is
-/// held, it looks every `CLIENT_TURN`).
+/// held, it looks every `TURN_LOOK`).
 fn idle_timer<'a>(
     clock: &'a Clock,
     limit: Duration,
@@ -366,7 +411,7 @@ fn idle_timer<'a>(
             if now >= idle {
                 return;
             }
-            let deadline = connecting.map_or(idle, |(_, bound)| idle.min(clock.start + bound).min(now + CLIENT_TURN));
+            let deadline = connecting.map_or(idle, |(_, bound)| idle.min(clock.start + bound).min(now + TURN_LOOK));
             sleep_until(deadline).await;
         }
     }

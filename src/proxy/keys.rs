@@ -101,10 +101,9 @@ pub struct KeySniffer<'a> {
     registered: Option<Key>,
     seen: usize,
     /// The code of an Authentication message being read, and how many of its 4 bytes are
-    /// still to come; then `after_code` body bytes to skip.
+    /// still to come (read before the rest of its body is skipped).
     code: [u8; 4],
     code_left: u8,
-    after_code: u32,
     /// The server has asked the client to authenticate (a password, a SASL step): the
     /// client's turn. Taken (and cleared) by the copy, which notes when it began.
     pub client_turn: bool,
@@ -141,7 +140,6 @@ impl<'a> KeySniffer<'a> {
             seen: 0,
             code: [0; 4],
             code_left: 0,
-            after_code: 0,
             client_turn: false,
             done: false,
             connecting: None,
@@ -161,12 +159,6 @@ impl<'a> KeySniffer<'a> {
             self.done = true;
         }
         while !self.done && !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
             if self.code_left > 0 {
                 let at = 4 - self.code_left as usize;
                 let n = (self.code_left as usize).min(data.len());
@@ -174,11 +166,17 @@ impl<'a> KeySniffer<'a> {
                 self.code_left -= n as u8;
                 data = &data[n..];
                 if self.code_left == 0 {
-                    // Cleartext, MD5, GSS, SSPI, SASL and SASLContinue want an answer;
-                    // Ok and SASLFinal do not.
-                    self.client_turn = matches!(u32::from_be_bytes(self.code), 2 | 3 | 5 | 7 | 8 | 9 | 10 | 11);
-                    self.skip = std::mem::take(&mut self.after_code) as usize;
+                    // KerberosV5, cleartext, MD5, GSS, SSPI, SASL and SASLContinue want an
+                    // answer; Ok and SASLFinal do not, and neither, often, does GSSContinue
+                    // (8): PostgreSQL sends the last GSS token with it, then starts the backend.
+                    self.client_turn = matches!(u32::from_be_bytes(self.code), 2 | 3 | 5 | 7 | 9 | 10 | 11);
                 }
+                continue;
+            }
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
                 continue;
             }
             if self.want > 0 {
@@ -221,7 +219,7 @@ impl<'a> KeySniffer<'a> {
                 // Authentication: its code says whether the client is to answer.
                 b'R' if len >= 8 => {
                     self.code_left = 4;
-                    self.after_code = u32::try_from(len - 8).unwrap_or(u32::MAX);
+                    self.skip = len - 8;
                 }
                 _ => self.skip = len - 4,
             }
@@ -320,6 +318,7 @@ mod tests {
             (auth(5, &[1, 2, 3, 4]), true),
             (auth(3, b""), true),
             (auth(12, b"v=xyz"), false),
+            (auth(8, b"last token"), false),
             (auth(0, b""), false),
         ] {
             let mut s = KeySniffer::new(&keys, &server);
