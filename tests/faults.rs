@@ -391,3 +391,26 @@ async fn sessions_waiting_for_the_primary_go_when_the_leader_answers_again() {
         tokio::time::timeout(LIMIT, waiting).await.expect("still waiting after the leader answered").unwrap();
     assert_eq!(on, "node1");
 }
+
+#[tokio::test]
+async fn one_lying_answer_of_a_higher_timeline_does_not_leave_the_cluster_leaderless() {
+    // Before: node2's one answer claiming the leader lock on timeline 8, then replica on
+    // timeline 1 again, raised the timeline floor for good: node1, the real leader on
+    // timeline 1, was refused as stale until pgfront was restarted (57P03 to every writer).
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let leads = |name: &str| {
+        let rt = pg.shared().runtime();
+        let l = rt.listener("primary").unwrap();
+        l.servers_up() == 1 && l.servers.iter().any(|s| s.name == name && s.is_up())
+    };
+    eventually(LIMIT, "node1 leads", || leads("node1")).await;
+    lab.nodes[1].rest.patroni("primary", 8);
+    eventually(LIMIT, "node2's claim on timeline 8 is followed", || leads("node2")).await;
+    lab.nodes[1].rest.patroni("replica", 1);
+    eventually(LIMIT, "node1 leads again: node2 took its timeline back", || leads("node1")).await;
+    let mut writer = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    assert_eq!(writer.server, "node1");
+    writer.echo(b"a write").await.unwrap();
+}

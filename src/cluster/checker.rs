@@ -277,7 +277,8 @@ impl Checker {
         // Before a new leader (or none) becomes visible, every other node's leader checks
         // stop admitting: there is no instant with two write targets.
         let mut forced = Vec::new();
-        let decision = rt.leadership.decide_then(&claims, |d| {
+        let reported = |i: usize| rt.nodes.get(i).and_then(|n| n.timeline());
+        let decision = rt.leadership.decide_then(&claims, reported, |d| {
             if d.conflict {
                 for c in rt.checks.iter().filter(|c| c.strict) {
                     c.suspend();
@@ -311,6 +312,10 @@ impl Checker {
                     self.emit(Change::StaleClaims { nodes, floor: decision.floor });
                 }
             }
+        }
+        if let Some((node, from, to)) = decision.withdrawn {
+            tracing::warn!(node = %rt.nodes[node].name, from, to,
+                "the node whose claim raised the timeline floor now reports an older timeline (Patroni never moves a node back: that answer was not Patroni's, or its history was discarded): the floor is lowered back");
         }
         if let Some((from, to)) = &decision.identity_changed {
             match from {

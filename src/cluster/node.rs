@@ -170,6 +170,11 @@ impl NodeState {
         }
     }
 
+    /// The timeline of the latest readable answer, if it said one.
+    pub fn timeline(&self) -> Option<u64> {
+        self.lock().status.as_ref().and_then(|s| s.timeline)
+    }
+
     /// Notes where a check reached the REST API (see `peer`).
     pub fn note_peer(&self, peer: std::net::SocketAddr) {
         *self.peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(peer);
@@ -265,6 +270,9 @@ pub struct Leadership {
 struct Floor {
     timeline: u64,
     system_id: Option<String>,
+    /// The node whose claim last raised `timeline`, and the floor before it did: the
+    /// evidence, withdrawn if that node later reports an older timeline.
+    source: Option<(usize, u64)>,
 }
 
 /// The result of one arbitration.
@@ -282,6 +290,9 @@ pub struct Decision {
     pub stale: Vec<usize>,
     /// The timeline floor after this decision.
     pub floor: u64,
+    /// The floor was lowered back: (the node whose claim had raised it, from, to), because
+    /// that node now reports an older timeline.
+    pub withdrawn: Option<(usize, u64, u64)>,
 }
 
 impl Decision {
@@ -349,7 +360,11 @@ impl Leadership {
             changes: AtomicU64::new(old.changes.load(Ordering::Relaxed)),
             identity_changes: AtomicU64::new(old.identity_changes.load(Ordering::Relaxed)),
             had_leader: AtomicBool::new(old.had_leader()),
-            floor: Mutex::new(lock(&old.floor).clone()),
+            floor: Mutex::new({
+                let mut floor = lock(&old.floor).clone();
+                floor.source = floor.source.and_then(|(node, before)| Some((index(node)?, before)));
+                floor
+            }),
             serial: tokio::sync::Mutex::new(()),
             since: Mutex::new(old.since()),
             term: Mutex::new(lock(&old.term).clone()),
@@ -401,13 +416,22 @@ impl Leadership {
     /// Claims from two databases at once are a conflict. The caller serialises calls (the
     /// checkers hold the arbitration lock).
     pub fn decide(&self, claims: &[(usize, Claim)]) -> Decision {
-        self.decide_then(claims, |_| {})
+        self.decide_then(claims, |_| None, |_| {})
     }
 
     /// [`Leadership::decide`], calling `before_publish` with the decision before anyone
     /// can see it: the caller takes admission away from every other node there, so no
     /// instant exists at which a new leader is visible while an old one still admits.
-    pub fn decide_then(&self, claims: &[(usize, Claim)], before_publish: impl FnOnce(&Decision)) -> Decision {
+    /// `reported` gives a node's timeline as its latest readable answer says: a floor
+    /// raised by a node that now reports an older timeline is lowered back (Patroni never
+    /// moves a node back a timeline; that answer was not Patroni's, or the history it
+    /// carried was discarded), so one lying answer cannot leave the cluster leaderless.
+    pub fn decide_then(
+        &self,
+        claims: &[(usize, Claim)],
+        reported: impl Fn(usize) -> Option<u64>,
+        before_publish: impl FnOnce(&Decision),
+    ) -> Decision {
         let previous = self.leader();
         let was_ready = self.ready.load(Ordering::Acquire);
         let mut floor = lock(&self.floor);
@@ -418,6 +442,7 @@ impl Leadership {
             ids
         };
         let mut identity_changed = None;
+        let mut withdrawn = None;
         let (leader, conflict) = if ids.len() > 1 {
             (None, true)
         } else {
@@ -427,9 +452,18 @@ impl Leadership {
                     if from.is_some() {
                         // A rebuilt cluster: its timelines start over.
                         floor.timeline = 0;
+                        floor.source = None;
                         self.identity_changes.fetch_add(1, Ordering::Relaxed);
                     }
                     identity_changed = Some((from, id.clone()));
+                }
+            }
+            if let Some((node, before)) = floor.source {
+                if let Some(now) = reported(node).filter(|&t| t < floor.timeline) {
+                    let back = before.max(now);
+                    withdrawn = Some((node, floor.timeline, back));
+                    floor.timeline = back;
+                    floor.source = None;
                 }
             }
             let current: Vec<&(usize, Claim)> =
@@ -450,8 +484,11 @@ impl Leadership {
             }
         };
         let won = leader.and_then(|l| claims.iter().find(|c| c.0 == l)).map(|c| &c.1);
-        if let Some(t) = won.and_then(|c| c.timeline) {
-            floor.timeline = floor.timeline.max(t);
+        if let (Some(t), Some(l)) = (won.and_then(|c| c.timeline), leader) {
+            if t > floor.timeline {
+                floor.source = Some((l, floor.timeline));
+                floor.timeline = t;
+            }
         }
         let ready = won.is_some_and(|c| c.ready);
         // Claims the floor refused: said out loud while they leave the cluster leaderless.
@@ -470,6 +507,7 @@ impl Leadership {
             ready_regained: leader == previous && leader.is_some() && ready && !was_ready,
             stale: if leader.is_none() { stale } else { Vec::new() },
             floor: floor_timeline,
+            withdrawn,
         };
         if decision.changed() || conflict {
             before_publish(&decision);
@@ -537,6 +575,36 @@ mod tests {
         assert_eq!(l.decide(&[(0, on(3)), (1, on(4))]).leader, Some(1));
         let next = Leadership::succeeding(&l, Some);
         assert_eq!(next.decide(&[(0, on(3))]).leader, None, "remembered across a reload");
+    }
+
+    #[test]
+    fn a_floor_raised_by_one_answer_its_node_takes_back_is_lowered_again() {
+        // Before: one 200 on /primary with a higher timeline from a node that then says
+        // it is a replica on the old timeline (a REST endpoint that lies) left the real
+        // leader's claim stale until pgfront was restarted.
+        let l = Leadership::default();
+        let reported = |tl: &[(usize, u64)]| {
+            let tl = tl.to_vec();
+            move |i: usize| tl.iter().find(|r| r.0 == i).map(|r| r.1)
+        };
+        l.decide(&[(0, on(5))]);
+        let d = l.decide_then(&[(0, on(5)), (1, on(7))], reported(&[(0, 5), (1, 7)]), |_| {});
+        assert_eq!((d.leader, d.floor), (Some(1), 7));
+        // While node1 still reports timeline 7 (crashed, its last answer kept), node0's claim stays stale.
+        let d = l.decide_then(&[(0, on(5))], reported(&[(0, 5), (1, 7)]), |_| {});
+        assert_eq!((d.leader, d.floor, d.withdrawn), (None, 7, None));
+        // node1 now answers as a replica on timeline 5: its evidence is withdrawn.
+        let d = l.decide_then(&[(0, on(5))], reported(&[(0, 5), (1, 5)]), |_| {});
+        assert_eq!((d.leader, d.floor, d.withdrawn), (Some(0), 5, Some((1, 7, 5))));
+        // A real failover is not undone: the node that raised the floor keeps reporting it.
+        let d = l.decide_then(&[(0, on(5)), (2, on(6))], reported(&[(0, 5), (2, 6)]), |_| {});
+        assert_eq!((d.leader, d.floor), (Some(2), 6));
+        let d = l.decide_then(&[(0, on(5))], reported(&[(0, 5), (2, 6)]), |_| {});
+        assert_eq!((d.leader, d.withdrawn), (None, None), "the demoted leader's stale claim is still refused");
+        // Across a reload, the source follows its node to its new index.
+        let next = Leadership::succeeding(&l, |i| Some(i + 1));
+        let d = next.decide_then(&[(1, on(5))], reported(&[(1, 5), (3, 5)]), |_| {});
+        assert_eq!((d.leader, d.withdrawn), (Some(1), Some((3, 6, 5))));
     }
 
     #[test]
