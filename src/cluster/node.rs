@@ -170,9 +170,12 @@ impl NodeState {
         }
     }
 
-    /// The timeline of the latest readable answer, if it said one.
-    pub fn timeline(&self) -> Option<u64> {
-        self.lock().status.as_ref().and_then(|s| s.timeline)
+    /// The timeline of the latest readable answer, if it said one, with the database
+    /// (system identifier) it said it belongs to.
+    pub fn timeline(&self) -> Option<(u64, Option<String>)> {
+        let r = self.lock();
+        let s = r.status.as_ref()?;
+        Some((s.timeline?, s.database_system_identifier.clone()))
     }
 
     /// Notes where a check reached the REST API (see `peer`).
@@ -422,14 +425,16 @@ impl Leadership {
     /// [`Leadership::decide`], calling `before_publish` with the decision before anyone
     /// can see it: the caller takes admission away from every other node there, so no
     /// instant exists at which a new leader is visible while an old one still admits.
-    /// `reported` gives a node's timeline as its latest readable answer says: a floor
-    /// raised by a node that now reports an older timeline is lowered back (Patroni never
-    /// moves a node back a timeline; that answer was not Patroni's, or the history it
-    /// carried was discarded), so one lying answer cannot leave the cluster leaderless.
+    /// `reported` gives a node's timeline (and database) as its latest readable answer
+    /// says: a floor raised by a node that now reports an older timeline of the same
+    /// database is lowered back once a running primary claims on that older timeline
+    /// (Patroni never moves a node back a timeline; that answer was not Patroni's, or the
+    /// history it carried was discarded), so one lying answer cannot leave the cluster
+    /// leaderless.
     pub fn decide_then(
         &self,
         claims: &[(usize, Claim)],
-        reported: impl Fn(usize) -> Option<u64>,
+        reported: impl Fn(usize) -> Option<(u64, Option<String>)>,
         before_publish: impl FnOnce(&Decision),
     ) -> Decision {
         let previous = self.leader();
@@ -459,11 +464,23 @@ impl Leadership {
                 }
             }
             if let Some((node, before)) = floor.source {
-                if let Some(now) = reported(node).filter(|&t| t < floor.timeline) {
+                // Only evidence about this database, and only once a running primary
+                // holds the lock on the older timeline: a standby replaying an older
+                // timeline for a while (rebuilt from a backup, cloned from a lagging
+                // replica) withdraws nothing on its own.
+                let same = |id: &Option<String>| id.as_ref() == floor.system_id.as_ref();
+                if let Some(now) = reported(node).filter(|(t, id)| *t < floor.timeline && same(id)).map(|r| r.0) {
                     let back = before.max(now);
-                    withdrawn = Some((node, floor.timeline, back));
-                    floor.timeline = back;
-                    floor.source = None;
+                    let leads_below = |c: &&(usize, Claim)| {
+                        c.1.ready
+                            && same(&c.1.system_id)
+                            && c.1.timeline.is_some_and(|t| t >= back && t < floor.timeline)
+                    };
+                    if claims.iter().any(|c| leads_below(&c)) {
+                        withdrawn = Some((node, floor.timeline, back));
+                        floor.timeline = back;
+                        floor.source = None;
+                    }
                 }
             }
             let current: Vec<&(usize, Claim)> =
@@ -585,7 +602,7 @@ mod tests {
         let l = Leadership::default();
         let reported = |tl: &[(usize, u64)]| {
             let tl = tl.to_vec();
-            move |i: usize| tl.iter().find(|r| r.0 == i).map(|r| r.1)
+            move |i: usize| tl.iter().find(|r| r.0 == i).map(|r| (r.1, Some("7001".to_owned())))
         };
         l.decide(&[(0, on(5))]);
         let d = l.decide_then(&[(0, on(5)), (1, on(7))], reported(&[(0, 5), (1, 7)]), |_| {});
@@ -593,7 +610,15 @@ mod tests {
         // While node1 still reports timeline 7 (crashed, its last answer kept), node0's claim stays stale.
         let d = l.decide_then(&[(0, on(5))], reported(&[(0, 5), (1, 7)]), |_| {});
         assert_eq!((d.leader, d.floor, d.withdrawn), (None, 7, None));
-        // node1 now answers as a replica on timeline 5: its evidence is withdrawn.
+        // node1 reports timeline 5 while no running primary claims it (a standby replaying
+        // an older timeline for a while): nothing is withdrawn yet.
+        let waiting = Claim { ready: false, ..on(5) };
+        let d = l.decide_then(&[(0, waiting)], reported(&[(0, 5), (1, 5)]), |_| {});
+        assert_eq!((d.leader, d.withdrawn), (None, None));
+        // Nor by a node that now answers for another database.
+        let other = |_: usize| Some((5, Some("7999".to_owned())));
+        assert_eq!(l.decide_then(&[(0, on(5))], other, |_| {}).withdrawn, None);
+        // node1 answers as a replica on timeline 5, node0 as the running primary: withdrawn.
         let d = l.decide_then(&[(0, on(5))], reported(&[(0, 5), (1, 5)]), |_| {});
         assert_eq!((d.leader, d.floor, d.withdrawn), (Some(0), 5, Some((1, 7, 5))));
         // A real failover is not undone: the node that raised the floor keeps reporting it.
