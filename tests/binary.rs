@@ -258,6 +258,35 @@ impl Limited {
         assert!(Command::new("prlimit").args(["--pid", &self.pid.to_string(), &limit]).status().unwrap().success());
     }
 
+    /// Leaves pgfront no descriptor to open: its soft limit becomes the lowest free
+    /// number, taken while no check's socket to `rest_port` is open (which would leave a
+    /// free number below once it closes); only a checker's spare frees one then.
+    fn leave_no_descriptor(&self, rest_port: u16) {
+        let below = loop {
+            let before = self.rest_socket_below(u32::MAX, rest_port);
+            let below = self.first_free_fd();
+            if !before && !self.rest_socket_below(u32::MAX, rest_port) {
+                break below;
+            }
+        };
+        self.set_soft_limit(below);
+    }
+
+    /// The node stops leading during the shortage: marked DOWN all the same, the held
+    /// sessions answer throughout, and no check went without a verdict. Stops pgfront.
+    async fn finds_the_leader_lost(self, lab: &Lab, mut held: Vec<Client>) {
+        let checks = Limited::checks(lab);
+        eventually(LIMIT, "checks go on with the spare descriptor", || Limited::checks(lab) > checks + 4).await;
+        all_echo(&mut held, b"during the shortage").await;
+        // The node is no longer the leader (timeline 2 is the lab's first leader's).
+        lab.nodes[0].rest.patroni("replica", 2);
+        self.wait_for("server is DOWN").await;
+        self.set_soft_limit(self.nofile);
+        drop(held);
+        let lines = self.stop().await;
+        assert!(!lines.iter().any(|l| l.contains("health check not made")), "{lines:#?}");
+    }
+
     /// The lowest descriptor number pgfront does not have open: every one below is taken.
     fn first_free_fd(&self) -> u32 {
         let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
@@ -416,29 +445,10 @@ async fn a_leader_lost_while_descriptors_are_short_is_still_found_out() {
     let lab = Lab::start(1).await;
     lab.leader(0);
     let pg = Limited::start(&lab, 64, "spare").await;
-    let mut held = hold(pg.addr, 4).await;
-    // Every descriptor number below the limit is taken: only a checker's spare frees one
-    // (taken while no check's own socket is open, which would leave a free number below).
-    let rest_port = lab.nodes[0].rest.addr.port();
-    let below = loop {
-        let before = pg.rest_socket_below(u32::MAX, rest_port);
-        let below = pg.first_free_fd();
-        if !before && !pg.rest_socket_below(u32::MAX, rest_port) {
-            break below;
-        }
-    };
-    pg.set_soft_limit(below);
+    let held = hold(pg.addr, 4).await;
+    pg.leave_no_descriptor(lab.nodes[0].rest.addr.port());
     pg.wait_for("health check made with the one kept spare").await;
-    let rest = Limited::checks(&lab);
-    eventually(LIMIT, "checks go on with the spare descriptor", || Limited::checks(&lab) > rest + 4).await;
-    all_echo(&mut held, b"during the shortage").await;
-    // The node is no longer the leader (timeline 2 is the lab's first leader's).
-    lab.nodes[0].rest.patroni("replica", 2);
-    pg.wait_for("server is DOWN").await;
-    pg.set_soft_limit(64);
-    drop(held);
-    let lines = pg.stop().await;
-    assert!(!lines.iter().any(|l| l.contains("health check not made")), "{lines:#?}");
+    pg.finds_the_leader_lost(&lab, held).await;
 }
 
 #[tokio::test]
@@ -453,28 +463,13 @@ async fn a_leader_checked_by_name_is_still_found_out_while_descriptors_are_short
     let pg =
         Limited::start_with(&lab, 64, "spare-name", |t| t.replace(&format!("check_address = \"{rest}\""), &by_name))
             .await;
-    let mut held = hold(pg.addr, 4).await;
-    let below = loop {
-        let before = pg.rest_socket_below(u32::MAX, rest.port());
-        let below = pg.first_free_fd();
-        if !before && !pg.rest_socket_below(u32::MAX, rest.port()) {
-            break below;
-        }
-    };
-    pg.set_soft_limit(below);
+    let held = hold(pg.addr, 4).await;
+    pg.leave_no_descriptor(rest.port());
     pg.wait_for("health check made with the one kept spare").await;
     // The lookup failed for want of a descriptor and the fallback was taken (a host that
     // resolves localhost without a descriptor, through nss-myhostname, would not need it).
     pg.wait_for("checked at 127.0.0.1").await;
-    let checks = Limited::checks(&lab);
-    eventually(LIMIT, "checks go on with the spare descriptor", || Limited::checks(&lab) > checks + 4).await;
-    all_echo(&mut held, b"during the shortage").await;
-    lab.nodes[0].rest.patroni("replica", 2);
-    pg.wait_for("server is DOWN").await;
-    pg.set_soft_limit(64);
-    drop(held);
-    let lines = pg.stop().await;
-    assert!(!lines.iter().any(|l| l.contains("health check not made")), "{lines:#?}");
+    pg.finds_the_leader_lost(&lab, held).await;
 }
 
 #[tokio::test]

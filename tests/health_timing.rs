@@ -379,6 +379,15 @@ impl Probe for StaleAgents {
     }
 }
 
+/// What a probe gets when the process has no descriptor for it.
+fn no_descriptor() -> ProbeResult {
+    ProbeResult {
+        code: CheckCode::SockErr,
+        status: None,
+        ..ProbeResult::answered(false, Duration::ZERO, "Too many open files")
+    }
+}
+
 /// A process out of descriptors: every probe finds none (SOCKERR), and one made with the
 /// checker's spare socket answers `answer` (or finds none either, when None).
 struct Short {
@@ -392,13 +401,7 @@ impl Probe for Short {
         _target: &'a str,
         _spec: &'a CheckSpec,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
-        Box::pin(async {
-            ProbeResult {
-                code: CheckCode::SockErr,
-                status: None,
-                ..ProbeResult::answered(false, Duration::ZERO, "Too many open files")
-            }
-        })
+        Box::pin(async { no_descriptor() })
     }
 
     fn probe_with<'a>(
@@ -454,11 +457,7 @@ impl Probe for Remembering {
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
         Box::pin(async {
             if self.short.load(std::sync::atomic::Ordering::SeqCst) {
-                return ProbeResult {
-                    code: CheckCode::SockErr,
-                    status: None,
-                    ..ProbeResult::answered(false, Duration::ZERO, "Too many open files")
-                };
+                return no_descriptor();
             }
             ProbeResult { peer: Some(REMEMBERED.parse().unwrap()), ..ProbeResult::answered(true, Duration::ZERO, "") }
         })

@@ -576,6 +576,31 @@ async fn asking_backend() -> std::net::SocketAddr {
     addr
 }
 
+/// pgfront in front of [`asking_backend`], connects bounded by a minute, `extra` in the
+/// defaults; returns it with its write listener's address once the leader is up.
+async fn in_front_of_an_asking_backend(lab: &Lab, extra: &str) -> (pgfront::Pgfront, std::net::SocketAddr) {
+    let backend = asking_backend().await;
+    let text = lab
+        .config(extra)
+        .replace("timeout_connect = \"500ms\"", "timeout_connect = \"60s\"")
+        .replace(&format!("address = \"{}\"", lab.nodes[0].backend.addr), &format!("address = \"{backend}\""));
+    let pg = start(&text);
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "the leader up", || up_count(&pg, "primary") == 1).await;
+    (pg, addr)
+}
+
+/// A client that logs in and reads the server's password request; `None` if it never
+/// reaches the server within LIMIT.
+async fn asked_for_a_password(addr: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &startup_message(&[("user", "u")])).await.unwrap();
+    let mut asked = [0u8; 13];
+    tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read_exact(&mut s, &mut asked)).await.ok()?.unwrap();
+    assert_eq!(&asked[..9], &[b'R', 0, 0, 0, 12, 0, 0, 0, 5]);
+    Some(s)
+}
+
 #[tokio::test]
 async fn logins_stalled_by_their_clients_do_not_hold_every_connect_place() {
     // Before: each client that connected and then never answered the server's password
@@ -583,26 +608,13 @@ async fn logins_stalled_by_their_clients_do_not_hold_every_connect_place() {
     // minute), so with two of them no other client could even reach the server.
     let lab = Lab::start(1).await;
     lab.leader(0);
-    let backend = asking_backend().await;
-    let text = lab
-        .config("max_connecting = 2\ntimeout_queue = \"60s\"\n")
-        .replace("timeout_connect = \"500ms\"", "timeout_connect = \"60s\"")
-        .replace(&format!("address = \"{}\"", lab.nodes[0].backend.addr), &format!("address = \"{backend}\""));
-    let pg = start(&text);
-    let addr = pg.listener_addr("primary").unwrap();
-    eventually(LIMIT, "the leader up", || up_count(&pg, "primary") == 1).await;
+    let (pg, addr) = in_front_of_an_asking_backend(&lab, "max_connecting = 2\ntimeout_queue = \"60s\"\n").await;
     // Five clients that never answer: each still gets the server's request, in turn.
     let mut stalled = Vec::new();
     for i in 0..5 {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut s, &startup_message(&[("user", "u")])).await.unwrap();
-        let mut asked = [0u8; 13];
-        tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read_exact(&mut s, &mut asked))
-            .await
-            .unwrap_or_else(|_| panic!("client {i} never reached the server: the connect places stayed held"))
-            .unwrap();
-        assert_eq!(&asked[..9], &[b'R', 0, 0, 0, 12, 0, 0, 0, 5]);
-        stalled.push(s);
+        let s = asked_for_a_password(addr).await;
+        stalled
+            .push(s.unwrap_or_else(|| panic!("client {i} never reached the server: the connect places stayed held")));
     }
     let rt = pg.shared().runtime();
     let server = &rt.listener("primary").unwrap().servers[0];
@@ -617,18 +629,8 @@ async fn a_client_that_trickles_its_password_does_not_keep_its_connect_place() {
     // message and does nothing meanwhile.
     let lab = Lab::start(1).await;
     lab.leader(0);
-    let backend = asking_backend().await;
-    let text = lab
-        .config("max_connecting = 1\n")
-        .replace("timeout_connect = \"500ms\"", "timeout_connect = \"60s\"")
-        .replace(&format!("address = \"{}\"", lab.nodes[0].backend.addr), &format!("address = \"{backend}\""));
-    let pg = start(&text);
-    let addr = pg.listener_addr("primary").unwrap();
-    eventually(LIMIT, "the leader up", || up_count(&pg, "primary") == 1).await;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, &startup_message(&[("user", "u")])).await.unwrap();
-    let mut asked = [0u8; 13];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut asked).await.unwrap();
+    let (pg, addr) = in_front_of_an_asking_backend(&lab, "max_connecting = 1\n").await;
+    let mut s = asked_for_a_password(addr).await.expect("the first login reaches the server");
     // A PasswordMessage of 200 bytes, a byte every 20 ms (4 s, bounded).
     let mut password = vec![b'p'];
     password.extend_from_slice(&200u32.to_be_bytes());
