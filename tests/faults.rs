@@ -414,3 +414,46 @@ async fn one_lying_answer_of_a_higher_timeline_does_not_leave_the_cluster_leader
     assert_eq!(writer.server, "node1");
     writer.echo(b"a write").await.unwrap();
 }
+
+#[tokio::test]
+async fn one_refusal_from_the_leader_cuts_no_session_on_any_listener() {
+    // Before: one readable 503 on /primary from the leader (Patroni answers so while its
+    // lock looks expired for a moment, its loop held up by a slow etcd) ended the claim at
+    // once: the session that asked the read listener for the primary was cut, while the
+    // write listener's, checked with `fall`, was kept.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&reads_config(&lab, "").replace("fall = 2", "fall = 4"));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
+    assert_eq!(on, "node1");
+    let mut writer = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+
+    let refuse = |code| {
+        for path in ["/primary", "/master"] {
+            lab.nodes[0].rest.set(path, Answer::Status(code));
+        }
+    };
+    let before = failures(&pg, "primary", "node1");
+    let asks = lab.nodes[0].rest.hits("/primary");
+    refuse(503);
+    eventually(LIMIT, "one refusal read", || {
+        failures(&pg, "primary", "node1") > before && lab.nodes[0].rest.hits("/primary") > asks
+    })
+    .await;
+    refuse(200);
+    eventually(LIMIT, "leading again", || up_count(&pg, "primary") == 1).await;
+    let asks = lab.nodes[0].rest.hits("/primary");
+    eventually(LIMIT, "the lock confirmed again", || lab.nodes[0].rest.hits("/primary") > asks + 1).await;
+
+    assert!(still_open(&mut asked).await, "the session that asked for the primary was cut by one refusal");
+    writer.echo(b"the writer too").await.unwrap();
+
+    // Refusing for good ends both after fall.
+    refuse(503);
+    for (name, s) in [("asked", &mut asked), ("writer", &mut writer.stream)] {
+        let mut b = [0u8; 8];
+        let r = tokio::time::timeout(LIMIT, s.read(&mut b)).await.unwrap_or_else(|_| panic!("{name} kept"));
+        assert!(matches!(r, Ok(0) | Err(_)), "{name}: {r:?}");
+    }
+}

@@ -166,7 +166,7 @@ fn lsn_runtime(extra: &str, up_: [bool; 2], replayed: [u64; 2]) -> Runtime {
     use crate::cluster::{Answer, Claim};
     use crate::health::{NodeStatus, Xlog};
     let rt = runtime(3, &format!("maxconn = 100\n{extra}"), None);
-    rt.leadership.decide(&[(0, Claim { timeline: Some(1), system_id: None, ready: true })]);
+    rt.leadership.decide(&[(0, Claim { timeline: Some(1), system_id: None, ready: true, denied: false })]);
     for (i, (&u, &p)) in up_.iter().zip(&replayed).enumerate() {
         let status = NodeStatus {
             role: "replica".into(),

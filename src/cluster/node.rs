@@ -55,6 +55,13 @@ pub struct Claim {
     /// The latest answer itself made the claim, as a running primary: only then does the
     /// node take new write sessions (a claim kept through a failed probe takes none).
     pub ready: bool,
+    /// The node's latest readable answer said it does not lead (a 503 on `/primary`). Such
+    /// a claim never leads: new sessions and every check that asks for the leader follow
+    /// Patroni's word at once. It is kept through up to `fall - 1` such answers only for
+    /// the term: sessions sent to the leader on read listeners end when another node leads
+    /// or when `fall` answers in a row did not confirm the claim, as the write listener's
+    /// end at its check's mark-down, not at one answer.
+    pub denied: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -62,11 +69,12 @@ pub struct NodeReport {
     pub last: Option<ProbeResult>,
     /// The parsed status of the last answer that carried one.
     pub status: Option<NodeStatus>,
-    /// The node's claim to lead: made by a 200 on `/primary` with a readable status, ended
-    /// by an answer that says otherwise, and kept through up to `fall - 1` failed probes
-    /// (a timeout, a reset, a restarting agent), so a REST blip is not a leader change.
+    /// The node's claim to lead: made by a 200 on `/primary` with a readable status, and
+    /// kept through up to `fall - 1` probes in a row that did not confirm it (a timeout, a
+    /// reset, a restarting agent, a readable 503), so a REST blip is not a leader change.
     pub claim: Option<Claim>,
-    /// Probes in a row that brought no readable answer.
+    /// Probes in a row that did not confirm the claim: no readable answer, or one that
+    /// says the node does not lead.
     pub failures: u32,
 }
 
@@ -84,13 +92,18 @@ impl NodeReport {
     pub fn after(&self, answer: &Answer, fall: u32) -> (Option<Claim>, u32) {
         match answer {
             Answer::Says { leads: true, timeline, system_id, running_primary } => {
-                let claim = Claim { timeline: *timeline, system_id: system_id.clone(), ready: *running_primary };
+                let claim =
+                    Claim { timeline: *timeline, system_id: system_id.clone(), ready: *running_primary, denied: false };
                 (Some(claim), 0)
             }
-            Answer::Says { leads: false, .. } => (None, 0),
-            Answer::Failed => {
+            Answer::Says { leads: false, .. } | Answer::Failed => {
                 let failures = self.failures.saturating_add(1);
-                let claim = self.claim.clone().filter(|_| failures < fall.max(1)).map(|c| Claim { ready: false, ..c });
+                let denied = matches!(answer, Answer::Says { .. });
+                let claim = self.claim.clone().filter(|_| failures < fall.max(1)).map(|c| Claim {
+                    ready: false,
+                    denied: c.denied || denied,
+                    ..c
+                });
                 (claim, failures)
             }
         }
@@ -258,10 +271,10 @@ pub struct Leadership {
     /// under way (at start-up, nothing is known yet and `rise` applies).
     had_leader: AtomicBool,
     since: Mutex<Instant>,
-    /// Cancelled and replaced at every leader change: sessions sent to the leader by a
-    /// listener whose own check does not follow leadership hold a child of it. Carried
-    /// across reloads, so no such session outlives the term it was sent in.
-    term: Mutex<CancellationToken>,
+    /// Sessions sent to the leader by a listener whose own check does not follow
+    /// leadership hold a child of this term's token. Carried across reloads, so no such
+    /// session outlives the term it was sent in.
+    term: Mutex<Term>,
     /// The leader's WAL position as last reported, and when: replica lag bounds use it
     /// while no leader answers, for a bounded time (then they fail closed).
     position: Mutex<Option<(u64, Instant)>>,
@@ -306,6 +319,13 @@ impl Decision {
 
 const NONE: u64 = u64::MAX;
 
+/// A leadership term: from one node leading until another leads or its claim is over.
+#[derive(Debug, Default)]
+struct Term {
+    token: CancellationToken,
+    holder: Option<usize>,
+}
+
 impl Default for Leadership {
     fn default() -> Self {
         Leadership {
@@ -318,7 +338,7 @@ impl Default for Leadership {
             floor: Mutex::new(Floor::default()),
             serial: tokio::sync::Mutex::new(()),
             since: Mutex::new(Instant::now()),
-            term: Mutex::new(CancellationToken::new()),
+            term: Mutex::new(Term::default()),
             position: Mutex::new(None),
             last_stale: Mutex::new(Vec::new()),
         }
@@ -370,7 +390,10 @@ impl Leadership {
             }),
             serial: tokio::sync::Mutex::new(()),
             since: Mutex::new(old.since()),
-            term: Mutex::new(lock(&old.term).clone()),
+            term: Mutex::new({
+                let term = lock(&old.term);
+                Term { token: term.token.clone(), holder: term.holder.and_then(&index) }
+            }),
             position: Mutex::new(*lock(&old.position)),
             last_stale: Mutex::new(Vec::new()),
         }
@@ -378,7 +401,7 @@ impl Leadership {
 
     /// A token for a session sent to the current leader; cancelled when it stops leading.
     pub fn term_token(&self) -> CancellationToken {
-        lock(&self.term).child_token()
+        lock(&self.term).token.child_token()
     }
 
     /// Records that a leader check admitted its node.
@@ -439,6 +462,9 @@ impl Leadership {
     ) -> Decision {
         let previous = self.leader();
         let was_ready = self.ready.load(Ordering::Acquire);
+        let all = claims;
+        let candidates: Vec<(usize, Claim)> = claims.iter().filter(|c| !c.1.denied).cloned().collect();
+        let claims = candidates.as_slice();
         let mut floor = lock(&self.floor);
         let ids: Vec<&String> = {
             let mut ids: Vec<&String> = claims.iter().filter_map(|c| c.1.system_id.as_ref()).collect();
@@ -535,8 +561,20 @@ impl Leadership {
             self.leader.store(leader.map_or(NONE, |i| i as u64), Ordering::Release);
             self.changes.fetch_add(1, Ordering::Relaxed);
             *lock(&self.since) = Instant::now();
-            std::mem::replace(&mut *lock(&self.term), CancellationToken::new()).cancel();
         }
+        let mut term = lock(&self.term);
+        let ends = match (leader, term.holder) {
+            (Some(l), holder) => holder != Some(l),
+            // Nobody leads: the term goes on while its leader's claim is kept (it said it
+            // does not lead, fewer than `fall` times in a row), unless others claim too.
+            (None, Some(h)) => conflict || !all.iter().any(|c| c.0 == h),
+            (None, None) => false,
+        };
+        if ends {
+            std::mem::replace(&mut term.token, CancellationToken::new()).cancel();
+            term.holder = leader;
+        }
+        drop(term);
         decision
     }
 }
@@ -546,11 +584,11 @@ mod tests {
     use super::*;
 
     fn on(timeline: u64) -> Claim {
-        Claim { timeline: Some(timeline), system_id: Some("7001".into()), ready: true }
+        Claim { timeline: Some(timeline), system_id: Some("7001".into()), ready: true, denied: false }
     }
 
     fn of(system_id: &str, timeline: u64) -> Claim {
-        Claim { timeline: Some(timeline), system_id: Some(system_id.into()), ready: true }
+        Claim { timeline: Some(timeline), system_id: Some(system_id.into()), ready: true, denied: false }
     }
 
     #[test]
@@ -673,25 +711,35 @@ mod tests {
     fn a_claim_survives_failed_probes_until_fall() {
         let says =
             |leads| Answer::Says { leads, timeline: Some(2), system_id: Some("7001".into()), running_primary: leads };
-        // (answers, fall) -> (claim kept?, ready?, failures)
-        let cases: &[(&[Answer], u32, bool, bool, u32)] = &[
-            (&[says(true)], 3, true, true, 0),
-            (&[says(true), Answer::Failed], 3, true, false, 1),
-            (&[says(true), Answer::Failed, Answer::Failed], 3, true, false, 2),
-            (&[says(true), Answer::Failed, Answer::Failed, Answer::Failed], 3, false, false, 3),
-            (&[says(true), Answer::Failed, says(true)], 3, true, true, 0),
-            (&[says(true), says(false)], 3, false, false, 0),
-            (&[says(true), Answer::Failed], 1, false, false, 1),
-            (&[Answer::Failed], 3, false, false, 1),
+        // (answers, fall) -> (claim kept?, ready?, denied?, failures)
+        type Case<'a> = (&'a [Answer], u32, bool, bool, bool, u32);
+        let cases: &[Case] = &[
+            (&[says(true)], 3, true, true, false, 0),
+            (&[says(true), Answer::Failed], 3, true, false, false, 1),
+            (&[says(true), Answer::Failed, Answer::Failed], 3, true, false, false, 2),
+            (&[says(true), Answer::Failed, Answer::Failed, Answer::Failed], 3, false, false, false, 3),
+            (&[says(true), Answer::Failed, says(true)], 3, true, true, false, 0),
+            (&[says(true), Answer::Failed], 1, false, false, false, 1),
+            (&[Answer::Failed], 3, false, false, false, 1),
+            // A readable "not the leader" counts towards fall like a failed probe, and the
+            // kept claim is denied: it never leads, it only keeps the term.
+            (&[says(true), says(false)], 3, true, false, true, 1),
+            (&[says(true), says(false), Answer::Failed], 3, true, false, true, 2),
+            (&[says(true), Answer::Failed, says(false)], 3, true, false, true, 2),
+            (&[says(true), says(false), says(false), says(false)], 3, false, false, false, 3),
+            (&[says(true), says(false), says(true)], 3, true, true, false, 0),
+            (&[says(true), says(false)], 1, false, false, false, 1),
+            (&[says(false)], 3, false, false, false, 1),
         ];
-        for (answers, fall, kept, ready, failures) in cases {
+        for (answers, fall, kept, ready, denied, failures) in cases {
             let mut r = NodeReport::default();
             for a in *answers {
                 (r.claim, r.failures) = r.after(a, *fall);
             }
+            let c = r.claim.as_ref();
             assert_eq!(
-                (r.claim.is_some(), r.claim.as_ref().is_some_and(|c| c.ready), r.failures),
-                (*kept, *ready, *failures),
+                (c.is_some(), c.is_some_and(|c| c.ready), c.is_some_and(|c| c.denied), r.failures),
+                (*kept, *ready, *denied, *failures),
                 "{answers:?} with fall {fall}"
             );
         }
@@ -709,6 +757,50 @@ mod tests {
         assert!(l.decide(&[(0, on(2))]).ready_regained, "queues are told the leader takes sessions again");
         assert_eq!(l.ready_leader(), Some(0));
         l.decide(&[]);
+        assert!(term.is_cancelled());
+    }
+
+    #[test]
+    fn a_denied_claim_leads_nowhere_but_ends_the_term_only_at_fall_or_another_leader() {
+        // Before: one readable 503 from the leader ended the term at once, cutting the
+        // sessions read listeners had sent to it, while the write listener kept its own
+        // until its check's `fall`.
+        let denied = Claim { ready: false, denied: true, ..on(2) };
+        let l = Leadership::default();
+        l.decide(&[(0, on(2))]);
+        let term = l.term_token();
+        let d = l.decide(&[(0, denied.clone())]);
+        assert_eq!((d.leader, d.previous, l.ready_leader()), (None, Some(0), None), "Patroni said it does not lead");
+        assert!(!term.is_cancelled(), "one refusal does not end the term");
+        assert_eq!(l.decide(&[(0, on(2))]).leader, Some(0));
+        assert!(!term.is_cancelled(), "leading again is the same term");
+        // Refused until the claim is over (fall): the term ends there.
+        l.decide(&[(0, denied.clone())]);
+        l.decide(&[(0, Claim { ready: false, ..denied.clone() })]);
+        assert!(!term.is_cancelled(), "kept through a failed probe after it");
+        l.decide(&[]);
+        assert!(term.is_cancelled());
+
+        // Another node leading ends it at once, and a denied claim never ties with it.
+        let l = Leadership::default();
+        l.decide(&[(0, on(2))]);
+        let term = l.term_token();
+        let d = l.decide(&[(0, denied.clone()), (1, on(3))]);
+        assert_eq!((d.leader, d.conflict), (Some(1), false));
+        assert!(term.is_cancelled());
+        let l = Leadership::default();
+        l.decide(&[(0, Claim { system_id: None, timeline: None, ..on(0) })]);
+        let d = l.decide(&[
+            (0, Claim { system_id: None, timeline: None, ..denied.clone() }),
+            (1, Claim { system_id: None, timeline: None, ..on(0) }),
+        ]);
+        assert_eq!((d.leader, d.conflict), (Some(1), false), "without timelines too");
+
+        // A conflict while the leader is refused ends the term: others claim the lock.
+        let l = Leadership::default();
+        l.decide(&[(0, on(2))]);
+        let term = l.term_token();
+        l.decide(&[(0, denied), (1, on(2)), (2, on(2))]);
         assert!(term.is_cancelled());
     }
 
