@@ -253,8 +253,8 @@ pub struct Leadership {
     /// The leader's latest answer claimed the lock as a running primary: new sessions that
     /// ask for the primary may go to it (the same rule as a leader listener's admission).
     ready: AtomicBool,
-    /// Two nodes claim leadership on the same timeline (or of two different databases):
-    /// neither gets writes.
+    /// Two nodes claim leadership on the same timeline (or one without a timeline, or of two
+    /// different databases): neither gets writes.
     conflict: AtomicBool,
     /// Leader changes seen (for metrics); carried across reloads.
     pub changes: AtomicU64,
@@ -514,6 +514,9 @@ impl Leadership {
             match current.as_slice() {
                 [] => (None, false),
                 [(i, _)] => (Some(*i), false),
+                // A claim without a timeline cannot be ordered against the others (Patroni
+                // reports one with every running primary's answer): nobody leads.
+                many if many.iter().any(|c| c.1.timeline.is_none()) => (None, true),
                 many => {
                     let best = many.iter().map(|c| c.1.timeline.unwrap_or(0)).max().unwrap_or(0);
                     let top: Vec<usize> =
@@ -618,6 +621,17 @@ mod tests {
         assert!(l.conflict());
         let d = l.decide(&[(1, on(3))]);
         assert_eq!((d.leader, d.conflict), (Some(1), false));
+    }
+
+    #[test]
+    fn a_second_claim_without_a_timeline_is_a_conflict_not_outranked() {
+        // Before: it counted as timeline 0 and lost to any other claim, silently.
+        let l = Leadership::default();
+        l.decide(&[(0, on(3))]);
+        let bare = Claim { timeline: None, ..on(0) };
+        let d = l.decide(&[(0, on(3)), (1, bare.clone())]);
+        assert_eq!((d.leader, d.conflict), (None, true));
+        assert_eq!(l.decide(&[(1, bare)]).leader, Some(1), "alone, it leads");
     }
 
     #[test]

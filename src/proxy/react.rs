@@ -47,9 +47,10 @@ impl React for Reactor {
                 }
             }
             Change::Conflict { claimants } => {
-                rt.events.push("several nodes claim leadership on the same timeline: writes held".to_owned());
+                rt.events
+                    .push("several nodes claim leadership and no timeline tells the newest: writes held".to_owned());
                 tracing::error!(claimants = ?claimants,
-                    "several nodes claim leadership on the same timeline: writes are held until one remains");
+                    "several nodes claim leadership and no timeline tells the newest (the same one, none, or two databases): writes are held until one remains");
             }
             Change::IdentityChanged { from, to } => {
                 let from = from.unwrap_or_default();

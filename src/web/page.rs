@@ -132,7 +132,7 @@ fn section(h: &mut String, s: &Snapshot, csrf: Option<&str>) {
         h.push('\n');
     }
     match (&s.leader, s.leader_conflict) {
-        (_, true) => h.push_str(r#"<p class="banner alert">Several nodes claim leadership on the same timeline: writes are held until one remains.</p>"#),
+        (_, true) => h.push_str(r#"<p class="banner alert">Several nodes claim leadership and no timeline tells the newest: writes are held until one remains.</p>"#),
         (Some(l), _) => {
             let _ = write!(h, r#"<p class="banner">Leader: <b>{}</b> for {} ({} leader changes)</p>"#, esc(l), ago(s.leader_since_secs), s.leader_changes);
         }
