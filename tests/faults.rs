@@ -457,3 +457,19 @@ async fn one_refusal_from_the_leader_cuts_no_session_on_any_listener() {
         assert!(matches!(r, Ok(0) | Err(_)), "{name}: {r:?}");
     }
 }
+
+#[tokio::test]
+async fn the_node_table_shows_an_unreadable_answer_not_the_last_readable_one() {
+    // Before: after a 200 whose body was not Patroni's JSON, every listener showed the node
+    // DOWN with L7RSP while the node table still said L7OK/200 (the HTTP exchange itself).
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    eventually(LIMIT, "node1 leads", || up_count(&pg, "primary") == 1).await;
+    let node1 = || pgfront::stats::Snapshot::of(pg.shared()).nodes.into_iter().find(|n| n.name == "node1").unwrap();
+    assert!(node1().last_check.starts_with("L7OK"), "{}", node1().last_check);
+    lab.nodes[0].rest.set_body("/primary", "<html>not Patroni</html>");
+    eventually(LIMIT, "node1 DOWN", || up_count(&pg, "primary") == 0).await;
+    let shown = node1().last_check;
+    assert!(shown.starts_with("L7RSP"), "{shown}");
+}

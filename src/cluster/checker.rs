@@ -264,7 +264,13 @@ impl Checker {
             _ => Answer::Failed,
         };
         let timing = &self.target.spec.timing;
-        node.record(result.clone(), parsed.clone(), &answer, timing.fall);
+        // The node's table shows what its checks saw: an answer whose body is not a status
+        // is L7RSP there too, not the HTTP exchange's L7OK.
+        let shown = match &status {
+            Some(Err(why)) => unreadable(&result, why),
+            _ => result.clone(),
+        };
+        node.record(shown, parsed.clone(), &answer, timing.fall);
 
         let _serial = rt.leadership.serial.lock().await;
         // A reload may have replaced this checker while it waited: the new one decides now.
@@ -355,9 +361,7 @@ impl Checker {
                     let r = ProbeResult::answered(v.passed, result.duration, v.why);
                     (r, Some(v.lag_excluded))
                 }
-                (Some(Err(why)), _) => {
-                    (ProbeResult { code: CheckCode::L7Rsp, detail: why.clone(), body: None, ..result.clone() }, None)
-                }
+                (Some(Err(why)), _) => (unreadable(&result, why), None),
                 _ => (ProbeResult { body: None, ..result.clone() }, None),
             };
             // Fast promotion: while a failover is under way (a leader was known and is gone),
@@ -391,4 +395,9 @@ impl Checker {
             }
         }
     }
+}
+
+/// `result` for an answer whose body is not Patroni's status: L7RSP, with why.
+fn unreadable(result: &ProbeResult, why: &str) -> ProbeResult {
+    ProbeResult { code: CheckCode::L7Rsp, detail: why.to_owned(), body: None, ..result.clone() }
 }
