@@ -93,3 +93,59 @@ async fn a_closed_port_is_l4con() {
     let r = HttpProbe.probe(&addr.to_string(), &spec("OPTIONS", "/master")).await;
     assert_eq!(r.code, CheckCode::L4Con);
 }
+
+/// A GET probe of an endpoint that answers `raw` and closes.
+async fn raw(raw: &'static [u8]) -> pgfront::health::ProbeResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = socket.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut b = [0u8; 512];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&b[..n]),
+            }
+        }
+        let _ = s.write_all(raw).await;
+    });
+    let r = tokio::time::timeout(Duration::from_secs(10), HttpProbe.probe(&addr.to_string(), &spec("GET", "/primary")))
+        .await
+        .expect("probe finished");
+    server.await.unwrap();
+    r
+}
+
+#[tokio::test]
+async fn a_body_is_framed_one_way_or_the_answer_fails() {
+    // Before: a body cut short of its Content-Length, lengths that disagree or do not
+    // parse, and a chunked body were all read up to the close as if framed by it.
+    let failed = [
+        (
+            &b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n{\"state\": \"running\"}"[..],
+            "closed after 20 of 100 body bytes",
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nContent-Length: 20\r\n\r\n{}", "Content-Length given twice"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: +2\r\n\r\n{}", "is not a length"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n{}", "is not a length"),
+        (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "chunked"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 70000\r\n\r\n{}", "body exceeds"),
+    ];
+    for (answer, why) in failed {
+        let r = raw(answer).await;
+        assert_eq!(r.code, CheckCode::L7Rsp, "{}: {r:?}", String::from_utf8_lossy(answer));
+        assert!(r.detail.contains(why), "{}: {r:?}", String::from_utf8_lossy(answer));
+    }
+    // Well framed: the declared length (said twice alike), or the close.
+    let passed = [
+        (&b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}and more"[..], &b"{}"[..]),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n{}", b"{}"),
+        (b"HTTP/1.0 200 OK\r\n\r\n{\"a\": 1}", b"{\"a\": 1}"),
+    ];
+    for (answer, body) in passed {
+        let r = raw(answer).await;
+        assert_eq!((r.code, r.body.as_deref()), (CheckCode::L7Ok, Some(body)), "{}", String::from_utf8_lossy(answer));
+    }
+}

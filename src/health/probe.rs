@@ -310,12 +310,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, target: &st
         match resp.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
                 let status = resp.code.unwrap_or(0);
-                let cl = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
-                break (status, len, cl);
+                break (status, len, body_length(resp.headers).map_err(|why| (CheckCode::L7Rsp, why))?);
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err((CheckCode::L7Rsp, format!("headers exceed {MAX_HEAD} bytes")));
@@ -329,7 +324,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, target: &st
     }
     // Patroni sends JSON without Content-Length and ends it by closing the connection.
     let mut body = buf.split_off(head_len);
-    let want = content_length.unwrap_or(usize::MAX).min(MAX_BODY + 1);
+    if content_length.is_some_and(|n| n > MAX_BODY) {
+        return Err((CheckCode::L7Rsp, format!("body exceeds {MAX_BODY} bytes")));
+    }
+    let want = content_length.unwrap_or(MAX_BODY + 1);
     while body.len() < want {
         let n = match stream.read(&mut chunk).await {
             Ok(0) => break,
@@ -341,8 +339,41 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, target: &st
         };
         body.extend_from_slice(&chunk[..n]);
     }
-    if body.len() > MAX_BODY {
-        return Err((CheckCode::L7Rsp, format!("body exceeds {MAX_BODY} bytes")));
+    match content_length {
+        // A body cut short is not the answer the server meant, whatever it parses as.
+        Some(n) if body.len() < n => {
+            return Err((CheckCode::L7Rsp, format!("connection closed after {} of {n} body bytes", body.len())));
+        }
+        // Bytes past the declared length are not part of this answer.
+        Some(n) => body.truncate(n),
+        None if body.len() > MAX_BODY => {
+            return Err((CheckCode::L7Rsp, format!("body exceeds {MAX_BODY} bytes")));
+        }
+        None => {}
     }
     Ok((status, Some(body)))
+}
+
+/// The body's length as the headers declare it (None: it ends at the close, as Patroni's
+/// does). Framing the body could be read two ways is refused, as RFC 9112 section 6.3
+/// asks: a chunked body (no answer to an HTTP/1.0 request may have one), a Content-Length
+/// that is not a number, and several that disagree.
+fn body_length(headers: &[httparse::Header<'_>]) -> Result<Option<usize>, String> {
+    if headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+        return Err("a Transfer-Encoding (chunked) body in an answer to an HTTP/1.0 request".into());
+    }
+    let mut length = None;
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
+        let text = String::from_utf8_lossy(h.value);
+        // Digits only: "+5" or " 5 5" are other numbers to other parsers.
+        let n = Some(text.trim())
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<usize>().ok())
+            .ok_or_else(|| format!("Content-Length {} is not a length", crate::pg::shown(&text)))?;
+        if length.is_some_and(|l| l != n) {
+            return Err("Content-Length given twice with different values".into());
+        }
+        length = Some(n);
+    }
+    Ok(length)
 }
