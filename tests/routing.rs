@@ -651,3 +651,19 @@ async fn a_client_that_trickles_its_password_does_not_keep_its_connect_place() {
     assert!(!trickle.is_finished(), "the place was held until the whole password had come");
     let _s = trickle.await.unwrap();
 }
+
+#[tokio::test]
+async fn http_check_mode_says_when_two_servers_pass_a_leader_check() {
+    // Before: two nodes answering 200 on /master were both UP on the write listener, and
+    // nothing said so (Patroni mode arbitrates; the http mode, like HAProxy, cannot).
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config("").replace("[global]\n", "[global]\ncheck_mode = \"http\"\n"));
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let said =
+        || pg.shared().runtime().events.recent().iter().any(|e| e.text.contains("servers pass the leader check"));
+    assert!(!said());
+    lab.nodes[1].rest.set("/master", Answer::Status(200));
+    eventually(LIMIT, "both up", || up_count(&pg, "primary") == 2).await;
+    eventually(LIMIT, "said so", said).await;
+}

@@ -68,6 +68,18 @@ fn up(rt: &Runtime, check: &Arc<Check>) {
         tracing::info!(listener = %listener.config.name, server = %server.name, reason = %report.change_reason,
             servers_up = listener.servers_up(), "server is UP");
         rt.events.push(format!("{}/{} UP: {}", listener.config.name, server.name, report.change_reason));
+        let up = listener.servers_up();
+        if listener.config.check.is_leader() && up > 1 && rt.config.global.check_mode == crate::config::CheckMode::Http
+        {
+            // Only the http check mode can get here (Patroni mode arbitrates): HAProxy's
+            // behaviour, sessions go by `balance` to either, but the operator must know.
+            tracing::error!(listener = %listener.config.name, servers_up = up,
+                "several servers pass this listener's leader check: their REST endpoints each say they lead (check_mode http cannot tell which; sessions go by balance)");
+            rt.events.push(format!(
+                "{}: {up} servers pass the leader check at once (check_mode http cannot tell which leads)",
+                listener.config.name
+            ));
+        }
         listener.wake_queue();
     }
 }
