@@ -99,9 +99,16 @@ const NOT_ITS_TURN: u32 = u32::MAX;
 /// message) and keep its server's connect place (`max_connecting`): the server does
 /// nothing meanwhile, and clients that connect and then stall must not hold every place
 /// until `timeout_connect`. libpq answers a SCRAM step within a few milliseconds plus a
-/// round trip; a client further away than this gives its place back at each step, and
-/// the server's work for it is then not bounded.
+/// round trip, so a client gets this plus two of its round-trip times (the kernel's
+/// estimate for its socket, looked up only once this has passed): a distant client keeps
+/// its place as a near one does.
 pub const CLIENT_TURN: Duration = Duration::from_millis(250);
+
+/// Whether a client has kept the login waiting past its grace, `waited` after the server
+/// asked; `rtt` gives the client's round-trip time, asked for only past `CLIENT_TURN`.
+fn stalled(waited: Duration, rtt: impl FnOnce() -> Option<Duration>) -> bool {
+    waited >= CLIENT_TURN && waited >= CLIENT_TURN + rtt().unwrap_or_default().saturating_mul(2)
+}
 
 /// How often the session's timer looks at the client's turn while the place is held.
 const TURN_LOOK: Duration = Duration::from_millis(100);
@@ -158,9 +165,20 @@ pub struct Watch<'a, 'k> {
     pub term: Option<&'a CancellationToken>,
     /// Reads the cancel key from the server's first messages, when they are readable.
     pub sniffer: Option<&'a mut KeySniffer<'k>>,
-    /// The session's connect place, given back after this long at the latest (the
+    /// The session's connect place, while the copy may still give it back.
+    pub connecting: Option<Place<'a>>,
+}
+
+/// A session's connect place as the copy sees it.
+#[derive(Clone, Copy)]
+pub struct Place<'a> {
+    pub held: &'a Held,
+    /// Given back after this many milliseconds at the latest (`timeout_connect`; the
     /// sniffer gives it back earlier, at ReadyForQuery).
-    pub connecting: Option<(&'a Held, Duration)>,
+    pub bound_ms: u32,
+    /// The client's TCP socket, open as long as the copy runs: its round-trip time
+    /// lengthens the grace of a client's turn (see [`CLIENT_TURN`]).
+    pub client_fd: std::os::fd::RawFd,
 }
 
 /// Copies until both directions have closed, a side errs, the session idles out, or
@@ -392,18 +410,19 @@ fn is_reset(e: &io::Error) -> bool {
 fn idle_timer<'a>(
     clock: &'a Clock,
     limit: Duration,
-    mut connecting: Option<(&'a Held, Duration)>,
+    mut connecting: Option<Place<'a>>,
 ) -> impl Future<Output = ()> + Send + use<'a> {
     async move {
         loop {
             let now = Instant::now();
-            if let Some((held, bound)) = connecting {
+            if let Some(p) = connecting {
                 let turn = clock.turn.load(Ordering::Relaxed);
-                let stalled =
-                    turn != NOT_ITS_TURN && now >= clock.start + Duration::from_millis(turn.into()) + CLIENT_TURN;
+                let waited = now.saturating_duration_since(clock.start + Duration::from_millis(turn.into()));
+                let stalled = turn != NOT_ITS_TURN && stalled(waited, || super::tweaks::rtt(p.client_fd));
+                let bound = Duration::from_millis(p.bound_ms.into());
                 // Given back at ReadyForQuery already (the sniffer), or now.
-                if stalled || now >= clock.start + bound || held.lock().map_or(true, |h| h.is_none()) {
-                    release(held);
+                if stalled || now >= clock.start + bound || p.held.lock().map_or(true, |h| h.is_none()) {
+                    release(p.held);
                     connecting = None;
                 }
             }
@@ -411,8 +430,35 @@ fn idle_timer<'a>(
             if now >= idle {
                 return;
             }
-            let deadline = connecting.map_or(idle, |(_, bound)| idle.min(clock.start + bound).min(now + TURN_LOOK));
+            let deadline = connecting.map_or(idle, |p| {
+                idle.min(clock.start + Duration::from_millis(p.bound_ms.into())).min(now + TURN_LOOK)
+            });
             sleep_until(deadline).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_distant_client_gets_its_round_trips_on_top_of_the_grace() {
+        // Before: 250 ms for every client, so one 300 ms away gave its place back at each
+        // step of its login, and the server's work for it was not bounded.
+        let ms = Duration::from_millis;
+        let cases = [
+            // (waited, rtt) -> stalled
+            (ms(100), Some(ms(0)), false),
+            (ms(250), Some(ms(0)), true),
+            (ms(250), None, true),
+            (ms(300), Some(ms(300)), false),
+            (ms(849), Some(ms(300)), false),
+            (ms(850), Some(ms(300)), true),
+        ];
+        for (waited, rtt, want) in cases {
+            assert_eq!(stalled(waited, || rtt), want, "{waited:?} with {rtt:?}");
+        }
+        assert!(!stalled(ms(249), || panic!("looked up before CLIENT_TURN passed")));
     }
 }

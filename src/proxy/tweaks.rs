@@ -184,3 +184,34 @@ mod tests {
     }
     impl<F: std::future::Future> NowOrNever for F {}
 }
+
+/// The kernel's smoothed round-trip time of the connected TCP socket `fd` (TCP_INFO's
+/// `tcpi_rtt`; socket2 0.5 has no getter for it), if it has one. The caller keeps `fd`
+/// open for the call.
+pub fn rtt(fd: std::os::fd::RawFd) -> Option<Duration> {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a pointer to a tcp_info and its size; the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, std::ptr::from_mut(&mut info).cast(), &mut len)
+    };
+    let has = std::mem::offset_of!(libc::tcp_info, tcpi_rtt) + std::mem::size_of::<u32>();
+    (rc == 0 && len as usize >= has).then(|| Duration::from_micros(info.tcpi_rtt.into()))
+}
+
+#[cfg(test)]
+mod rtt_tests {
+    #[tokio::test]
+    async fn a_connected_socket_has_a_round_trip_time_and_a_closed_descriptor_none() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        for fd in [client.as_raw_fd(), accepted.as_raw_fd()] {
+            let rtt = super::rtt(fd).expect("TCP_INFO");
+            assert!(rtt < std::time::Duration::from_secs(1), "{rtt:?} on loopback");
+        }
+        assert_eq!(super::rtt(-1), None);
+    }
+}
