@@ -28,7 +28,7 @@ pub struct Snapshot {
     /// The node that takes writes now, if any.
     pub leader: Option<String>,
     pub leader_since_secs: u64,
-    /// Several nodes claim leadership on one timeline: writes are held.
+    /// Several nodes claim leadership and no timeline tells the newest: writes are held.
     pub leader_conflict: bool,
     pub leader_changes: u64,
     /// Patroni's `database_system_identifier` of the cluster pgfront follows.

@@ -111,7 +111,8 @@ impl Slot {
     }
 
     /// For a session that went to the leader without the listener's check admitting it:
-    /// the token of the current leadership term, cancelled when the leader changes.
+    /// the token of the current leadership term, cancelled when the term ends (another
+    /// node leads, or the leader's claim is over; see `cluster::node::Term`).
     pub fn term(&self) -> Option<&CancellationToken> {
         self.term.as_ref()
     }

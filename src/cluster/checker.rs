@@ -74,7 +74,8 @@ fn targets(rt: &Runtime) -> Vec<Target> {
                 timing: CheckTiming {
                     connect_timeout: t(|t| t.connect_timeout),
                     timeout: t(|t| t.timeout),
-                    // A leadership claim ends after the leader check's own `fall` failures.
+                    // A leadership claim ends after the leader check's own `fall` answers
+                    // that did not confirm it.
                     fall: checks
                         .iter()
                         .filter(|c| c.strict)
@@ -330,7 +331,8 @@ impl Checker {
             }
         }
         if decision.conflict && !was_conflict {
-            let claimants = claims.iter().map(|c| rt.nodes[c.0].name.clone()).collect();
+            // Only the nodes that claim the lock now: a denied claim takes no part.
+            let claimants = claims.iter().filter(|c| !c.1.denied).map(|c| rt.nodes[c.0].name.clone()).collect();
             self.emit(Change::Conflict { claimants });
         }
         if decision.changed() {

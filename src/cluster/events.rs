@@ -48,7 +48,8 @@ pub enum Change {
     /// A check admits again (or anew) without a transition: queued sessions look again.
     Admitting { check: Arc<Check> },
     /// Another node leads (or none). Sessions sent to the old leader by listeners that do
-    /// not check for it end with its term (their token is already cancelled).
+    /// not check for it end with its term: already, if another node leads; if none does,
+    /// once the old leader's claim is over (`fall` answers), not at one 503.
     LeaderChanged { from: Option<String>, to: Option<String>, timeline: Option<u64> },
     /// The leader answers as a running primary again after a failed answer: sessions
     /// waiting for it (on any listener) may go.

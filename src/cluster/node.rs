@@ -71,7 +71,8 @@ pub struct NodeReport {
     pub status: Option<NodeStatus>,
     /// The node's claim to lead: made by a 200 on `/primary` with a readable status, and
     /// kept through up to `fall - 1` probes in a row that did not confirm it (a timeout, a
-    /// reset, a restarting agent, a readable 503), so a REST blip is not a leader change.
+    /// reset, a restarting agent, a readable 503), so a REST blip is not a leader change and
+    /// one 503 does not end the term (a denied claim leads nowhere, see [`Claim::denied`]).
     pub claim: Option<Claim>,
     /// Probes in a row that did not confirm the claim: no readable answer, or one that
     /// says the node does not lead.
@@ -88,7 +89,8 @@ pub enum Answer {
 }
 
 impl NodeReport {
-    /// The report after `answer`, with `fall` failed probes ending a claim. Pure.
+    /// The report after `answer`, with `fall` answers in a row that did not confirm the
+    /// claim (failed, or a readable "not the leader") ending it. Pure.
     pub fn after(&self, answer: &Answer, fall: u32) -> (Option<Claim>, u32) {
         match answer {
             Answer::Says { leads: true, timeline, system_id, running_primary } => {
@@ -235,7 +237,8 @@ impl NodeState {
         Some(self.cert_not_after.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
-    /// Every claim, for arbitration.
+    /// The node's claim, denied ones included (they keep the term; arbitration leaves
+    /// them out).
     pub fn claim(&self) -> Option<Claim> {
         self.lock().claim.clone()
     }
@@ -319,11 +322,17 @@ impl Decision {
 
 const NONE: u64 = u64::MAX;
 
-/// A leadership term: from one node leading until another leads or its claim is over.
+/// A leadership term: from one node leading until another leads, the same node leads on
+/// another timeline or database, its claim is over (`fall` answers in a row did not
+/// confirm it), or several nodes claim at once. Sessions sent to the leader by listeners
+/// whose own check does not follow leadership end with it.
 #[derive(Debug, Default)]
 struct Term {
     token: CancellationToken,
     holder: Option<usize>,
+    /// The holder's database and timeline, as far as its claims said.
+    system_id: Option<String>,
+    timeline: Option<u64>,
 }
 
 impl Default for Leadership {
@@ -392,14 +401,20 @@ impl Leadership {
             since: Mutex::new(old.since()),
             term: Mutex::new({
                 let term = lock(&old.term);
-                Term { token: term.token.clone(), holder: term.holder.and_then(&index) }
+                Term {
+                    token: term.token.clone(),
+                    holder: term.holder.and_then(&index),
+                    system_id: term.system_id.clone(),
+                    timeline: term.timeline,
+                }
             }),
             position: Mutex::new(*lock(&old.position)),
             last_stale: Mutex::new(Vec::new()),
         }
     }
 
-    /// A token for a session sent to the current leader; cancelled when it stops leading.
+    /// A token for a session sent to the current leader; cancelled when its term ends
+    /// (see [`Term`]: another node leads, or its claim is over, not at one 503).
     pub fn term_token(&self) -> CancellationToken {
         lock(&self.term).token.child_token()
     }
@@ -436,7 +451,9 @@ impl Leadership {
 
     /// Decides from every node's claim `(node, claim)`: one claimant leads; of several,
     /// the unique highest timeline leads (a stale answer from a demoted leader carries an
-    /// older one); a tie means nobody leads. Claims on a timeline below the floor are
+    /// older one); a tie, or a running primary's claim without a timeline among several,
+    /// is a conflict and nobody leads. Denied claims (see [`Claim::denied`]) take no part;
+    /// they only keep the term. Claims on a timeline below the floor are
     /// stale, unless they come from another database than the floor's: a cluster whose
     /// every claim names a new system identifier was rebuilt, and the floor starts over.
     /// Claims from two databases at once are a conflict. The caller serialises calls (the
@@ -514,9 +531,11 @@ impl Leadership {
             match current.as_slice() {
                 [] => (None, false),
                 [(i, _)] => (Some(*i), false),
-                // A claim without a timeline cannot be ordered against the others (Patroni
-                // reports one with every running primary's answer): nobody leads.
-                many if many.iter().any(|c| c.1.timeline.is_none()) => (None, true),
+                // A running primary's claim without a timeline cannot be ordered against
+                // the others (Patroni reports one with every running primary's answer):
+                // nobody leads. A claim that is not a running primary's (PostgreSQL
+                // stopping, whose status has no timeline) ranks lowest, as before.
+                many if many.iter().any(|c| c.1.ready && c.1.timeline.is_none()) => (None, true),
                 many => {
                     let best = many.iter().map(|c| c.1.timeline.unwrap_or(0)).max().unwrap_or(0);
                     let top: Vec<usize> =
@@ -566,16 +585,28 @@ impl Leadership {
             *lock(&self.since) = Instant::now();
         }
         let mut term = lock(&self.term);
+        let (id, timeline) = won.map_or((None, None), |c| (c.system_id.clone(), c.timeline));
         let ends = match (leader, term.holder) {
-            (Some(l), holder) => holder != Some(l),
+            // The same node on another database or timeline (rebuilt, or promoted again
+            // after a demotion) is a new term: its sessions were on another server life.
+            (Some(l), Some(h)) if l == h => {
+                let differs = |a: Option<&str>, b: Option<&str>| a.zip(b).is_some_and(|(a, b)| a != b);
+                differs(term.system_id.as_deref(), id.as_deref())
+                    || term.timeline.zip(timeline).is_some_and(|(a, b)| a != b)
+            }
+            (Some(_), _) => true,
             // Nobody leads: the term goes on while its leader's claim is kept (it said it
             // does not lead, fewer than `fall` times in a row), unless others claim too.
             (None, Some(h)) => conflict || !all.iter().any(|c| c.0 == h),
             (None, None) => false,
         };
         if ends {
-            std::mem::replace(&mut term.token, CancellationToken::new()).cancel();
-            term.holder = leader;
+            term.token.cancel();
+            *term = Term { holder: leader, ..Term::default() };
+        }
+        if leader.is_some() {
+            term.system_id = id.or(term.system_id.take());
+            term.timeline = timeline.or(term.timeline);
         }
         drop(term);
         decision
@@ -790,7 +821,6 @@ mod tests {
         assert!(!term.is_cancelled(), "leading again is the same term");
         // Refused until the claim is over (fall): the term ends there.
         l.decide(&[(0, denied.clone())]);
-        l.decide(&[(0, Claim { ready: false, ..denied.clone() })]);
         assert!(!term.is_cancelled(), "kept through a failed probe after it");
         l.decide(&[]);
         assert!(term.is_cancelled());
@@ -799,8 +829,8 @@ mod tests {
         let l = Leadership::default();
         l.decide(&[(0, on(2))]);
         let term = l.term_token();
-        let d = l.decide(&[(0, denied.clone()), (1, on(3))]);
-        assert_eq!((d.leader, d.conflict), (Some(1), false));
+        let d = l.decide(&[(0, denied.clone()), (1, on(2))]);
+        assert_eq!((d.leader, d.conflict), (Some(1), false), "not even on the same timeline");
         assert!(term.is_cancelled());
         let l = Leadership::default();
         l.decide(&[(0, Claim { system_id: None, timeline: None, ..on(0) })]);
@@ -816,6 +846,42 @@ mod tests {
         let term = l.term_token();
         l.decide(&[(0, denied), (1, on(2)), (2, on(2))]);
         assert!(term.is_cancelled());
+    }
+
+    #[test]
+    fn a_stopping_leader_without_a_timeline_ranks_below_its_successor() {
+        // Before: its claim (made while PostgreSQL stopped, so no timeline; not a running
+        // primary's) was a conflict with the successor's.
+        let l = Leadership::default();
+        l.decide(&[(0, on(5))]);
+        let stopping = Claim { timeline: None, ready: false, ..on(5) };
+        assert_eq!(l.decide(&[(0, stopping.clone())]).leader, Some(0));
+        let d = l.decide(&[(0, stopping.clone()), (1, Claim { ready: false, ..on(5) })]);
+        assert_eq!((d.leader, d.conflict), (Some(1), false), "promoting successor");
+        let d = l.decide(&[(0, stopping), (1, on(6))]);
+        assert_eq!((d.leader, d.conflict), (Some(1), false), "promoted successor");
+    }
+
+    #[test]
+    fn the_same_node_leading_another_database_or_timeline_is_a_new_term() {
+        // Before: the term followed the node alone, so sessions sent to it before a 503
+        // outlived a rebuild or a promotion on it that followed.
+        for back in [of("7999", 1), of("7001", 6)] {
+            let l = Leadership::default();
+            l.decide(&[(0, of("7001", 5))]);
+            let term = l.term_token();
+            l.decide(&[(0, Claim { ready: false, denied: true, ..of("7001", 5) })]);
+            assert_eq!(l.decide(&[(0, back.clone())]).leader, Some(0));
+            assert!(term.is_cancelled(), "{back:?}");
+        }
+        // Its own claim again, or one that says less (kept through a failed probe), is not.
+        let l = Leadership::default();
+        l.decide(&[(0, of("7001", 5))]);
+        let term = l.term_token();
+        l.decide(&[(0, Claim { ready: false, ..of("7001", 5) })]);
+        l.decide(&[(0, Claim { timeline: None, system_id: None, ..of("7001", 5) })]);
+        l.decide(&[(0, of("7001", 5))]);
+        assert!(!term.is_cancelled());
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub enum End {
     ServerError(io::Error),
     /// The server was marked down (shutdown-sessions) or an operator cut it.
     Cut,
-    /// The session went to the leader, and another node leads now.
+    /// The session went to the leader, and its leadership term ended (another node leads,
+    /// or the leader's claim is over).
     LeaderChanged,
 }
 

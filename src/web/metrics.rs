@@ -150,7 +150,7 @@ pub fn render(snap: &Snapshot) -> String {
     let changes = m.counter("leader_changes_total", "Changes of the write target (including to none).", &by_cluster);
     let conflict = m.gauge(
         "leader_conflict",
-        "1 while several nodes claim leadership on one timeline (writes held).",
+        "1 while several nodes claim leadership and no timeline tells the newest (writes held).",
         &by_cluster,
     );
     let identity = m.counter(
