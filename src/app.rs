@@ -92,7 +92,8 @@ impl Bound {
         let web = match &config.web {
             None => None,
             Some(w) => {
-                Some(proxy::bind(w.bind).map_err(|source| BindError { what: "web".into(), addr: w.bind, source })?)
+                let web = proxy::bind_web(w.bind, config.global.defer_accept);
+                Some(web.map_err(|source| BindError { what: "web".into(), addr: w.bind, source })?)
             }
         };
         Ok(Bound { listeners, web })

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -27,6 +27,8 @@ pub enum StatusError {
     Status { url: String, status: u16 },
     #[error("pgfront at {0} sent an unreadable status: {1}")]
     Garbled(String, String),
+    #[error("pgfront at {0} is busy: every web place is held (HTTP 503 until the timeout); try again")]
+    Busy(String),
 }
 
 /// Whom to ask, and as whom.
@@ -75,8 +77,32 @@ pub fn act(
     }
 }
 
-/// One HTTP/1.0 exchange with the web port: the status code and the body.
+/// Waits between two tries when a 503 asks to retry at once (`Retry-After: 0`).
+const RETRY_AT_LEAST: Duration = Duration::from_millis(100);
+
+/// One request to the web port: the status code and the body. A 503 with Retry-After
+/// (every web place held by dashboards: pgfront turned the request away unread) is tried
+/// again as it asks, for as long as the timeout allows; then it is [`StatusError::Busy`].
 fn request(src: &Source, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), StatusError> {
+    let deadline = Instant::now() + src.timeout;
+    loop {
+        let (status, retry_after, answer) = exchange(src, method, path, body)?;
+        let Some(secs) = retry_after.filter(|_| status == 503) else { return Ok((status, answer)) };
+        let wait = Duration::from_secs(secs).max(RETRY_AT_LEAST);
+        if Instant::now() + wait > deadline {
+            return Err(StatusError::Busy(src.url.clone()));
+        }
+        std::thread::sleep(wait);
+    }
+}
+
+/// One HTTP/1.0 exchange with the web port: the status code, Retry-After and the body.
+fn exchange(
+    src: &Source,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, Option<u64>, String), StatusError> {
     let rest = src.url.strip_prefix("http://").ok_or_else(|| StatusError::Url(src.url.clone()))?;
     let host = rest.trim_end_matches('/');
     if host.is_empty() || host.contains('/') {
@@ -99,14 +125,20 @@ fn request(src: &Source, method: &str, path: &str, body: Option<&str>) -> Result
     let payload = body
         .map_or(String::new(), |b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
     let end = if body.is_some() { "" } else { "\r\n" };
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}Connection: close\r\n{payload}{end}")
-        .map_err(unreachable)?;
+    // One write: a busy pgfront answers what it has read and closes, and a part sent after
+    // that would be answered with a reset instead of its 503.
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}Connection: close\r\n{payload}{end}");
+    s.write_all(request.as_bytes()).map_err(unreachable)?;
     let mut answer = Vec::new();
     s.take(16 << 20).read_to_end(&mut answer).map_err(unreachable)?;
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_owned()))
+    let retry_after = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("retry-after").then(|| value.trim().parse().ok())?
+    });
+    Ok((status, retry_after, body.to_owned()))
 }
 
 /// Whether a leader is admitted: some write listener has a server up (or, with none, the
@@ -278,6 +310,50 @@ fn render_cluster(url: &str, v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A web port that answers `busy` 503s with `Retry-After: 0`, then one 200: how many
+    /// requests it had once it answered 200.
+    fn busy_web(busy: usize) -> (Source, std::thread::JoinHandle<usize>) {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", socket.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            for (asked, conn) in socket.incoming().enumerate() {
+                let mut conn = conn.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                if asked < busy {
+                    let _ =
+                        conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n\r\nbusy: try again\n");
+                } else {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n{\"leader\": \"a\"}");
+                    return asked + 1;
+                }
+            }
+            0
+        });
+        (Source { url, user: None, password: None, timeout: Duration::from_secs(5) }, server)
+    }
+
+    #[test]
+    fn a_busy_web_port_is_asked_again() {
+        let (src, server) = busy_web(2);
+        assert_eq!(fetch(&src).unwrap()["leader"], "a");
+        assert_eq!(server.join().unwrap(), 3, "two 503s, then the answer");
+    }
+
+    #[test]
+    fn a_web_port_busy_until_the_timeout_is_busy_not_refused() {
+        // Tries 100 ms apart within 450 ms: at most 5, all answered 503.
+        let src = Source { timeout: Duration::from_millis(450), ..busy_web(5).0 };
+        let got = fetch(&src);
+        assert!(matches!(got, Err(StatusError::Busy(_))), "{got:?}");
+    }
 
     #[test]
     fn renders_the_cluster_and_the_listeners() {

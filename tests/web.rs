@@ -260,6 +260,28 @@ async fn admin_actions_need_an_admin_and_the_csrf_token() {
     assert!(!html.contains("secret") && !html.contains("look"), "no password on the page");
 }
 
+/// Connections that began a request and stall (dashboards mid-request), until every main
+/// web place is held and the accept loop waits with a quick place for the next one.
+async fn hold_every_web_place(pg: &pgfront::app::Pgfront) -> Vec<tokio::net::TcpStream> {
+    let web = pg.web_addr().unwrap();
+    let shares = &pg.shared().shares;
+    let quick = shares.web_quick.available_permits();
+    let places = || (shares.web.available_permits(), shares.web_quick.available_permits());
+    let mut idle = Vec::new();
+    while places() != (0, quick - 1) {
+        assert!(idle.len() <= 100, "the web never took every place");
+        // One at a time: each accepted connection takes a place and the loop the next.
+        // Each sends a part of its request: with TCP_DEFER_ACCEPT one that sends nothing
+        // is not accepted.
+        let before = places();
+        let mut c = tokio::net::TcpStream::connect(web).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        idle.push(c);
+        eventually(LIMIT, "the connection accepted", || places() != before).await;
+    }
+    idle
+}
+
 #[tokio::test]
 async fn health_answers_at_once_while_dashboards_hold_every_web_place() {
     // Pacemaker's monitor GETs /health with a 5 s timeout and restarts pgfront when it
@@ -268,27 +290,51 @@ async fn health_answers_at_once_while_dashboards_hold_every_web_place() {
     let lab = Lab::start(1).await;
     let pg = start(&lab.config(""));
     let web = pg.web_addr().unwrap();
+    let idle = hold_every_web_place(&pg).await;
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(5), get(web, "/health", None)).await.expect("/health waited");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The quick lane answers nothing else: the page is asked to come back.
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), get(web, "/status.json", Some(ADMIN)))
+        .await
+        .expect("the quick lane waited");
+    assert_eq!((status, body.as_str()), (503, "busy: try again\n"));
+    drop(idle);
     let shares = &pg.shared().shares;
-    let quick = shares.web_quick.available_permits();
-    // Idle connections until every main place is held and the accept loop waits with a
-    // quick place for the next connection.
-    let places = || (shares.web.available_permits(), shares.web_quick.available_permits());
-    let mut idle = Vec::new();
-    while places() != (0, quick - 1) {
-        assert!(idle.len() <= 100, "the web never took every place");
-        // One at a time: each accepted connection takes a place and the loop the next.
-        let before = places();
-        idle.push(tokio::net::TcpStream::connect(web).await.unwrap());
-        eventually(LIMIT, "the connection accepted", || places() != before).await;
+    eventually(LIMIT, "the page is served again", || shares.web.available_permits() > 0).await;
+}
+
+#[tokio::test]
+async fn health_answers_at_once_behind_a_crowd_of_silent_and_slow_connections() {
+    // With every place held, connections that say nothing or send a byte and stall queue
+    // up in the backlog before the monitor's GET. Failed before (16 to 34 s measured):
+    // the quick lane took them one by one and each held it for half a second.
+    let lab = Lab::start(1).await;
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    let _idle = hold_every_web_place(&pg).await;
+    let mut silent = Vec::new();
+    let mut asking = Vec::new();
+    for i in 0..150 {
+        let mut c = tokio::net::TcpStream::connect(web).await.unwrap();
+        match i % 5 {
+            0 => c.write_all(b"G").await.unwrap(),
+            1 => {
+                c.write_all(b"GET /stats;csv HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+                asking.push(c);
+                continue;
+            }
+            _ => {}
+        }
+        silent.push(c);
     }
     let (status, body) =
         tokio::time::timeout(Duration::from_secs(5), get(web, "/health", None)).await.expect("/health waited");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    // The quick lane answers nothing else: the page waits for a place of its own.
-    let (status, _) = tokio::time::timeout(Duration::from_secs(5), get(web, "/status.json", Some(ADMIN)))
-        .await
-        .expect("the quick lane waited");
-    assert_eq!(status, 503);
-    drop(idle);
-    eventually(LIMIT, "the page is served again", || shares.web.available_permits() > 0).await;
+    // Those that asked for something else were told to come back, not cut.
+    for mut c in asking {
+        let mut answer = String::new();
+        tokio::time::timeout(LIMIT, c.read_to_string(&mut answer)).await.expect("no answer").unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503 ") && answer.contains("Retry-After: 1\r\n"), "{answer}");
+    }
 }

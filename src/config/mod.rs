@@ -149,7 +149,8 @@ pub struct Global {
     /// wake-up, a read that finds nothing and a timer per new session; a client that
     /// connects and says nothing waits in the kernel (about a second) instead of holding a
     /// descriptor and a task. Set when a listener is bound: a reload keeps the sockets of
-    /// listeners that stay.
+    /// listeners that stay. The web port has it too (HTTP clients speak first as well), so
+    /// silent connections cannot queue ahead of Pacemaker's GET /health in its few places.
     pub defer_accept: bool,
     /// Nodes learned from Patroni's member list, when set (`discovery = "patroni"`).
     pub discovery: Option<Discovery>,
@@ -324,6 +325,10 @@ pub struct User {
     pub secret: Secret,
     pub role: Role,
 }
+
+/// The longest user name and password together that basic auth accepts (its header,
+/// base64 of both, stays under the web port's 1 KiB bound).
+pub const LONGEST_CREDENTIALS: usize = 700;
 
 /// How a user's password is checked.
 #[derive(Clone, PartialEq)]
@@ -627,6 +632,12 @@ impl Validator<'_> {
                         ));
                     }
                     let secret = match (&u.password, &u.password_hash) {
+                        (Some(p), None) if u.name.get_ref().len() + p.get_ref().len() > LONGEST_CREDENTIALS => {
+                            let msg = format!(
+                                "the user name and password together must be at most {LONGEST_CREDENTIALS} bytes (the web port refuses a longer Authorization header)"
+                            );
+                            return Err(self.src.error(p.span(), "web.user.password", msg));
+                        }
                         (Some(p), None) => Secret::Clear(p.get_ref().clone()),
                         (None, Some(h)) => {
                             let text = h.get_ref().clone();

@@ -238,6 +238,10 @@ fn users_take_a_clear_password_or_a_hash_and_a_role() {
     assert_eq!(key, "web.user");
     let (_, key, _) = err_at(&web("name = \"a\"\npassword = \"x\"\nrole = \"god\""));
     assert_eq!(key, "web.user.role");
+    // Longer than basic auth is let through: it could never log in.
+    let (_, key, msg) = err_at(&web(&format!("name = \"a\"\npassword = \"{}\"", "x".repeat(700))));
+    assert_eq!(key, "web.user.password", "{msg}");
+    assert!(parse(&web(&format!("name = \"a\"\npassword = \"{}\"", "x".repeat(699)))).is_ok());
 }
 
 #[test]

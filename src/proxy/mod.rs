@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use buffers::trim as trim_memory;
 pub use copy::End;
 pub use react::Reactor;
-pub use tweaks::{bind, bind_copies};
+pub use tweaks::{bind, bind_copies, bind_web};
 
 use crate::state::{ClusterState, Shared};
 

@@ -15,6 +15,13 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(bind_std(addr, false, 0)?)
 }
 
+/// Binds the web port: with `defer`, a connection is accepted once it has sent something
+/// (HTTP clients speak first), so one that connects and says nothing waits in the kernel
+/// instead of taking one of the web's few places (see `fds::Shares::web`).
+pub fn bind_web(addr: SocketAddr, defer: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, false, if defer { DEFER_ACCEPT } else { 0 })?)
+}
+
 /// Binds `copies` listening sockets on `addr`, one per worker: with more than one, each has
 /// SO_REUSEPORT and the kernel spreads new connections across them, so each worker
 /// accepts and serves its own share without handing sessions between threads. The sockets

@@ -30,6 +30,9 @@ impl Default for Verified {
 type SecretId = u64;
 
 const CACHE: usize = 256;
+/// A longer Authorization value is refused unread: no configured password needs it (see
+/// `config::LONGEST_CREDENTIALS`), and Argon2 would hash all of it.
+const LONGEST: usize = 1024;
 
 fn id(s: &Secret) -> SecretId {
     use std::hash::{Hash, Hasher};
@@ -43,7 +46,7 @@ fn id(s: &Secret) -> SecretId {
 impl Verified {
     /// The authenticated user, if the request carries valid credentials.
     pub async fn user<'a>(&self, headers: &HeaderMap, users: &'a [User]) -> Option<&'a User> {
-        let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+        let value = headers.get(AUTHORIZATION)?.to_str().ok().filter(|v| v.len() <= LONGEST)?;
         {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((name, secret)) = seen.get(value) {
@@ -62,7 +65,7 @@ impl Verified {
                 (name, ok)
             }
         };
-        let user = users.iter().find(|u| u.name == name).filter(|_| ok)?;
+        let user = users.iter().find(|u| Some(&u.name) == name.as_ref()).filter(|_| ok)?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= CACHE {
             seen.clear();
@@ -72,8 +75,10 @@ impl Verified {
     }
 }
 
-/// The user name, the password given, and that user's secret, from a Basic header.
-fn credentials(value: &str, users: &[User]) -> Option<(String, String, Secret)> {
+/// The user name, the password given, and that user's secret, from a Basic header. A
+/// name no user has comes back as `None` with a hashed user's secret to verify all the
+/// same (when there is one), so that the time to answer does not tell which names exist.
+fn credentials(value: &str, users: &[User]) -> Option<(Option<String>, String, Secret)> {
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -81,8 +86,13 @@ fn credentials(value: &str, users: &[User]) -> Option<(String, String, Secret)> 
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (name, password) = decoded.split_once(':')?;
-    let user = users.iter().find(|u| u.name == name)?;
-    Some((user.name.clone(), password.to_owned(), user.secret.clone()))
+    match users.iter().find(|u| u.name == name) {
+        Some(user) => Some((Some(user.name.clone()), password.to_owned(), user.secret.clone())),
+        None => {
+            let decoy = users.iter().find(|u| !matches!(u.secret, Secret::Clear(_)))?;
+            Some((None, password.to_owned(), decoy.secret.clone()))
+        }
+    }
 }
 
 /// Checks a password against a secret; Argon2 and bcrypt are slow by design.
@@ -183,6 +193,28 @@ mod tests {
         assert!(v.user(&h, &u).await.is_some());
         u[0].secret = Secret::Clear("rotated".into());
         assert!(v.user(&h, &u).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_costs_what_a_known_one_does() {
+        let u = users();
+        // Verified against a hashed user's secret, and refused whatever the password.
+        let (name, _, secret) = credentials(&basic("nobody", "pw"), &u).unwrap();
+        assert!(name.is_none() && secret == u[1].secret);
+        assert!(Verified::default().user(&with(&basic("nobody", "pw")), &u).await.is_none());
+        // With clear passwords only, nothing slow to pretend.
+        assert!(credentials(&basic("nobody", "pw"), &u[..1]).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_huge_authorization_is_refused_unread() {
+        let u = vec![
+            User { name: "long".into(), secret: Secret::Clear("x".repeat(2000)), role: Role::Admin },
+            User { name: "short".into(), secret: Secret::Clear("y".repeat(700)), role: Role::Admin },
+        ];
+        let v = Verified::default();
+        assert!(v.user(&with(&basic("long", &"x".repeat(2000))), &u).await.is_none(), "right, but too long");
+        assert!(v.user(&with(&basic("short", &"y".repeat(700))), &u).await.is_some());
     }
 
     #[test]

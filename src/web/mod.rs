@@ -7,6 +7,7 @@ mod auth;
 mod history;
 mod metrics;
 mod page;
+mod quick;
 mod svg;
 
 use std::convert::Infallible;
@@ -49,12 +50,22 @@ struct Web {
     shared: Arc<Shared>,
     verified: auth::Verified,
     csrf: String,
+    /// The web socket has TCP_DEFER_ACCEPT (`global.defer_accept` when it was bound).
+    deferred: bool,
+    turned_away: quick::TurnedAway,
 }
 
 /// Serves the web surface until `stop` is cancelled, then lets the connections open
 /// finish their answers (each within its drain) before returning.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationToken) {
-    let web = Arc::new(Web { shared, verified: auth::Verified::default(), csrf: auth::csrf_token() });
+    let deferred = shared.runtime().config.global.defer_accept;
+    let web = Arc::new(Web {
+        shared,
+        verified: auth::Verified::default(),
+        csrf: auth::csrf_token(),
+        deferred,
+        turned_away: quick::TurnedAway::default(),
+    });
     let conns = TaskTracker::new();
     accept_loop(&web, &socket, &stop, &conns).await;
     drop(socket);
@@ -110,6 +121,14 @@ async fn accept_loop(web: &Arc<Web>, socket: &TcpListener, stop: &CancellationTo
         let web = Arc::clone(web);
         let stop = stop.clone();
         conns.spawn(async move {
+            // The quick lane lets in only GET /health, and turns the rest away at once.
+            if matches!(lane, Lane::Quick)
+                && quick::door(&stream, web.deferred, &web.turned_away).await != quick::Door::Health
+            {
+                drop(stream);
+                drop(place);
+                return;
+            }
             let svc = service_fn(move |req| {
                 let web = Arc::clone(&web);
                 async move {
