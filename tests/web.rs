@@ -206,6 +206,44 @@ async fn post(addr: SocketAddr, auth: &str, body: &str) -> u16 {
     out.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Sends `req` as it is and reads the whole answer.
+async fn raw(addr: SocketAddr, req: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(LIMIT, s.read_to_string(&mut out)).await.expect("no answer").unwrap();
+    out
+}
+
+#[tokio::test]
+async fn admin_requests_out_of_shape_get_the_status_that_says_why() {
+    let lab = Lab::start(1).await;
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    let post = |path: &str, length: usize, body: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}")
+    };
+    // Too large: refused unread.
+    let answer = raw(web, &post("/api/admin", 100_000, "")).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    // A body that stops coming: 408 once the wait is over, not the connection's 30 s.
+    let answer = raw(web, &post("/admin", 50, "listener=")).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    // A cluster nobody has is named as such.
+    let body = r#"{"action": "drain", "node": "node1", "cluster": "nope"}"#;
+    let answer = raw(web, &post("/api/admin", body.len(), body)).await;
+    assert!(answer.starts_with("HTTP/1.1 404 ") && answer.contains(r#"no cluster \"nope\""#), "{answer}");
+    // The admin endpoints take POST, and say so.
+    let answer = raw(web, &format!("GET /admin HTTP/1.0\r\nAuthorization: Basic {ADMIN}\r\n\r\n")).await;
+    assert!(
+        answer.contains(" 405 Method Not Allowed\r\n") && answer.to_lowercase().contains("allow: post\r\n"),
+        "{answer}"
+    );
+    // No other site may frame the page with its forms.
+    let answer = raw(web, &format!("GET / HTTP/1.0\r\nAuthorization: Basic {ADMIN}\r\n\r\n")).await;
+    assert!(answer.to_lowercase().contains("x-frame-options: deny\r\n"), "{answer}");
+}
+
 async fn csrf(web: SocketAddr) -> String {
     let (_, html) = get(web, "/", Some(ADMIN)).await;
     let at = html.find("name=\"csrf\" value=\"").expect("admin forms carry the token") + 19;

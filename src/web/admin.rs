@@ -3,8 +3,10 @@
 //! user who made it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
@@ -14,14 +16,32 @@ use crate::state::Shared;
 
 /// Form bodies are a few fields; anything bigger is refused unread.
 const MAX_FORM: usize = 4096;
+/// How long a body may take to arrive once its headers did (they send it at once).
+const BODY_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads a request's body of at most MAX_FORM bytes within BODY_WAIT, or says why not
+/// with the status that tells it: 413 too large, 408 too slow, 400 cut short.
+async fn body(req: Request<Incoming>) -> Result<Bytes, (StatusCode, &'static str)> {
+    let too_large = (StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_FORM as u64) {
+        return Err(too_large);
+    }
+    match tokio::time::timeout(BODY_WAIT, Limited::new(req.into_body(), MAX_FORM).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large),
+        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "body unreadable")),
+        Err(_) => Err((StatusCode::REQUEST_TIMEOUT, "body not sent in time")),
+    }
+}
 
 pub async fn act(shared: &Shared, user: &str, csrf: &str, req: Request<Incoming>) -> Reply {
     let bad = |why: &str| text(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", format!("{why}\n"));
-    let body = match Limited::new(req.into_body(), MAX_FORM).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return bad("form too large or unreadable"),
+    let body = match body(req).await {
+        Ok(b) => b,
+        Err((status, why)) => return text(status, "text/plain; charset=utf-8", format!("{why}\n")),
     };
-    let form: HashMap<String, String> = form_urlencoded(&body);
+    let form = form(&body);
     let token = form.get("csrf").map(String::as_str).unwrap_or_default();
     if !auth::constant_time_eq(token.as_bytes(), csrf.as_bytes()) {
         tracing::warn!(user, "admin action refused: missing or wrong CSRF token");
@@ -111,9 +131,9 @@ pub async fn api(shared: &Shared, user: &str, req: Request<Incoming>) -> Reply {
     if !is_json {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json".into());
     }
-    let body = match Limited::new(req.into_body(), MAX_FORM).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::BAD_REQUEST, "body too large or unreadable".into()),
+    let body = match body(req).await {
+        Ok(b) => b,
+        Err((status, why)) => return error(status, why.into()),
     };
     let a: ApiAction = match serde_json::from_slice(&body) {
         Ok(a) => a,
@@ -121,6 +141,9 @@ pub async fn api(shared: &Shared, user: &str, req: Request<Incoming>) -> Reply {
             return error(StatusCode::BAD_REQUEST, format!("expected {{\"action\", \"node\", \"listener\"?}}: {e}"))
         }
     };
+    if let Some(c) = a.cluster.as_ref().filter(|c| !shared.runtimes().iter().any(|rt| &rt.config.cluster == *c)) {
+        return error(StatusCode::NOT_FOUND, format!("no cluster {c:?}"));
+    }
     let listeners: Vec<String> = match &a.listener {
         Some(l) => vec![l.clone()],
         None => {
@@ -157,38 +180,8 @@ pub async fn api(shared: &Shared, user: &str, req: Request<Incoming>) -> Reply {
 }
 
 /// Decodes `application/x-www-form-urlencoded` (the last value of a repeated key wins).
-fn form_urlencoded(body: &[u8]) -> HashMap<String, String> {
-    let text = String::from_utf8_lossy(body);
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn form(body: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
 }
 
 #[cfg(test)]
@@ -197,10 +190,11 @@ mod tests {
 
     #[test]
     fn decodes_forms() {
-        let f = form_urlencoded(b"listener=primary&server=node%31&action=drain&csrf=ab+c&x=%zz&y=%4");
-        assert_eq!(f["server"], "node1");
+        let f = form(b"listener=primary&server=node%31&action=drain&csrf=ab+c&x=%zz&y=%4&z=%+3&server=node%32");
+        assert_eq!(f["server"], "node2", "the last of a repeated key");
         assert_eq!(f["csrf"], "ab c");
         assert_eq!(f["x"], "%zz");
         assert_eq!(f["y"], "%4");
+        assert_eq!(f["z"], "% 3", "not a hex escape");
     }
 }

@@ -95,6 +95,15 @@ fn credentials(value: &str, users: &[User]) -> Option<(Option<String>, String, S
     }
 }
 
+/// The user name a Basic header claims (for the log of a refused login; never the password).
+pub fn claimed_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok().filter(|v| v.len() <= LONGEST)?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let name = String::from_utf8_lossy(&decoded).split_once(':')?.0.to_owned();
+    scheme.eq_ignore_ascii_case("basic").then_some(name)
+}
+
 /// Checks a password against a secret; Argon2 and bcrypt are slow by design.
 fn verify_hash(secret: &Secret, password: &str) -> bool {
     match secret {
@@ -215,6 +224,13 @@ mod tests {
         let v = Verified::default();
         assert!(v.user(&with(&basic("long", &"x".repeat(2000))), &u).await.is_none(), "right, but too long");
         assert!(v.user(&with(&basic("short", &"y".repeat(700))), &u).await.is_some());
+    }
+
+    #[test]
+    fn a_refused_login_is_logged_with_its_name_only() {
+        assert_eq!(claimed_user(&with(&basic("mallory", "guess"))).as_deref(), Some("mallory"));
+        assert_eq!(claimed_user(&with("Bearer abc")), None);
+        assert_eq!(claimed_user(&with("Basic !!!")), None);
     }
 
     #[test]

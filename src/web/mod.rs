@@ -52,7 +52,31 @@ struct Web {
     csrf: String,
     /// The web socket has TCP_DEFER_ACCEPT (`global.defer_accept` when it was bound).
     deferred: bool,
-    turned_away: quick::TurnedAway,
+    turned_away: Tally,
+    /// Requests whose credentials were refused.
+    refused_logins: Tally,
+}
+
+/// Counts something worth a WARN line, and says when to write one: the first at once,
+/// then at most one every WARN_EVERY with how many there were since the last.
+#[derive(Default)]
+struct Tally(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
+
+/// At most one WARN line this often about one kind of refusal.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Tally {
+    /// Counts one; `Some(count)` when a line is due.
+    fn count(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.1 += 1;
+        if g.0.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return None;
+        }
+        let n = g.1;
+        *g = (Some(std::time::Instant::now()), 0);
+        Some(n)
+    }
 }
 
 /// Serves the web surface until `stop` is cancelled, then lets the connections open
@@ -64,7 +88,8 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
         verified: auth::Verified::default(),
         csrf: auth::csrf_token(),
         deferred,
-        turned_away: quick::TurnedAway::default(),
+        turned_away: Tally::default(),
+        refused_logins: Tally::default(),
     });
     let conns = TaskTracker::new();
     accept_loop(&web, &socket, &stop, &conns).await;
@@ -95,7 +120,7 @@ async fn accept_loop(web: &Arc<Web>, socket: &TcpListener, stop: &CancellationTo
             () = stop.cancelled() => return,
         };
         let Ok(mut place) = place else { return };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
@@ -133,7 +158,7 @@ async fn accept_loop(web: &Arc<Web>, socket: &TcpListener, stop: &CancellationTo
                 let web = Arc::clone(&web);
                 async move {
                     Ok::<_, Infallible>(match lane {
-                        Lane::Main => web.handle(req).await,
+                        Lane::Main => web.handle(req, peer).await,
                         Lane::Quick => web.quick(&req),
                     })
                 }
@@ -179,7 +204,7 @@ impl Web {
         r
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Reply {
+    async fn handle(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Reply {
         let path = req.uri().path().to_owned();
         if path == "/metrics" {
             // Numbers only, no secrets: scraped without credentials, like /health.
@@ -193,6 +218,14 @@ impl Web {
         let runtime = self.shared.runtime();
         let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
         let Some(user) = self.verified.user(req.headers(), users).await else {
+            // Wrong credentials, for a log watcher (fail2ban) to see; a browser's first
+            // request without any is not one.
+            if req.headers().contains_key(hyper::header::AUTHORIZATION) {
+                if let Some(n) = self.refused_logins.count() {
+                    let user = auth::claimed_user(req.headers()).unwrap_or_default();
+                    tracing::warn!(%peer, user = ?user, refused = n, "web login refused: wrong user name or password");
+                }
+            }
             let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "authentication required\n".into());
             r.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pgfront\", charset=\"UTF-8\""));
@@ -214,6 +247,11 @@ impl Web {
                 return text(StatusCode::FORBIDDEN, "application/json", body);
             }
             return admin::api(&self.shared, &user, req).await;
+        }
+        if path == "/admin" || path == "/api/admin" {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "POST only\n".into());
+            r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into());
@@ -242,5 +280,24 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Reply {
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The page has admin forms: no other site may frame it to trick a click, nor a browser
+    // guess a type other than the one given.
+    r.headers_mut().insert(hyper::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r.headers_mut().insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_says_the_first_at_once_then_counts() {
+        let t = Tally::default();
+        assert_eq!(t.count(), Some(1));
+        assert_eq!((t.count(), t.count()), (None, None), "within WARN_EVERY");
+        // As if WARN_EVERY had passed: the next line says how many came since.
+        t.0.lock().unwrap().0 = std::time::Instant::now().checked_sub(WARN_EVERY);
+        assert_eq!(t.count(), Some(3));
+    }
 }

@@ -4,10 +4,11 @@
 //! and anything else is answered or closed at once, so that a crowd of silent or slow
 //! connections in the backlog cannot make the monitor's GET wait behind them.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
+
+use super::Tally;
 
 /// What every accepted request to /health starts with, then ' ' or '?'.
 const HEALTH: &[u8] = b"GET /health";
@@ -16,8 +17,6 @@ const HEALTH: &[u8] = b"GET /health";
 const PREFIX_WAIT: Duration = Duration::from_millis(50);
 /// Between two looks at a connection that sent a part: `peek` leaves its data readable.
 const PEEK_AGAIN: Duration = Duration::from_millis(5);
-/// At most one WARN line this often about connections turned away.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nRetry-After: 1\r\n\
@@ -34,28 +33,10 @@ pub enum Door {
     Closed,
 }
 
-/// Connections turned away since the last WARN line, and when that was written.
-#[derive(Default)]
-pub struct TurnedAway(Mutex<(Option<Instant>, u64)>);
-
-impl TurnedAway {
-    fn count(&self) {
-        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.1 += 1;
-        if g.0.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            tracing::warn!(
-                turned_away = g.1,
-                "web port busy: every place is held, connections that do not ask GET /health are turned away"
-            );
-            *g = (Some(Instant::now()), 0);
-        }
-    }
-}
-
 /// Looks at what `stream` sent and answers or closes it unless it asks GET /health.
 /// `deferred`: the socket has TCP_DEFER_ACCEPT, so a connection accepted with nothing to
 /// read sent nothing for a second already.
-pub async fn door(stream: &TcpStream, deferred: bool, turned: &TurnedAway) -> Door {
+pub async fn door(stream: &TcpStream, deferred: bool, turned: &Tally) -> Door {
     let door = look(stream, deferred).await;
     match door {
         Door::Health => return door,
@@ -70,7 +51,12 @@ pub async fn door(stream: &TcpStream, deferred: bool, turned: &TurnedAway) -> Do
         }
         Door::Closed => {}
     }
-    turned.count();
+    if let Some(n) = turned.count() {
+        tracing::warn!(
+            turned_away = n,
+            "web port busy: every place is held, connections that do not ask GET /health are turned away"
+        );
+    }
     door
 }
 
