@@ -8,6 +8,21 @@ pub use lsn::{format_lsn, parse_lsn};
 pub use startup::{sqlstate as error_sqlstate, startup_message, Startup};
 
 #[cfg(test)]
+mod head_tests {
+    #[test]
+    fn a_header_split_anywhere_is_read_once_whole() {
+        let msg = [b'Z', 0, 0, 0, 5, b'I', b'D', 0, 0, 0, 4];
+        for cut in 0..msg.len() {
+            let mut head = super::MessageHead::default();
+            let (mut first, mut second) = (&msg[..cut], &msg[cut..]);
+            let got = head.take(&mut first).or_else(|| head.take(&mut second));
+            assert_eq!(got, Some((b'Z', 5)), "cut at {cut}");
+            assert_eq!(first.len() + second.len(), msg.len() - 5, "only the header taken");
+        }
+    }
+}
+
+#[cfg(test)]
 mod shown_tests {
     #[test]
     fn client_values_are_shown_quoted_escaped_and_short() {
@@ -29,6 +44,32 @@ pub fn shown(value: &str) -> String {
     match value.char_indices().nth(MOST) {
         Some((cut, _)) => format!("{:?}...", &value[..cut]),
         None => format!("{value:?}"),
+    }
+}
+
+/// The five bytes that start every message after the startup packet (its type and its
+/// length word), gathered across reads that may split them anywhere.
+#[derive(Default)]
+pub struct MessageHead {
+    bytes: [u8; 5],
+    filled: u8,
+}
+
+impl MessageHead {
+    /// Takes header bytes from the front of `data`: the type and the length (which counts
+    /// itself) once all five are in.
+    pub fn take(&mut self, data: &mut &[u8]) -> Option<(u8, u32)> {
+        let at = self.filled as usize;
+        let n = (5 - at).min(data.len());
+        self.bytes[at..at + n].copy_from_slice(&data[..n]);
+        self.filled += n as u8;
+        *data = &data[n..];
+        if self.filled < 5 {
+            return None;
+        }
+        self.filled = 0;
+        let [kind, a, b, c, d] = self.bytes;
+        Some((kind, u32::from_be_bytes([a, b, c, d])))
     }
 }
 

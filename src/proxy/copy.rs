@@ -118,8 +118,7 @@ const TURN_LOOK: Duration = Duration::from_millis(100);
 /// with any byte (one byte at a time must not keep the place).
 #[derive(Default)]
 struct Framing {
-    head: [u8; 5],
-    filled: u8,
+    head: crate::pg::MessageHead,
     left: u32,
 }
 
@@ -135,15 +134,8 @@ impl Framing {
                 ended |= self.left == 0;
                 continue;
             }
-            let at = self.filled as usize;
-            let n = (5 - at).min(data.len());
-            self.head[at..at + n].copy_from_slice(&data[..n]);
-            self.filled += n as u8;
-            data = &data[n..];
-            if self.filled == 5 {
-                self.filled = 0;
-                let [_, a, b, c, d] = self.head;
-                self.left = u32::from_be_bytes([a, b, c, d]).saturating_sub(4);
+            if let Some((_, len)) = self.head.take(&mut data) {
+                self.left = len.saturating_sub(4);
                 ended |= self.left == 0;
             }
         }

@@ -88,10 +88,8 @@ impl CancelKeys {
 pub struct KeySniffer<'a> {
     keys: &'a CancelKeys,
     server: &'a Arc<Server>,
-    /// Bytes of the current message header (type + length).
-    head: [u8; 5],
-    /// How many of `head` are filled.
-    filled: u8,
+    /// The current message's header (type + length).
+    head: crate::pg::MessageHead,
     /// The BackendKeyData body collected so far (allocated only when one arrives).
     key: Vec<u8>,
     /// Body bytes of the current (uninteresting) message still to skip.
@@ -131,8 +129,7 @@ impl<'a> KeySniffer<'a> {
         KeySniffer {
             keys,
             server,
-            head: [0; 5],
-            filled: 0,
+            head: crate::pg::MessageHead::default(),
             key: Vec::new(),
             skip: 0,
             want: 0,
@@ -193,17 +190,8 @@ impl<'a> KeySniffer<'a> {
                 }
                 continue;
             }
-            let at = self.filled as usize;
-            let n = (5 - at).min(data.len());
-            self.head[at..at + n].copy_from_slice(&data[..n]);
-            self.filled += n as u8;
-            data = &data[n..];
-            if self.filled < 5 {
-                continue;
-            }
-            let [kind, a, b, c, d] = self.head;
-            let len = u32::from_be_bytes([a, b, c, d]) as usize;
-            self.filled = 0;
+            let Some((kind, len)) = self.head.take(&mut data) else { continue };
+            let len = len as usize;
             if len < 4 {
                 self.done = true;
                 continue;
