@@ -80,16 +80,20 @@ pub fn act(
 /// Waits between two tries when a 503 asks to retry at once (`Retry-After: 0`).
 const RETRY_AT_LEAST: Duration = Duration::from_millis(100);
 
-/// One request to the web port: the status code and the body. A 503 with Retry-After
-/// (every web place held by dashboards: pgfront turned the request away unread) is tried
-/// again as it asks, for as long as the timeout allows; then it is [`StatusError::Busy`].
+/// One request to the web port: the status code and the body, all within the timeout. A
+/// busy pgfront's 503 (every web place held by dashboards: the request turned away
+/// unhandled, so asking again is safe) is tried again after its Retry-After, for as long as
+/// the timeout allows; then it is [`StatusError::Busy`].
 fn request(src: &Source, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), StatusError> {
     let deadline = Instant::now() + src.timeout;
     loop {
-        let (status, retry_after, answer) = exchange(src, method, path, body)?;
-        let Some(secs) = retry_after.filter(|_| status == 503) else { return Ok((status, answer)) };
-        let wait = Duration::from_secs(secs).max(RETRY_AT_LEAST);
-        if Instant::now() + wait > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (status, retry_after, answer) = exchange(src, left.max(RETRY_AT_LEAST), method, path, body)?;
+        // Only pgfront's own answer: a proxy in between may have passed the request on.
+        let busy = status == 503 && answer == crate::web::BUSY_BODY;
+        let Some(secs) = retry_after.filter(|_| busy) else { return Ok((status, answer)) };
+        let wait = Duration::from_secs(secs.min(3600)).max(RETRY_AT_LEAST);
+        if wait >= deadline.saturating_duration_since(Instant::now()) {
             return Err(StatusError::Busy(src.url.clone()));
         }
         std::thread::sleep(wait);
@@ -99,6 +103,7 @@ fn request(src: &Source, method: &str, path: &str, body: Option<&str>) -> Result
 /// One HTTP/1.0 exchange with the web port: the status code, Retry-After and the body.
 fn exchange(
     src: &Source,
+    timeout: Duration,
     method: &str,
     path: &str,
     body: Option<&str>,
@@ -114,8 +119,8 @@ fn exchange(
         .map_err(unreachable)?
         .next()
         .ok_or_else(|| unreachable(std::io::ErrorKind::NotFound.into()))?;
-    let mut s = TcpStream::connect_timeout(&addr, src.timeout).map_err(unreachable)?;
-    s.set_read_timeout(Some(src.timeout)).map_err(unreachable)?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
+    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     let auth = match (&src.user, &src.password) {
         (Some(u), Some(p)) => {
             format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
@@ -311,9 +316,9 @@ fn render_cluster(url: &str, v: &Value) -> String {
 mod tests {
     use super::*;
 
-    /// A web port that answers `busy` 503s with `Retry-After: 0`, then one 200: how many
-    /// requests it had once it answered 200.
-    fn busy_web(busy: usize) -> (Source, std::thread::JoinHandle<usize>) {
+    /// A web port that answers `busy` 503s with `Retry-After: 0` and `body`, then one 200:
+    /// how many requests it had once it answered 200.
+    fn busy_web(busy: usize, body: &'static str) -> (Source, std::thread::JoinHandle<usize>) {
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", socket.local_addr().unwrap());
         let server = std::thread::spawn(move || {
@@ -328,8 +333,8 @@ mod tests {
                     }
                 }
                 if asked < busy {
-                    let _ =
-                        conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n\r\nbusy: try again\n");
+                    let head = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n\r\n";
+                    let _ = conn.write_all(format!("{head}{body}").as_bytes());
                 } else {
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n{\"leader\": \"a\"}");
                     return asked + 1;
@@ -342,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_busy_web_port_is_asked_again() {
-        let (src, server) = busy_web(2);
+        let (src, server) = busy_web(2, crate::web::BUSY_BODY);
         assert_eq!(fetch(&src).unwrap()["leader"], "a");
         assert_eq!(server.join().unwrap(), 3, "two 503s, then the answer");
     }
@@ -350,9 +355,16 @@ mod tests {
     #[test]
     fn a_web_port_busy_until_the_timeout_is_busy_not_refused() {
         // Tries 100 ms apart within 450 ms: at most 5, all answered 503.
-        let src = Source { timeout: Duration::from_millis(450), ..busy_web(5).0 };
+        let src = Source { timeout: Duration::from_millis(450), ..busy_web(5, crate::web::BUSY_BODY).0 };
         let got = fetch(&src);
         assert!(matches!(got, Err(StatusError::Busy(_))), "{got:?}");
+    }
+
+    #[test]
+    fn a_503_not_from_a_busy_pgfront_is_not_asked_again() {
+        // A proxy in between may have passed the request on: its 503 is the answer.
+        let (src, _server) = busy_web(1, "upstream down\n");
+        assert!(matches!(fetch(&src), Err(StatusError::Status { status: 503, .. })));
     }
 
     #[test]

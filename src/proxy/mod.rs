@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use buffers::trim as trim_memory;
 pub use copy::End;
 pub use react::Reactor;
-pub use tweaks::{bind, bind_copies, bind_web};
+pub use tweaks::{bind, bind_copies, bind_web, defers_accept};
 
 use crate::state::{ClusterState, Shared};
 

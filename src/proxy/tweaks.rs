@@ -75,6 +75,25 @@ fn bind_std(addr: SocketAddr, reuse_port: bool, defer: i32) -> io::Result<std::n
     Ok(socket.into())
 }
 
+/// Whether a listening socket has TCP_DEFER_ACCEPT: a connection it hands over has sent
+/// something (or waited out the deferral).
+pub fn defers_accept(socket: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && value > 0
+}
+
 /// TCP_DEFER_ACCEPT (socket2 0.5 has no setter for it).
 fn set_defer_accept(socket: &Socket, secs: i32) -> io::Result<()> {
     use std::os::fd::AsRawFd;

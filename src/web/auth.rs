@@ -55,16 +55,26 @@ impl Verified {
                 }
             }
         }
-        let (name, ok) = {
-            let (name, password, secret) = credentials(value, users)?;
-            if let Secret::Clear(p) = &secret {
-                (name, constant_time_eq(p.as_bytes(), password.as_bytes()))
-            } else {
-                let _one_at_a_time = self.slow.acquire().await.ok()?;
-                let ok = tokio::task::spawn_blocking(move || verify_hash(&secret, &password)).await.unwrap_or(false);
-                (name, ok)
-            }
+        let (name, password, secret) = credentials(value, users)?;
+        // With a hashed user configured, every check not answered from the cache costs one
+        // hash verification, a clear user's too (its result unused): a fast refusal would
+        // tell that the name exists.
+        let clear = match &secret {
+            Secret::Clear(p) => Some(constant_time_eq(p.as_bytes(), password.as_bytes())),
+            _ => None,
         };
+        let slow = match clear {
+            None => Some(secret),
+            Some(_) => users.iter().map(|u| &u.secret).find(|s| !matches!(s, Secret::Clear(_))).cloned(),
+        };
+        let hashed = match slow {
+            Some(secret) => {
+                let _one_at_a_time = self.slow.acquire().await.ok()?;
+                tokio::task::spawn_blocking(move || verify_hash(&secret, &password)).await.unwrap_or(false)
+            }
+            None => false,
+        };
+        let ok = clear.unwrap_or(hashed);
         let user = users.iter().find(|u| Some(&u.name) == name.as_ref()).filter(|_| ok)?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= CACHE {
@@ -77,7 +87,8 @@ impl Verified {
 
 /// The user name, the password given, and that user's secret, from a Basic header. A
 /// name no user has comes back as `None` with a hashed user's secret to verify all the
-/// same (when there is one), so that the time to answer does not tell which names exist.
+/// same (when there is one), so that the time to answer does not tell which names exist
+/// (as long as the hashes cost alike).
 fn credentials(value: &str, users: &[User]) -> Option<(Option<String>, String, Secret)> {
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

@@ -9,6 +9,7 @@ mod metrics;
 mod page;
 mod quick;
 mod svg;
+mod tally;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Role;
 use crate::state::Shared;
 use crate::stats::{self, Snapshot};
+use tally::Tally;
+
+pub use quick::BUSY_BODY;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -38,7 +42,7 @@ const WEB_CONN_LIMIT: Duration = Duration::from_secs(30);
 const WEB_DRAIN: Duration = Duration::from_secs(5);
 /// How long a connection of the quick lane may take to send its request (curl and the
 /// OCF agent send theirs at once)...
-const WEB_QUICK_READ: Duration = Duration::from_millis(500);
+const WEB_QUICK_READ: Duration = Duration::from_millis(100);
 /// ...and its request and answer in all, and to finish it once that passed.
 const WEB_QUICK_LIMIT: Duration = Duration::from_secs(1);
 const WEB_QUICK_DRAIN: Duration = Duration::from_millis(500);
@@ -57,32 +61,10 @@ struct Web {
     refused_logins: Tally,
 }
 
-/// Counts something worth a WARN line, and says when to write one: the first at once,
-/// then at most one every WARN_EVERY with how many there were since the last.
-#[derive(Default)]
-struct Tally(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
-
-/// At most one WARN line this often about one kind of refusal.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
-impl Tally {
-    /// Counts one; `Some(count)` when a line is due.
-    fn count(&self) -> Option<u64> {
-        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.1 += 1;
-        if g.0.is_some_and(|at| at.elapsed() < WARN_EVERY) {
-            return None;
-        }
-        let n = g.1;
-        *g = (Some(std::time::Instant::now()), 0);
-        Some(n)
-    }
-}
-
 /// Serves the web surface until `stop` is cancelled, then lets the connections open
 /// finish their answers (each within its drain) before returning.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationToken) {
-    let deferred = shared.runtime().config.global.defer_accept;
+    let deferred = crate::proxy::defers_accept(&socket);
     let web = Arc::new(Web {
         shared,
         verified: auth::Verified::default(),
@@ -92,10 +74,29 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, stop: CancellationT
         refused_logins: Tally::default(),
     });
     let conns = TaskTracker::new();
+    conns.spawn(flush_tallies(Arc::clone(&web), stop.clone()));
     accept_loop(&web, &socket, &stop, &conns).await;
     drop(socket);
     conns.close();
     conns.wait().await;
+}
+
+/// Writes the tail of a crowd of refusals (see `tally`).
+async fn flush_tallies(web: Arc<Web>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Some(n) = web.turned_away.flush() {
+            tracing::warn!(turned_away = n, "web port busy: {n} more connections turned away");
+        }
+        if let Some(n) = web.refused_logins.flush() {
+            tracing::warn!(refused = n, "{n} more web logins refused");
+        }
+    }
 }
 
 /// Which share a connection's place is from.
@@ -146,12 +147,16 @@ async fn accept_loop(web: &Arc<Web>, socket: &TcpListener, stop: &CancellationTo
         let web = Arc::clone(web);
         let stop = stop.clone();
         conns.spawn(async move {
-            // The quick lane lets in only GET /health, and turns the rest away at once.
-            if matches!(lane, Lane::Quick)
-                && quick::door(&stream, web.deferred, &web.turned_away).await != quick::Door::Health
-            {
+            // The quick lane lets in only /health, and turns the rest away at once.
+            if matches!(lane, Lane::Quick) && quick::door(&stream, web.deferred).await != quick::Door::Health {
                 drop(stream);
                 drop(place);
+                if let Some(n) = web.turned_away.count() {
+                    tracing::warn!(
+                        turned_away = n,
+                        "web port busy: every place is held, connections that do not ask for /health are turned away"
+                    );
+                }
                 return;
             }
             let svc = service_fn(move |req| {
@@ -159,7 +164,7 @@ async fn accept_loop(web: &Arc<Web>, socket: &TcpListener, stop: &CancellationTo
                 async move {
                     Ok::<_, Infallible>(match lane {
                         Lane::Main => web.handle(req, peer).await,
-                        Lane::Quick => web.quick(&req),
+                        Lane::Quick => web.quick(),
                     })
                 }
             });
@@ -190,16 +195,10 @@ async fn accept_loop(web: &Arc<Web>, socket: &TcpListener, stop: &CancellationTo
 }
 
 impl Web {
-    /// The quick lane's one answer: /health, what Pacemaker's monitor asks; anything else
-    /// is asked to come back (the dashboards hold every other place).
-    fn quick(&self, req: &Request<Incoming>) -> Reply {
-        let mut r = if req.uri().path() == "/health" {
-            text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
-        } else {
-            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "busy: try again\n".into());
-            r.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        };
+    /// The quick lane's one answer: the door let in only requests for /health, what
+    /// Pacemaker's monitor asks (the dashboards hold every other place).
+    fn quick(&self) -> Reply {
+        let mut r = text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
         r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         r
     }
@@ -285,19 +284,4 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Reply {
     r.headers_mut().insert(hyper::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r.headers_mut().insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tally_says_the_first_at_once_then_counts() {
-        let t = Tally::default();
-        assert_eq!(t.count(), Some(1));
-        assert_eq!((t.count(), t.count()), (None, None), "within WARN_EVERY");
-        // As if WARN_EVERY had passed: the next line says how many came since.
-        t.0.lock().unwrap().0 = std::time::Instant::now().checked_sub(WARN_EVERY);
-        assert_eq!(t.count(), Some(3));
-    }
 }
