@@ -495,3 +495,40 @@ async fn a_new_checker_lends_its_spare_with_where_the_nodes_checks_last_went() {
     assert!(lent.iter().all(|known| *known == Some(REMEMBERED.parse().unwrap())), "{lent:?}");
     second.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_reloads_does_not_count_fall_at_the_reload_rate() {
+    // Found by a torture run: three reloads within a 0.6 s REST blip marked a server DOWN
+    // (fall = 3) and cut its sessions, because each reload's new checker probed at once.
+    // Failed before: the burst below made five probes, each a failure.
+    let probe = Arc::new(Scripted::default());
+    // a's /master passes twice (UP at 1 s), then fails from its third probe (at 4 s) on.
+    probe.set("a:8008", "/master", &[true, true, false]);
+    for (target, path) in [("a:8008", "/replica"), ("b:8008", "/master"), ("b:8008", "/replica")] {
+        probe.set(target, path, &[true]);
+    }
+    let label = |rt: &Runtime| rt.listener("primary").unwrap().servers[0].check.report().machine.label();
+    let start = Instant::now();
+    let mut rt = runtime();
+    let mut stop = CancellationToken::new();
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    advance_to(start, 4_100).await;
+    assert_eq!(label(&rt), "UP 1/3");
+    // Five reloads 50 ms apart, each changing the timings: a new checker each.
+    for i in 1..=5u64 {
+        let text = CONFIG.replace("\ninter = \"3s\"", &format!("\ninter = \"{}s\"", 3 + i));
+        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let next = Arc::new(Runtime::build_from(Arc::new(config), &CancellationToken::new(), Some(&rt)));
+        stop.cancel();
+        stop = CancellationToken::new();
+        spawn_checkers(&next, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+        rt = next;
+        advance_to(start, 4_100 + 50 * i).await;
+    }
+    assert_eq!(label(&rt), "UP 1/3", "the reloads made no probe");
+    // The schedule goes on: failures at fastinter (1 s), DOWN at the third.
+    advance_to(start, 6_100).await;
+    stop.cancel();
+    assert_eq!(probe.times("a:8008", "/master", start), vec![0, 1_000, 4_000, 5_000, 6_000]);
+    assert_eq!(label(&rt), "DOWN");
+}

@@ -62,6 +62,9 @@ pub struct CheckReport {
     /// The first failed answer since the last pass: a strict check stopped admitting here,
     /// before `fall` marked it DOWN (where a failover's write gap begins).
     pub failing_since: Option<Instant>,
+    /// When the last probe began and when its verdict was recorded: a checker started
+    /// anew (a reload, a discovery change) goes on from there (see `Checker::run`).
+    pub probed: Option<(Instant, Instant)>,
 }
 
 impl CheckReport {
@@ -98,6 +101,7 @@ impl Check {
                 reason: "not checked yet".to_owned(),
                 change_reason: "DOWN from the start: a server takes no session until its check passes".to_owned(),
                 failing_since: None,
+                probed: None,
             })),
         }
     }
@@ -135,6 +139,17 @@ impl Check {
     /// Asks the checker to probe now instead of waiting for its interval.
     pub fn kick(&self) {
         self.node_state.kick();
+    }
+
+    /// Notes a probe of this check that began at `started` and whose verdict was
+    /// recorded at `done`.
+    pub fn note_probed(&self, started: Instant, done: Instant) {
+        self.lock().probed = Some((started, done));
+    }
+
+    /// When the last probe began and when its verdict was recorded, if one was.
+    pub fn probed(&self) -> Option<(Instant, Instant)> {
+        self.lock().probed
     }
 
     pub fn report(&self) -> CheckReport {

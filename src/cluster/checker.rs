@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -119,6 +119,16 @@ impl Checker {
         }
         // A check was made with the spare during this shortage: said once per shortage.
         let mut spared = false;
+        // A reload's (or discovery's) new checker goes on where the last one left off: its
+        // first probe comes when the last one's next would have, by the new timings. Were
+        // it at once, every reload would be a probe, and a burst of reloads would count
+        // `fall` or `rise` at the reload rate (cutting sessions over a REST blip).
+        let probed = self.target.checks.iter().filter_map(|c| c.probed()).max_by_key(|p| p.1);
+        if let Some((started, done)) = probed {
+            if self.wait_next(&node, started, done, node.kicks()).await {
+                return;
+            }
+        }
         loop {
             let started = Instant::now();
             let seen = node.kicks();
@@ -157,27 +167,42 @@ impl Checker {
                 }
                 self.answer(&node, result, &mut tls_failure).await;
             }
-            let mut delay =
-                self.target.checks.iter().map(|c| c.next_interval()).min().unwrap_or(self.target.spec.timing.inter);
-            if rt.leader_lost() {
-                delay = delay.min(rt.config.global.hunt_inter);
+            let done = Instant::now();
+            for c in &self.target.checks {
+                c.note_probed(started, done);
             }
-            // A session waits for this replica to replay its pgfront.min_lsn: refresh the
-            // position every MIN_KICK_GAP (from the start of this probe) until it has.
-            if node.wants_replay() {
-                delay = delay.min(MIN_KICK_GAP.saturating_sub(started.elapsed()));
+            if self.wait_next(&node, started, done, seen).await {
+                return;
             }
-            tokio::select! {
-                () = sleep(delay) => {}
-                () = node.kicked_since(seen) => {
-                    // Re-probe early, but not faster than MIN_KICK_GAP.
-                    tokio::select! {
-                        () = sleep_until(started + MIN_KICK_GAP) => {}
-                        () = self.stop.cancelled() => return,
-                    }
+        }
+    }
+
+    /// Waits for the next probe of a node whose last began at `started` and was done at
+    /// `done`: an interval after `done`, or sooner when kicked since `seen` (not sooner than
+    /// MIN_KICK_GAP after `started`). True when the checker is to stop.
+    async fn wait_next(&self, node: &NodeState, started: Instant, done: Instant, seen: u64) -> bool {
+        let rt = &self.rt;
+        let mut delay =
+            self.target.checks.iter().map(|c| c.next_interval()).min().unwrap_or(self.target.spec.timing.inter);
+        if rt.leader_lost() {
+            delay = delay.min(rt.config.global.hunt_inter);
+        }
+        // A session waits for this replica to replay its pgfront.min_lsn: refresh the
+        // position every MIN_KICK_GAP (from the start of the last probe) until it has.
+        let mut at = done + delay;
+        if node.wants_replay() {
+            at = at.min(started + MIN_KICK_GAP);
+        }
+        tokio::select! {
+            () = sleep_until(at) => false,
+            () = node.kicked_since(seen) => {
+                // Re-probe early, but not faster than MIN_KICK_GAP.
+                tokio::select! {
+                    () = sleep_until(started + MIN_KICK_GAP) => false,
+                    () = self.stop.cancelled() => true,
                 }
-                () = self.stop.cancelled() => return,
             }
+            () = self.stop.cancelled() => true,
         }
     }
 
