@@ -108,6 +108,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
+            // A SIGHUP before the handlers are in place must not end the process (its
+            // default action), nor the re-exec below (an ignored signal stays ignored across
+            // exec); `run` installs the handler that reloads.
+            // SAFETY: SIG_IGN is a valid disposition for SIGHUP, set before any thread starts.
+            unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
             // Memory freed by ended sessions goes back to the system only without glibc's
             // per-thread cache (see pgfront::malloc): this starts pgfront again without it.
             // A failure is logged once logging is set up (in the operator's log format).
@@ -254,6 +259,18 @@ fn import_haproxy(file: &Path, hash_passwords: bool) -> ExitCode {
 
 fn run(path: PathBuf, restart_failed: Option<std::io::Error>) -> ExitCode {
     use std::io::IsTerminal;
+    // The control runtime (checkers, web surface, signals, reloads) on this thread; the
+    // sessions on one current-thread runtime per worker thread.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgfront: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A SIGHUP is caught from here on: one that comes while pgfront starts reloads once it
+    // serves (the file may have changed after it was read).
+    let hup = rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
     // The file first: it says how to log (an invalid one is reported on stderr as is).
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -262,6 +279,9 @@ fn run(path: PathBuf, restart_failed: Option<std::io::Error>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // SIGTERM and SIGINT from here on stop gracefully once pgfront serves (before, while it
+    // reads its file, they end it as they would any process).
+    let signals = hup.and_then(|hup| rt.block_on(async { Signals::new(hup) }));
     // Logs go to stderr (the journal under systemd) through a non-blocking writer: a slow
     // reader (journald under load) never stalls a worker thread serving sessions; lines
     // are dropped, not waited for, if its buffer fills. The guard flushes at exit.
@@ -283,15 +303,6 @@ fn run(path: PathBuf, restart_failed: Option<std::io::Error>) -> ExitCode {
     // bound; global.maxconn is then held to what that limit can serve (see pgfront::fds).
     let limit = pgfront::fds::raise_limit();
     tracing::debug!(descriptor_limit = limit, "descriptor limit");
-    // The control runtime (checkers, web surface, signals, reloads) on this thread; the
-    // sessions on one current-thread runtime per worker thread.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pgfront: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let workers = match workers::start(config.global.threads) {
         Ok(w) => w,
         Err(e) => {
@@ -314,8 +325,9 @@ fn run(path: PathBuf, restart_failed: Option<std::io::Error>) -> ExitCode {
         let pgfront = app::start_on(config, bound, Workers::new(workers.handles.clone()));
         systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         systemd::spawn_watchdog();
-        if let Err(e) = serve_signals(&pgfront, &path).await {
-            tracing::error!(error = %e, "cannot install signal handlers; stopping");
+        match signals {
+            Ok(signals) => serve_signals(&pgfront, &path, signals).await,
+            Err(e) => tracing::error!(error = %e, "cannot install signal handlers; stopping"),
         }
         systemd::notify(&[NotifyState::Stopping, NotifyState::Status("draining sessions")]);
         let grace = pgfront.shared().runtime().config.global.hard_stop_after;
@@ -362,36 +374,94 @@ mod workers {
     }
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn serve_signals(pgfront: &Pgfront, path: &Path) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT, at once, even while a reload reads its
+/// files (a hung mount or a FIFO must not keep pgfront serving after it was told to stop).
+async fn serve_signals(pgfront: &Pgfront, path: &Path, signals: Signals) {
+    let Signals { mut term, mut int, mut hup } = signals;
+    // The reload reading its files, when one is; a SIGHUP meanwhile asks for one more after it.
+    let mut loading: Option<Loading> = None;
+    let mut again = false;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received: stopping"); return Ok(()) }
-            _ = int.recv() => { tracing::info!("SIGINT received: stopping"); return Ok(()) }
+            _ = term.recv() => { tracing::info!("SIGTERM received: stopping"); return }
+            _ = int.recv() => { tracing::info!("SIGINT received: stopping"); return }
             _ = hup.recv() => {
-                tracing::info!(config = %path.display(), "SIGHUP received: reloading");
-                let mut states = vec![NotifyState::Reloading];
-                if let Ok(now) = NotifyState::monotonic_usec_now() {
-                    states.push(now);
+                if loading.is_some() {
+                    tracing::info!(config = %path.display(), "SIGHUP received while a reload reads its files: reloading again after it");
+                    again = true;
+                } else {
+                    loading = Some(Loading::start(path));
                 }
-                systemd::notify(&states);
-                // Reading the file, resolving names and loading TLS files block: not on a
-                // worker that serves sessions.
-                let file = path.to_owned();
-                match tokio::task::spawn_blocking(move || Config::load(&file)).await {
+            }
+            () = tokio::time::sleep_until(loading.as_ref().map_or_else(tokio::time::Instant::now, |l| l.slow_at)),
+                if loading.as_ref().is_some_and(|l| !l.said_slow) =>
+            {
+                if let Some(l) = loading.as_mut() {
+                    l.said_slow = true;
+                }
+                tracing::warn!(config = %path.display(), after = ?RELOAD_SLOW,
+                    "the reload is still reading its files (a hung mount?): the running configuration serves meanwhile");
+            }
+            loaded = async { (&mut loading.as_mut().expect("guarded").done).await }, if loading.is_some() => {
+                loading = None;
+                match loaded {
                     Ok(Ok(config)) => {
                         let _ = pgfront.reload(config);
                     }
                     Ok(Err(e)) => pgfront.reload_failed(&e.into()),
-                    Err(e) => tracing::error!(error = %e, "reload task failed; the running configuration is unchanged"),
+                    Err(_) => tracing::error!("reload task failed; the running configuration is unchanged"),
                 }
                 systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+                if std::mem::take(&mut again) {
+                    loading = Some(Loading::start(path));
+                }
             }
         }
+    }
+}
+
+/// The signals `run` acts on, caught from its start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Within the control runtime, with the SIGHUP stream made earlier.
+    fn new(hup: tokio::signal::unix::Signal) -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup })
+    }
+}
+
+/// How long a reload may read its files before a WARN line says it still does.
+const RELOAD_SLOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A reload reading its files on a thread of its own: reading, resolving names and loading
+/// TLS files block, so not on a runtime thread, and not on tokio's blocking pool either,
+/// whose shutdown would wait for a read that never returns.
+struct Loading {
+    done: tokio::sync::oneshot::Receiver<Result<Config, pgfront::config::ConfigError>>,
+    slow_at: tokio::time::Instant,
+    said_slow: bool,
+}
+
+impl Loading {
+    fn start(path: &Path) -> Loading {
+        tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        systemd::notify(&states);
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let file = path.to_owned();
+        // A thread that cannot start drops `tx`: the reload fails and says so.
+        let _ = std::thread::Builder::new().name("pgfront-reload".into()).spawn(move || {
+            let _ = tx.send(Config::load(&file));
+        });
+        Loading { done, slow_at: tokio::time::Instant::now() + RELOAD_SLOW, said_slow: false }
     }
 }
 
