@@ -188,9 +188,15 @@ impl Server {
     /// Closes every session on this server (mark-down with shutdown-sessions, admin action).
     /// Later sessions get a fresh token.
     pub fn cut_sessions(&self) -> usize {
-        let old = std::mem::replace(&mut *self.lock(), self.parent.child_token());
+        let (old, n) = {
+            let mut token = self.lock();
+            // Counted before the cut: the sessions it wakes leave `cur` on other threads at
+            // once, and a count after it missed them (the log's sessions_cut, the killed
+            // counter and the failover panel said 0 or 1 for 2 cut).
+            let n = self.stats.cur.load(Ordering::Relaxed);
+            (std::mem::replace(&mut *token, self.parent.child_token()), n)
+        };
         old.cancel();
-        let n = self.stats.cur.load(Ordering::Relaxed);
         self.stats.killed.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
@@ -215,5 +221,42 @@ impl Server {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    /// A session waiting on its token that leaves the server's count as soon as it is woken,
+    /// as a session on another worker thread may, before `cut_sessions` goes on.
+    struct Leaves(Arc<super::ServerStats>);
+
+    impl Wake for Leaves {
+        fn wake(self: Arc<Self>) {
+            self.0.cur.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn sessions_cut_are_counted_before_they_leave() {
+        let text = "[[node]]\nname = \"n\"\naddress = \"127.0.0.1:1\"\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ncheck = { path = \"/replica\" }\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let rt = crate::cluster::Runtime::build(Arc::new(config), &tokio_util::sync::CancellationToken::new());
+        let server = &rt.listeners[0].servers[0];
+        let tokens: Vec<_> = (0..2).map(|_| server.session_token()).collect();
+        let mut waits: Vec<_> = tokens.iter().map(|t| Box::pin(t.cancelled())).collect();
+        for w in &mut waits {
+            server.stats.cur.fetch_add(1, Ordering::Relaxed);
+            let waker = Waker::from(Arc::new(Leaves(Arc::clone(&server.stats))));
+            assert!(w.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        }
+        // Failed before: 0, the two sessions had left by the time they were counted.
+        assert_eq!(server.cut_sessions(), 2);
+        assert_eq!(server.stats.killed.load(Ordering::Relaxed), 2);
+        assert_eq!(server.stats.cur.load(Ordering::Relaxed), 0);
     }
 }
