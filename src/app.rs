@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -124,9 +125,8 @@ struct Generations {
 
 /// What serves the current configuration; replaced piece by piece on reload.
 struct Serving {
-    /// Per listener (names are unique across clusters): the configured bind, the bound
-    /// address, the accept loop's token.
-    listeners: HashMap<String, (SocketAddr, SocketAddr, CancellationToken)>,
+    /// Per listener (names are unique across clusters).
+    listeners: HashMap<String, Served>,
     /// Per cluster, by name.
     clusters: HashMap<String, ClusterServing>,
     /// The operator's whole file as last applied.
@@ -134,6 +134,19 @@ struct Serving {
     /// Set by a stop once the checkers are cancelled: a member set arriving after that
     /// must not start checkers the stop would then wait for.
     stopped: bool,
+}
+
+/// A listener's bound sockets as served.
+struct Served {
+    /// The bind address as configured, and as bound (port 0 chooses one).
+    configured: SocketAddr,
+    addr: SocketAddr,
+    /// Stops its accept loops.
+    token: CancellationToken,
+    /// The listener its accept loops serve: a reload that renames a listener, or swaps two
+    /// listeners' addresses, hands the sockets over by changing it (a new socket could not
+    /// bind while the old one holds the address).
+    name: Arc<ArcSwap<String>>,
 }
 
 /// What serves one cluster.
@@ -212,8 +225,8 @@ impl Pgfront {
             }
             for (name, sockets) in bound.listeners {
                 let Some(cluster) = cluster_of(&shared, &name) else { continue };
-                let token = spawn_listener(&shared, &gen.tasks, &gen.workers, &cluster, name.clone(), sockets);
-                serving.listeners.insert(name.clone(), (binds[&name], token.0, token.1));
+                let served = spawn_listener(&shared, &gen.tasks, &gen.workers, &cluster, binds[&name], &name, sockets);
+                serving.listeners.insert(name.clone(), served);
             }
         }
         let tasks = &gen.tasks;
@@ -272,7 +285,7 @@ impl Pgfront {
 
     /// The address a listener is bound to.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.gen.serving.lock().unwrap_or_else(|p| p.into_inner()).listeners.get(name).map(|l| l.1)
+        self.gen.serving.lock().unwrap_or_else(|p| p.into_inner()).listeners.get(name).map(|l| l.addr)
     }
 
     /// The cluster named `name` (`""`: the unnamed cluster of a file without `[[cluster]]`).
@@ -346,13 +359,26 @@ impl Generations {
     /// checkers and sessions are not touched); new clusters start, removed ones stop.
     fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
-        // Bind what is new or moved before touching anything.
+        // Bind what is new or moved before touching anything; a listener whose address
+        // another listener served takes over its sockets (a rename, a swap of addresses).
         let mut fresh = Vec::new();
+        let mut adopted = Vec::new();
         for l in config.all_listeners() {
-            let same = serving.listeners.get(&l.name).is_some_and(|(configured, _, _)| *configured == l.bind);
-            if !same {
-                let defer = config.global.defer_accept;
-                fresh.push((l.name.clone(), l.bind, bind_listener(l, self.workers.len(), defer)?));
+            let same = serving.listeners.get(&l.name).is_some_and(|s| s.configured == l.bind);
+            if same {
+                continue;
+            }
+            let from = serving.listeners.iter().find(|(name, s)| {
+                s.configured == l.bind
+                    && l.bind.port() != 0
+                    && !config.all_listeners().any(|n| &n.name == *name && n.bind == s.configured)
+            });
+            match from {
+                Some((from, _)) => adopted.push((from.clone(), l.name.clone())),
+                None => {
+                    let defer = config.global.defer_accept;
+                    fresh.push((l.name.clone(), l.bind, bind_listener(l, self.workers.len(), defer)?));
+                }
             }
         }
         let old = &serving.file;
@@ -432,7 +458,7 @@ impl Generations {
         // As the descriptor limit holds it (see `fds`), with a reserve for the checks of
         // every node served now, discovered members included; resized from the one in effect.
         self.shared.refit(config.global.maxconn);
-        self.listeners(&mut serving, &config, fresh);
+        self.listeners(&mut serving, &config, fresh, adopted);
         serving.file = config;
         Ok(())
     }
@@ -452,28 +478,39 @@ impl Generations {
         }
     }
 
-    /// Starts accept loops on the freshly bound sockets and stops those of listeners the
-    /// file no longer has.
+    /// Starts accept loops on the freshly bound sockets, hands `adopted` sockets over
+    /// (from, to), and stops those of listeners the file no longer has.
     fn listeners(
         &self,
         serving: &mut Serving,
         config: &Config,
         fresh: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
+        adopted: Vec<(String, String)>,
     ) {
+        // All taken out first, so that two listeners can swap.
+        let handed: Vec<(String, Served)> =
+            adopted.into_iter().filter_map(|(from, to)| Some((to, serving.listeners.remove(&from)?))).collect();
+        let mut replaced = Vec::new();
+        for (to, served) in handed {
+            tracing::info!(listener = %to, from = %served.name.load(), bind = %served.addr,
+                "listener takes over the address of another: its sockets now serve it");
+            served.name.store(Arc::new(to.clone()));
+            replaced.extend(serving.listeners.insert(to, served));
+        }
         for (name, configured, socket) in fresh {
             let Some(cluster) = cluster_of(&self.shared, &name) else { continue };
-            let (addr, token) =
-                spawn_listener(&self.shared, &self.tasks, &self.workers, &cluster, name.clone(), socket);
-            if let Some((_, _, old)) = serving.listeners.insert(name, (configured, addr, token)) {
-                old.cancel();
-            }
+            let served = spawn_listener(&self.shared, &self.tasks, &self.workers, &cluster, configured, &name, socket);
+            replaced.extend(serving.listeners.insert(name, served));
+        }
+        for old in replaced {
+            old.token.cancel();
         }
         let names: Vec<&str> = config.all_listeners().map(|l| l.name.as_str()).collect();
-        serving.listeners.retain(|name, (_, _, token)| {
+        serving.listeners.retain(|name, served| {
             let keep = names.contains(&name.as_str());
             if !keep {
                 tracing::info!(listener = %name, "listener removed; its open sessions run to their end");
-                token.cancel();
+                served.token.cancel();
             }
             keep
         });
@@ -514,31 +551,33 @@ impl discovery::Apply for ClusterApply {
     }
 }
 
-/// Starts an accept loop per socket of a bound listener, each on its worker; returns the
-/// listener's address and its stop token.
+/// Starts an accept loop per socket of a bound listener, each on its worker.
 fn spawn_listener(
     shared: &Arc<Shared>,
     tasks: &TaskTracker,
     workers: &Workers,
     cluster: &Arc<ClusterState>,
-    name: String,
+    configured: SocketAddr,
+    name: &str,
     sockets: Vec<std::net::TcpListener>,
-) -> (SocketAddr, CancellationToken) {
+) -> Served {
     let addr = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     tracing::info!(listener = %name, bind = %addr, workers = sockets.len(), "listening");
     let token = shared.tokens.accept.child_token();
+    let served = Arc::new(ArcSwap::from_pointee(name.to_owned()));
     for (i, socket) in sockets.into_iter().enumerate() {
-        let (shared, cluster, name, token) = (Arc::clone(shared), Arc::clone(cluster), name.clone(), token.clone());
+        let (shared, cluster, name, token) =
+            (Arc::clone(shared), Arc::clone(cluster), Arc::clone(&served), token.clone());
         let accept = async move {
             // Registered with the worker's own reactor.
             match TcpListener::from_std(socket) {
                 Ok(socket) => proxy::accept_loop(shared, cluster, name, socket, token).await,
-                Err(e) => tracing::error!(listener = %name, error = %e, "cannot serve a listening socket"),
+                Err(e) => tracing::error!(listener = %name.load(), error = %e, "cannot serve a listening socket"),
             }
         };
         tasks.spawn_on(accept, &workers.handles[i % workers.len()]);
     }
-    (addr, token)
+    Served { configured, addr, token, name: served }
 }
 
 /// Starts pgfront with the production probe.

@@ -232,3 +232,47 @@ async fn sessions_on_a_rebuilt_server_are_still_cut_on_mark_down() {
         "mark-down of the rebuilt server cuts the session opened before the reload"
     );
 }
+
+#[tokio::test]
+async fn a_reload_can_rename_a_listener_or_swap_two_listeners_addresses() {
+    // Found by a torture run: both were refused ("Address already in use": the new socket
+    // was bound while the old listener's still held the address), so the only way was two
+    // reloads with refused connections between them, or a restart.
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (p1, p2) = (port(), port());
+    let text = lab.config("").replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1).replacen(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"127.0.0.1:{p2}\""),
+        1,
+    );
+    let pg = start(&text);
+    let (a1, a2): (SocketAddr, SocketAddr) =
+        (format!("127.0.0.1:{p1}").parse().unwrap(), format!("127.0.0.1:{p2}").parse().unwrap());
+    eventually(LIMIT, "all up", || up_count(&pg, "primary") == 1 && up_count(&pg, "replicas") == 1).await;
+    let mut before = connect(a2).await.unwrap();
+    assert_eq!(before.server, "node2");
+
+    // The replicas listener renamed "reads", on the same address.
+    let renamed = text.replace("name = \"replicas\"", "name = \"reads\"");
+    pg.reload(parse(&renamed)).expect("a rename keeps the address");
+    assert_eq!(pg.listener_addr("reads"), Some(a2));
+    assert!(pg.listener_addr("replicas").is_none());
+    eventually(LIMIT, "reads up", || up_count(&pg, "reads") == 1).await;
+    assert_eq!(connect(a2).await.unwrap().server, "node2");
+    let accepted = || pg.shared().runtime().listener("reads").unwrap().stats.accepted.load(Ordering::SeqCst);
+    assert!(accepted() >= 1, "counted on the renamed listener");
+    before.echo(b"the session opened before the rename").await.unwrap();
+
+    // Then the two swap addresses.
+    let swapped = renamed
+        .replace(&format!("127.0.0.1:{p1}"), "SWAP")
+        .replace(&format!("127.0.0.1:{p2}"), &format!("127.0.0.1:{p1}"))
+        .replace("SWAP", &format!("127.0.0.1:{p2}"));
+    pg.reload(parse(&swapped)).expect("a swap of addresses");
+    assert_eq!((pg.listener_addr("primary"), pg.listener_addr("reads")), (Some(a2), Some(a1)));
+    assert_eq!(connect(a1).await.unwrap().server, "node2", "reads on the first address");
+    assert_eq!(connect(a2).await.unwrap().server, "node1", "the leader on the second");
+    before.echo(b"and the swap").await.unwrap();
+}

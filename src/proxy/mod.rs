@@ -30,7 +30,7 @@ use crate::state::{ClusterState, Shared};
 pub async fn accept_loop(
     shared: Arc<Shared>,
     cluster: Arc<ClusterState>,
-    name: String,
+    name: Arc<arc_swap::ArcSwap<String>>,
     socket: TcpListener,
     stop: CancellationToken,
 ) {
@@ -46,12 +46,12 @@ pub async fn accept_loop(
             r = socket.accept() => match r {
                 Ok(v) => {
                     if SHORT.load(std::sync::atomic::Ordering::Relaxed) {
-                        lock_exhaustion().recovered(&name);
+                        lock_exhaustion().recovered(&name.load());
                     }
                     v
                 }
                 Err(e) => {
-                    accept_error(&name, &e).await;
+                    accept_error(&name.load_full(), &e).await;
                     continue;
                 }
             },
@@ -71,6 +71,8 @@ pub async fn accept_loop(
         };
         // A listener a reload moved to another cluster (or whose cluster it removed and
         // another took over) is looked up across the current clusters.
+        // The name as a reload left it: one that renamed the listener hands its sockets on.
+        let name = name.load();
         let runtime = cluster.runtime.load();
         let found = match runtime.listener(&name) {
             Some(l) if !cluster.is_removed() => Some(Arc::clone(l)),
