@@ -304,20 +304,29 @@ impl Pgfront {
     /// Graceful stop: stop accepting, let sessions finish for up to `grace`, then close
     /// the rest, stop checks and the web surface.
     pub async fn shutdown(self, grace: Duration) -> Stopped {
+        self.shutdown_or(grace, std::future::pending()).await
+    }
+
+    /// [`Pgfront::shutdown`], with the grace period ended early when `hurry` completes
+    /// (an operator's second SIGTERM or SIGINT).
+    pub async fn shutdown_or(self, grace: Duration, hurry: impl std::future::Future<Output = ()>) -> Stopped {
         let shared = &self.gen.shared;
         shared.tokens.accept.cancel();
         shared.sessions.close();
         let open = shared.open_sessions();
         tracing::info!(sessions = open, grace = ?grace, "stopping: no new sessions; waiting for open ones");
-        let cut = match tokio::time::timeout(grace, shared.sessions.wait()).await {
-            Ok(()) => 0,
-            Err(_) => {
-                let n = shared.open_sessions();
-                tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
-                shared.tokens.sessions.cancel();
-                shared.sessions.wait().await;
-                n
-            }
+        let drained = tokio::select! {
+            r = tokio::time::timeout(grace, shared.sessions.wait()) => r.is_ok(),
+            () = hurry => shared.open_sessions() == 0,
+        };
+        let cut = if drained {
+            0
+        } else {
+            let n = shared.open_sessions();
+            tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
+            shared.tokens.sessions.cancel();
+            shared.sessions.wait().await;
+            n
         };
         {
             let mut serving = self.gen.serving.lock().unwrap_or_else(|p| p.into_inner());

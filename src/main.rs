@@ -325,13 +325,25 @@ fn run(path: PathBuf, restart_failed: Option<std::io::Error>) -> ExitCode {
         let pgfront = app::start_on(config, bound, Workers::new(workers.handles.clone()));
         systemd::notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         systemd::spawn_watchdog();
-        match signals {
-            Ok(signals) => serve_signals(&pgfront, &path, signals).await,
-            Err(e) => tracing::error!(error = %e, "cannot install signal handlers; stopping"),
-        }
+        let mut signals = match signals {
+            Ok(mut signals) => {
+                serve_signals(&pgfront, &path, &mut signals).await;
+                Some(signals)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers; stopping");
+                None
+            }
+        };
         systemd::notify(&[NotifyState::Stopping, NotifyState::Status("draining sessions")]);
         let grace = pgfront.shared().runtime().config.global.hard_stop_after;
-        pgfront.shutdown(grace).await;
+        let hurry = async {
+            match signals.as_mut() {
+                Some(s) => s.hurry().await,
+                None => std::future::pending().await,
+            }
+        };
+        pgfront.shutdown_or(grace, hurry).await;
         ExitCode::SUCCESS
     });
     workers.stop();
@@ -376,8 +388,8 @@ mod workers {
 
 /// Reloads on SIGHUP; returns on SIGTERM or SIGINT, at once, even while a reload reads its
 /// files (a hung mount or a FIFO must not keep pgfront serving after it was told to stop).
-async fn serve_signals(pgfront: &Pgfront, path: &Path, signals: Signals) {
-    let Signals { mut term, mut int, mut hup } = signals;
+async fn serve_signals(pgfront: &Pgfront, path: &Path, signals: &mut Signals) {
+    let Signals { term, int, hup } = signals;
     // The reload reading its files, when one is; a SIGHUP meanwhile asks for one more after it.
     let mut loading: Option<Loading> = None;
     let mut again = false;
@@ -432,6 +444,19 @@ impl Signals {
     fn new(hup: tokio::signal::unix::Signal) -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup })
+    }
+
+    /// While pgfront drains: completes on a second SIGTERM or SIGINT, which ends the grace
+    /// period at once (an operator who asks twice does not want to wait `hard_stop_after`);
+    /// a SIGHUP is answered with a line saying it changes nothing now.
+    async fn hurry(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break tracing::warn!("SIGTERM received again while draining: closing the remaining sessions now"),
+                _ = self.int.recv() => break tracing::warn!("SIGINT received again while draining: closing the remaining sessions now"),
+                _ = self.hup.recv() => tracing::info!("SIGHUP received while stopping: not reloading"),
+            }
+        }
     }
 }
 

@@ -325,8 +325,13 @@ impl Limited {
     }
 
     /// Stops pgfront (it must exit cleanly) and returns its whole log.
-    async fn stop(mut self) -> Vec<String> {
+    async fn stop(self) -> Vec<String> {
         signal(self.pid, "-TERM");
+        self.exited().await
+    }
+
+    /// Waits for pgfront to exit (it must exit cleanly) and returns its whole log.
+    async fn exited(mut self) -> Vec<String> {
         let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
         let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
         self.reader.take().unwrap().join().unwrap();
@@ -665,4 +670,41 @@ async fn a_sighup_while_pgfront_starts_does_not_end_it() {
         assert!(status.is_some_and(|s| s.success()), "{status:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The status line of GET `path` on `addr`.
+async fn status_line(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.lines().next().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_drain_and_a_stop_is_not_blamed_on_the_server() {
+    // Before (found by helper-27): a second SIGTERM while draining was ignored without a
+    // word, so an operator waited out hard_stop_after; /health answered 200 while pgfront
+    // took no new session; and the sessions the stop closed were logged reason=server_down.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = Limited::start_with(&lab, 1024, "second-term", |t| {
+        t.replace("hard_stop_after = \"5s\"", "hard_stop_after = \"10m\"")
+    })
+    .await;
+    assert_eq!(status_line(pg.web, "/health").await.as_deref(), Some("HTTP/1.0 200 OK"));
+    let mut held = hold(pg.addr, 1).await;
+    signal(pg.pid, "-TERM");
+    pg.wait_for("stopping: no new sessions").await;
+    assert_eq!(status_line(pg.web, "/health").await.as_deref(), Some("HTTP/1.0 503 Service Unavailable"));
+    signal(pg.pid, "-HUP");
+    pg.wait_for("SIGHUP received while stopping").await;
+    all_echo(&mut held, b"while draining").await;
+    signal(pg.pid, "-TERM");
+    let lines = pg.exited().await;
+    assert!(lines.iter().any(|l| l.contains("SIGTERM received again")), "{lines:#?}");
+    let closed: Vec<_> = lines.iter().filter(|l| l.contains("session closed")).collect();
+    assert_eq!(closed.len(), 1, "{lines:#?}");
+    assert!(closed[0].contains("stopping") && !closed[0].contains("server_down"), "{closed:?}");
+    assert!(held[0].closed_within(LIMIT).await, "the session was left open");
 }

@@ -32,6 +32,8 @@ pub enum End {
     ServerError(io::Error),
     /// The server was marked down (shutdown-sessions) or an operator cut it.
     Cut,
+    /// The end of a graceful stop (`hard_stop_after`, or a second SIGTERM) closed it.
+    Stopped,
     /// The session went to the leader, and its leadership term ended (another node leads,
     /// or the leader's claim is over).
     LeaderChanged,
@@ -52,6 +54,7 @@ impl End {
             End::ClientError(_) => "client_error",
             End::ServerError(_) => "server_error",
             End::Cut => "server_down",
+            End::Stopped => "stopping",
             End::LeaderChanged => "leader_changed",
         }
     }

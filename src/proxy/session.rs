@@ -390,7 +390,12 @@ fn copy_phase<'a>(
                 };
                 live.moved.to_server += m.to_server;
                 live.moved.to_client += m.to_client;
-                end
+                // The stop cancels every server's sessions through the same tokens as a
+                // mark-down: the log and the counters must not blame the server.
+                match end {
+                    End::Cut if shared.tokens.sessions.is_cancelled() => End::Stopped,
+                    end => end,
+                }
             }
         };
         // PostgreSQL ends sessions on its own only when something happens to it (shutdown,

@@ -198,9 +198,18 @@ impl Web {
     /// The quick lane's one answer: the door let in only requests for /health, what
     /// Pacemaker's monitor asks (the dashboards hold every other place).
     fn quick(&self) -> Reply {
-        let mut r = text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
+        let mut r = self.health();
         r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         r
+    }
+
+    /// For Pacemaker or an outer balancer: 200 while the process serves; 503 once it
+    /// drains for a stop (it accepts no new session, so nothing should be sent to it).
+    fn health(&self) -> Reply {
+        if self.shared.tokens.accept.is_cancelled() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "stopping\n".into());
+        }
+        text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Reply {
@@ -211,8 +220,7 @@ impl Web {
             return text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body);
         }
         if path == "/health" {
-            // For Pacemaker or an outer balancer: the process is up and serving.
-            return text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into());
+            return self.health();
         }
         let runtime = self.shared.runtime();
         let users = runtime.config.web.as_ref().map(|w| w.users.as_slice()).unwrap_or_default();
