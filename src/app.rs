@@ -313,16 +313,18 @@ impl Pgfront {
         let shared = &self.gen.shared;
         shared.tokens.accept.cancel();
         shared.sessions.close();
-        let open = shared.open_sessions();
+        // Every session task, not only those holding a server's place in the current
+        // generation (sessions still starting, or on servers and listeners a reload removed).
+        let open = shared.sessions.len();
         tracing::info!(sessions = open, grace = ?grace, "stopping: no new sessions; waiting for open ones");
         let drained = tokio::select! {
             r = tokio::time::timeout(grace, shared.sessions.wait()) => r.is_ok(),
-            () = hurry => shared.open_sessions() == 0,
+            () = hurry => shared.sessions.is_empty(),
         };
         let cut = if drained {
             0
         } else {
-            let n = shared.open_sessions();
+            let n = shared.sessions.len();
             tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
             shared.tokens.sessions.cancel();
             shared.sessions.wait().await;
@@ -404,6 +406,9 @@ impl Generations {
                 "defer_accept applies to listeners bound from now on; the others keep theirs until a restart"
             );
         }
+        // From the first generation swapped to the last socket handed over, accept loops
+        // wait (see `Reloads::steady`): none reads a listener's old name in a new generation.
+        let moving = self.shared.reloads.moving();
         let before = self.shared.clusters.load_full();
         let mut after: Vec<Arc<ClusterState>> = Vec::new();
         let views = config.views();
@@ -468,6 +473,7 @@ impl Generations {
         // every node served now, discovered members included; resized from the one in effect.
         self.shared.refit(config.global.maxconn);
         self.listeners(&mut serving, &config, fresh, adopted);
+        drop(moving);
         serving.file = config;
         Ok(())
     }

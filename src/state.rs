@@ -104,9 +104,44 @@ pub struct Reloads {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Odd while a reload swaps generations and hands listening sockets to the listeners
+    /// that now name their addresses (a rename, a swap of addresses), even otherwise: a
+    /// seqlock, so an accept loop reads its socket's listener name and the generation it
+    /// looks that name up in as one, never the new generation with the old name.
+    epoch: AtomicU64,
+}
+
+/// A reload's moving section (see `Reloads::epoch`): ends when dropped, on every path.
+pub struct Moving<'a>(&'a AtomicU64);
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Reloads {
+    /// Marks the start of a reload's moving section, until the guard drops.
+    pub fn moving(&self) -> Moving<'_> {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        Moving(&self.epoch)
+    }
+
+    /// Runs `read` at a moment no reload is moving listeners: again if one moved them
+    /// meanwhile (a reload's moving section is short and never waits on I/O).
+    pub async fn steady<T>(&self, mut read: impl FnMut() -> T) -> T {
+        loop {
+            let seen = self.epoch.load(Ordering::SeqCst);
+            if seen % 2 == 0 {
+                let value = read();
+                if self.epoch.load(Ordering::SeqCst) == seen {
+                    return value;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// The error of the last reload, if it failed.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -259,6 +259,9 @@ async fn a_reload_can_rename_a_listener_or_swap_two_listeners_addresses() {
     pg.reload(parse(&renamed)).expect("a rename keeps the address");
     assert_eq!(pg.listener_addr("reads"), Some(a2));
     assert!(pg.listener_addr("replicas").is_none());
+    // It goes on as the listener it was: its open session counts against its server.
+    let node2 = |l: &str| pg.shared().runtime().listener(l).unwrap().servers[1].stats.cur.load(Ordering::SeqCst);
+    assert_eq!(node2("reads"), 1, "the session opened before the rename is counted");
     eventually(LIMIT, "reads up", || up_count(&pg, "reads") == 1).await;
     assert_eq!(connect(a2).await.unwrap().server, "node2");
     let accepted = || pg.shared().runtime().listener("reads").unwrap().stats.accepted.load(Ordering::SeqCst);
@@ -275,4 +278,57 @@ async fn a_reload_can_rename_a_listener_or_swap_two_listeners_addresses() {
     assert_eq!(connect(a1).await.unwrap().server, "node2", "reads on the first address");
     assert_eq!(connect(a2).await.unwrap().server, "node1", "the leader on the second");
     before.echo(b"and the swap").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_accepted_while_a_reload_renames_their_listener_are_served() {
+    // Found by review: a reload swapped the generation in before it handed the socket its
+    // new name, and an accept loop that read the old name in the new generation found no
+    // such listener and closed the connection it had just accepted.
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = lab.config("").replace(
+        "name = \"replicas\"\nbind = \"127.0.0.1:0\"",
+        &format!("name = \"replicas\"\nbind = \"127.0.0.1:{port}\""),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let pg = std::sync::Arc::new(start(&text));
+    assert_eq!(pg.listener_addr("replicas"), Some(addr));
+    eventually(LIMIT, "up", || up_count(&pg, "replicas") == 1).await;
+    let files = [parse(&text.replace("name = \"replicas\"", "name = \"reads\"")), parse(&text)];
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let done = std::sync::Arc::clone(&done);
+            tokio::spawn(async move {
+                let (mut served, mut dropped) = (0, Vec::new());
+                while !done.load(Ordering::SeqCst) {
+                    match tokio::time::timeout(LIMIT, connect(addr)).await.expect("a connect hung") {
+                        Ok(c) => served += usize::from(c.server == "node2"),
+                        Err(e) => dropped.push(e),
+                    }
+                }
+                (served, dropped)
+            })
+        })
+        .collect();
+    let reloader = {
+        let pg = std::sync::Arc::clone(&pg);
+        tokio::task::spawn_blocking(move || {
+            for i in 0..300 {
+                pg.reload(files[i % 2].clone()).expect("a rename keeps the address");
+                std::thread::yield_now();
+            }
+        })
+    };
+    reloader.await.unwrap();
+    done.store(true, Ordering::SeqCst);
+    let mut served = 0;
+    for c in clients {
+        let (s, dropped) = c.await.unwrap();
+        assert!(dropped.is_empty(), "{} connections dropped or refused: {:?}", dropped.len(), dropped.first());
+        served += s;
+    }
+    assert!(served > 0, "no connection was served during the reloads");
 }

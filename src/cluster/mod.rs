@@ -151,7 +151,19 @@ impl Runtime {
         };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let old_listener = previous.and_then(|p| p.listener(&l.name));
+            // A listener renamed in place (the same fixed address, its old name gone from
+            // the file) goes on as the one it was, as its sockets do (see `app::reload`):
+            // its sessions stay counted against its servers' maxconn, its queue and
+            // counters carry on.
+            let old_listener = previous.and_then(|p| {
+                p.listener(&l.name).or_else(|| {
+                    p.listeners.iter().find(|o| {
+                        l.bind.port() != 0
+                            && o.config.bind == l.bind
+                            && !config.listeners.iter().any(|n| n.name == o.config.name)
+                    })
+                })
+            });
             let servers = l
                 .servers
                 .iter()

@@ -71,13 +71,18 @@ pub async fn accept_loop(
         };
         // A listener a reload moved to another cluster (or whose cluster it removed and
         // another took over) is looked up across the current clusters.
-        // The name as a reload left it: one that renamed the listener hands its sockets on.
-        let name = name.load();
-        let runtime = cluster.runtime.load();
-        let found = match runtime.listener(&name) {
-            Some(l) if !cluster.is_removed() => Some(Arc::clone(l)),
-            _ => shared.listener(&name),
-        };
+        // The name as a reload left it (one that renamed the listener hands its sockets
+        // on), read with the generation it is looked up in.
+        let found = shared
+            .reloads
+            .steady(|| {
+                let name = name.load();
+                match cluster.runtime.load().listener(&name) {
+                    Some(l) if !cluster.is_removed() => Some(Arc::clone(l)),
+                    _ => shared.listener(&name),
+                }
+            })
+            .await;
         let Some(listener) = found else {
             // Removed by a reload whose socket has not closed yet.
             continue;

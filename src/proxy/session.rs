@@ -239,7 +239,9 @@ async fn start(shared: &Shared, listener: &Arc<ListenerState>, client: TcpStream
         // Copying sessions see the same cancellation through their server's token and end
         // (and log) on their own; this arm ends the ones still before that.
         () = shared.tokens.sessions.cancelled() => {
-            tracing::info!(listener = %listener.config.name, client = %peer, reason = "stopping", "session closed before reaching a server");
+            if listener.config.log_sessions != LogSessions::None {
+                tracing::info!(listener = %listener.config.name, client = %peer, reason = "stopping", "session closed before reaching a server");
+            }
             None
         }
     }
