@@ -242,7 +242,7 @@ impl Pgfront {
         // with the web surface, before the stop waits for these tasks.
         let trim_stop = web_stop.clone();
         tasks.spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let mut every = tokio::time::interval(proxy::TRIM_LOOK);
             loop {
                 tokio::select! {
                     _ = every.tick() => proxy::trim_memory(),

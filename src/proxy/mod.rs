@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use buffers::trim as trim_memory;
+pub use buffers::{trim as trim_memory, TRIM_LOOK};
 pub use copy::End;
 pub use react::Reactor;
 pub use tweaks::{bind, bind_copies, bind_web, defers_accept};
