@@ -317,15 +317,15 @@ impl Pgfront {
         // generation (sessions still starting, or on servers and listeners a reload removed).
         let open = shared.sessions.len();
         tracing::info!(sessions = open, grace = ?grace, "stopping: no new sessions; waiting for open ones");
-        let drained = tokio::select! {
-            r = tokio::time::timeout(grace, shared.sessions.wait()) => r.is_ok(),
-            () = hurry => shared.sessions.is_empty(),
+        let (drained, why) = tokio::select! {
+            r = tokio::time::timeout(grace, shared.sessions.wait()) => (r.is_ok(), "grace period over"),
+            () = hurry => (shared.sessions.is_empty(), "told again to stop"),
         };
         let cut = if drained {
             0
         } else {
             let n = shared.sessions.len();
-            tracing::warn!(sessions = n, "grace period over: closing remaining sessions");
+            tracing::warn!(sessions = n, "{why}: closing remaining sessions");
             shared.tokens.sessions.cancel();
             shared.sessions.wait().await;
             n

@@ -297,3 +297,35 @@ async fn a_refusal_says_which_limit_every_server_was_at() {
     assert_eq!(pick(&l, &[], Target::Listener).err(), Some(NoServer::Full));
     assert_eq!(NoServer::Connecting.as_label(), "max_connecting");
 }
+
+/// A two-listener generation on fixed ports: `listeners` as (name, port, path).
+fn generation(listeners: &[(&str, u16, &str)], previous: Option<&Runtime>) -> Runtime {
+    let mut text = String::from("[[node]]\nname = \"n1\"\naddress = \"127.0.0.1:1\"\n");
+    for (name, port, path) in listeners {
+        text +=
+            &format!("[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\ncheck = {{ path = \"{path}\" }}\n");
+    }
+    let config = Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+    Runtime::build_from(Arc::new(config), &CancellationToken::new(), previous)
+}
+
+#[test]
+fn clients_waiting_on_a_port_keep_that_ports_rules_across_a_swap_or_a_rename() {
+    // Found by a torture run: after a reload that swapped two listeners' addresses, clients
+    // queued on the write port were served by the listener of their old name, now the read
+    // one: they got replicas. The queue (and the rest of a listener's state) now goes on
+    // with the address, whose sockets the reload hands over.
+    let queue = |rt: &Runtime, name: &str| Arc::clone(&rt.listener(name).unwrap().queue);
+    let first = generation(&[("a", 7001, "/master"), ("b", 7002, "/replica")], None);
+    let swapped = generation(&[("b", 7001, "/master"), ("a", 7002, "/replica")], Some(&first));
+    assert!(Arc::ptr_eq(&queue(&swapped, "b"), &queue(&first, "a")), "7001's waiters stay on 7001");
+    assert!(Arc::ptr_eq(&queue(&swapped, "a"), &queue(&first, "b")), "7002's waiters stay on 7002");
+    // A listener moved to a new port leaves its old one's state to the listener there now.
+    let moved = generation(&[("c", 7001, "/master"), ("a", 7003, "/replica")], Some(&first));
+    assert!(Arc::ptr_eq(&queue(&moved, "c"), &queue(&first, "a")));
+    assert!(!Arc::ptr_eq(&queue(&moved, "a"), &queue(&first, "a")), "one successor at most");
+    assert!(!Arc::ptr_eq(&queue(&moved, "a"), &queue(&first, "b")));
+    // A change of rules on the same address and name goes on as before.
+    let same = generation(&[("a", 7001, "/primary"), ("b", 7002, "/replica")], Some(&first));
+    assert!(Arc::ptr_eq(&queue(&same, "a"), &queue(&first, "a")));
+}

@@ -149,21 +149,37 @@ impl Runtime {
                 Arc::new(Check::retimed(old, i, spec.clone()))
             })
         };
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            // A listener renamed in place (the same fixed address, its old name gone from
-            // the file) goes on as the one it was, as its sockets do (see `app::reload`):
-            // its sessions stay counted against its servers' maxconn, its queue and
-            // counters carry on.
-            let old_listener = previous.and_then(|p| {
-                p.listener(&l.name).or_else(|| {
-                    p.listeners.iter().find(|o| {
-                        l.bind.port() != 0
-                            && o.config.bind == l.bind
-                            && !config.listeners.iter().any(|n| n.name == o.config.name)
+        // Which listener of the last generation each one goes on from (servers with their
+        // sessions and maxconn counts, queue, counters): the one that served its fixed
+        // address, whose sockets it is handed (see `app::reload`), so that clients waiting
+        // on a port keep that port's rules across a rename or a swap of addresses; else the
+        // one of its name. Each goes on in one listener at most.
+        let old_listeners: Vec<Option<&Arc<ListenerState>>> = match previous {
+            None => vec![None; config.listeners.len()],
+            Some(p) => {
+                let at_bind: Vec<Option<usize>> = config
+                    .listeners
+                    .iter()
+                    .map(|l| p.listeners.iter().position(|o| l.bind.port() != 0 && o.config.bind == l.bind))
+                    .collect();
+                config
+                    .listeners
+                    .iter()
+                    .zip(&at_bind)
+                    .map(|(l, at)| {
+                        let i = at.or_else(|| {
+                            p.listeners
+                                .iter()
+                                .position(|o| o.config.name == l.name)
+                                .filter(|i| !at_bind.contains(&Some(*i)))
+                        })?;
+                        Some(&p.listeners[i])
                     })
-                })
-            });
+                    .collect()
+            }
+        };
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (l, old_listener) in config.listeners.iter().zip(old_listeners) {
             let servers = l
                 .servers
                 .iter()
