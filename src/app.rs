@@ -429,10 +429,16 @@ impl Generations {
                     // A renamed cluster (or a file moved to [[cluster]] tables) succeeds the
                     // removed cluster that served one of its listeners: nodes, checks, health,
                     // leadership, queues and sessions carry over as in any reload.
-                    let predecessor = before
-                        .iter()
-                        .filter(|c| !names.contains(&c.name) && !succeeded.contains(&c.name))
-                        .find(|c| view.listeners.iter().any(|l| c.runtime.load().listener(&l.name).is_some()));
+                    let predecessor =
+                        before.iter().filter(|c| !names.contains(&c.name) && !succeeded.contains(&c.name)).find(|c| {
+                            // By a listener's name, or by a fixed address whose sockets are
+                            // handed over (a cluster renamed with its listeners).
+                            let rt = c.runtime.load();
+                            view.listeners.iter().any(|l| {
+                                rt.listener(&l.name).is_some()
+                                    || (l.bind.port() != 0 && rt.listeners.iter().any(|o| o.config.bind == l.bind))
+                            })
+                        });
                     let previous = predecessor.map(|c| c.runtime());
                     // Its discovered members too, so they keep their health and sessions
                     // instead of coming back as new servers at the next discovery round.

@@ -388,3 +388,32 @@ async fn moving_a_file_to_cluster_tables_keeps_health_and_sessions() {
     assert!(short.closed_within(Duration::from_secs(3)).await, "the reloaded timeout_client applies");
     pg.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn renaming_a_cluster_with_its_listeners_keeps_health_and_sessions() {
+    // Found by a torture run: a cluster renamed together with its listeners (same fixed
+    // addresses) started as a new cluster, its servers down until they rose again, its
+    // leadership and counters lost. It succeeds the cluster whose addresses it takes over.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (p1, p2) = (port(), port());
+    let fixed =
+        |name: &str| {
+            cluster(name, &lab, "")
+                .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
+                .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
+        };
+    let pg = support::start(&format!("{FAST}{}", fixed("a")));
+    eventually(LIMIT, "up", || up(&pg, "a-primary") == 1 && up(&pg, "a-replicas") == 2).await;
+    let addr = pg.listener_addr("a-primary").unwrap();
+    let mut c = connect(addr).await.unwrap();
+    pg.reload(parse(&format!("{FAST}{}", fixed("b")))).expect("the reload applies");
+    assert!(pg.cluster("a").is_none() && pg.cluster("b").is_some());
+    assert_eq!((up(&pg, "b-primary"), up(&pg, "b-replicas")), (1, 2), "health carried over");
+    let rt = pg.cluster("b").unwrap().runtime.load_full();
+    assert_eq!(rt.listener("b-primary").unwrap().servers[0].stats.cur.load(Ordering::SeqCst), 1, "the session counts");
+    c.echo(b"still here").await.expect("the session is untouched");
+    assert_eq!(connect(addr).await.expect("served at once").server, "node1");
+    pg.shutdown(Duration::from_secs(1)).await;
+}
