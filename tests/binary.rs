@@ -13,10 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const LIMIT: Duration = Duration::from_secs(20);
 const BIN: &str = env!("CARGO_BIN_EXE_pgfront");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `lab`'s config with `global` added to `[global]`, its two listeners and its web page on
 /// fixed free ports (a child process cannot tell which port 0 chose): the text and the
 /// ports (first listener, second listener, web).

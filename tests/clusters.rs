@@ -396,19 +396,14 @@ async fn renaming_a_cluster_with_its_listeners_keeps_health_and_sessions() {
     // leadership and counters lost. It succeeds the cluster whose addresses it takes over.
     let lab = Lab::start(3).await;
     lab.leader(0);
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (p1, p2) = (port(), port());
-    let fixed =
-        |name: &str| {
-            cluster(name, &lab, "")
-                .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1)
-                .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p2}\""), 1)
-        };
-    let pg = support::start(&format!("{FAST}{}", fixed("a")));
+    let (a, _, _) = on_two_free_ports(&cluster("a", &lab, ""));
+    let b = a.replace("name = \"a\"", "name = \"b\"").replace("\"a-", "\"b-");
+    assert!(!b.contains("\"a-") && b.contains("name = \"b\""));
+    let pg = support::start(&format!("{FAST}{a}"));
     eventually(LIMIT, "up", || up(&pg, "a-primary") == 1 && up(&pg, "a-replicas") == 2).await;
     let addr = pg.listener_addr("a-primary").unwrap();
     let mut c = connect(addr).await.unwrap();
-    pg.reload(parse(&format!("{FAST}{}", fixed("b")))).expect("the reload applies");
+    pg.reload(parse(&format!("{FAST}{b}"))).expect("the reload applies");
     assert!(pg.cluster("a").is_none() && pg.cluster("b").is_some());
     assert_eq!((up(&pg, "b-primary"), up(&pg, "b-replicas")), (1, 2), "health carried over");
     let rt = pg.cluster("b").unwrap().runtime.load_full();

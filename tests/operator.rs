@@ -240,13 +240,7 @@ async fn a_reload_can_rename_a_listener_or_swap_two_listeners_addresses() {
     // reloads with refused connections between them, or a restart.
     let lab = Lab::start(2).await;
     lab.leader(0);
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (p1, p2) = (port(), port());
-    let text = lab.config("").replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1).replacen(
-        "bind = \"127.0.0.1:0\"",
-        &format!("bind = \"127.0.0.1:{p2}\""),
-        1,
-    );
+    let (text, p1, p2) = on_two_free_ports(&lab.config(""));
     let pg = start(&text);
     let (a1, a2): (SocketAddr, SocketAddr) =
         (format!("127.0.0.1:{p1}").parse().unwrap(), format!("127.0.0.1:{p2}").parse().unwrap());
@@ -287,7 +281,7 @@ async fn connections_accepted_while_a_reload_renames_their_listener_are_served()
     // such listener and closed the connection it had just accepted.
     let lab = Lab::start(2).await;
     lab.leader(0);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let text = lab.config("").replace(
         "name = \"replicas\"\nbind = \"127.0.0.1:0\"",
         &format!("name = \"replicas\"\nbind = \"127.0.0.1:{port}\""),

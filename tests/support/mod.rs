@@ -467,3 +467,21 @@ pub async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16,
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
+
+/// A free port on 127.0.0.1 (for configs that must name their port in advance).
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `text` with its first two `127.0.0.1:0` binds on fixed free ports: the text and the ports.
+#[allow(dead_code)]
+pub fn on_two_free_ports(text: &str) -> (String, u16, u16) {
+    let (p1, p2) = (free_port(), free_port());
+    let text = text.replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{p1}\""), 1).replacen(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"127.0.0.1:{p2}\""),
+        1,
+    );
+    (text, p1, p2)
+}
