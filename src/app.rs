@@ -414,13 +414,15 @@ impl Generations {
         let views = config.views();
         let names: Vec<String> = views.iter().map(|v| v.cluster.clone()).collect();
         let mut succeeded: Vec<String> = Vec::new();
+        // Generations replaced: servers they had and no new one has hold sessions still.
+        let mut replaced = Vec::new();
         for view in views {
             match before.iter().find(|c| c.name == view.cluster) {
                 Some(cluster) => {
                     let cs = serving.clusters.get_mut(&view.cluster).expect("a running cluster is served");
                     if cs.file != view {
                         let merged = view.with_members(&cs.members);
-                        self.swap(cluster, cs, merged);
+                        replaced.push(self.swap(cluster, cs, merged));
                         cs.file = view;
                     }
                     after.push(Arc::clone(cluster));
@@ -470,11 +472,13 @@ impl Generations {
         for gone in before.iter().filter(|c| !after.iter().any(|a| Arc::ptr_eq(a, c))) {
             tracing::info!(cluster = %gone.name, "cluster removed; its open sessions run to their end");
             gone.removed.store(true, Ordering::Relaxed);
+            replaced.push(gone.runtime());
             if let Some(cs) = serving.clusters.remove(&gone.name) {
                 cs.checkers.cancel();
                 cs.discovery.cancel();
             }
         }
+        self.shared.retired.note(&replaced, &self.shared.runtimes());
         // As the descriptor limit holds it (see `fds`), with a reserve for the checks of
         // every node served now, discovered members included; resized from the one in effect.
         self.shared.refit(config.global.maxconn);
@@ -485,8 +489,9 @@ impl Generations {
     }
 
     /// Builds `cluster`'s generation for `config` (its view, members merged), swaps it in,
-    /// and moves its checkers to it (reused checks keep their state).
-    fn swap(&self, cluster: &ClusterState, serving: &mut ClusterServing, config: Config) {
+    /// and moves its checkers to it (reused checks keep their state); returns the
+    /// generation it replaced.
+    fn swap(&self, cluster: &ClusterState, serving: &mut ClusterServing, config: Config) -> Arc<Runtime> {
         let old = cluster.runtime();
         let runtime = Arc::new(Runtime::build_from(Arc::new(config), &self.shared.tokens.sessions, Some(&old)));
         let checkers = self.shared.tokens.root.child_token();
@@ -497,6 +502,7 @@ impl Generations {
         for l in &runtime.listeners {
             l.wake_queue();
         }
+        old
     }
 
     /// Starts accept loops on the freshly bound sockets, hands `adopted` sockets over
@@ -564,7 +570,8 @@ impl discovery::Apply for ClusterApply {
             return false;
         }
         let merged = cs.file.with_members(&members);
-        self.gen.swap(&cluster, cs, merged);
+        let old = self.gen.swap(&cluster, cs, merged);
+        self.gen.shared.retired.note(&[old], &self.gen.shared.runtimes());
         cs.members = members;
         // Each member's check holds descriptors too: the reserve grows with them.
         self.gen.shared.refit(serving.file.global.maxconn);

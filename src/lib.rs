@@ -19,6 +19,7 @@ pub mod malloc;
 pub mod net;
 pub mod pg;
 pub mod proxy;
+pub mod retired;
 pub mod sampler;
 pub mod state;
 pub mod stats;

@@ -96,6 +96,8 @@ pub struct Shared {
     pub cancel_keys: crate::proxy::keys::CancelKeys,
     /// What the web surface and cancel fan-outs may take of the descriptors' reserve.
     pub shares: crate::fds::Shares,
+    /// Servers a reload or discovery took away while sessions were open on them.
+    pub retired: crate::retired::Retired,
 }
 
 /// Reload outcomes, for logs, metrics and the dashboard.
@@ -203,6 +205,12 @@ impl Shared {
         self.maxconn.load(Ordering::Acquire)
     }
 
+    /// Places held under global maxconn: every session past its accept, on any listener,
+    /// a removed one included (permits owed by a lowered maxconn are still held).
+    pub fn places_held(&self) -> usize {
+        (self.maxconn_in_effect() + self.owed.load(Ordering::Acquire)).saturating_sub(self.global.available_permits())
+    }
+
     /// Applies a new global maxconn: raising it pays debts first, lowering takes back the
     /// free places at once and the held ones as their sessions end.
     pub fn resize(&self, new: usize) {
@@ -243,6 +251,7 @@ impl Shared {
             cancel_keys: Default::default(),
             shares: crate::fds::Shares::new(),
             owed: Arc::default(),
+            retired: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::cluster::{AdminState, ListenerState, NodeState, Server};
 use crate::config::CheckMode;
 use crate::health::ProbeResult;
 use crate::history::{Failover, Segment, Series};
+use crate::retired::RetiredSessions;
 use crate::state::{ClusterState, Shared};
 
 /// One cluster's view. For a file without `[[cluster]]` it is the whole process; with
@@ -56,6 +57,15 @@ pub struct Snapshot {
     /// Every cluster's snapshot, in file order, when the file has `[[cluster]]` tables
     /// (empty otherwise: the top level is the one unnamed cluster).
     pub clusters: Vec<Snapshot>,
+    /// Places held under global maxconn now, by every session past its accept (starting,
+    /// queued, open, on a removed listener), and the global maxconn in effect: the
+    /// process's, the same in every cluster's snapshot.
+    pub global_sessions: usize,
+    pub global_maxconn: usize,
+    /// Sessions still open on servers a reload or discovery took away (a removed listener
+    /// or cluster): they run to their end and hold their places. Process-wide, at the top
+    /// level only.
+    pub retired: Vec<RetiredSessions>,
 }
 
 /// A node as Patroni describes it.
@@ -181,6 +191,7 @@ impl Snapshot {
     pub fn of(shared: &Shared) -> Snapshot {
         let all = shared.clusters.load();
         let mut top = Snapshot::of_cluster(shared, &all[0]);
+        top.retired = shared.retired.open();
         if all.len() > 1 || !all[0].name.is_empty() {
             top.clusters = all.iter().map(|c| Snapshot::of_cluster(shared, c)).collect();
         }
@@ -253,6 +264,9 @@ impl Snapshot {
                 .map(|e| EventSnap { at: e.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), text: e.text })
                 .collect(),
             clusters: Vec::new(),
+            global_sessions: shared.places_held(),
+            global_maxconn: shared.maxconn_in_effect(),
+            retired: Vec::new(),
         }
     }
 }

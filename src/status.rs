@@ -201,9 +201,10 @@ fn ago(secs: u64) -> String {
     }
 }
 
-/// The status as a person reads it: with `[[cluster]]` tables, one part per cluster.
+/// The status as a person reads it: with `[[cluster]]` tables, one part per cluster; then
+/// what belongs to the process.
 pub fn render(url: &str, v: &Value) -> String {
-    match v["clusters"].as_array().filter(|a| !a.is_empty()) {
+    let mut out = match v["clusters"].as_array().filter(|a| !a.is_empty()) {
         None => render_cluster(url, v),
         Some(all) => {
             let mut out = String::new();
@@ -214,7 +215,26 @@ pub fn render(url: &str, v: &Value) -> String {
             }
             out
         }
+    };
+    render_process(&mut out, v);
+    out
+}
+
+/// Global maxconn, and the sessions on what a reload took away: they hold places that no
+/// listener above shows.
+fn render_process(out: &mut String, v: &Value) {
+    if let (Some(held), Some(max)) = (v["global_sessions"].as_u64(), v["global_maxconn"].as_u64()) {
+        let _ = writeln!(out, "global maxconn {max}: {held} places held");
     }
+    let retired = v["retired"].as_array().cloned().unwrap_or_default();
+    if retired.is_empty() {
+        return;
+    }
+    let total: u64 = retired.iter().filter_map(|r| r["sessions"].as_u64()).sum();
+    let _ = writeln!(out, "{total} sessions on listeners or servers a reload removed (they run to their end):");
+    let rows: Vec<Vec<String>> =
+        retired.iter().map(|r| vec![s(&r["cluster"]), s(&r["listener"]), s(&r["server"]), s(&r["sessions"])]).collect();
+    table(out, &["Cluster", "Listener", "Server", "Sessions"], &rows);
 }
 
 /// One cluster's status.
@@ -400,5 +420,17 @@ mod tests {
             "{text}"
         );
         assert!(!render("http://x:7000", &serde_json::json!({"leader": "n"})).contains("Patroni"));
+    }
+
+    #[test]
+    fn renders_global_places_and_sessions_on_removed_listeners() {
+        let v = serde_json::json!({"leader": "n", "global_sessions": 5, "global_maxconn": 8,
+            "retired": [{"cluster": "", "listener": "old", "server": "node2", "sessions": 3}]});
+        let text = render("http://x:7000", &v);
+        assert!(text.contains("global maxconn 8: 5 places held\n"), "{text}");
+        assert!(text.contains("3 sessions on listeners or servers a reload removed"), "{text}");
+        assert!(text.contains("| old      | node2  | 3        |"), "{text}");
+        let quiet = render("http://x:7000", &serde_json::json!({"leader": "n", "retired": []}));
+        assert!(!quiet.contains("removed"), "{quiet}");
     }
 }

@@ -231,6 +231,10 @@ async fn a_reload_adds_and_removes_a_cluster_without_touching_the_other() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let names: Vec<&str> = v["clusters"].as_array().unwrap().iter().filter_map(|c| c["cluster"].as_str()).collect();
     assert_eq!(names, ["b"]);
+    // a's session is shown, with the place it holds (before: in no view at all).
+    let want = serde_json::json!([{"cluster": "a", "listener": "a-primary", "server": "node1", "sessions": 1}]);
+    assert_eq!(v["retired"], want, "{json}");
+    assert_eq!(v["global_sessions"], 2, "{json}");
     assert_eq!(pg.shared().reloads.ok.load(Ordering::SeqCst), 3);
     drop((a_write, b_write));
     pg.shutdown(Duration::from_secs(1)).await;

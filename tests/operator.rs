@@ -132,6 +132,23 @@ async fn a_changed_check_takes_effect_and_removed_servers_drain() {
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["node1", "node2"]);
     on_node3.echo(b"a removed server's session runs to its end").await.unwrap();
+    // Shown, with its place under global maxconn, until it ends (before: status and
+    // metrics said nothing of it).
+    let web = pg.web_addr().unwrap();
+    let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["retired"],
+        serde_json::json!([{"cluster": "", "listener": "replicas", "server": "node3", "sessions": 1}])
+    );
+    assert_eq!(v["global_sessions"], 1, "{json}");
+    let (_, metrics) = get(web, "/metrics", None).await;
+    assert!(metrics.contains("pgfront_retired_sessions 1"), "{metrics}");
+    assert!(metrics.contains("pgfront_global_sessions 1"), "{metrics}");
+    drop(on_node3);
+    eventually(LIMIT, "its end shown", || pg.shared().retired.open().is_empty()).await;
+    let (_, metrics) = get(web, "/metrics", None).await;
+    assert!(metrics.contains("pgfront_retired_sessions 0"), "{metrics}");
 }
 
 #[tokio::test]
@@ -174,11 +191,16 @@ async fn a_new_listener_is_bound_on_reload() {
     pg.reload(parse(&added)).unwrap();
     let addr = pg.listener_addr("extra").expect("bound");
     eventually(LIMIT, "replica up on the new listener", || up_count(&pg, "extra") == 1).await;
-    assert_eq!(connect(addr).await.unwrap().server, "node2");
-    // And removed again: it stops accepting.
+    let mut open = connect(addr).await.unwrap();
+    assert_eq!(open.server, "node2");
+    // And removed again: it stops accepting; the session it had runs on and is shown.
     pg.reload(parse(&text)).unwrap();
     assert!(pg.listener_addr("extra").is_none());
     eventually(LIMIT, "closed", || std::net::TcpStream::connect(addr).is_err()).await;
+    open.echo(b"still served").await.unwrap();
+    let (_, html) = get(pg.web_addr().unwrap(), "/", Some(ADMIN)).await;
+    assert!(html.contains("a reload removed run to their end: extra / node2: 1"), "{html}");
+    assert!(html.contains("global maxconn 4096: 1 places held"), "{html}");
 }
 
 #[tokio::test]

@@ -208,6 +208,25 @@ pub fn render(snap: &Snapshot) -> String {
         }
     }
     let none: [&str; 0] = [];
+    m.gauge(
+        "global_sessions",
+        "Places held under global maxconn: every session past its accept, on any listener.",
+        &none,
+    )
+    .with_label_values(&none)
+    .set(snap.global_sessions as i64);
+    m.gauge("global_maxconn", "The global maxconn in effect (as the descriptor limit holds it).", &none)
+        .with_label_values(&none)
+        .set(snap.global_maxconn as i64);
+    // One figure, always exported (alerts and panels can rely on it); which listeners and
+    // servers hold them is in /status.json (`retired`), the page and `pgfront status`.
+    m.gauge(
+        "retired_sessions",
+        "Sessions still open on listeners, clusters or servers a reload removed: they run to their end and hold places under global maxconn.",
+        &none,
+    )
+    .with_label_values(&none)
+    .set(snap.retired.iter().map(|r| r.sessions).sum::<usize>() as i64);
     let reloads = m.counter("config_reloads_total", "Configuration reloads by result.", &["result"]);
     reloads.with_label_values(&["ok"]).inc_by(snap.reloads_ok);
     reloads.with_label_values(&["failed"]).inc_by(snap.reloads_failed);

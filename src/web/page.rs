@@ -94,13 +94,24 @@ pub fn render(s: &Snapshot, refresh_secs: u64, csrf: Option<&str>) -> String {
 <title>pgfront statistics</title>
 <style>{STYLE}</style></head><body>
 <h1>pgfront <span class="muted">{}</span></h1>
-<p class="muted">uptime {} &middot; {} sessions open &middot; refreshes every {refresh_secs}s &middot;
+<p class="muted">uptime {} &middot; {} sessions open &middot; global maxconn {}: {} places held &middot; refreshes every {refresh_secs}s &middot;
 <a href="/;csv">CSV</a> &middot; <a href="/status.json">JSON</a> &middot; <a href="#failovers">failovers</a></p>
 "##,
         esc(s.version),
         ago(s.uptime_secs),
-        s.each().map(|c| c.sessions).sum::<usize>(),
+        s.each().map(|c| c.sessions).sum::<usize>() + s.retired.iter().map(|r| r.sessions).sum::<usize>(),
+        s.global_maxconn,
+        s.global_sessions,
     );
+    if !s.retired.is_empty() {
+        // Not in any listener's table below, but holding places under global maxconn.
+        h.push_str(r#"<p class="banner">Sessions on listeners or servers a reload removed run to their end:"#);
+        for r in &s.retired {
+            let cluster = if r.cluster.is_empty() { String::new() } else { format!("{} / ", esc(&r.cluster)) };
+            let _ = write!(h, " {cluster}{} / {}: {}", esc(&r.listener), esc(&r.server), r.sessions);
+        }
+        h.push_str("</p>\n");
+    }
     if let Some(e) = &s.reload_error {
         let _ = write!(
             h,
