@@ -5,6 +5,7 @@
 mod discovery;
 mod endpoint;
 mod error;
+mod hash;
 mod raw;
 
 use std::collections::HashMap;
@@ -641,20 +642,10 @@ impl Validator<'_> {
                         (Some(p), None) => Secret::Clear(p.get_ref().clone()),
                         (None, Some(h)) => {
                             let text = h.get_ref().clone();
-                            if text.starts_with("$argon2") {
-                                argon2::PasswordHash::new(&text).map_err(|e| {
-                                    self.src.error(
-                                        h.span(),
-                                        "web.user.password_hash",
-                                        format!("not a valid Argon2 hash: {e}"),
-                                    )
-                                })?;
-                                Secret::Argon2(text)
-                            } else if text.starts_with("$2") && text.len() == 60 {
-                                Secret::Bcrypt(text)
-                            } else {
-                                let msg = "expected an Argon2 ($argon2id$...) or bcrypt ($2b$...) hash";
-                                return Err(self.src.error(h.span(), "web.user.password_hash", msg));
+                            match hash::usable(&text) {
+                                Ok(hash::Kind::Argon2) => Secret::Argon2(text),
+                                Ok(hash::Kind::Bcrypt) => Secret::Bcrypt(text),
+                                Err(msg) => return Err(self.src.error(h.span(), "web.user.password_hash", msg)),
                             }
                         }
                         _ => {
