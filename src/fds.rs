@@ -109,7 +109,7 @@ pub fn fit_maxconn(maxconn: usize) -> usize {
     if fit < maxconn && news {
         tracing::warn!(configured = maxconn, in_effect = fit, descriptor_limit = limit.unwrap_or_default(),
             "global.maxconn needs about {} descriptors (2 per session); the limit holds {fit} sessions: raise LimitNOFILE (or ulimit -n)",
-            maxconn * 2 + reserve(None, base) as usize);
+            maxconn.saturating_mul(2).saturating_add(reserve(None, base) as usize));
     }
     fit
 }

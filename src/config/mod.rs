@@ -331,6 +331,46 @@ pub struct User {
 /// base64 of both, stays under the web port's 1 KiB bound).
 pub const LONGEST_CREDENTIALS: usize = 700;
 
+/// `host:port` split, when the host is an IPv4 address, a DNS name, or an IPv6 address in
+/// brackets, and the port is not 0: "::1" (host ":" and port 1), "host name:5432",
+/// "http://h:5432" or "${X}:5432" passed before, and were only found out when connecting.
+fn split_host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']')?;
+        return inner.parse::<std::net::Ipv6Addr>().is_ok().then_some((inner, port));
+    }
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = host.len() <= 253 && host.strip_suffix('.').unwrap_or(host).split('.').all(label);
+    (host.parse::<std::net::Ipv4Addr>().is_ok() || name).then_some((host, port))
+}
+
+/// The bind of `binds` that `addr` cannot be bound beside, and its listener: the same
+/// address, or the same port where either is a wildcard of its family (`[::]` takes IPv4
+/// as well: pgfront leaves IPV6_V6ONLY at the system's default, off). `check` passed
+/// 127.0.0.1:5000 beside 0.0.0.0:5000, and `run` then failed with "address in use".
+fn clashing(binds: &HashMap<SocketAddr, String>, addr: SocketAddr) -> Option<(SocketAddr, &String)> {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+    };
+    binds
+        .iter()
+        .find(|(b, _)| b.port() == addr.port() && (**b == addr || covers(**b, addr) || covers(addr, **b)))
+        .map(|(b, name)| (*b, name))
+}
+
+/// The most any session count (maxconn, max_connecting) may be: more than one process can
+/// hold (two descriptors a session, `fs.nr_open` 1 048 576 by default), and far below what
+/// would overflow the session limit's arithmetic (a larger global maxconn passed `check`
+/// and made `run` panic).
+pub const MOST_SESSIONS: usize = 1_000_000;
+
 /// How a user's password is checked.
 #[derive(Clone, PartialEq)]
 pub enum Secret {
@@ -591,12 +631,14 @@ impl Validator<'_> {
             }
             // Port 0 (an ephemeral port, as tests use) never collides.
             if listener.bind.port() == 0 {
-            } else if let Some(other) = binds.insert(listener.bind, listener.name.clone()) {
+            } else if let Some((at, other)) = clashing(binds, listener.bind) {
                 return Err(self.src.error(
                     l.bind.span(),
                     "listener.bind",
-                    format!("{} is already bound by listener {other:?}", listener.bind),
+                    format!("{} is already bound by listener {other:?} ({at})", listener.bind),
                 ));
+            } else {
+                binds.insert(listener.bind, listener.name.clone());
             }
             names.push(listener.name.clone());
             listeners.push(listener);
@@ -609,11 +651,11 @@ impl Validator<'_> {
             None => None,
             Some(w) => {
                 let bind = self.bind(&w.bind, "web.bind")?;
-                if let Some(other) = binds.get(&bind) {
+                if let Some((at, other)) = clashing(binds, bind).filter(|_| bind.port() != 0) {
                     return Err(self.src.error(
                         w.bind.span(),
                         "web.bind",
-                        format!("{bind} is already bound by listener {other:?}"),
+                        format!("{bind} is already bound by listener {other:?} ({at})"),
                     ));
                 }
                 let mut users: Vec<User> = Vec::new();
@@ -673,6 +715,9 @@ impl Validator<'_> {
 
     fn nodes(&self, raw: &[RawNode], defaults: &RawDefaults, source: Option<IpAddr>) -> Result<Vec<Node>> {
         let check_port = defaults.check_port.as_ref().map_or(defaults::CHECK_PORT, |p| *p.get_ref());
+        if let Some(p) = defaults.check_port.as_ref().filter(|p| *p.get_ref() == 0) {
+            return Err(self.src.error(p.span(), "check_port", "must be a port from 1 to 65535"));
+        }
         let mut nodes: Vec<Node> = Vec::with_capacity(raw.len());
         for n in raw {
             let name = n.name.get_ref();
@@ -687,6 +732,12 @@ impl Validator<'_> {
                 return Err(self.src.error(n.name.span(), "node.name", format!("duplicate node name {name:?}")));
             }
             let (host, _) = self.host_port(&n.address, "node.address")?;
+            // Two nodes at one address would be one server counted twice, and its leader
+            // answer two claims to lead (writes held as a conflict).
+            if let Some(o) = nodes.iter().find(|o| o.address == *n.address.get_ref()) {
+                let msg = format!("{:?} is node {:?}'s address too", n.address.get_ref(), o.name);
+                return Err(self.src.error(n.address.span(), "node.address", msg));
+            }
             let check_address = match &n.check_address {
                 Some(a) => {
                     self.host_port(a, "node.check_address")?;
@@ -724,6 +775,17 @@ impl Validator<'_> {
         mode: CheckMode,
         discovering: bool,
     ) -> Result<Listener> {
+        // Where a node's REST API is and how it is spoken to belongs to the node (each
+        // listener's check asks it its own question): in a listener these were ignored.
+        let node_level = [
+            ("check_port", l.check_port.as_ref().map(|v| v.span())),
+            ("check_tls", l.check_tls.as_ref().map(|v| v.span())),
+            ("check_auth", l.check_auth.as_ref().map(|v| v.span())),
+        ];
+        if let Some((key, Some(span))) = node_level.into_iter().find(|(_, s)| s.is_some()) {
+            let msg = "is a node's setting, not a listener's: set it in [defaults] or on the [[node]] (check_address for a port of one node)";
+            return Err(self.src.error(span, format!("listener.{key}"), msg));
+        }
         let name = l.name.get_ref();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(self.src.error(
@@ -1069,6 +1131,10 @@ impl Validator<'_> {
     fn positive(&self, v: Option<&Spanned<usize>>, key: &str) -> Result<Option<usize>> {
         match v {
             Some(n) if *n.get_ref() == 0 => Err(self.src.error(n.span(), key, "must be at least 1")),
+            Some(n) if *n.get_ref() > MOST_SESSIONS => {
+                let msg = format!("must be at most {MOST_SESSIONS} (a session takes two descriptors, and Linux allows a process about a million)");
+                Err(self.src.error(n.span(), key, msg))
+            }
             other => Ok(other.map(|n| *n.get_ref())),
         }
     }
@@ -1076,12 +1142,10 @@ impl Validator<'_> {
     /// `host:port` with a numeric port; the host is resolved when connecting.
     fn host_port<'s>(&self, v: &'s Spanned<String>, key: &str) -> Result<(&'s str, u16)> {
         let text = v.get_ref().as_str();
-        let parsed = text.rsplit_once(':').and_then(|(h, p)| {
-            let host = h.trim_start_matches('[').trim_end_matches(']');
-            (!host.is_empty()).then_some(())?;
-            Some((host, p.parse::<u16>().ok().filter(|p| *p != 0)?))
-        });
-        parsed.ok_or_else(|| self.src.error(v.span(), key, format!("{text:?} is not host:port")))
+        split_host_port(text).ok_or_else(|| {
+            let msg = format!("{text:?} is not host:port (an IPv4 address or a DNS name, or an IPv6 address in brackets, and a port from 1 to 65535)");
+            self.src.error(v.span(), key, msg)
+        })
     }
 
     /// A local IP address to bind outgoing connections to.

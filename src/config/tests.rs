@@ -115,6 +115,86 @@ fn zero_values_are_refused() {
 }
 
 #[test]
+fn a_bind_beside_a_wildcard_on_its_port_is_refused() {
+    // Before: check passed it, and run failed with "address in use".
+    let two = |a: &str, b: &str| {
+        let extra = format!("[[listener]]\nname = \"x\"\nbind = \"{b}\"\ncheck = {{ path = \"/replica\" }}\n");
+        format!("{}{extra}", BASE.replace("bind = \"127.0.0.1:5000\"", &format!("bind = \"{a}\"")))
+    };
+    for (a, b) in
+        [("127.0.0.1:5000", "0.0.0.0:5000"), ("0.0.0.0:5000", "127.0.0.2:5000"), ("[::]:5000", "127.0.0.1:5000")]
+    {
+        let (_, key, msg) = err_at(&two(a, b));
+        assert_eq!(key, "listener.bind", "{a} beside {b}: {msg}");
+        assert!(msg.contains("already bound by listener"), "{msg}");
+    }
+    for (a, b) in
+        [("127.0.0.1:5000", "127.0.0.2:5000"), ("0.0.0.0:5000", "[::1]:5000"), ("0.0.0.0:5000", "0.0.0.0:5001")]
+    {
+        let text = two(a, b);
+        assert!(Config::parse(Path::new("t.toml"), &text).is_ok(), "{a} beside {b} refused");
+    }
+}
+
+#[test]
+fn node_addresses_are_host_and_port() {
+    let ok = ["127.0.0.1:5432", "[::1]:5432", "db-1.example.com:5432", "pg_2:6432", "node.:5432"];
+    for a in ok {
+        assert!(split_host_port(a).is_some(), "{a} refused");
+    }
+    assert_eq!(split_host_port("[::1]:5432"), Some(("::1", 5432)));
+    // Before: "::1" was host ":" port 1, and the others passed check too.
+    let bad = [
+        "::1",
+        "::1:5432",
+        "[::1:5432",
+        "host name:5432",
+        "http://127.0.0.12:5432",
+        "${X}:5432",
+        "h:0",
+        ":5432",
+        "[x]:5432",
+        "-a:1",
+    ];
+    for a in bad {
+        assert!(split_host_port(a).is_none(), "{a} accepted");
+    }
+    let (line, key, msg) = err_at(&BASE.replace("127.0.0.12:5432", "::1"));
+    assert_eq!((line, key.as_str()), (8, "node.address"), "{msg}");
+}
+
+#[test]
+fn a_check_port_of_0_and_two_nodes_at_one_address_are_refused() {
+    // Before: both passed check; the first probed port 0, the second held writes as a
+    // conflict between the two names of one node.
+    let (line, key, _) = err_at(&format!("[defaults]\ncheck_port = 0\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "check_port"));
+    let (line, key, msg) = err_at(&BASE.replace("127.0.0.12:5432", "127.0.0.11:5432"));
+    assert_eq!((line, key.as_str()), (8, "node.address"), "{msg}");
+    assert!(msg.contains("node \"n1\"'s address too"), "{msg}");
+}
+
+#[test]
+fn a_nodes_check_settings_in_a_listener_are_refused_not_ignored() {
+    // Before: accepted, and the check went on asking port 8008.
+    let text = BASE.replace("balance = \"first\"", "balance = \"first\"\ncheck_port = 9999");
+    let (line, key, msg) = err_at(&text);
+    assert_eq!((line, key.as_str()), (14, "listener.check_port"), "{msg}");
+    assert!(msg.contains("a node's setting"), "{msg}");
+}
+
+#[test]
+fn session_counts_beyond_what_a_process_can_hold_are_refused() {
+    // Before: accepted by check, and run panicked ("attempt to add with overflow").
+    let (line, key, msg) = err_at(&format!("[global]\nmaxconn = 9223372036854775807\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "global.maxconn"), "{msg}");
+    assert!(msg.contains("at most 1000000"), "{msg}");
+    let (line, key, _) = err_at(&format!("[defaults]\nmaxconn = 1000001\n{BASE}"));
+    assert_eq!((line, key.as_str()), (2, "maxconn"));
+    assert!(Config::parse(Path::new("t.toml"), &format!("[global]\nmaxconn = 1000000\n{BASE}")).is_ok());
+}
+
+#[test]
 fn duplicate_node_name() {
     let text = BASE.replace("name = \"n2\"", "name = \"n1\"");
     let (line, key, msg) = err_at(&text);
