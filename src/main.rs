@@ -93,6 +93,13 @@ struct Remote {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The commands that print end as other Unix tools do when their reader goes away
+        // (`pgfront check ... | head -1`): by SIGPIPE, not a panic of `print!` on EPIPE.
+        // `run` keeps Rust's default (ignored): its sockets report a closed peer as errors.
+        // SAFETY: setting a signal's disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -224,8 +231,20 @@ fn status(src: &pgfront::status::Source, json: bool, watch: Option<u64>) -> Exit
 
 fn import_haproxy(file: &Path, hash_passwords: bool) -> ExitCode {
     use pgfront::import::{import, NoteKind, Options};
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
+    // Any file (a pipe too), at most as large as a configuration may be, and not
+    // necessarily UTF-8: a Latin-1 comment must not make the whole file unreadable.
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(file)?.take(pgfront::config::LARGEST_FILE + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > pgfront::config::LARGEST_FILE {
+            let msg = format!("it is larger than {} MiB", pgfront::config::LARGEST_FILE >> 20);
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+        }
+        Ok(bytes)
+    };
+    let text = match read() {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => {
             eprintln!("pgfront: cannot read {}: {e}", file.display());
             return ExitCode::from(2);

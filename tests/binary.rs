@@ -73,6 +73,40 @@ fn check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_reader_that_goes_away_ends_the_printing_commands_quietly() {
+    // Before: `pgfront import-haproxy FILE | (sleep 0.3; true)` and `check | head -1`
+    // panicked ("failed printing to stdout: Broken pipe", exit 101).
+    use std::os::unix::process::ExitStatusExt;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let runs: [&[&str]; 2] =
+        [&["check", "--config", "conf/local.toml"], &["import-haproxy", "tests/haproxy/patroni-template.cfg"]];
+    for args in runs {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out =
+            Command::new(BIN).current_dir(repo).args(args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?} {stderr}", out.status);
+    }
+}
+
+#[test]
+fn an_haproxy_cfg_that_is_not_utf8_is_imported() {
+    // Before: a Latin-1 comment made the whole file unreadable (exit 2).
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cfg = b"# caf\xe9 au lait\n".to_vec();
+    cfg.extend(std::fs::read(repo.join("tests/haproxy/patroni-template.cfg")).unwrap());
+    let (dir, path) = write_config("latin1", "");
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new(BIN).args(["import-haproxy", path.to_str().unwrap()]).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(toml.contains("[[listener]]"), "{toml} {}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(2));
+}
+
 #[tokio::test]
 async fn run_reloads_on_sighup_and_stops_on_sigterm() {
     let lab = Lab::start(3).await;
@@ -587,6 +621,8 @@ async fn exited(child: &mut std::process::Child) -> Option<std::process::ExitSta
 async fn a_reload_that_hangs_reading_its_file_does_not_hold_up_a_stop() {
     // Found by a torture run: with the file a FIFO nobody writes (a hung mount does the
     // same), SIGTERM was not acted on while the reload read, and pgfront kept accepting.
+    // The configuration itself must now be a regular file (refused at once otherwise), so
+    // the FIFO is the certificate a listener's new `tls` table names.
     let lab = Lab::start(1).await;
     let (text, p1, _, _) = on_fixed_ports(&lab, "");
     let (dir, path) = write_config("hung-reload", &text);
@@ -600,10 +636,15 @@ async fn a_reload_that_hangs_reading_its_file_does_not_hold_up_a_stop() {
     let _reaper = KillOnDrop(pid);
     let addr: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
     eventually(LIMIT, "pgfront listens", || std::net::TcpStream::connect(addr).is_ok()).await;
-    std::fs::remove_file(&path).unwrap();
-    let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let cert = dir.join("cert.pem");
+    let fifo = std::ffi::CString::new(cert.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let tls = format!("tls = {{ cert = \"{0}\", key = \"{0}\", server = \"disable\" }}\n", cert.display());
+    let with_tls =
+        text.replacen(&format!("bind = \"127.0.0.1:{p1}\"\n"), &format!("bind = \"127.0.0.1:{p1}\"\n{tls}"), 1);
+    assert_ne!(with_tls, text);
+    std::fs::write(&path, with_tls).unwrap();
     signal(pid, "-HUP");
     // The reload is reading once one of pgfront's threads waits in opening the FIFO.
     let reading = || {

@@ -331,6 +331,33 @@ pub struct User {
 /// base64 of both, stays under the web port's 1 KiB bound).
 pub const LONGEST_CREDENTIALS: usize = 700;
 
+/// The most a configuration file may hold: far more than any real one (30 000 nodes take
+/// about 2 MB), and a bound for a path that names something endless.
+pub const LARGEST_FILE: u64 = 16 << 20;
+
+/// A configuration file's text: a regular file (through symlinks) of at most
+/// `LARGEST_FILE` bytes. A FIFO made `check` and `run` wait forever for a writer, and
+/// /dev/zero read until memory ran out; pgfront reads the file again at every reload, so
+/// only a file can be its configuration.
+fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Without waiting: opening a FIFO for reading otherwise waits for a writer.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, a socket or a device)" };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {kind}")));
+    }
+    let mut text = String::new();
+    file.take(LARGEST_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > LARGEST_FILE {
+        let msg = format!("it is larger than {} MiB", LARGEST_FILE >> 20);
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+    }
+    Ok(text)
+}
+
 /// `host:port` split, when the host is an IPv4 address, a DNS name, or an IPv6 address in
 /// brackets, and the port is not 0: "::1" (host ":" and port 1), "host name:5432",
 /// "http://h:5432" or "${X}:5432" passed before, and were only found out when connecting.
@@ -416,8 +443,7 @@ impl Config {
 
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = read_file(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(path, &text)
     }
 

@@ -184,6 +184,31 @@ fn a_nodes_check_settings_in_a_listener_are_refused_not_ignored() {
 }
 
 #[test]
+fn only_a_regular_file_of_bounded_size_is_read() {
+    // Before: a FIFO without a writer made check and run wait forever, and /dev/zero was
+    // read until memory ran out.
+    let dir = std::env::temp_dir().join(format!("pgfront-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.toml");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (path, says) in [
+        (fifo.as_path(), "not a regular file"),
+        (Path::new("/dev/zero"), "not a regular file"),
+        (dir.as_path(), "a directory"),
+    ] {
+        let e = Config::load(path).unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+    }
+    let big = dir.join("big.toml");
+    std::fs::write(&big, vec![b'#'; LARGEST_FILE as usize + 1]).unwrap();
+    assert!(Config::load(&big).unwrap_err().to_string().contains("larger than 16 MiB"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn session_counts_beyond_what_a_process_can_hold_are_refused() {
     // Before: accepted by check, and run panicked ("attempt to add with overflow").
     let (line, key, msg) = err_at(&format!("[global]\nmaxconn = 9223372036854775807\n{BASE}"));
