@@ -195,6 +195,11 @@ fn source(remote: Remote) -> Result<pgfront::status::Source, ExitCode> {
         },
         None => password,
     };
+    if user.is_some() && password.is_none() {
+        // Sent without credentials, it came back as "refused the credentials".
+        eprintln!("pgfront: --user needs a password: PGFRONT_PASSWORD, --password-file or --password");
+        return Err(ExitCode::from(2));
+    }
     Ok(pgfront::status::Source { url, user, password, timeout: std::time::Duration::from_secs(5) })
 }
 

@@ -29,6 +29,10 @@ pub enum StatusError {
     Garbled(String, String),
     #[error("pgfront at {0} is busy: every web place is held (HTTP 503 until the timeout); try again")]
     Busy(String),
+    #[error("no answer from {url} within {after:?}")]
+    Timeout { url: String, after: Duration },
+    #[error("{url} is not pgfront's web port: {why}")]
+    NotPgfront { url: String, why: String },
 }
 
 /// Whom to ask, and as whom.
@@ -45,7 +49,13 @@ pub struct Source {
 pub fn fetch(src: &Source) -> Result<Value, StatusError> {
     let (status, body) = request(src, "GET", "/status.json", None)?;
     match status {
-        200 => serde_json::from_str(&body).map_err(|e| StatusError::Garbled(src.url.clone(), e.to_string())),
+        // pgfront's status names its version and its listeners: a `{}` from something else
+        // must not read as "no leader" (exit 1) to a monitor.
+        200 => match serde_json::from_str::<Value>(&body) {
+            Ok(v) if v["version"].is_string() && v["listeners"].is_array() => Ok(v),
+            Ok(_) => Err(not_pgfront(src, "its /status.json is not pgfront's status")),
+            Err(e) => Err(StatusError::Garbled(src.url.clone(), e.to_string())),
+        },
         401 => Err(StatusError::Unauthorized(src.url.clone())),
         status => Err(StatusError::Status { url: src.url.clone(), status }),
     }
@@ -65,16 +75,21 @@ pub fn act(
         serde_json::json!({ "action": action, "node": node, "listener": listener, "cluster": cluster }).to_string();
     let (status, body) = request(src, "POST", "/api/admin", Some(&body)).map_err(Err)?;
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    match status {
-        200 => Ok(v["done"]
-            .as_array()
-            .map(|d| {
-                d.iter().map(|x| format!("{}/{}: {}", s(&x["listener"]), s(&x["server"]), s(&x["result"]))).collect()
-            })
-            .unwrap_or_default()),
-        401 => Err(Ok("pgfront refused the credentials (HTTP 401): check the user and password".into())),
-        _ => Err(Ok(format!("refused (HTTP {status}): {}", v["error"].as_str().unwrap_or(body.trim())))),
+    // Only pgfront's own answers count: a 200 without its `done` list, or a refusal without
+    // its `error`, came from something else, and nothing was done (exit 2, not 0 or 1).
+    match (status, v["done"].as_array(), v["error"].as_str()) {
+        (200, Some(done), _) if !done.is_empty() => {
+            Ok(done.iter().map(|x| format!("{}/{}: {}", s(&x["listener"]), s(&x["server"]), s(&x["result"]))).collect())
+        }
+        (200, ..) => Err(Err(not_pgfront(src, "its answer to the admin action is not pgfront's"))),
+        (401, ..) => Err(Ok("pgfront refused the credentials (HTTP 401): check the user and password".into())),
+        (_, _, Some(error)) => Err(Ok(format!("refused (HTTP {status}): {error}"))),
+        _ => Err(Err(StatusError::Status { url: src.url.clone(), status })),
     }
+}
+
+fn not_pgfront(src: &Source, why: &str) -> StatusError {
+    StatusError::NotPgfront { url: src.url.clone(), why: why.to_owned() }
 }
 
 /// Waits between two tries when a 503 asks to retry at once (`Retry-After: 0`).
@@ -119,8 +134,10 @@ fn exchange(
         .map_err(unreachable)?
         .next()
         .ok_or_else(|| unreachable(std::io::ErrorKind::NotFound.into()))?;
+    let deadline = Instant::now() + timeout;
+    let timed_out = || StatusError::Timeout { url: src.url.clone(), after: src.timeout };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
-    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    s.set_write_timeout(Some(timeout)).map_err(unreachable)?;
     let auth = match (&src.user, &src.password) {
         (Some(u), Some(p)) => {
             format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
@@ -134,11 +151,33 @@ fn exchange(
     // that would be answered with a reset instead of its 503.
     let request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}Connection: close\r\n{payload}{end}");
     s.write_all(request.as_bytes()).map_err(unreachable)?;
+    // Within the timeout as a whole: a read timeout bounds each read only, and a server
+    // that trickles a byte now and then kept `status` waiting for as long as it liked.
     let mut answer = Vec::new();
-    s.take(16 << 20).read_to_end(&mut answer).map_err(unreachable)?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        s.set_read_timeout(Some(left)).map_err(unreachable)?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if answer.len() + n > 16 << 20 => return Err(not_pgfront(src, "its answer is over 16 MiB")),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(timed_out())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(unreachable(e)),
+        }
+    }
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status: u16 = match head.strip_prefix("HTTP/1.").and_then(|h| h.split_whitespace().nth(1)) {
+        Some(code) => code.parse().map_err(|_| not_pgfront(src, "its answer has no HTTP status"))?,
+        None => return Err(not_pgfront(src, "it did not answer HTTP (is it HTTPS, or another service?)")),
+    };
     let retry_after = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
         name.trim().eq_ignore_ascii_case("retry-after").then(|| value.trim().parse().ok())?
@@ -356,13 +395,70 @@ mod tests {
                     let head = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n\r\n";
                     let _ = conn.write_all(format!("{head}{body}").as_bytes());
                 } else {
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n{\"leader\": \"a\"}");
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\n\r\n{\"version\": \"0\", \"listeners\": [], \"leader\": \"a\"}",
+                    );
                     return asked + 1;
                 }
             }
             0
         });
         (Source { url, user: None, password: None, timeout: Duration::from_secs(5) }, server)
+    }
+
+    /// Something on a port that reads a request and sends `reply` in `parts` pieces,
+    /// `gap` apart (bounded: at most 50 pieces).
+    fn not_quite(reply: &'static [u8], parts: usize, gap: Duration) -> Source {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", socket.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let Ok((mut conn, _)) = socket.accept() else { return };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let size = reply.len().div_ceil(parts.clamp(1, 50));
+            for piece in reply.chunks(size) {
+                if conn.write_all(piece).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        Source { url, user: Some("admin".into()), password: Some("x".into()), timeout: Duration::from_millis(500) }
+    }
+
+    #[test]
+    fn an_answer_that_trickles_past_the_timeout_is_a_timeout() {
+        // Before: each read had the timeout, not the whole answer, so a server sending a
+        // header line every 2 s kept status and ctl waiting (30 s and more).
+        let head: &[u8] =
+            b"HTTP/1.0 200 OK\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nX-E: 5\r\nX-F: 6\r\nX-G: 7\r\n\r\n{}";
+        let got = fetch(&not_quite(head, 40, Duration::from_millis(100)));
+        assert!(matches!(got, Err(StatusError::Timeout { .. })), "{got:?}");
+    }
+
+    #[test]
+    fn what_is_not_pgfront_is_said_so_and_nothing_is_reported_done() {
+        // Before: ctl exited 0 ("done") on any 200, and status read `{}` as "no leader".
+        let quick = Duration::from_millis(1);
+        let html: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>hello</html>";
+        let empty: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n{}";
+        let ssh: &[u8] = b"SSH-2.0-OpenSSH_9.2\r\n";
+        for reply in [html, empty, ssh] {
+            let acted = act(&not_quite(reply, 1, quick), "drain", "node2", None, None);
+            assert!(matches!(acted, Err(Err(StatusError::NotPgfront { .. }))), "{acted:?}");
+        }
+        for reply in [empty, ssh] {
+            let got = fetch(&not_quite(reply, 1, quick));
+            assert!(matches!(got, Err(StatusError::NotPgfront { .. })), "{got:?}");
+        }
+        // A refusal without pgfront's `error` is not pgfront refusing (exit 2, not 1)...
+        let acted = act(&not_quite(b"HTTP/1.1 404 Not Found\r\n\r\nnope", 1, quick), "drain", "n", None, None);
+        assert!(matches!(acted, Err(Err(StatusError::Status { status: 404, .. }))), "{acted:?}");
+        // ...and pgfront's own refusal and answer read as before.
+        let refused: &[u8] = b"HTTP/1.1 404 Not Found\r\n\r\n{\"error\": \"no listener has a server \\\"n\\\"\"}";
+        assert!(matches!(act(&not_quite(refused, 1, quick), "drain", "n", None, None), Err(Ok(_))));
+        let done: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n{\"ok\": true, \"done\": [{\"listener\": \"l\", \"server\": \"n\", \"result\": \"DRAIN\"}]}";
+        assert_eq!(act(&not_quite(done, 1, quick), "drain", "n", None, None).unwrap(), ["l/n: DRAIN"]);
     }
 
     #[test]

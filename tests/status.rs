@@ -67,6 +67,11 @@ async fn status_prints_the_cluster_and_says_whether_a_leader_is_admitted() {
     let (code, _, err) = status(&["--url", &url, "--user", "admin", "--password", "wrong"], &[]).await;
     assert_eq!(code, 2);
     assert!(err.contains("refused the credentials"), "{err}");
+    // A user without a password: said so before asking (it was sent without credentials
+    // and reported as refused).
+    let (code, _, err) = status(&["--url", &url, "--user", "admin"], &[]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--user needs a password"), "{err}");
 
     // No leader admitted: exit 1.
     for n in &lab.nodes {
