@@ -53,27 +53,49 @@ impl Source<'_> {
     pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         let key = self.key_on_line(span.start);
-        // serde quotes the offending value; a mistyped password must not reach a log or page.
-        let message = if key.contains("password") {
-            "invalid value (expected a string)".to_owned()
+        // serde quotes the offending value; a mistyped password must not reach a log or
+        // page, whether its key starts the line or sits in an inline table on it.
+        let message = if key.contains("password") || self.line_at(span.start).to_lowercase().contains("password") {
+            redacted(err.message())
         } else {
             err.message().to_owned()
         };
         self.error(span, key, message)
     }
 
-    /// The key written on the line holding `offset` (`name = ...` or a `[table]` header).
-    fn key_on_line(&self, offset: usize) -> String {
+    /// The text of the line holding `offset`.
+    fn line_at(&self, offset: usize) -> &str {
         let offset = offset.min(self.text.len());
         let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
         let end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
-        let line = self.text[start..end].trim();
+        &self.text[start..end]
+    }
+
+    /// The key written on the line holding `offset` (`name = ...` or a `[table]` header).
+    fn key_on_line(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let line = self.line_at(offset).trim();
         if let Some(header) = line.strip_prefix('[') {
             return header.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
         }
-        match line.split_once('=') {
-            Some((key, _)) => key.trim().to_owned(),
-            None => line.chars().take(40).collect(),
+        if let Some((key, _)) = line.split_once('=') {
+            return key.trim().to_owned();
         }
+        // An element of an array (or a line of a table) written over several lines: the
+        // key whose value opened it, on an earlier line (`5,` named itself the key).
+        let before = &self.text[..offset.min(self.text.len())];
+        let opened = before.lines().rev().skip(1).take(200).find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            let value = value.trim();
+            let open =
+                value.starts_with('[') && !value.ends_with(']') || value.starts_with('{') && !value.ends_with('}');
+            open.then(|| key.trim().to_owned())
+        });
+        opened.unwrap_or_else(|| line.chars().take(40).collect())
     }
+}
+
+/// `message` with every value serde quoted (between backticks) left out.
+fn redacted(message: &str) -> String {
+    message.split('`').enumerate().map(|(i, part)| if i % 2 == 1 { "…" } else { part }).collect::<Vec<_>>().join("`")
 }

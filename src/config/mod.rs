@@ -875,18 +875,14 @@ impl Validator<'_> {
         }
         let timeout_connect = dur(&s.timeout_connect, defaults::TIMEOUT_CONNECT);
         let check = self.check(l.check.get_ref(), &s, timeout_connect, mode)?;
-        let fallback_to_leader = l.fallback_to_leader.unwrap_or(false);
-        let client_target = l.client_target.unwrap_or(false);
-        if client_target && mode != CheckMode::Patroni {
-            let msg = "needs check_mode = \"patroni\" (pgfront must know which node leads)";
-            return Err(self.src.error(l.name.span(), "client_target", msg));
+        let fallback_to_leader = l.fallback_to_leader.as_ref().is_some_and(|v| *v.get_ref());
+        let client_target = l.client_target.as_ref().is_some_and(|v| *v.get_ref());
+        let needs_leader = "needs check_mode = \"patroni\" (pgfront must know which node leads)";
+        if let Some(v) = l.client_target.as_ref().filter(|_| client_target && mode != CheckMode::Patroni) {
+            return Err(self.src.error(v.span(), "client_target", needs_leader));
         }
-        if fallback_to_leader && mode != CheckMode::Patroni {
-            return Err(self.src.error(
-                l.name.span(),
-                "fallback_to_leader",
-                "needs check_mode = \"patroni\" (pgfront must know which node leads)",
-            ));
+        if let Some(v) = l.fallback_to_leader.as_ref().filter(|_| fallback_to_leader && mode != CheckMode::Patroni) {
+            return Err(self.src.error(v.span(), "fallback_to_leader", needs_leader));
         }
         let parse_target = |v: &Spanned<String>, key: &str| {
             Target::parse(v.get_ref()).ok_or_else(|| {
@@ -919,8 +915,12 @@ impl Validator<'_> {
             });
         }
         if (!routes.is_empty() || default_target != Target::Listener) && mode != CheckMode::Patroni {
-            let msg = "needs check_mode = \"patroni\" (pgfront must know which node leads)";
-            return Err(self.src.error(l.name.span(), "listener.routes", msg));
+            let (span, key) = match (l.routes.as_ref().and_then(|r| r.first()), &l.default_target) {
+                (Some(r), _) => (r.span(), "listener.routes"),
+                (None, Some(t)) => (t.span(), "listener.default_target"),
+                (None, None) => (l.name.span(), "listener.routes"),
+            };
+            return Err(self.src.error(span, key, needs_leader));
         }
         let tls = match &l.tls {
             None => None,
@@ -1028,20 +1028,21 @@ impl Validator<'_> {
                 None => {}
             }
         }
+        let (expect, expect_at) = c.expect.as_ref().map_or((200, c.path.span()), |e| (*e.get_ref(), e.span()));
         if mode == CheckMode::Patroni {
             if endpoint.is_none() {
                 return Err(self.src.error(c.path.span(), "check.path", format!("{path:?} is not a Patroni health endpoint; use one of /primary, /replica, /read-only, /leader, /health, ... or set [global] check_mode = \"http\"")));
             }
-            if c.expect != 200 {
+            if expect != 200 {
                 return Err(self.src.error(
-                    c.path.span(),
+                    expect_at,
                     "check.expect",
                     "with check_mode = \"patroni\" a check passes when Patroni would answer 200; expect must be 200",
                 ));
             }
         }
-        if !(100..=599).contains(&c.expect) {
-            return Err(self.src.error(c.path.span(), "check.expect", format!("{} is not an HTTP status", c.expect)));
+        if !(100..=599).contains(&expect) {
+            return Err(self.src.error(expect_at, "check.expect", format!("{expect} is not an HTTP status")));
         }
         let inter = self.nonzero(&s.inter, "inter", defaults::INTER)?;
         let fall = self.count(&s.fall, "fall", defaults::FALL)?;
@@ -1049,7 +1050,7 @@ impl Validator<'_> {
         Ok(CheckSpec {
             method: method.clone(),
             path: path.clone(),
-            expect: c.expect,
+            expect,
             timing: CheckTiming {
                 inter,
                 fastinter: self.nonzero(&s.fastinter, "fastinter", inter)?,

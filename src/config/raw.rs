@@ -108,8 +108,8 @@ macro_rules! tunables {
             pub balance: Option<Spanned<String>>,
             pub servers: Option<Spanned<Vec<Spanned<String>>>>,
             pub check: Spanned<RawCheck>,
-            pub fallback_to_leader: Option<bool>,
-            pub client_target: Option<bool>,
+            pub fallback_to_leader: Option<Spanned<bool>>,
+            pub client_target: Option<Spanned<bool>>,
             pub tls: Option<Spanned<RawTls>>,
             pub routes: Option<Vec<Spanned<RawRoute>>>,
             pub default_target: Option<Spanned<String>>,
@@ -204,16 +204,12 @@ pub struct RawCheck {
     #[serde(default = "default_method")]
     pub method: Spanned<String>,
     pub path: Spanned<String>,
-    #[serde(default = "default_expect")]
-    pub expect: u16,
+    /// 200 when not given; spanned, so that an error names its own line.
+    pub expect: Option<Spanned<u16>>,
 }
 
 fn default_method() -> Spanned<String> {
     Spanned::new(0..0, "OPTIONS".to_owned())
-}
-
-fn default_expect() -> u16 {
-    200
 }
 
 /// A routing rule on startup parameters.

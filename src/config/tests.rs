@@ -209,6 +209,31 @@ fn only_a_regular_file_of_bounded_size_is_read() {
 }
 
 #[test]
+fn errors_name_their_own_line_and_key_and_never_a_password() {
+    // Before: the check's expect and client_target/fallback_to_leader were blamed on other
+    // lines, an array element named itself the key, and an inline table printed a password.
+    let ml = BASE.replace(
+        "check = { method = \"OPTIONS\", path = \"/master\", expect = 200 }",
+        "[listener.check]\npath = \"/master\"\nexpect = 201",
+    );
+    let (line, key, _) = err_at(&ml);
+    assert_eq!((line, key.as_str()), (16, "check.expect"));
+    let http = format!(
+        "[global]\ncheck_mode = \"http\"\n{}",
+        BASE.replace("balance = \"first\"", "balance = \"first\"\nname2 = 1")
+    );
+    let http = http.replace("name2 = 1", "client_target = true");
+    let (line, key, _) = err_at(&http);
+    assert_eq!((line, key.as_str()), (16, "client_target"));
+    let arr = format!("{BASE}servers = [\n  \"n1\",\n  5,\n]\n");
+    let (line, key, _) = err_at(&arr);
+    assert_eq!((line, key.as_str()), (17, "servers"));
+    let users = format!("{BASE}[web]\nbind = \"127.0.0.1:0\"\nuser = [ {{ name = \"a\", password = 987654321 }} ]\n");
+    let e = parse(&users).unwrap_err().to_string();
+    assert!(!e.contains("987654321"), "{e}");
+}
+
+#[test]
 fn session_counts_beyond_what_a_process_can_hold_are_refused() {
     // Before: accepted by check, and run panicked ("attempt to add with overflow").
     let (line, key, msg) = err_at(&format!("[global]\nmaxconn = 9223372036854775807\n{BASE}"));
