@@ -40,9 +40,7 @@ impl Retired {
     /// (a server carried over by a reload shares its counters with its successor, so the
     /// counters tell one from the other).
     pub fn note(&self, old: &[Arc<Runtime>], current: &[Arc<Runtime>]) {
-        let served = |stats: &Arc<ServerStats>| {
-            current.iter().flat_map(|rt| &rt.listeners).flat_map(|l| &l.servers).any(|s| Arc::ptr_eq(&s.stats, stats))
-        };
+        let served = |stats: &Arc<ServerStats>| served(current, stats);
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|e| e.stats.strong_count() > 0);
         for rt in old {
@@ -62,14 +60,17 @@ impl Retired {
         }
     }
 
-    /// The retired servers that still hold sessions, in the order they were taken away.
-    pub fn open(&self) -> Vec<RetiredSessions> {
+    /// The retired servers that still hold sessions, in the order they were taken away,
+    /// but those the `current` generations (the ones a view shows) serve: a view read
+    /// while a reload swaps must not count a server in both places.
+    pub fn open(&self, current: &[Arc<Runtime>]) -> Vec<RetiredSessions> {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|e| e.stats.strong_count() > 0);
         list.iter()
             .filter_map(|e| {
-                let sessions = e.stats.upgrade()?.cur.load(Ordering::Relaxed);
-                (sessions > 0).then(|| RetiredSessions {
+                let stats = e.stats.upgrade()?;
+                let sessions = stats.cur.load(Ordering::Relaxed);
+                (sessions > 0 && !served(current, &stats)).then(|| RetiredSessions {
                     cluster: e.cluster.clone(),
                     listener: e.listener.clone(),
                     server: e.server.clone(),
@@ -78,6 +79,11 @@ impl Retired {
             })
             .collect()
     }
+}
+
+/// Whether one of `current` serves the server whose counters are `stats`.
+fn served(current: &[Arc<Runtime>], stats: &Arc<ServerStats>) -> bool {
+    current.iter().flat_map(|rt| &rt.listeners).flat_map(|l| &l.servers).any(|s| Arc::ptr_eq(&s.stats, stats))
 }
 
 #[cfg(test)]
@@ -108,11 +114,14 @@ mod tests {
         retired.note(&[Arc::clone(&old)], &[Arc::clone(&new)]);
         // "a" carried over (its sessions are shown where it is served); "b" was removed.
         let want = RetiredSessions { cluster: String::new(), listener: "b".into(), server: "n1".into(), sessions: 2 };
-        assert_eq!(retired.open(), vec![want], "noted once, with its two sessions");
+        assert_eq!(retired.open(&[Arc::clone(&new)]), vec![want], "noted once, with its two sessions");
+        // Never shown twice: not beside a generation that still serves it (a view read
+        // while a reload swaps).
+        assert_eq!(retired.open(&[Arc::clone(&old)]), vec![]);
         old.listeners[1].servers[0].stats.cur.store(0, Ordering::Relaxed);
-        assert_eq!(retired.open(), vec![], "none once they ended");
+        assert_eq!(retired.open(&[Arc::clone(&new)]), vec![], "none once they ended");
         drop(old);
-        assert_eq!(retired.open(), vec![]);
+        assert_eq!(retired.open(&[Arc::clone(&new)]), vec![]);
         assert_eq!(retired.list.lock().unwrap().len(), 0, "forgotten once nothing holds the server");
     }
 }

@@ -191,7 +191,7 @@ impl Snapshot {
     pub fn of(shared: &Shared) -> Snapshot {
         let all = shared.clusters.load();
         let mut top = Snapshot::of_cluster(shared, &all[0]);
-        top.retired = shared.retired.open();
+        top.retired = shared.retired.open(&shared.runtimes());
         if all.len() > 1 || !all[0].name.is_empty() {
             top.clusters = all.iter().map(|c| Snapshot::of_cluster(shared, c)).collect();
         }

@@ -146,7 +146,7 @@ async fn a_changed_check_takes_effect_and_removed_servers_drain() {
     assert!(metrics.contains("pgfront_retired_sessions 1"), "{metrics}");
     assert!(metrics.contains("pgfront_global_sessions 1"), "{metrics}");
     drop(on_node3);
-    eventually(LIMIT, "its end shown", || pg.shared().retired.open().is_empty()).await;
+    eventually(LIMIT, "its end shown", || pg.shared().retired.open(&[]).is_empty()).await;
     let (_, metrics) = get(web, "/metrics", None).await;
     assert!(metrics.contains("pgfront_retired_sessions 0"), "{metrics}");
 }
