@@ -386,3 +386,10 @@ fn the_maxconn_comment_says_where_it_comes_from() {
     let i = run(&with_defaults("global\n    maxconn 100\nlisten l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008 maxconn 100\n"));
     assert!(i.toml.contains("maxconn = 100   # server ... maxconn 100"), "{}", i.toml);
 }
+
+#[test]
+fn check_tls_files_of_the_target_host_are_explained_not_refused() {
+    let i = run(&with_defaults("listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008 check-ssl verify required ca-file /nonexistent/ca.crt verifyhost a\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    assert!(i.notes.iter().any(|n| n.directive == "check_tls" && n.text.contains("not on this host")), "{:?}", i.notes);
+}
