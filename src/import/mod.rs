@@ -6,11 +6,12 @@
 //! unmapped (listed with its line and a suggestion; the result is then incomplete).
 
 mod parse;
+mod render;
+mod server;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, HashSet};
 
 use parse::{time, Line, Section};
 
@@ -71,6 +72,8 @@ struct ServerParams {
     on_marked_down: Option<String>,
     check: bool,
     backup: bool,
+    /// `maxconn` was written on the server (or its `default-server`), 0 (no limit) included.
+    maxconn_set: bool,
     /// `check-ssl` and what goes with it: `verify`, `ca-file`, `crt`, `verifyhost`, `check-sni`.
     check_ssl: bool,
     verify: Option<String>,
@@ -88,6 +91,22 @@ struct Server {
     line: usize,
 }
 
+/// A `bind` line: the address as written, its options, its line.
+#[derive(Debug, Clone)]
+struct Bind {
+    address: String,
+    options: Vec<String>,
+    line: usize,
+}
+
+/// `[global]` settings read from HAProxy's `global`.
+#[derive(Debug, Clone, Default)]
+struct Global {
+    maxconn: Option<usize>,
+    threads: Option<usize>,
+    hard_stop_after: Option<String>,
+}
+
 /// What a proxy section (or `defaults`) says.
 #[derive(Debug, Clone, Default)]
 struct Proxy {
@@ -98,13 +117,15 @@ struct Proxy {
     balance: Option<String>,
     retries: Option<u32>,
     timeouts: BTreeMap<&'static str, String>,
+    /// `timeout tunnel` and its line: in TCP mode it replaces client and server once connected.
+    tunnel: Option<(String, usize)>,
     check: Option<(String, String)>,
     expect: Option<u16>,
     /// `option pgsql-check` / `tcp-check`: a check that PostgreSQL answers, any role.
     liveness_check: Option<&'static str>,
     default_server: ServerParams,
     dontlog_normal: bool,
-    binds: Vec<(String, usize)>,
+    binds: Vec<Bind>,
     servers: Vec<Server>,
     default_backend: Option<String>,
     /// `use_backend NAME if ACL`, with the ACL's criterion when it is an HTTP one.
@@ -118,32 +139,68 @@ struct Proxy {
 
 /// Converts `text` (read from `file`) into a pgfront configuration.
 pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, ImportError> {
-    let mut cx = Converter { notes: Vec::new() };
+    let mut cx = Converter::default();
     let sections = parse::sections(text);
-    let mut global_maxconn = None;
-    let mut threads = None;
+    let mut global = Global::default();
+    // HAProxy: a proxy takes the last `defaults` section above it, or the one it names with
+    // `from NAME`; a later `defaults` never reaches back to the proxies before it.
     let mut defaults = Proxy::default();
+    let mut named: BTreeMap<String, Proxy> = BTreeMap::new();
     let mut proxies: Vec<Proxy> = Vec::new();
     for s in &sections {
+        let base = match &s.from {
+            None => &defaults,
+            Some(name) => match named.get(name) {
+                Some(d) => d,
+                None => {
+                    let what = format!("{} {} from {name}", s.kind, s.name.as_deref().unwrap_or_default());
+                    cx.note(s.number, &what, NoteKind::Unmapped, format!("no defaults section is named {name:?}: HAProxy refuses this file; the last defaults section above is used"));
+                    &defaults
+                }
+            },
+        };
         match s.kind.as_str() {
-            "global" => cx.global(s, &mut global_maxconn, &mut threads),
-            // A later `defaults` section replaces the earlier one for the proxies after it.
-            "defaults" => defaults = cx.proxy(s, &Proxy::default()),
-            "listen" | "frontend" | "backend" => proxies.push(cx.proxy(s, &defaults)),
-            "" => cx.unmapped(&s.lines[0], "outside any section", "move it into a section"),
+            "global" => cx.global(s, &mut global),
+            "defaults" => {
+                let d = cx.proxy(s, base);
+                if let Some(name) = &s.name {
+                    named.insert(name.clone(), d.clone());
+                }
+                defaults = d;
+            }
+            "listen" | "frontend" | "backend" => {
+                let p = cx.proxy(s, base);
+                proxies.push(p);
+            }
+            "" => {
+                for l in &s.lines {
+                    cx.unmapped(
+                        l,
+                        "outside any section (HAProxy refuses it)",
+                        "move it into the section it belongs to",
+                    );
+                }
+            }
             other => {
                 cx.note(s.number, other, NoteKind::Unmapped, format!("`{other}` sections have no pgfront equivalent"))
             }
         }
     }
-    let stats: Vec<&Proxy> = proxies.iter().filter(|p| p.stats).collect();
     let backends: BTreeMap<&str, &Proxy> =
         proxies.iter().filter(|p| p.kind == "backend").map(|p| (p.name.as_str(), p)).collect();
     // The PostgreSQL listeners: a listen with servers, or a frontend with a default backend.
-    let mut listeners: Vec<Listener> = Vec::new();
-    for p in proxies.iter().filter(|p| !p.stats) {
+    // A proxy with servers is one even with `stats enable` (its stats part is noted).
+    let mut listeners: Vec<render::Listener> = Vec::new();
+    let mut stats: Vec<&Proxy> = Vec::new();
+    for p in &proxies {
         match p.kind.as_str() {
-            "listen" if !p.servers.is_empty() => listeners.push(cx.listener(p, p, false)),
+            "listen" if !p.servers.is_empty() => {
+                if p.stats {
+                    cx.note(p.line, "stats enable", NoteKind::Unmapped, format!("{}: a stats page on the port of a proxy with servers: pgfront's page needs its own address ([web] bind); not carried over", p.name));
+                }
+                listeners.push(cx.listener(p, p, false, &global));
+            }
+            "frontend" if p.stats && p.default_backend.is_none() => stats.push(p),
             "frontend" => {
                 let Some(name) = &p.default_backend else {
                     cx.note(
@@ -158,9 +215,13 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                     cx.note(p.line, "default_backend", NoteKind::Unmapped, format!("backend {name} is not defined"));
                     continue;
                 };
+                if p.stats {
+                    cx.note(p.line, "stats enable", NoteKind::Unmapped, format!("{}: a stats page on the port of a proxy with servers: pgfront's page needs its own address ([web] bind); not carried over", p.name));
+                }
                 let reads = !p.use_backends.is_empty();
-                listeners.push(cx.listener(p, b, reads));
+                listeners.push(cx.listener(p, b, reads, &global));
             }
+            _ if p.stats => stats.push(p),
             _ => {}
         }
     }
@@ -176,53 +237,116 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
             "pgfront has one stats page; this one is not carried over".into(),
         );
     }
-    Ok(cx.render(file, global_maxconn, threads, &defaults, &listeners, web))
+    let mut imported = cx.render(file, &global, &listeners, web);
+    render::validate(file, &mut imported);
+    Ok(imported)
 }
 
-/// A PostgreSQL listener to write.
-#[derive(Debug)]
-struct Listener {
-    name: String,
-    bind: String,
-    balance: Option<String>,
-    method: String,
-    path: String,
-    expect: u16,
-    servers: Vec<Server>,
-    settings: Proxy,
-    /// Clients may ask for the primary (`pgfront.target`).
-    client_target: bool,
-    comments: Vec<String>,
-}
-
+#[derive(Default)]
 struct Converter {
     notes: Vec<Note>,
+    /// (line, text) of the notes made: a directive that repeats a word (10 000 `weight 1` on
+    /// one server line) gets one note for it, not one per repetition.
+    said: HashSet<(usize, String)>,
+    /// Timeouts HAProxy leaves unlimited (not set): the first line, pgfront's default, and
+    /// the listeners concerned.
+    missing: BTreeMap<&'static str, (usize, std::time::Duration, Vec<String>)>,
+}
+
+/// The longest excerpt of a directive a note quotes: a 90 KB line must not be copied into
+/// every note about it.
+const EXCERPT: usize = 200;
+
+/// `s`, cut to [`EXCERPT`] characters with "…" when longer.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(EXCERPT) {
+        None => s.to_owned(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+/// A note's text, bounded: its own words are a few hundred characters, and what it quotes
+/// of the file is an excerpt already.
+fn bounded(s: &str) -> String {
+    match s.char_indices().nth(EXCERPT * 5) {
+        None => s.to_owned(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+/// A line's words joined, cut to an excerpt without joining all of a huge line.
+fn directive_of(l: &Line) -> String {
+    let mut out = String::new();
+    for w in &l.words {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(w);
+        if out.len() > EXCERPT * 4 {
+            break;
+        }
+    }
+    excerpt(&out)
 }
 
 impl Converter {
     fn note(&mut self, line: usize, directive: &str, kind: NoteKind, text: String) {
-        self.notes.push(Note { line, directive: directive.to_owned(), kind, text });
+        let text = bounded(&text);
+        if !self.said.insert((line, text.clone())) {
+            return;
+        }
+        self.notes.push(Note { line, directive: excerpt(directive), kind, text });
+    }
+
+    fn said(&self, line: usize, text: &str) -> bool {
+        self.said.contains(&(line, bounded(text)))
     }
 
     fn unmapped(&mut self, l: &Line, what: &str, suggestion: &str) {
-        let directive = l.words.join(" ");
-        self.note(l.number, &directive, NoteKind::Unmapped, format!("{what}; {suggestion}"));
+        let text = format!("{what}; {suggestion}");
+        if !self.said(l.number, &text) {
+            self.note(l.number, &directive_of(l), NoteKind::Unmapped, text);
+        }
     }
 
     fn explained(&mut self, l: &Line, text: impl Into<String>) {
-        let directive = l.words.join(" ");
-        self.note(l.number, &directive, NoteKind::Explained, text.into());
+        let text = text.into();
+        if !self.said(l.number, &text) {
+            self.note(l.number, &directive_of(l), NoteKind::Explained, text);
+        }
     }
 
-    fn global(&mut self, s: &Section, maxconn: &mut Option<usize>, threads: &mut Option<usize>) {
+    fn global(&mut self, s: &Section, g: &mut Global) {
         for l in &s.lines {
             let w = |i| l.word(i).unwrap_or_default();
             match w(0) {
                 "maxconn" => match w(1).parse() {
-                    Ok(n) => *maxconn = Some(n),
+                    // 0: HAProxy computes the limit from the file descriptor limit.
+                    Ok(0) => self.unmapped(
+                        l,
+                        "maxconn 0: HAProxy derives the limit from `ulimit -n`; pgfront needs a number",
+                        "pgfront's default (4096) is used; write [global] maxconn by hand",
+                    ),
+                    Ok(n) => g.maxconn = Some(n),
                     Err(_) => self.unmapped(l, "not a number", "write [global] maxconn by hand"),
                 },
-                "nbthread" => *threads = w(1).parse().ok(),
+                "nbthread" => match w(1).parse() {
+                    Ok(n) if (1..=256).contains(&n) => g.threads = Some(n),
+                    _ => self.unmapped(
+                        l,
+                        "not a thread count pgfront takes (1 to 256)",
+                        "write [global] threads by hand",
+                    ),
+                },
+                "hard-stop-after" => match time(w(1)) {
+                    Ok(t) if t != "0ms" => g.hard_stop_after = Some(t),
+                    Ok(_) => self.unmapped(
+                        l,
+                        "0: HAProxy waits without limit; pgfront needs a time",
+                        "write [global] hard_stop_after by hand",
+                    ),
+                    Err(e) => self.unmapped(l, &e, "write [global] hard_stop_after by hand"),
+                },
                 // Process management, logging and runtime API: pgfront runs under systemd or
                 // Pacemaker, logs to stderr, and has its own web surface.
                 "log" | "chroot" | "user" | "group" | "uid" | "gid" | "daemon" | "pidfile" | "stats" | "nbproc"
@@ -251,12 +375,41 @@ impl Converter {
         p.default_backend = None;
         p.stats = false;
         if let Some(b) = &s.header_bind {
-            p.binds.push((b.clone(), s.number));
+            p.binds.push(Bind { address: b.clone(), options: Vec::new(), line: s.number });
         }
         for l in &s.lines {
             self.directive(&mut p, l);
         }
         p
+    }
+
+    /// A timeout's value, or a note saying why it is not carried over. HAProxy's 0 is "not
+    /// set": no limit for connect, client, server and tunnel (pgfront has no unlimited
+    /// timeout), the fallback for queue (timeout connect) and check (inter), so the key is
+    /// removed and the fallback written (see `render`).
+    fn timeout(&mut self, p: &mut Proxy, l: &Line, key: &'static str, value: &str) {
+        match time(value) {
+            Ok(t) if t == "0ms" || t == "0us" => {
+                p.timeouts.remove(key);
+                if key == "timeout_tunnel" {
+                    p.tunnel = None;
+                }
+                match key {
+                    "timeout_queue" => self.explained(l, "0 is not set in HAProxy: the queue timeout is timeout connect"),
+                    "timeout_check" => self.explained(l, "0 is not set in HAProxy: the check timeout is inter"),
+                    _ => self.unmapped(
+                        l,
+                        "0 means no limit in HAProxy; pgfront has no unlimited timeout (the longest is 24.8 days), so its default is used",
+                        "write the time you want by hand",
+                    ),
+                }
+            }
+            Ok(t) if key == "timeout_tunnel" => p.tunnel = Some((t, l.number)),
+            Ok(t) => {
+                p.timeouts.insert(key, t);
+            }
+            Err(e) => self.unmapped(l, &format!("unreadable time: {e}"), "write the timeout with a unit, e.g. \"4s\""),
+        }
     }
 
     fn directive(&mut self, p: &mut Proxy, l: &Line) {
@@ -265,7 +418,12 @@ impl Converter {
             "mode" => {
                 p.mode = Some(w(1).to_owned());
             }
-            "bind" => p.binds.push((w(1).to_owned(), l.number)),
+            "bind" => {
+                let Some(address) = l.word(1) else {
+                    return self.unmapped(l, "a bind without an address", "fix the line");
+                };
+                p.binds.push(Bind { address: address.to_owned(), options: l.words[2..].to_vec(), line: l.number })
+            }
             "balance" => match w(1) {
                 "roundrobin" | "static-rr" => p.balance = Some("roundrobin".into()),
                 "leastconn" => p.balance = Some("leastconn".into()),
@@ -275,27 +433,30 @@ impl Converter {
                     p.balance = Some("roundrobin".into());
                 }
             },
-            "retries" => p.retries = w(1).parse().ok(),
+            "retries" => match w(1).parse() {
+                Ok(n) => p.retries = Some(n),
+                Err(_) => self.unmapped(l, "retries needs a whole number", "write retries by hand"),
+            },
             "timeout" => {
                 let key = match w(1) {
-                    "connect" => Some("timeout_connect"),
-                    "client" => Some("timeout_client"),
-                    "server" => Some("timeout_server"),
-                    "check" => Some("timeout_check"),
-                    "queue" => Some("timeout_queue"),
-                    // HTTP-only or not applicable to a TCP proxy.
-                    "http-request" | "http-keep-alive" | "tunnel" | "client-fin" | "server-fin" | "tarpit" => None,
-                    _ => None,
+                    "connect" => "timeout_connect",
+                    "client" => "timeout_client",
+                    "server" => "timeout_server",
+                    "check" => "timeout_check",
+                    "queue" => "timeout_queue",
+                    "tunnel" => "timeout_tunnel",
+                    // HTTP-only: never used by a TCP proxy.
+                    "http-request" | "http-keep-alive" | "tarpit" => return,
+                    "client-fin" | "server-fin" => {
+                        return self.unmapped(
+                            l,
+                            "pgfront has no separate timeout for a half-closed session (timeout_client and timeout_server apply)",
+                            "leave it out, or adjust timeout_client/timeout_server",
+                        )
+                    }
+                    _ => return self.unmapped(l, "an unknown timeout", "fix or remove the line"),
                 };
-                match (key, time(w(2))) {
-                    (Some(k), Some(v)) => {
-                        p.timeouts.insert(k, v);
-                    }
-                    (None, _) => {}
-                    (Some(_), None) => {
-                        self.unmapped(l, "unreadable time", "write the timeout with a unit, e.g. \"4s\"")
-                    }
-                }
+                self.timeout(p, l, key, w(2));
             }
             "contimeout" | "clitimeout" | "srvtimeout" => {
                 let key = match w(0) {
@@ -303,13 +464,11 @@ impl Converter {
                     "clitimeout" => "timeout_client",
                     _ => "timeout_server",
                 };
-                if let Some(v) = time(w(1)) {
-                    p.timeouts.insert(key, v);
-                }
+                self.timeout(p, l, key, w(1));
             }
             "option" => self.option(p, l),
             "http-check" => match (w(1), w(2)) {
-                ("expect", "status") => match w(3).parse() {
+                ("expect", "status") if l.words.len() == 4 => match w(3).parse() {
                     Ok(code) => p.expect = Some(code),
                     Err(_) => self.unmapped(l, "only a single status is understood", "set check.expect by hand"),
                 },
@@ -323,6 +482,7 @@ impl Converter {
                             _ => {}
                         }
                     }
+                    let method = self.method(l, &method);
                     p.check = Some((method, path));
                 }
                 _ => self.unmapped(l, "this http-check form is not understood", "set the listener's check by hand"),
@@ -336,6 +496,13 @@ impl Converter {
                 let (Some(name), Some(address)) = (l.word(1), l.word(2)) else {
                     return self.unmapped(l, "a server needs a name and an address", "fix the line");
                 };
+                if address.contains('$') {
+                    return self.unmapped(
+                        l,
+                        "the address names an environment variable, which HAProxy expands when it starts: its value is not known here, so the server is left out",
+                        "write the address by hand",
+                    );
+                }
                 if !address.contains(':') {
                     return self.unmapped(l, "a server without a port", "add the PostgreSQL port to the address");
                 }
@@ -368,7 +535,7 @@ impl Converter {
                 .iter()
                 .any(|c| w(2) == *c || w(2).starts_with(&format!("{c}(")))
                 {
-                    p.http_acls.push((l.words.join(" "), l.number));
+                    p.http_acls.push((directive_of(l), l.number));
                 } else {
                     self.unmapped(l, "ACLs other than HTTP paths are not converted", "route with [[listener]] routes");
                 }
@@ -377,18 +544,43 @@ impl Converter {
                 p.stats = true;
                 match w(1) {
                     "auth" => match w(2).split_once(':') {
+                        Some(("", _)) => {
+                            self.unmapped(l, "stats auth with an empty user name", "add a [[web.user]] by hand")
+                        }
                         Some((u, pw)) => p.stats_users.push((u.to_owned(), pw.to_owned())),
                         None => self.unmapped(l, "stats auth needs user:password", "add a [[web.user]]"),
                     },
-                    "refresh" => p.stats_refresh = time(w(2)),
-                    "admin" => p.stats_admin = true,
+                    "refresh" => match time(w(2)) {
+                        Ok(t) if t != "0ms" => p.stats_refresh = Some(t),
+                        Ok(_) => self.unmapped(l, "a refresh of 0", "set [web] refresh by hand"),
+                        Err(e) => self.unmapped(l, &e, "set [web] refresh by hand"),
+                    },
+                    // `stats admin` always has a condition; only an always-true one makes every
+                    // user an admin. Another one (`if LOCALHOST`) limits who may act: pgfront's
+                    // roles do not depend on where a request comes from, so no one is made admin.
+                    "admin" => match (w(2), w(3), l.words.len()) {
+                        ("if", "TRUE", 4) | ("unless", "FALSE", 4) => p.stats_admin = true,
+                        _ => self.unmapped(
+                            l,
+                            "a conditional stats admin: pgfront's roles do not depend on where a request comes from, so no user is made admin",
+                            "give role = \"admin\" to the users who should have it",
+                        ),
+                    },
                     "enable" | "uri" | "realm" | "hide-version" | "show-legends" | "show-node" | "show-desc" => {}
                     _ => {}
                 }
             }
             "maxconn" => {
-                // A proxy's own session limit: pgfront has the global one and per server.
-                self.explained(l, "a per-listener session limit; pgfront limits per server and globally");
+                if p.kind == "backend" {
+                    self.explained(l, "HAProxy ignores maxconn in a backend");
+                } else {
+                    // A proxy's own accept limit: pgfront has the global one and per server.
+                    self.unmapped(
+                        l,
+                        "a per-listener session limit: pgfront limits sessions globally ([global] maxconn) and per server (maxconn), not per listener",
+                        "lower [global] maxconn or the listener's maxconn if the limit matters",
+                    );
+                }
             }
             "log" | "description" | "id" | "fullconn" | "monitor-uri" | "unique-id-format" | "log-format" => {}
             "errorfile" | "http-request" | "http-response" | "capture" | "compression" | "redirect" => {
@@ -398,6 +590,23 @@ impl Converter {
             }
             _ => self.unmapped(l, "not understood by the importer", "port it by hand (see conf/pgfront.toml)"),
         }
+    }
+
+    /// A check method pgfront sends: HAProxy sends the method as written, and pgfront only
+    /// OPTIONS, GET or HEAD. Another one (`POST`, a lowercase `get`, which Patroni answers
+    /// with 501) is noted, and the nearest pgfront method written.
+    fn method(&mut self, l: &Line, method: &str) -> String {
+        if matches!(method, "OPTIONS" | "GET" | "HEAD") {
+            return method.to_owned();
+        }
+        let upper = method.to_ascii_uppercase();
+        let nearest = if matches!(upper.as_str(), "OPTIONS" | "HEAD") { upper } else { "GET".to_owned() };
+        self.unmapped(
+            l,
+            &format!("pgfront checks with OPTIONS, GET or HEAD, not {method:?}: {nearest} is written"),
+            "check that Patroni answers it as you expect",
+        );
+        nearest
     }
 
     fn option(&mut self, p: &mut Proxy, l: &Line) {
@@ -416,6 +625,7 @@ impl Converter {
                     },
                     [m, path, ..] => ((*m).to_owned(), (*path).to_owned()),
                 };
+                let method = self.method(l, &method);
                 p.check = Some((method, path));
             }
             "pgsql-check" => p.liveness_check = Some("pgsql-check"),
@@ -429,444 +639,6 @@ impl Converter {
             _ => self.unmapped(l, "an option the importer does not know", "port it by hand if it matters"),
         }
     }
-
-    fn server_params(&mut self, l: &Line, from: usize, mut p: ServerParams) -> ServerParams {
-        let words = &l.words;
-        let mut i = from;
-        while i < words.len() {
-            let value = words.get(i + 1).map(String::as_str).unwrap_or_default();
-            let takes_value = |n: &mut usize| *n += 1;
-            match words[i].as_str() {
-                "check" => p.check = true,
-                "backup" => {
-                    p.backup = true;
-                    self.unmapped(
-                        l,
-                        "backup: pgfront has no backup servers, so this server is left out of the listener",
-                        "for reads that fall back to the leader use fallback_to_leader = true; otherwise add it to `servers`",
-                    );
-                }
-                key @ ("port" | "maxconn" | "inter" | "fastinter" | "downinter" | "fall" | "rise"
-                | "on-marked-down") => {
-                    match key {
-                        "port" => p.port = value.parse().ok(),
-                        "maxconn" => p.maxconn = value.parse().ok(),
-                        "inter" => p.inter = time(value),
-                        "fastinter" => p.fastinter = time(value),
-                        "downinter" => p.downinter = time(value),
-                        "fall" => p.fall = value.parse().ok(),
-                        "rise" => p.rise = value.parse().ok(),
-                        _ => p.on_marked_down = Some(value.to_owned()),
-                    }
-                    takes_value(&mut i);
-                }
-                "weight" if value == "0" => {
-                    self.unmapped(
-                        l,
-                        "weight 0 takes no new sessions",
-                        "leave the server out of `servers`, or drain it from the page",
-                    );
-                    takes_value(&mut i);
-                }
-                "on-marked-up" | "slowstart" | "weight" | "agent-port" | "agent-inter" | "observe" | "error-limit"
-                | "id" | "cookie" | "resolvers" | "init-addr" => {
-                    self.explained(l, format!("`{}` has no pgfront equivalent and is ignored", words[i]));
-                    takes_value(&mut i);
-                }
-                "check-ssl" => p.check_ssl = true,
-                key @ ("verify" | "ca-file" | "crt" | "verifyhost" | "check-sni") => {
-                    let v = Some(value.to_owned());
-                    match key {
-                        "verify" => p.verify = v,
-                        "ca-file" => p.ca_file = v,
-                        "crt" => p.crt = v,
-                        "verifyhost" => p.verifyhost = v,
-                        _ => p.check_sni = v,
-                    }
-                    takes_value(&mut i);
-                }
-                "ssl" => self.unmapped(
-                    l,
-                    "`ssl`: HAProxy speaks TLS to this server; PostgreSQL wants an SSLRequest first",
-                    "to encrypt towards PostgreSQL, terminate TLS on the listener (a `tls` table with server = \"verify-full\")",
-                ),
-                "disabled" => self.unmapped(
-                    l,
-                    "disabled: the server starts in maintenance in HAProxy",
-                    "put it in MAINT from the page after start, or leave it out of `servers`",
-                ),
-                other => self.unmapped(l, &format!("server parameter `{other}` is not understood"), "port it by hand"),
-            }
-            i += 1;
-        }
-        p
-    }
-
-    /// A node's `check_tls` table for a server with `check-ssl`, and what the operator should
-    /// know about it. HAProxy's `verify required` (its default) checks the chain, and the host
-    /// name only with `verifyhost` (or the SNI): pgfront's `ca` and `full`. A `crt` file holds
-    /// the certificate and its key together, so it is both `cert` and `key`.
-    fn check_tls(p: &ServerParams) -> Option<(String, Option<(NoteKind, String)>)> {
-        if !p.check_ssl {
-            return None;
-        }
-        let mut keys = Vec::new();
-        let mut note = None;
-        let name = p.verifyhost.as_ref().or(p.check_sni.as_ref());
-        match p.verify.as_deref() {
-            Some("none") => keys.push(("verify", "none".to_owned())),
-            _ if name.is_some() => keys.push(("verify", "full".to_owned())),
-            _ => {
-                keys.push(("verify", "ca".to_owned()));
-                note = Some((
-                NoteKind::Explained,
-                "verify required without verifyhost checks the certificate's chain, not its name: verify = \"ca\" (consider \"full\")".to_owned(),
-            ));
-            }
-        }
-        if let Some(ca) = &p.ca_file {
-            keys.push(("ca", ca.clone()));
-        } else if p.verify.as_deref() != Some("none") {
-            note = Some((
-                NoteKind::Unmapped,
-                "check-ssl with verify required needs ca-file: add `ca` to check_tls".to_owned(),
-            ));
-        }
-        if let Some(crt) = &p.crt {
-            keys.push(("cert", crt.clone()));
-            keys.push(("key", crt.clone()));
-        }
-        if let Some(n) = name {
-            keys.push(("server_name", n.clone()));
-        }
-        let body: Vec<String> = keys.iter().map(|(k, v)| format!("{k} = {}", quote(v))).collect();
-        Some((format!("{{ {} }}", body.join(", ")), note))
-    }
-
-    /// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
-    fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool) -> Listener {
-        let back =
-            &Proxy { servers: back.servers.iter().filter(|s| !s.params.backup).cloned().collect(), ..back.clone() };
-        let mut comments = Vec::new();
-        if front.mode.as_deref() == Some("http") || back.mode.as_deref() == Some("http") {
-            self.note(
-                front.line,
-                "mode http",
-                NoteKind::Unmapped,
-                format!("{} is in HTTP mode; pgfront proxies PostgreSQL (TCP)", front.name),
-            );
-        }
-        let bind = match front.binds.first() {
-            Some((b, _)) => b.clone(),
-            None => {
-                self.note(front.line, &front.kind, NoteKind::Unmapped, format!("{} has no bind", front.name));
-                "127.0.0.1:0".to_owned()
-            }
-        };
-        for (b, line) in front.binds.iter().skip(1) {
-            self.note(
-                *line,
-                &format!("bind {b}"),
-                NoteKind::Unmapped,
-                "pgfront binds one address per listener; add another [[listener]]".into(),
-            );
-        }
-        let (method, path) = match (&back.check, back.liveness_check) {
-            (Some(c), _) => c.clone(),
-            (None, Some(kind)) => {
-                self.note(back.line, kind, NoteKind::Explained, format!("{kind} checks that PostgreSQL answers, any role: pgfront asks Patroni's /health, which says the same"));
-                comments.push(format!("# HAProxy: {kind} (PostgreSQL answers, any role)"));
-                ("OPTIONS".to_owned(), "/health".to_owned())
-            }
-            (None, None) => {
-                self.note(
-                    back.line,
-                    "check",
-                    NoteKind::Explained,
-                    format!("{}: no health check in HAProxy; pgfront checks Patroni's /health", back.name),
-                );
-                ("OPTIONS".to_owned(), "/health".to_owned())
-            }
-        };
-        if !back.servers.iter().any(|s| s.params.check) {
-            comments.push("# HAProxy did not check these servers (no `check`); pgfront always does".to_owned());
-        }
-        let mut servers = back.servers.clone();
-        if back.check.is_none() {
-            // HAProxy checked PostgreSQL itself (its own port); pgfront asks Patroni.
-            for s in servers.iter_mut().filter(|s| s.params.port.is_none()) {
-                s.params.port = Some(crate::config::defaults::CHECK_PORT);
-            }
-            self.note(
-                back.line,
-                "check port",
-                NoteKind::Explained,
-                format!(
-                    "{}: Patroni's REST API is asked on port {} (check_port)",
-                    back.name,
-                    crate::config::defaults::CHECK_PORT
-                ),
-            );
-        }
-        if reads {
-            for (u, line) in &front.use_backends {
-                self.note(*line, &format!("use_backend {u}"), NoteKind::Explained, "an HTTP ACL never matches PostgreSQL traffic: this listener serves its default backend; clients ask for the primary with options='-c pgfront.target=primary' (client_target = true)".into());
-            }
-            for (acl, line) in &front.http_acls {
-                self.note(*line, acl, NoteKind::Explained, "HTTP-only ACL (see use_backend)".into());
-            }
-            comments.push(
-                "# HAProxy routed here with an HTTP ACL (use_backend ... if ...), which can never match PostgreSQL\n# traffic. pgfront reads the client's startup instead: options='-c pgfront.target=primary'".to_owned(),
-            );
-        }
-        Listener {
-            name: sanitize(&front.name),
-            bind,
-            balance: back.balance.clone(),
-            method,
-            path,
-            expect: back.expect.unwrap_or(200),
-            servers,
-            settings: back.clone(),
-            client_target: reads,
-            comments,
-        }
-    }
-
-    fn web(&mut self, s: &Proxy, options: Options) -> String {
-        let mut out = String::from("[web]\n");
-        let bind = s.binds.first().map(|b| b.0.clone()).unwrap_or_else(|| "127.0.0.1:7000".into());
-        let _ = writeln!(out, "bind = {}", quote(&bind));
-        if let Some(r) = &s.stats_refresh {
-            let _ = writeln!(out, "refresh = {}", quote(r));
-        }
-        if s.stats_users.is_empty() {
-            self.note(s.line, "stats", NoteKind::Explained, "HAProxy's page had no credentials; pgfront's needs a user: add a [[web.user]] (the page answers 401 until then; /metrics and /health need none)".into());
-            out.push_str("# HAProxy's stats page had no `stats auth`. Add a user, e.g.:\n# [[web.user]]\n# name = \"admin\"\n# password_hash = \"$argon2id$...\"\n# role = \"admin\"\n");
-        }
-        let role = if s.stats_admin { "admin" } else { "read-only" };
-        for (user, password) in &s.stats_users {
-            out.push_str("\n[[web.user]]\n");
-            let _ = writeln!(out, "name = {}", quote(user));
-            match (options.hash_passwords, hash(password)) {
-                (true, Some(h)) => {
-                    let _ = writeln!(out, "password_hash = {}   # from stats auth, hashed on import", quote(&h));
-                }
-                _ => {
-                    let _ = writeln!(
-                        out,
-                        "password = {}   # from stats auth; import with --hash-passwords to store a hash",
-                        quote(password)
-                    );
-                }
-            }
-            let _ = writeln!(out, "role = \"{role}\"{}", if s.stats_admin { "   # stats admin" } else { "" });
-        }
-        out
-    }
-
-    fn render(
-        self,
-        file: &str,
-        maxconn: Option<usize>,
-        threads: Option<usize>,
-        defaults: &Proxy,
-        listeners: &[Listener],
-        web: Option<String>,
-    ) -> Imported {
-        let mut notes = self.notes;
-        let mut out = format!(
-            "# pgfront configuration imported from {file} by `pgfront import-haproxy`.\n# Check it with `pgfront check --config FILE`; the notes on stderr say what was not carried over.\n\n[global]\n"
-        );
-        if let Some(m) = maxconn {
-            let _ = writeln!(out, "maxconn = {m}   # global maxconn");
-        }
-        if let Some(t) = threads {
-            let _ = writeln!(out, "threads = {t}   # nbthread");
-        }
-        // Patroni mode asks one GET /primary per node and answers each check with Patroni's
-        // rules; a check that is not a Patroni endpoint (or expects another status) needs
-        // HAProxy's way.
-        let patroni =
-            listeners.iter().all(|l| l.expect == 200 && matches!(crate::config::Endpoint::parse(&l.path), Ok(Some(_))));
-        if !patroni {
-            out.push_str("check_mode = \"http\"   # a check is not a Patroni endpoint expecting 200\n");
-        }
-        // Nodes: every distinct server address, named after its first server line.
-        let mut nodes: Vec<(String, &Server)> = Vec::new();
-        for l in listeners {
-            for s in &l.servers {
-                if !nodes.iter().any(|(_, n)| n.address == s.address) {
-                    let mut name = sanitize(&s.name);
-                    while nodes.iter().any(|(n, _)| *n == name) {
-                        name.push('_');
-                    }
-                    nodes.push((name, s));
-                }
-            }
-        }
-        let name_of = |address: &str| nodes.iter().find(|(_, s)| s.address == address).map(|(n, _)| n.clone());
-        let check_port = |s: &Server| s.params.port.or_else(|| s.address.rsplit(':').next()?.parse().ok());
-        let ports: Vec<Option<u16>> = nodes.iter().map(|(_, s)| check_port(s)).collect();
-        let common_port = ports.first().copied().flatten().filter(|p| ports.iter().all(|q| *q == Some(*p)));
-        // Server maxconn, per listener (pgfront sets it per listener, or per node): no
-        // maxconn in HAProxy means no per-server limit, so the global one.
-        let unlimited = maxconn.unwrap_or(4096);
-        let listener_maxconn: Vec<usize> = listeners
-            .iter()
-            .map(|l| {
-                let all: Vec<usize> = l.servers.iter().map(|s| s.params.maxconn.unwrap_or(unlimited)).collect();
-                if all.windows(2).any(|w| w[0] != w[1]) {
-                    notes.push(Note {
-                        line: l.settings.line,
-                        directive: "maxconn".into(),
-                        kind: NoteKind::Explained,
-                        text: format!(
-                            "{}: servers differ in maxconn; pgfront sets it per listener (the largest is used)",
-                            l.name
-                        ),
-                    });
-                }
-                all.into_iter().max().unwrap_or(unlimited)
-            })
-            .collect();
-        let common_maxconn = listener_maxconn.first().copied().filter(|m| listener_maxconn.iter().all(|q| q == m));
-
-        out.push_str("\n[defaults]\n");
-        // HAProxy's default is 3 retries (pgfront's, the reference config's, is 2).
-        let _ = writeln!(out, "retries = {}", defaults.retries.unwrap_or(3));
-        for (k, v) in &defaults.timeouts {
-            let _ = writeln!(out, "{k} = {}", quote(v));
-        }
-        if let Some(m) = common_maxconn {
-            let why = if m == unlimited && maxconn.is_some() {
-                "no server maxconn in HAProxy: limited by the global one".to_owned()
-            } else {
-                format!("server ... maxconn {m}")
-            };
-            let _ = writeln!(out, "maxconn = {m}   # {why}");
-        }
-        if let Some(p) = common_port {
-            let _ = writeln!(out, "check_port = {p}   # check port {p}");
-        }
-        // Check timing shared by every listener goes here; a listener that differs says so.
-        let timing = |l: &Listener| timing_of(l);
-        let first = listeners.first().map(timing).unwrap_or_default();
-        let shared = listeners.iter().all(|l| timing(l) == first);
-        if shared {
-            out.push_str(&first);
-        }
-        if defaults.dontlog_normal {
-            out.push_str("log_sessions = \"errors\"   # option dontlog-normal\n");
-        }
-        for (name, s) in &nodes {
-            out.push_str("\n[[node]]\n");
-            let _ = writeln!(out, "name = {}", quote(name));
-            let _ = writeln!(out, "address = {}", quote(&s.address));
-            if common_port.is_none() {
-                if let Some(p) = check_port(s) {
-                    let host = s.address.rsplit_once(':').map_or(s.address.as_str(), |(h, _)| h);
-                    let _ = writeln!(out, "check_address = {}", quote(&format!("{host}:{p}")));
-                }
-            }
-            if let Some((table, note)) = Self::check_tls(&s.params) {
-                let _ = writeln!(out, "check_tls = {table}");
-                if let Some((kind, text)) = note {
-                    notes.push(Note { line: s.line, directive: format!("server {}", s.name), kind, text });
-                }
-            }
-        }
-        let all: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-        for (l, lm) in listeners.iter().zip(&listener_maxconn) {
-            out.push_str("\n[[listener]]\n");
-            for c in &l.comments {
-                let _ = writeln!(out, "{c}");
-            }
-            let _ = writeln!(out, "name = {}", quote(&l.name));
-            let _ = writeln!(out, "bind = {}", quote(&l.bind));
-            if let Some(b) = &l.balance {
-                let _ = writeln!(out, "balance = {}", quote(b));
-            }
-            let _ = writeln!(
-                out,
-                "check = {{ method = {}, path = {}, expect = {} }}",
-                quote(&l.method),
-                quote(&l.path),
-                l.expect
-            );
-            let mine: Vec<String> = l.servers.iter().filter_map(|s| name_of(&s.address)).collect();
-            if mine != all {
-                let list: Vec<String> = mine.iter().map(|n| quote(n)).collect();
-                let _ = writeln!(out, "servers = [{}]", list.join(", "));
-            }
-            if l.client_target {
-                out.push_str("client_target = true\n");
-            }
-            if common_maxconn.is_none() {
-                let _ = writeln!(out, "maxconn = {lm}");
-            }
-            if l.settings.retries.unwrap_or(3) != defaults.retries.unwrap_or(3) {
-                let _ = writeln!(out, "retries = {}", l.settings.retries.unwrap_or(3));
-            }
-            for (k, v) in &l.settings.timeouts {
-                if defaults.timeouts.get(k) != Some(v) {
-                    let _ = writeln!(out, "{k} = {}", quote(v));
-                }
-            }
-            if !shared {
-                out.push_str(&timing(l));
-            }
-            if l.settings.dontlog_normal && !defaults.dontlog_normal {
-                out.push_str("log_sessions = \"errors\"   # option dontlog-normal\n");
-            }
-            let marked: Vec<&Option<String>> = l.servers.iter().map(|s| &s.params.on_marked_down).collect();
-            if marked.windows(2).any(|w| w[0] != w[1]) {
-                notes.push(Note {
-                    line: l.settings.line,
-                    directive: "on-marked-down".into(),
-                    kind: NoteKind::Explained,
-                    text: format!("{}: servers differ in on-marked-down; pgfront sets it per listener (the first server's is used)", l.name),
-                });
-            }
-        }
-        if let Some(w) = web {
-            out.push('\n');
-            out.push_str(&w);
-        }
-        notes.sort_by_key(|n| n.line);
-        Imported { toml: out, notes }
-    }
-}
-
-/// The check timing keys of a listener, from its first server (HAProxy sets them per server).
-fn timing_of(l: &Listener) -> String {
-    let mut out = String::new();
-    let Some(s) = l.servers.first() else { return out };
-    let p = &s.params;
-    for (k, v) in [("inter", &p.inter), ("fastinter", &p.fastinter), ("downinter", &p.downinter)] {
-        if let Some(v) = v {
-            let _ = writeln!(out, "{k} = {}", quote(v));
-        }
-    }
-    if let Some(f) = p.fall {
-        let _ = writeln!(out, "fall = {f}");
-    }
-    if let Some(r) = p.rise {
-        let _ = writeln!(out, "rise = {r}");
-    }
-    // HAProxy leaves sessions open on a server marked down unless told otherwise.
-    let marked = p.on_marked_down.as_deref().unwrap_or("none");
-    let marked = if marked == "shutdown-sessions" { marked } else { "none" };
-    let _ = writeln!(
-        out,
-        "on_marked_down = \"{marked}\"{}",
-        if marked == "none" {
-            "   # HAProxy's default; \"shutdown-sessions\" is recommended for a leader listener"
-        } else {
-            ""
-        }
-    );
-    out
 }
 
 fn quote(s: &str) -> String {

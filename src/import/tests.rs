@@ -137,3 +137,259 @@ fn passwords_can_be_stored_hashed() {
     let c = Config::parse(std::path::Path::new("t.toml"), &imported.toml).unwrap();
     assert_eq!(c.web.unwrap().users[0].name, "admin");
 }
+
+/// A listen of `body` lines after a defaults section with every timeout, so that only what
+/// a test is about is noted.
+fn with_defaults(body: &str) -> String {
+    format!("defaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    timeout server 30m\n{body}")
+}
+
+fn run(text: &str) -> Imported {
+    import("t.cfg", text, Options::default()).unwrap()
+}
+
+fn unmapped(i: &Imported) -> Vec<&Note> {
+    i.notes.iter().filter(|n| n.kind == NoteKind::Unmapped).collect()
+}
+
+fn parsed(i: &Imported) -> Config {
+    Config::parse(std::path::Path::new("t.toml"), &i.toml).unwrap_or_else(|e| panic!("{e}\n{}", i.toml))
+}
+
+#[test]
+fn an_output_pgfront_refuses_is_never_complete() {
+    // The path is not a Patroni endpoint pgfront can read (lag=abc): check refuses it.
+    let i = run(&with_defaults(
+        "listen l\n    bind 127.0.0.1:5000\n    option httpchk GET /replica?lag=abc\n    server a 127.0.0.11:5432 check port 8008\n",
+    ));
+    assert!(!i.complete(), "{}", i.toml);
+    assert!(unmapped(&i).iter().any(|n| n.text.contains("not valid for pgfront")), "{:?}", i.notes);
+}
+
+#[test]
+fn haproxy_bind_forms_become_addresses_pgfront_takes_or_notes() {
+    let listen = |bind: &str| {
+        with_defaults(&format!(
+            "listen l\n    bind {bind}\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind :7000\n    stats enable\n    stats auth u:p\n"
+        ))
+    };
+    for (bind, want) in [
+        (":5000", "0.0.0.0:5000"),
+        ("ipv4@*:5000", "0.0.0.0:5000"),
+        ("*:5000", "0.0.0.0:5000"),
+        (":::5000", "[::]:5000"),
+    ] {
+        let i = run(&listen(bind));
+        assert!(i.complete(), "{bind}: {:?}", i.notes);
+        let c = parsed(&i);
+        assert_eq!(c.listeners[0].bind.to_string(), want, "{bind}");
+        assert_eq!(c.web.unwrap().bind.port(), 7000, "stats bind :7000");
+    }
+    for bind in [
+        "0.0.0.0:5000,127.0.0.1:5003",
+        "*:5000-5002",
+        "/var/run/pg.sock",
+        "\"${BIND}:5000\"",
+        "*:5000 ssl crt /etc/haproxy/pg.pem",
+        "*:5000 accept-proxy",
+        ":::5000 v4v6",
+    ] {
+        let i = run(&listen(bind));
+        assert!(!i.complete(), "{bind}: {}", i.toml);
+        parsed(&i);
+        assert!(!i.notes.iter().any(|n| n.text.contains("not valid for pgfront")), "{bind}: {:?}", i.notes);
+    }
+    let i = run(&listen("*:5000 ssl crt /etc/haproxy/pg.pem"));
+    let texts: Vec<&str> = unmapped(&i).iter().map(|n| n.text.as_str()).collect();
+    assert!(texts.iter().any(|t| t.contains("`ssl`")) && texts.iter().any(|t| t.contains("`crt`")), "{texts:?}");
+}
+
+#[test]
+fn check_values_pgfront_refuses_are_noted() {
+    for server in ["check port 8008 inter 0", "check port 8008 fall 0", "check port 8008 port 99999"] {
+        let i = run(&with_defaults(&format!(
+            "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 {server}\n"
+        )));
+        assert!(!i.complete(), "{server}");
+        parsed(&i);
+    }
+    for chk in ["POST /master", "get /master"] {
+        let i = run(&with_defaults(&format!(
+            "listen l\n    bind 127.0.0.1:5000\n    option httpchk {chk}\n    server a 127.0.0.11:5432 check port 8008\n"
+        )));
+        assert!(!i.complete(), "{chk}");
+        parsed(&i);
+    }
+    // The same address twice, and a stats user without a name.
+    let i = run(&with_defaults(
+        "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\n    server b 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats auth :pw\n",
+    ));
+    assert_eq!(unmapped(&i).len(), 2, "{:?}", i.notes);
+    assert_eq!(parsed(&i).listeners[0].servers.len(), 1);
+}
+
+#[test]
+fn an_overflowing_time_is_a_note() {
+    let i = run("defaults\n    mode tcp\n    timeout connect 4s\n    timeout server 30m\n    timeout client 999999999999999d\nlisten l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008 inter 99999999999999999h\n");
+    assert!(unmapped(&i).iter().any(|n| n.line == 5 && n.text.contains("longest")), "{:?}", i.notes);
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("longest")), "{:?}", i.notes);
+    parsed(&i);
+}
+
+#[test]
+fn a_conditional_stats_admin_makes_no_one_admin() {
+    let text = |cond: &str| {
+        with_defaults(&format!(
+            "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats auth admin:pw\n    stats admin {cond}\n"
+        ))
+    };
+    let i = run(&text("if LOCALHOST"));
+    assert!(!i.complete());
+    let web = parsed(&i).web.unwrap();
+    assert_eq!(web.users[0].role, crate::config::Role::ReadOnly);
+    let i = run(&text("if TRUE"));
+    assert!(i.complete(), "{:?}", i.notes);
+    assert_eq!(parsed(&i).web.unwrap().users[0].role, crate::config::Role::Admin);
+}
+
+#[test]
+fn a_server_without_check_is_noted_and_not_probed_on_its_postgresql_port() {
+    let i = run(&with_defaults(
+        "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432\n    server pg2 127.0.0.12:5432 check port 8008\n",
+    ));
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("never checks")), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(c.nodes[0].check_address, "127.0.0.11:8008", "{}", i.toml);
+}
+
+#[test]
+fn haproxy_zero_is_no_limit_not_zero() {
+    let i = run("global\n    maxconn 0\ndefaults\n    mode tcp\n    timeout connect 4s\n    timeout client 0\n    timeout server 30m\n    timeout queue 0\n    timeout check 0\nlisten l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    default-server inter 3s\n    server a 127.0.0.11:5432 check port 8008 maxconn 0\n");
+    let c = parsed(&i);
+    let l = &c.listeners[0];
+    assert_eq!(l.timeout_queue, std::time::Duration::from_secs(4), "unset queue: timeout connect");
+    assert_eq!(l.check.timing.timeout, std::time::Duration::from_secs(3), "unset check: inter");
+    assert_eq!(l.maxconn, 4096, "maxconn 0: no per-server limit");
+    assert_eq!(l.timeout_client, std::time::Duration::from_secs(1800));
+    let lines: Vec<usize> = unmapped(&i).iter().map(|n| n.line).collect();
+    assert!(lines.contains(&2) && lines.contains(&6), "{:?}", i.notes);
+}
+
+#[test]
+fn each_listen_takes_the_defaults_above_it() {
+    let i = run("defaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    timeout server 30m\nlisten primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\ndefaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    timeout server 30m\n    timeout queue 1s\n    timeout check 1s\n    option dontlog-normal\nlisten replicas\n    bind 127.0.0.1:5001\n    option httpchk OPTIONS /replica\n    server pg1 127.0.0.11:5432 check port 8008\n");
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    let (p, r) = (&c.listeners[0], &c.listeners[1]);
+    assert_eq!(p.timeout_queue, std::time::Duration::from_secs(4));
+    assert_eq!(p.check.timing.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(p.log_sessions, crate::config::LogSessions::All);
+    assert_eq!(r.timeout_queue, std::time::Duration::from_secs(1));
+    assert_eq!(r.check.timing.timeout, std::time::Duration::from_secs(1));
+    assert_eq!(r.log_sessions, crate::config::LogSessions::Errors);
+}
+
+#[test]
+fn named_defaults_are_taken_with_from() {
+    let i = run("global\n    hard-stop-after 60s\ndefaults tcp_defaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    timeout server 30m\n    option httpchk OPTIONS /master\n\ndefaults http_defaults\n    mode http\n    timeout client 10s\n\nlisten primary from tcp_defaults\n    bind 127.0.0.1:5000\n    server pg1 127.0.0.11:5432 check port 8008\n");
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(c.listeners[0].check.path, "/master");
+    assert_eq!(c.listeners[0].bind.port(), 5000);
+    assert_eq!(c.listeners[0].timeout_client, std::time::Duration::from_secs(1800));
+    assert_eq!(c.global.hard_stop_after, std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_byte_order_mark_and_lines_before_any_section() {
+    let i = run("\u{feff}global\r\n    maxconn 50\r\n    nbthread 4\r\ndefaults\r\n    mode tcp\r\n    timeout connect 4s\r\n    timeout client 30m\r\n    timeout server 30m\r\nlisten primary\r\n    bind 127.0.0.1:5000\r\n    option httpchk OPTIONS /master\r\n    server pg1 127.0.0.11:5432 check port 8008 maxconn 20\r\n");
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!((c.global.maxconn, c.global.threads), (50, 4));
+    let i = run(&format!("# c\nmaxconn 50\ntimeout client 1h\nglobal\n    maxconn 10\n{}", with_defaults("listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\n")));
+    let lines: Vec<usize> = unmapped(&i).iter().map(|n| n.line).collect();
+    assert_eq!(lines, [2, 3], "{:?}", i.notes);
+}
+
+#[test]
+fn listens_that_check_a_node_differently_are_noted() {
+    let i = run(&with_defaults("listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\nlisten replicas\n    bind 127.0.0.1:5001\n    option httpchk OPTIONS /replica\n    server pg1 127.0.0.11:5432 check port 8009 check-ssl verify none\n"));
+    let n = unmapped(&i);
+    assert!(n.len() == 1 && n[0].line == 13 && n[0].text.contains("8009") && n[0].text.contains("check-ssl"), "{n:?}");
+    parsed(&i);
+}
+
+#[test]
+fn servers_of_one_listen_with_different_timing_are_noted() {
+    let i = run(&with_defaults("listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008 inter 1s fall 2 rise 1\n    server pg2 127.0.0.12:5432 check port 8008 inter 10s fall 5 rise 5\n"));
+    let n = unmapped(&i);
+    assert!(n.len() == 1 && n[0].line == 10 && n[0].text.contains("timing"), "{n:?}");
+    assert_eq!(parsed(&i).listeners[0].check.timing.inter, std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn a_frontends_client_timeout_and_maxconn_are_its_own() {
+    let i = run("global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    timeout server 30m\nfrontend fe\n    bind 127.0.0.1:5000\n    timeout client 2h\n    maxconn 500\n    default_backend be\nbackend be\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\n");
+    assert_eq!(parsed(&i).listeners[0].timeout_client, std::time::Duration::from_secs(7200));
+    assert!(unmapped(&i).iter().any(|n| n.line == 11), "frontend maxconn: {:?}", i.notes);
+}
+
+#[test]
+fn timeout_tunnel_is_the_connected_sessions_timeout() {
+    let i = run(&with_defaults("    timeout tunnel 1h\nlisten l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let l = &parsed(&i).listeners[0];
+    assert_eq!(
+        (l.timeout_client, l.timeout_server),
+        (std::time::Duration::from_secs(3600), std::time::Duration::from_secs(3600))
+    );
+}
+
+#[test]
+fn unreadable_values_are_noted() {
+    let i = run("defaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    timeout server 30m\n    timeout bogus 1s\n    retries abc\n    contimeout zzz\nlisten l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    default-server inter 2.5s fall x rise -1 maxconn lots port 99999\n    server a 127.0.0.11:5432 check inter\n    server b 127.0.0.12:5432 check port\n");
+    let n = unmapped(&i);
+    for line in [6, 7, 8, 13, 14] {
+        assert!(n.iter().any(|n| n.line == line), "line {line}: {n:?}");
+    }
+    assert_eq!(n.iter().filter(|n| n.line == 12).count(), 5, "{n:?}");
+    parsed(&i);
+}
+
+#[test]
+fn an_environment_variable_in_a_server_address_is_not_copied() {
+    let i = run(&with_defaults("listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a \"${PG1}:5432\" check port 8008\n    server b 127.0.0.12:5432 check port \"${P}\"\n"));
+    assert!(!i.toml.contains("${"), "{}", i.toml);
+    assert_eq!(unmapped(&i).len(), 2, "{:?}", i.notes);
+    assert_eq!(parsed(&i).nodes.len(), 1);
+}
+
+#[test]
+fn a_listen_with_servers_and_stats_is_a_proxy() {
+    let i = run(&with_defaults("listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    stats enable\n    server pg1 127.0.0.11:5432 check port 8008\n"));
+    assert!(!i.complete());
+    let c = parsed(&i);
+    assert_eq!(c.listeners[0].servers.len(), 1);
+    assert!(c.web.is_none());
+}
+
+#[test]
+fn a_long_line_gives_bounded_notes() {
+    let weights = " weight 1".repeat(10_000);
+    let i = run(&with_defaults(&format!("listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008{weights} frob\n")));
+    assert_eq!(i.notes.iter().filter(|n| n.line == 9).count(), 2, "one per word kind");
+    assert!(i.notes.iter().all(|n| n.directive.len() < 1000 && n.text.len() < 2000));
+}
+
+#[test]
+fn the_maxconn_comment_says_where_it_comes_from() {
+    let i = run(&with_defaults("global\n    maxconn 100\nlisten l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008 maxconn 100\n"));
+    assert!(i.toml.contains("maxconn = 100   # server ... maxconn 100"), "{}", i.toml);
+}
+
+#[test]
+fn check_tls_files_of_the_target_host_are_explained_not_refused() {
+    let i = run(&with_defaults("listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008 check-ssl verify required ca-file /nonexistent/ca.crt verifyhost a\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    assert!(i.notes.iter().any(|n| n.directive == "check_tls" && n.text.contains("not on this host")), "{:?}", i.notes);
+}

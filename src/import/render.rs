@@ -1,0 +1,578 @@
+//! From the sections read to pgfront's TOML: the listeners (with every setting HAProxy
+//! applied to them, its defaults included), the nodes, `[defaults]` (what every listener
+//! shares) and `[web]`; then the output is validated as `pgfront check` would.
+
+use std::fmt::Write as _;
+
+use super::{hash, quote, sanitize, Converter, Global, Imported, Note, NoteKind, Options, Proxy, Server};
+use crate::config::defaults as pgfront;
+
+/// A PostgreSQL listener to write.
+#[derive(Debug)]
+pub(super) struct Listener {
+    name: String,
+    bind: String,
+    /// Why `bind` is a stand-in, when the HAProxy one could not be carried over.
+    bind_comment: Option<String>,
+    balance: Option<String>,
+    method: String,
+    path: String,
+    expect: u16,
+    servers: Vec<Server>,
+    /// The settings HAProxy applied to this listener, as pgfront keys (key, TOML value,
+    /// comment). Those every listener shares are written once, in `[defaults]`.
+    keys: Vec<(&'static str, String, String)>,
+    /// Clients may ask for the primary (`pgfront.target`).
+    client_target: bool,
+    comments: Vec<String>,
+}
+
+/// HAProxy's check timing of one server, as pgfront keys.
+fn timing(s: &Server) -> Vec<(&'static str, String, String)> {
+    let p = &s.params;
+    let mut out = Vec::new();
+    for (k, v) in [("inter", &p.inter), ("fastinter", &p.fastinter), ("downinter", &p.downinter)] {
+        if let Some(v) = v {
+            out.push((k, quote(v), String::new()));
+        }
+    }
+    if let Some(f) = p.fall {
+        out.push(("fall", f.to_string(), String::new()));
+    }
+    if let Some(r) = p.rise {
+        out.push(("rise", r.to_string(), String::new()));
+    }
+    // HAProxy leaves sessions open on a server marked down unless told otherwise.
+    let marked = p.on_marked_down.as_deref().unwrap_or("none");
+    let marked = if marked == "shutdown-sessions" { marked } else { "none" };
+    let why = if marked == "none" {
+        "HAProxy's default; \"shutdown-sessions\" is recommended for a leader listener"
+    } else {
+        ""
+    };
+    out.push(("on_marked_down", quote(marked), why.to_owned()));
+    out
+}
+
+impl Converter {
+    /// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
+    pub(super) fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool, global: &Global) -> Listener {
+        let name = sanitize(&front.name);
+        let mut servers: Vec<Server> = Vec::new();
+        for s in back.servers.iter().filter(|s| !s.params.backup) {
+            if servers.iter().any(|o| o.address == s.address) {
+                self.note(
+                    s.line,
+                    &format!("server {}", s.name),
+                    NoteKind::Unmapped,
+                    format!("a second server at {}: HAProxy balances over both lines as two servers; pgfront has one node per address, so this line is left out", s.address),
+                );
+                continue;
+            }
+            servers.push(s.clone());
+        }
+        let mut comments = Vec::new();
+        if front.mode.as_deref() == Some("http") || back.mode.as_deref() == Some("http") {
+            self.note(
+                front.line,
+                "mode http",
+                NoteKind::Unmapped,
+                format!("{} is in HTTP mode; pgfront proxies PostgreSQL (TCP)", front.name),
+            );
+        }
+        let (bind, bind_comment) = match front.binds.first() {
+            Some(b) => match self.bind_address(b) {
+                Some(a) => (a, None),
+                None => (
+                    "127.0.0.1:0".to_owned(),
+                    Some(format!("HAProxy: bind {} (not carried over: see the notes)", super::excerpt(&b.address))),
+                ),
+            },
+            None => {
+                self.note(front.line, &front.kind, NoteKind::Unmapped, format!("{} has no bind", front.name));
+                ("127.0.0.1:0".to_owned(), Some("HAProxy: no bind".to_owned()))
+            }
+        };
+        for b in front.binds.iter().skip(1) {
+            self.note(
+                b.line,
+                &format!("bind {}", b.address),
+                NoteKind::Unmapped,
+                "pgfront binds one address per listener; add another [[listener]]".into(),
+            );
+        }
+        let (method, path) = match (&back.check, back.liveness_check) {
+            (Some(c), _) => c.clone(),
+            (None, Some(kind)) => {
+                self.note(back.line, kind, NoteKind::Explained, format!("{kind} checks that PostgreSQL answers, any role: pgfront asks Patroni's /health, which says the same"));
+                comments.push(format!("# HAProxy: {kind} (PostgreSQL answers, any role)"));
+                ("OPTIONS".to_owned(), "/health".to_owned())
+            }
+            (None, None) => {
+                self.note(
+                    back.line,
+                    "check",
+                    NoteKind::Explained,
+                    format!("{}: no health check in HAProxy; pgfront checks Patroni's /health", back.name),
+                );
+                ("OPTIONS".to_owned(), "/health".to_owned())
+            }
+        };
+        // HAProxy never checks a server without `check`: it is always up. pgfront checks
+        // every node, so such a server takes sessions only while its check passes.
+        let unchecked: Vec<&Server> = servers.iter().filter(|s| !s.params.check).collect();
+        let always_up = "HAProxy never checks it (no `check`) and always sends it sessions; pgfront checks every node and sends sessions only while the check passes";
+        if !unchecked.is_empty() && unchecked.len() == servers.len() {
+            comments.push("# HAProxy did not check these servers (no `check`); pgfront always does".to_owned());
+            self.note(
+                back.line,
+                "check",
+                NoteKind::Unmapped,
+                format!("{}: no server has `check`: {always_up}", back.name),
+            );
+        } else {
+            for s in unchecked {
+                self.note(
+                    s.line,
+                    &format!("server {}", s.name),
+                    NoteKind::Unmapped,
+                    format!("{}: {always_up}", s.name),
+                );
+            }
+        }
+        if back.check.is_none() {
+            // HAProxy checked PostgreSQL itself (its own port); pgfront asks Patroni.
+            for s in servers.iter_mut().filter(|s| s.params.port.is_none()) {
+                s.params.port = Some(pgfront::CHECK_PORT);
+            }
+            self.note(
+                back.line,
+                "check port",
+                NoteKind::Explained,
+                format!("{}: Patroni's REST API is asked on port {} (check_port)", back.name, pgfront::CHECK_PORT),
+            );
+        }
+        if reads {
+            for (u, line) in &front.use_backends {
+                self.note(*line, &format!("use_backend {u}"), NoteKind::Explained, "an HTTP ACL never matches PostgreSQL traffic: this listener serves its default backend; clients ask for the primary with options='-c pgfront.target=primary' (client_target = true)".into());
+            }
+            for (acl, line) in &front.http_acls {
+                self.note(*line, acl, NoteKind::Explained, "HTTP-only ACL (see use_backend)".into());
+            }
+            comments.push(
+                "# HAProxy routed here with an HTTP ACL (use_backend ... if ...), which can never match PostgreSQL\n# traffic. pgfront reads the client's startup instead: options='-c pgfront.target=primary'".to_owned(),
+            );
+        }
+        let keys = self.keys(&name, front, back, &servers, global);
+        Listener {
+            name,
+            bind,
+            bind_comment,
+            balance: back.balance.clone(),
+            method,
+            path,
+            expect: back.expect.unwrap_or(200),
+            servers,
+            keys,
+            client_target: reads,
+            comments,
+        }
+    }
+
+    /// The settings HAProxy applies to a listener, as pgfront keys: the client side (timeout
+    /// client) from the frontend, the rest from the backend; where HAProxy's default differs
+    /// from pgfront's, HAProxy's is written (or noted when pgfront has none).
+    fn keys(
+        &mut self,
+        name: &str,
+        front: &Proxy,
+        back: &Proxy,
+        servers: &[Server],
+        global: &Global,
+    ) -> Vec<(&'static str, String, String)> {
+        let mut keys: Vec<(&'static str, String, String)> = Vec::new();
+        // HAProxy's default is 3 retries (pgfront's, the reference config's, is 2).
+        keys.push(("retries", back.retries.unwrap_or(3).to_string(), String::new()));
+        let mut t = back.timeouts.clone();
+        match front.timeouts.get("timeout_client") {
+            Some(v) => t.insert("timeout_client", v.clone()),
+            None => t.remove("timeout_client"),
+        };
+        // In TCP mode HAProxy uses timeout tunnel instead of client and server once the
+        // session is connected (it is a backend setting).
+        if let Some((tunnel, line)) = &back.tunnel {
+            self.note(
+                *line,
+                "timeout tunnel",
+                NoteKind::Explained,
+                format!("{name}: in TCP mode HAProxy uses timeout tunnel instead of timeout client and timeout server once a session is connected: both are {tunnel}"),
+            );
+            t.insert("timeout_client", tunnel.clone());
+            t.insert("timeout_server", tunnel.clone());
+        }
+        for (key, default) in [
+            ("timeout_connect", pgfront::TIMEOUT_CONNECT),
+            ("timeout_client", pgfront::TIMEOUT_CLIENT),
+            ("timeout_server", pgfront::TIMEOUT_SERVER),
+        ] {
+            if !t.contains_key(key) {
+                self.missing.entry(key).or_insert_with(|| (back.line, default, Vec::new())).2.push(name.to_owned());
+            }
+        }
+        // The check timing is set per server in HAProxy, per listener in pgfront.
+        let checked: Vec<&Server> = servers.iter().filter(|s| s.params.check).collect();
+        let basis = if checked.is_empty() { servers.iter().collect() } else { checked };
+        let timing_keys = basis.first().map(|s| timing(s)).unwrap_or_default();
+        if let Some(other) = basis.iter().find(|s| timing(s) != timing_keys) {
+            self.note(
+                other.line,
+                &format!("server {}", other.name),
+                NoteKind::Unmapped,
+                format!("{name}: servers differ in check timing (inter, fastinter, downinter, fall, rise, on-marked-down); pgfront sets it per listener: the first server's is used"),
+            );
+        }
+        for (k, v) in &t {
+            keys.push((k, quote(v), String::new()));
+        }
+        if !t.contains_key("timeout_queue") {
+            // No timeout queue: HAProxy uses timeout connect (pgfront: 30 s on a leader listener).
+            if let Some(c) = t.get("timeout_connect").cloned() {
+                keys.push(("timeout_queue", quote(&c), "HAProxy: no timeout queue is timeout connect".to_owned()));
+            }
+        }
+        if !t.contains_key("timeout_check") {
+            // No timeout check: HAProxy uses inter (pgfront: 5 s).
+            let inter = basis.first().and_then(|s| s.params.inter.clone()).unwrap_or_else(|| "2s".to_owned());
+            keys.push(("timeout_check", quote(&inter), "HAProxy: no timeout check is inter".to_owned()));
+        }
+        // Server maxconn (pgfront sets it per listener): no maxconn in HAProxy (or 0) means no
+        // per-server limit, so the global one.
+        let unlimited = global.maxconn.unwrap_or(pgfront::GLOBAL_MAXCONN);
+        let all: Vec<usize> = servers.iter().map(|s| s.params.maxconn.unwrap_or(unlimited)).collect();
+        if all.windows(2).any(|w| w[0] != w[1]) {
+            self.note(
+                back.line,
+                "maxconn",
+                NoteKind::Unmapped,
+                format!("{name}: servers differ in maxconn; pgfront sets it per listener: the largest is used"),
+            );
+        }
+        let m = all.iter().copied().max().unwrap_or(unlimited);
+        let why = if servers.iter().any(|s| s.params.maxconn.is_some()) {
+            format!("server ... maxconn {m}")
+        } else {
+            "no server maxconn in HAProxy: limited by the global one".to_owned()
+        };
+        keys.push(("maxconn", m.to_string(), why));
+        keys.extend(timing_keys);
+        if back.dontlog_normal {
+            keys.push(("log_sessions", quote("errors"), "option dontlog-normal".to_owned()));
+        }
+        keys
+    }
+
+    pub(super) fn web(&mut self, s: &Proxy, options: Options) -> String {
+        let mut out = String::from("[web]\n");
+        let bind = match s.binds.first() {
+            Some(b) => self.bind_address(b).unwrap_or_else(|| "127.0.0.1:7000".into()),
+            None => "127.0.0.1:7000".into(),
+        };
+        let _ = writeln!(out, "bind = {}", quote(&bind));
+        if let Some(r) = &s.stats_refresh {
+            let _ = writeln!(out, "refresh = {}", quote(r));
+        }
+        if s.stats_users.is_empty() {
+            self.note(s.line, "stats", NoteKind::Explained, "HAProxy's page had no credentials; pgfront's needs a user: add a [[web.user]] (the page answers 401 until then; /metrics and /health need none)".into());
+            out.push_str("# HAProxy's stats page had no `stats auth`. Add a user, e.g.:\n# [[web.user]]\n# name = \"admin\"\n# password_hash = \"$argon2id$...\"\n# role = \"admin\"\n");
+        }
+        let role = if s.stats_admin { "admin" } else { "read-only" };
+        let mut written: Vec<&str> = Vec::new();
+        for (user, password) in &s.stats_users {
+            if written.contains(&user.as_str()) {
+                self.note(
+                    s.line,
+                    &format!("stats auth {user}:..."),
+                    NoteKind::Unmapped,
+                    format!("a second password for {user}: HAProxy accepts either; pgfront has one per user, the first is kept"),
+                );
+                continue;
+            }
+            written.push(user);
+            out.push_str("\n[[web.user]]\n");
+            let _ = writeln!(out, "name = {}", quote(user));
+            match options.hash_passwords.then(|| hash(password)).flatten() {
+                Some(h) => {
+                    let _ = writeln!(out, "password_hash = {}   # from stats auth, hashed on import", quote(&h));
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "password = {}   # from stats auth; import with --hash-passwords to store a hash",
+                        quote(password)
+                    );
+                }
+            }
+            let _ = writeln!(out, "role = \"{role}\"{}", if s.stats_admin { "   # stats admin" } else { "" });
+        }
+        out
+    }
+
+    pub(super) fn render(
+        mut self,
+        file: &str,
+        global: &Global,
+        listeners: &[Listener],
+        web: Option<String>,
+    ) -> Imported {
+        // One note per timeout HAProxy leaves unlimited, naming the listeners (a file of
+        // 20 000 listens without timeouts is 3 notes, not 60 000).
+        for (key, (line, default, names)) in std::mem::take(&mut self.missing) {
+            let what = key.replace('_', " ");
+            let mut list = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            if names.len() > 5 {
+                let _ = write!(list, " and {} more", names.len() - 5);
+            }
+            self.note(
+                line,
+                &what,
+                NoteKind::Unmapped,
+                format!(
+                    "no {what} in HAProxy for {list}: HAProxy then waits without limit; pgfront has no unlimited timeout: its default ({}) applies",
+                    humantime::format_duration(default)
+                ),
+            );
+        }
+        let mut notes = self.notes;
+        let mut out = format!(
+            "# pgfront configuration imported from {file} by `pgfront import-haproxy`.\n# Check it with `pgfront check --config FILE`; the notes on stderr say what was not carried over.\n\n[global]\n"
+        );
+        if let Some(m) = global.maxconn {
+            let _ = writeln!(out, "maxconn = {m}   # global maxconn");
+        }
+        if let Some(t) = global.threads {
+            let _ = writeln!(out, "threads = {t}   # nbthread");
+        }
+        if let Some(h) = &global.hard_stop_after {
+            let _ = writeln!(out, "hard_stop_after = {}   # hard-stop-after", quote(h));
+        }
+        // Patroni mode asks one GET /primary per node and answers each check with Patroni's
+        // rules; a check that is not a Patroni endpoint (or expects another status) needs
+        // HAProxy's way.
+        let patroni =
+            listeners.iter().all(|l| l.expect == 200 && matches!(crate::config::Endpoint::parse(&l.path), Ok(Some(_))));
+        if !patroni {
+            out.push_str("check_mode = \"http\"   # a check is not a Patroni endpoint expecting 200\n");
+        }
+        let nodes = nodes(listeners, &mut notes);
+        let common_port = {
+            let ports: Vec<u16> = nodes.iter().filter_map(|n| n.port).collect();
+            ports.first().copied().filter(|p| ports.iter().all(|q| q == p))
+        };
+
+        // [defaults]: the keys every listener has with the same value.
+        let common: Vec<(&str, &str)> = listeners
+            .first()
+            .map(|first| {
+                first
+                    .keys
+                    .iter()
+                    .filter(|(k, v, _)| listeners.iter().all(|l| l.keys.iter().any(|(k2, v2, _)| k2 == k && v2 == v)))
+                    .map(|(k, v, _)| (*k, v.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shared = |key: &str, value: &str| common.contains(&(key, value));
+        out.push_str("\n[defaults]\n");
+        if let Some(first) = listeners.first() {
+            for (k, v, why) in first.keys.iter().filter(|(k, v, _)| shared(k, v)) {
+                let _ = writeln!(out, "{k} = {v}{}", comment(why));
+            }
+        }
+        if let Some(p) = common_port {
+            let _ = writeln!(out, "check_port = {p}   # check port {p}");
+        }
+        for n in &nodes {
+            out.push_str("\n[[node]]\n");
+            let _ = writeln!(out, "name = {}", quote(&n.name));
+            let _ = writeln!(out, "address = {}", quote(&n.address));
+            if let (None, Some(p)) = (common_port, n.port) {
+                let host = n.address.rsplit_once(':').map_or(n.address.as_str(), |(h, _)| h);
+                let _ = writeln!(out, "check_address = {}", quote(&format!("{host}:{p}")));
+            }
+            if let Some(t) = &n.tls {
+                let _ = writeln!(out, "check_tls = {t}");
+            }
+        }
+        let all: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        let by_address: std::collections::HashMap<&str, &str> =
+            nodes.iter().map(|n| (n.address.as_str(), n.name.as_str())).collect();
+        let name_of = |address: &str| by_address.get(address).copied();
+        for l in listeners {
+            out.push_str("\n[[listener]]\n");
+            for c in &l.comments {
+                let _ = writeln!(out, "{c}");
+            }
+            let _ = writeln!(out, "name = {}", quote(&l.name));
+            let _ =
+                writeln!(out, "bind = {}{}", quote(&l.bind), comment(l.bind_comment.as_deref().unwrap_or_default()));
+            if let Some(b) = &l.balance {
+                let _ = writeln!(out, "balance = {}", quote(b));
+            }
+            let _ = writeln!(
+                out,
+                "check = {{ method = {}, path = {}, expect = {} }}",
+                quote(&l.method),
+                quote(&l.path),
+                l.expect
+            );
+            let mine: Vec<&str> = l.servers.iter().filter_map(|s| name_of(&s.address)).collect();
+            if mine.len() != all.len() || mine != all {
+                let list: Vec<String> = mine.iter().map(|n| quote(n)).collect();
+                let _ = writeln!(out, "servers = [{}]", list.join(", "));
+            }
+            if l.client_target {
+                out.push_str("client_target = true\n");
+            }
+            for (k, v, why) in l.keys.iter().filter(|(k, v, _)| !shared(k, v)) {
+                let _ = writeln!(out, "{k} = {v}{}", comment(why));
+            }
+        }
+        if let Some(w) = web {
+            out.push('\n');
+            out.push_str(&w);
+        }
+        notes.sort_by_key(|n| n.line);
+        Imported { toml: out, notes }
+    }
+}
+
+fn comment(why: &str) -> String {
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!("   # {}", why.replace('\n', " "))
+    }
+}
+
+/// A node to write: a distinct server address, named after its first server line.
+struct Node {
+    name: String,
+    address: String,
+    /// The REST API's port, when HAProxy says it (else `[defaults]` check_port or 8008).
+    port: Option<u16>,
+    tls: Option<String>,
+}
+
+/// The nodes of every listener. pgfront probes a node once for all its listeners: where
+/// HAProxy checked one address on different ports or with different TLS from two servers
+/// lines, the first is used and the difference noted. A server without `check` says nothing
+/// about where Patroni answers (its PostgreSQL port is not a check port).
+fn nodes(listeners: &[Listener], notes: &mut Vec<Note>) -> Vec<Node> {
+    let mut groups: Vec<(String, Vec<(&str, &Server)>)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for l in listeners {
+        for s in &l.servers {
+            match index.get(s.address.as_str()) {
+                Some(i) => groups[*i].1.push((&l.name, s)),
+                None => {
+                    index.insert(&s.address, groups.len());
+                    groups.push((s.address.clone(), vec![(&l.name, s)]));
+                }
+            }
+        }
+    }
+    let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let port_of = |s: &Server| {
+        s.params.port.or_else(|| s.params.check.then(|| s.address.rsplit(':').next()?.parse().ok()).flatten())
+    };
+    let mut out: Vec<Node> = Vec::new();
+    for (address, group) in groups {
+        let (_, first) = group[0];
+        let mut name = sanitize(&first.name);
+        while names.contains(&name) {
+            name.push('_');
+        }
+        names.insert(name.clone());
+        let checked: Vec<(&str, &Server)> = group.iter().copied().filter(|(_, s)| s.params.check).collect();
+        let basis = if checked.is_empty() { group.clone() } else { checked };
+        let (l0, s0) = basis[0];
+        let port = port_of(s0);
+        let tls = Converter::check_tls(&s0.params);
+        for (l, s) in &basis[1..] {
+            let mut differ = Vec::new();
+            if port_of(s) != port {
+                differ.push(format!(
+                    "on port {} by {l0} and on port {} by {l}",
+                    port.map_or("8008".into(), |p| p.to_string()),
+                    port_of(s).map_or("8008".into(), |p| p.to_string())
+                ));
+            }
+            if Converter::check_tls(&s.params).map(|t| t.0) != tls.as_ref().map(|t| t.0.clone()) {
+                differ.push(format!("with other check-ssl settings by {l} than by {l0}"));
+            }
+            if !differ.is_empty() {
+                notes.push(Note {
+                    line: s.line,
+                    directive: format!("server {}", super::excerpt(&s.name)),
+                    kind: NoteKind::Unmapped,
+                    text: super::bounded(&format!(
+                        "node {name} ({address}) is checked {}; pgfront probes a node once for all its listeners: {l0}'s check is used",
+                        differ.join(", and ")
+                    )),
+                });
+            }
+        }
+        if let Some((_, Some((kind, text)))) = &tls {
+            notes.push(Note {
+                line: s0.line,
+                directive: format!("server {}", s0.name),
+                kind: *kind,
+                text: text.clone(),
+            });
+        }
+        out.push(Node { name, address, port, tls: tls.map(|t| t.0) });
+    }
+    out
+}
+
+/// The safety net: the output must be a configuration `pgfront check` accepts, else the
+/// import is not complete. Certificate files of check_tls are read by the validation; when
+/// they are not on this host (they are on the one that will run pgfront), that is said and
+/// the rest is validated without them.
+pub(super) fn validate(file: &str, imported: &mut Imported) {
+    let path = std::path::PathBuf::from(format!("{file}.toml"));
+    let mut text = imported.toml.clone();
+    let mut result = crate::config::Config::parse(&path, &text);
+    let tls_error = matches!(&result, Err(crate::config::ConfigError::Invalid { key, .. }) if key == "check_tls");
+    if tls_error && missing_files(&path, &text) {
+        imported.notes.push(Note {
+            line: 0,
+            directive: "check_tls".into(),
+            kind: NoteKind::Explained,
+            text: "certificate files of check_tls are not on this host, so they were not checked: run `pgfront check` on the host that has them".into(),
+        });
+        text = text.lines().filter(|l| !l.starts_with("check_tls = ")).collect::<Vec<_>>().join("\n");
+        result = crate::config::Config::parse(&path, &text);
+    }
+    if let Err(e) = result {
+        imported.notes.push(Note {
+            line: 0,
+            directive: "the output".into(),
+            kind: NoteKind::Unmapped,
+            text: super::bounded(&format!("the configuration written is not valid for pgfront: {e}")),
+        });
+    }
+}
+
+/// Whether a file named in a `check_tls` line of `text` does not exist here.
+fn missing_files(path: &std::path::Path, text: &str) -> bool {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    text.lines().filter(|l| l.starts_with("check_tls = ")).any(|l| {
+        let Ok(line) = l.parse::<toml::Table>() else { return false };
+        let Some(table) = line.get("check_tls").and_then(|t| t.as_table()) else { return false };
+        ["ca", "cert", "key"]
+            .iter()
+            .filter_map(|k| table.get(*k).and_then(|v| v.as_str()))
+            .any(|f| !dir.join(f).exists())
+    })
+}
