@@ -256,21 +256,27 @@ fn import_haproxy(file: &Path, hash_passwords: bool) -> ExitCode {
         }
     };
     let shown = file.display().to_string();
+    let say = |notes: &[pgfront::import::Note]| {
+        for n in notes {
+            let kind = match n.kind {
+                NoteKind::Explained => "note",
+                NoteKind::Unmapped => "not carried over",
+            };
+            eprintln!("{shown}:{}: {kind}: `{}`: {}", n.line, n.directive, n.text);
+        }
+    };
     let imported = match import(&shown, &text, Options { hash_passwords }) {
         Ok(i) => i,
         Err(e) => {
+            // What was noted says why (every server left out, for example).
+            let pgfront::import::ImportError::NothingToImport { notes } = &e;
+            say(notes);
             eprintln!("pgfront: {shown}: {e}");
             return ExitCode::from(2);
         }
     };
     print!("{}", imported.toml);
-    for n in &imported.notes {
-        let kind = match n.kind {
-            NoteKind::Explained => "note",
-            NoteKind::Unmapped => "not carried over",
-        };
-        eprintln!("{shown}:{}: {kind}: `{}`: {}", n.line, n.directive, n.text);
-    }
+    say(&imported.notes);
     if imported.complete() {
         eprintln!("pgfront: {shown}: converted completely");
         ExitCode::SUCCESS

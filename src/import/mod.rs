@@ -49,8 +49,9 @@ impl Imported {
 /// Why nothing could be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// With what was noted on the way (every server left out, for example, says why).
     #[error("no listen or frontend with PostgreSQL servers was found")]
-    NothingToImport,
+    NothingToImport { notes: Vec<Note> },
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -226,7 +227,7 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
         }
     }
     if listeners.is_empty() {
-        return Err(ImportError::NothingToImport);
+        return Err(ImportError::NothingToImport { notes: cx.notes });
     }
     let web = stats.first().map(|s| cx.web(s, options));
     for extra in stats.iter().skip(1) {
@@ -428,8 +429,15 @@ impl Converter {
                 "roundrobin" | "static-rr" => p.balance = Some("roundrobin".into()),
                 "leastconn" => p.balance = Some("leastconn".into()),
                 "first" => p.balance = Some("first".into()),
+                // `source`, `uri`, `hdr`, `random`...: each spreads clients its own way
+                // (`source` keeps a client on one server); roundrobin does not, so it is a
+                // change of meaning, not a detail.
                 other => {
-                    self.explained(l, format!("balance {other} has no pgfront equivalent; roundrobin is used"));
+                    self.unmapped(
+                        l,
+                        &format!("balance {other} has no pgfront equivalent"),
+                        "roundrobin is written instead (no client affinity)",
+                    );
                     p.balance = Some("roundrobin".into());
                 }
             },

@@ -127,7 +127,10 @@ fn unknown_directives_are_listed_with_their_line() {
     let n = imported.notes.iter().find(|n| n.kind == NoteKind::Unmapped).unwrap();
     assert_eq!((n.line, n.directive.as_str()), (3, "frobnicate yes"));
     assert!(imported.notes.iter().any(|n| n.line == 9 && n.text.contains("weight")));
-    assert!(matches!(import("x.cfg", "global\n  maxconn 1\n", Options::default()), Err(ImportError::NothingToImport)));
+    assert!(matches!(
+        import("x.cfg", "global\n  maxconn 1\n", Options::default()),
+        Err(ImportError::NothingToImport { .. })
+    ));
 }
 
 #[test]
@@ -392,4 +395,22 @@ fn check_tls_files_of_the_target_host_are_explained_not_refused() {
     let i = run(&with_defaults("listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008 check-ssl verify required ca-file /nonexistent/ca.crt verifyhost a\n"));
     assert!(i.complete(), "{:?}", i.notes);
     assert!(i.notes.iter().any(|n| n.directive == "check_tls" && n.text.contains("not on this host")), "{:?}", i.notes);
+}
+
+#[test]
+fn a_balance_pgfront_lacks_is_a_change_of_meaning() {
+    // Before: only explained (exit 0), though `balance source` kept each client on one
+    // replica and roundrobin does not.
+    let i = run(&with_defaults("listen replicas\n    bind 127.0.0.1:5001\n    balance source\n    option httpchk OPTIONS /replica\n    server a 127.0.0.11:5432 check port 8008\n"));
+    assert!(!i.complete());
+    assert!(unmapped(&i).iter().any(|n| n.text.contains("balance source")), "{:?}", i.notes);
+    assert_eq!(parsed(&i).listeners[0].balance, Balance::RoundRobin);
+}
+
+#[test]
+fn nothing_to_import_still_says_why() {
+    // Before: "nothing to import" alone, though each server left out had its reason.
+    let e = import("x.cfg", &with_defaults("listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a \"${PG}:5432\" check port 8008\n"), Options::default());
+    let Err(ImportError::NothingToImport { notes }) = e else { panic!("{e:?}") };
+    assert!(notes.iter().any(|n| n.kind == NoteKind::Unmapped), "{notes:?}");
 }
