@@ -681,10 +681,11 @@ async fn a_sighup_while_pgfront_starts_does_not_end_it() {
     for round in 0..5 {
         let (text, p1, _, _) = on_fixed_ports(&lab, "");
         let (dir, path) = write_config(&format!("early-hup-{round}"), &text);
+        let log = dir.join("pgfront.log");
         let mut child = Command::new(BIN)
             .args(["run", "--config", path.to_str().unwrap()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -692,7 +693,11 @@ async fn a_sighup_while_pgfront_starts_does_not_end_it() {
         let addr: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
         let deadline = std::time::Instant::now() + LIMIT;
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(), "never listened");
+            let exited = child.try_wait().unwrap();
+            if std::time::Instant::now() >= deadline || exited.is_some() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("round {round}: never listened on {addr} (exited: {exited:?}); its log:\n{said}");
+            }
             std::thread::sleep(Duration::from_micros(200));
         }
         for _ in 0..20 {

@@ -468,9 +468,28 @@ pub async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16,
     (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
 
-/// A free port on 127.0.0.1 (for configs that must name their port in advance).
+/// A free port on 127.0.0.1 (for configs that must name their port in advance), below the
+/// kernel's ephemeral range: a port the kernel handed out for `:0` could be handed out
+/// again to any outgoing connection (a fake backend's, pgfront's own) before pgfront bound
+/// it, and CI saw "cannot bind ... Address already in use". Below that range only a bind
+/// naming the port takes it; each call moves on, from a start that differs per process
+/// (test binaries run in parallel).
 #[allow(dead_code)]
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, span) = (20_000, low.saturating_sub(20_000).max(1000));
+    let start = std::process::id() * 211 % span;
+    for _ in 0..span {
+        let port = from + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
