@@ -379,13 +379,13 @@ async fn discovered_members_count_towards_the_descriptor_reserve() {
     publish(&lab, &cluster_json(&members));
     // A maxconn no descriptor limit holds, so the one in effect is the limit's.
     let text = config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", "")
-        .replace("[global]\n", "[global]\nmaxconn = 100000000\n");
+        .replace("[global]\n", "[global]\nmaxconn = 1000000\n");
     let pg = start(&text);
     eventually(LIMIT, "three members found", || pg.shared().first().discovery.members.load(Ordering::Relaxed) == 3)
         .await;
     let shared = pg.shared();
     let (before, fanout) = (shared.maxconn_in_effect(), shared.shares.fanout.available_permits());
-    assert!(before < 100_000_000, "the test needs a descriptor limit (ulimit -n) to fit maxconn to");
+    assert!(before < 1_000_000, "the test needs a descriptor limit (ulimit -n) to fit maxconn to");
 
     // 37 more members (at addresses nothing listens on: their checks fail, but they are
     // checked all the same), 40 in all: 25 over the reserve's allowance of 15, 2 each.

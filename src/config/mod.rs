@@ -801,15 +801,16 @@ impl Validator<'_> {
         mode: CheckMode,
         discovering: bool,
     ) -> Result<Listener> {
-        // Where a node's REST API is and how it is spoken to belongs to the node (each
-        // listener's check asks it its own question): in a listener these were ignored.
+        // Where a node's REST API is and how it is spoken to belongs to the node, probed once
+        // for all listeners (each listener's check asks it its own question): check_port in
+        // a listener was silently ignored.
         let node_level = [
             ("check_port", l.check_port.as_ref().map(|v| v.span())),
             ("check_tls", l.check_tls.as_ref().map(|v| v.span())),
             ("check_auth", l.check_auth.as_ref().map(|v| v.span())),
         ];
         if let Some((key, Some(span))) = node_level.into_iter().find(|(_, s)| s.is_some()) {
-            let msg = "is a node's setting, not a listener's: set it in [defaults] or on the [[node]] (check_address for a port of one node)";
+            let msg = "check_port, check_tls and check_auth belong to [defaults] or a [[node]] (check_address for one node's port): a node is probed once for all listeners";
             return Err(self.src.error(span, format!("listener.{key}"), msg));
         }
         let name = l.name.get_ref();
@@ -819,12 +820,6 @@ impl Validator<'_> {
                 "listener.name",
                 format!("{name:?} is not a valid name (letters, digits, '-', '_', '.')"),
             ));
-        }
-        // Checks are made per node, shared by every listener: their transport is a node's.
-        if let Some(span) = l.check_tls.as_ref().map(Spanned::span).or(l.check_auth.as_ref().map(Spanned::span)) {
-            let msg =
-                "check_tls and check_auth belong to [defaults] or a [[node]]: a node is probed once for all listeners";
-            return Err(self.src.error(span, "listener.check_tls", msg));
         }
         let s = l.settings(defaults);
         let bind = self.bind(&l.bind, "listener.bind")?;

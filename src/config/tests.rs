@@ -180,7 +180,7 @@ fn a_nodes_check_settings_in_a_listener_are_refused_not_ignored() {
     let text = BASE.replace("balance = \"first\"", "balance = \"first\"\ncheck_port = 9999");
     let (line, key, msg) = err_at(&text);
     assert_eq!((line, key.as_str()), (14, "listener.check_port"), "{msg}");
-    assert!(msg.contains("a node's setting"), "{msg}");
+    assert!(msg.contains("belong to [defaults] or a [[node]]"), "{msg}");
 }
 
 #[test]
