@@ -724,3 +724,22 @@ fn cluster_errors_name_the_line_and_key() {
     let (line, key, _) = err_at(&CLUSTERS.replace("discovery = \"patroni\"\n", ""));
     assert_eq!((line, key.as_str()), (30, "cluster.discovery_seeds"));
 }
+
+#[test]
+fn an_error_in_an_inline_table_names_its_own_key() {
+    // Before: the key was everything before the line's first `=`: `{ name`.
+    let users = format!("{BASE}[web]\nbind = \"127.0.0.1:0\"\nuser = [\n  {{ name = \"admin\", role = \"admin\", password = 987654321 }},\n]\n");
+    let (line, key, msg) = err_at(&users);
+    assert_eq!((line, key.as_str()), (18, "user.password"), "{msg}");
+    assert!(!msg.contains("987654321"), "{msg}");
+    let one = format!(
+        "{BASE}[web]\nbind = \"127.0.0.1:0\"\nuser = [ {{ name = \"a\", role = \"admin\", password = 987654321 }} ]\n"
+    );
+    let (_, key, msg) = err_at(&one);
+    assert_eq!(key, "user.password", "{msg}");
+    assert!(!msg.contains("987654321"), "{msg}");
+    // A quoted `,` or `=` in a value does not start a pair; the check's own key is named.
+    let check = BASE.replace("expect = 200", "expect = \"a, b = c\"");
+    let (_, key, _) = err_at(&check);
+    assert_eq!(key, "check.expect");
+}

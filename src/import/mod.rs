@@ -120,22 +120,80 @@ struct Proxy {
     timeouts: BTreeMap<&'static str, String>,
     /// `timeout tunnel` and its line: in TCP mode it replaces client and server once connected.
     tunnel: Option<(String, usize)>,
-    check: Option<(String, String)>,
-    expect: Option<u16>,
-    /// `option pgsql-check` / `tcp-check`: a check that PostgreSQL answers, any role.
-    liveness_check: Option<&'static str>,
+    /// The check option in force: HAProxy keeps one check type per proxy, so each check
+    /// option clears the others (an `option pgsql-check` in a listen replaces the `option
+    /// httpchk` of its defaults, and the other way round).
+    check: CheckOption,
+    /// The `option httpchk` / `http-check` rule set in use. HAProxy names a rule set after its
+    /// section: a section with its own such lines starts a new one, without the request or
+    /// the expect of its defaults; `own_http` says this section started it.
+    http: HttpRules,
+    own_http: bool,
+    /// The `tcp-check` rules in use (a rule set named as `http`'s is).
+    tcp: TcpRules,
+    own_tcp: bool,
     default_server: ServerParams,
     dontlog_normal: bool,
     binds: Vec<Bind>,
     servers: Vec<Server>,
     default_backend: Option<String>,
-    /// `use_backend NAME if ACL`, with the ACL's criterion when it is an HTTP one.
+    /// `use_backend NAME if ACL` whose condition never holds for PostgreSQL traffic.
     use_backends: Vec<(String, usize)>,
+    /// The first `use_backend` whose condition always holds for PostgreSQL traffic (`unless`
+    /// an HTTP ACL, `if !ACL`, or none): HAProxy sends every session there.
+    always_backend: Option<(String, usize)>,
     http_acls: Vec<(String, usize)>,
     stats: bool,
     stats_refresh: Option<String>,
     stats_users: Vec<(String, String)>,
     stats_admin: bool,
+}
+
+/// A proxy's health check type: the last check option set wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum CheckOption {
+    /// No check option: a TCP connect (HAProxy's default).
+    #[default]
+    Connect,
+    /// `option httpchk`: the request of the `http` rule set.
+    Http,
+    /// `option tcp-check`: a TCP connect, or the `tcp` rules when there are any.
+    TcpCheck,
+    /// `option pgsql-check`: PostgreSQL answers, any role.
+    Pgsql,
+    /// Another protocol's check (`ssl-hello-chk`, `mysql-check`, ...) and its line.
+    Other(String, usize),
+}
+
+/// An HTTP check rule set as far as pgfront can carry it.
+#[derive(Debug, Clone, Default)]
+struct HttpRules {
+    /// The line that started the rule set.
+    line: usize,
+    /// A send rule exists: the implicit one of `option httpchk`, or an `http-check send`.
+    send: bool,
+    /// An `http-check send` was read. HAProxy merges the implicit send of `option httpchk`
+    /// with the first explicit one field by field (the later line's fields win); a second
+    /// `option httpchk` before any explicit send replaces the first one whole.
+    explicit: bool,
+    /// Method and URI, each when a line gave it (else OPTIONS and /).
+    method: Option<String>,
+    path: Option<String>,
+    expect: Option<u16>,
+    /// An `option httpchk` of the section that owns the rule set was read.
+    from_option: bool,
+}
+
+/// `tcp-check` rules: pgfront does not run TCP scripts, so they are never carried over;
+/// what they ask is kept to write the nearest check.
+#[derive(Debug, Clone, Default)]
+struct TcpRules {
+    /// The first rule's line, when there are rules.
+    line: Option<usize>,
+    /// The request line of a `tcp-check send` (`GET /master HTTP/1.0...`).
+    request: Option<(String, String)>,
+    /// `tcp-check connect port N`.
+    port: Option<u16>,
 }
 
 /// Converts `text` (read from `file`) into a pgfront configuration.
@@ -144,12 +202,16 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
     let sections = parse::sections(text);
     let mut global = Global::default();
     // HAProxy: a proxy takes the last `defaults` section above it, or the one it names with
-    // `from NAME`; a later `defaults` never reaches back to the proxies before it.
+    // `from NAME`; a later `defaults` never reaches back to the proxies before it. A
+    // `defaults` section without `from` starts from HAProxy's defaults, not from the
+    // `defaults` above it.
     let mut defaults = Proxy::default();
+    let haproxy = Proxy::default();
     let mut named: BTreeMap<String, Proxy> = BTreeMap::new();
     let mut proxies: Vec<Proxy> = Vec::new();
     for s in &sections {
         let base = match &s.from {
+            None if s.kind == "defaults" => &haproxy,
             None => &defaults,
             Some(name) => match named.get(name) {
                 Some(d) => d,
@@ -187,12 +249,22 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
             }
         }
     }
+    // What a frontend may name as its backend: a backend, or a listen (HAProxy allows both).
     let backends: BTreeMap<&str, &Proxy> =
-        proxies.iter().filter(|p| p.kind == "backend").map(|p| (p.name.as_str(), p)).collect();
+        proxies.iter().filter(|p| p.kind == "backend" || p.kind == "listen").map(|p| (p.name.as_str(), p)).collect();
+    // A backend that only shows the stats page (`stats enable`, no servers), reached from a
+    // frontend's default_backend: HAProxy's frontend/backend form of the stats page.
+    let stats_only = |p: &Proxy| p.stats && p.servers.is_empty();
+    let stats_backends: HashSet<&str> = proxies
+        .iter()
+        .filter(|p| p.kind == "frontend")
+        .filter_map(|p| p.default_backend.as_deref())
+        .filter(|b| backends.get(b).is_some_and(|b| b.kind == "backend" && stats_only(b)))
+        .collect();
     // The PostgreSQL listeners: a listen with servers, or a frontend with a default backend.
     // A proxy with servers is one even with `stats enable` (its stats part is noted).
     let mut listeners: Vec<render::Listener> = Vec::new();
-    let mut stats: Vec<&Proxy> = Vec::new();
+    let mut stats: Vec<Proxy> = Vec::new();
     for p in &proxies {
         match p.kind.as_str() {
             "listen" if !p.servers.is_empty() => {
@@ -201,28 +273,53 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                 }
                 listeners.push(cx.listener(p, p, false, &global));
             }
-            "frontend" if p.stats && p.default_backend.is_none() => stats.push(p),
+            "frontend" if p.stats && p.default_backend.is_none() && p.always_backend.is_none() => stats.push(p.clone()),
             "frontend" => {
-                let Some(name) = &p.default_backend else {
-                    cx.note(
-                        p.line,
-                        "frontend",
-                        NoteKind::Unmapped,
-                        format!("frontend {} has no default_backend", p.name),
-                    );
-                    continue;
+                // An always-true use_backend wins over default_backend.
+                let (name, reads) = match (&p.always_backend, &p.default_backend) {
+                    (Some((name, line)), _) => {
+                        cx.note(*line, &format!("use_backend {name}"), NoteKind::Explained, format!("the condition always holds for PostgreSQL traffic (an HTTP ACL never matches it, so `unless` or `!` makes it true): HAProxy sends every session of {} to {name}, and so does this listener", p.name));
+                        for (u, line) in &p.use_backends {
+                            cx.note(
+                                *line,
+                                &format!("use_backend {u}"),
+                                NoteKind::Explained,
+                                "an HTTP ACL never matches PostgreSQL traffic: this rule never routes".into(),
+                            );
+                        }
+                        (name, false)
+                    }
+                    (None, Some(name)) => (name, !p.use_backends.is_empty()),
+                    (None, None) => {
+                        cx.note(
+                            p.line,
+                            "frontend",
+                            NoteKind::Unmapped,
+                            format!("frontend {} has no default_backend", p.name),
+                        );
+                        continue;
+                    }
                 };
                 let Some(b) = backends.get(name.as_str()) else {
                     cx.note(p.line, "default_backend", NoteKind::Unmapped, format!("backend {name} is not defined"));
                     continue;
                 };
+                if b.kind == "backend" && stats_only(b) {
+                    // The stats page: served on the frontend's address, set up by the backend.
+                    let mut page = (*b).clone();
+                    page.binds = p.binds.clone();
+                    page.line = p.line;
+                    page.name = p.name.clone();
+                    stats.push(page);
+                    continue;
+                }
                 if p.stats {
                     cx.note(p.line, "stats enable", NoteKind::Unmapped, format!("{}: a stats page on the port of a proxy with servers: pgfront's page needs its own address ([web] bind); not carried over", p.name));
                 }
-                let reads = !p.use_backends.is_empty();
                 listeners.push(cx.listener(p, b, reads, &global));
             }
-            _ if p.stats => stats.push(p),
+            "backend" if stats_backends.contains(p.name.as_str()) => {}
+            _ if p.stats => stats.push(p.clone()),
             _ => {}
         }
     }
@@ -252,6 +349,9 @@ struct Converter {
     /// Timeouts HAProxy leaves unlimited (not set): the first line, pgfront's default, and
     /// the listeners concerned.
     missing: BTreeMap<&'static str, (usize, std::time::Duration, Vec<String>)>,
+    /// `ca-base` and `crt-base` of `global`: the directories of relative `ca-file` and `crt`.
+    ca_base: Option<String>,
+    crt_base: Option<String>,
 }
 
 /// The longest excerpt of a directive a note quotes: a 90 KB line must not be copied into
@@ -328,6 +428,11 @@ impl Converter {
                         "maxconn 0: HAProxy derives the limit from `ulimit -n`; pgfront needs a number",
                         "pgfront's default (4096) is used; write [global] maxconn by hand",
                     ),
+                    Ok(n) if n > crate::config::MOST_SESSIONS => self.unmapped(
+                        l,
+                        &format!("pgfront takes at most {} sessions", crate::config::MOST_SESSIONS),
+                        "pgfront's default (4096) is used; write [global] maxconn by hand",
+                    ),
                     Ok(n) => g.maxconn = Some(n),
                     Err(_) => self.unmapped(l, "not a number", "write [global] maxconn by hand"),
                 },
@@ -348,11 +453,13 @@ impl Converter {
                     ),
                     Err(e) => self.unmapped(l, &e, "write [global] hard_stop_after by hand"),
                 },
+                // Relative `ca-file` and `crt` paths of the lines below are read from there.
+                "ca-base" if l.words.len() == 2 => self.ca_base = Some(w(1).to_owned()),
+                "crt-base" if l.words.len() == 2 => self.crt_base = Some(w(1).to_owned()),
                 // Process management, logging and runtime API: pgfront runs under systemd or
                 // Pacemaker, logs to stderr, and has its own web surface.
                 "log" | "chroot" | "user" | "group" | "uid" | "gid" | "daemon" | "pidfile" | "stats" | "nbproc"
-                | "master-worker" | "ca-base" | "crt-base" | "spread-checks" | "log-send-hostname" | "node"
-                | "description" => {}
+                | "master-worker" | "spread-checks" | "log-send-hostname" | "node" | "description" => {}
                 k if k.starts_with("tune.") || k.starts_with("ssl-default-") || k.starts_with("ssl-dh") => {}
                 _ => self.unmapped(
                     l,
@@ -372,16 +479,52 @@ impl Converter {
         p.binds.clear();
         p.servers.clear();
         p.use_backends.clear();
+        p.always_backend = None;
         p.http_acls.clear();
         p.default_backend = None;
         p.stats = false;
+        p.own_http = false;
+        p.own_tcp = false;
         if let Some(b) = &s.header_bind {
             p.binds.push(Bind { address: b.clone(), options: Vec::new(), line: s.number });
         }
         for l in &s.lines {
             self.directive(&mut p, l);
         }
+        // Rule sets HAProxy does not use, or uses without what the defaults had: said, as
+        // they surprise whoever reads the file.
+        if p.own_http && p.check != CheckOption::Http {
+            let text = "HAProxy ignores http-check rules without `option httpchk` (it warns so)";
+            self.note(p.http.line, "http-check", NoteKind::Explained, text.into());
+        } else if p.own_http && !p.http.from_option && base.check == CheckOption::Http && base.http.send && p.http.send
+        {
+            let text = format!(
+                "these http-check lines start a rule set of {} in HAProxy, without the request of `option httpchk` in its defaults: HAProxy sends {} {}",
+                p.name,
+                p.http.method.as_deref().unwrap_or("OPTIONS"),
+                p.http.path.as_deref().unwrap_or("/")
+            );
+            self.note(p.http.line, "http-check", NoteKind::Explained, text);
+        }
+        if p.own_tcp && p.tcp.line.is_some() && p.check != CheckOption::TcpCheck {
+            let line = p.tcp.line.unwrap_or_default();
+            self.note(
+                line,
+                "tcp-check",
+                NoteKind::Explained,
+                "HAProxy ignores tcp-check rules without `option tcp-check` (it warns so)".into(),
+            );
+        }
         p
+    }
+
+    /// The section's own HTTP check rule set, started (empty) on its first line.
+    fn own_http<'p>(p: &'p mut Proxy, l: &Line) -> &'p mut HttpRules {
+        if !p.own_http {
+            p.own_http = true;
+            p.http = HttpRules { line: l.number, ..HttpRules::default() };
+        }
+        &mut p.http
     }
 
     /// A timeout's value, or a note saying why it is not carried over. HAProxy's 0 is "not
@@ -441,7 +584,13 @@ impl Converter {
                     p.balance = Some("roundrobin".into());
                 }
             },
-            "retries" => match w(1).parse() {
+            "retries" => match w(1).parse::<u32>() {
+                // HAProxy reads an int: a larger number is not the count it uses.
+                Ok(n) if n > i32::MAX as u32 => self.unmapped(
+                    l,
+                    &format!("retries {n} is more than HAProxy reads (2^31 - 1)"),
+                    "write retries by hand; HAProxy's default (3) is written",
+                ),
                 Ok(n) => p.retries = Some(n),
                 Err(_) => self.unmapped(l, "retries needs a whole number", "write retries by hand"),
             },
@@ -475,27 +624,68 @@ impl Converter {
                 self.timeout(p, l, key, w(1));
             }
             "option" => self.option(p, l),
-            "http-check" => match (w(1), w(2)) {
-                ("expect", "status") if l.words.len() == 4 => match w(3).parse() {
-                    Ok(code) => p.expect = Some(code),
-                    Err(_) => self.unmapped(l, "only a single status is understood", "set check.expect by hand"),
-                },
-                ("send", _) => {
-                    let mut method = "OPTIONS".to_owned();
-                    let mut path = "/".to_owned();
-                    for pair in l.words[2..].chunks(2) {
-                        match pair {
-                            [k, v] if k == "meth" => method = v.clone(),
-                            [k, v] if k == "uri" => path = v.clone(),
-                            _ => {}
-                        }
+            // `no option dontlog-normal`: a frontend logs every session again.
+            "no" if w(1) == "option" && w(2) == "dontlog-normal" && l.words.len() == 3 => p.dontlog_normal = false,
+            "http-check" => match w(1) {
+                "expect" => {
+                    let rules = Self::own_http(p, l);
+                    match (w(2), l.words.len()) {
+                        ("status", 4) => match w(3).parse() {
+                            Ok(code) => rules.expect = Some(code),
+                            Err(_) => {
+                                self.unmapped(l, "only a single status is understood", "set check.expect by hand")
+                            }
+                        },
+                        _ => self.unmapped(
+                            l,
+                            "this http-check expect is not understood",
+                            "set the listener's check by hand",
+                        ),
                     }
-                    let method = self.method(l, &method);
-                    p.check = Some((method, path));
+                }
+                "send" => self.http_send(p, l),
+                // A rule with nothing to carry: it still makes the rule set the section's own.
+                "comment" => {
+                    Self::own_http(p, l);
+                }
+                "connect" => {
+                    Self::own_http(p, l);
+                    self.unmapped(
+                        l,
+                        "http-check connect (another port, TLS or address for the check) is not converted",
+                        "set the nodes' check_port / check_tls by hand",
+                    )
                 }
                 _ => self.unmapped(l, "this http-check form is not understood", "set the listener's check by hand"),
             },
-            "tcp-check" => p.liveness_check = Some("tcp-check"),
+            "tcp-check" => {
+                // HAProxy drops comment rules; every other one makes a script pgfront cannot run.
+                if w(1) != "comment" {
+                    if !p.own_tcp {
+                        p.own_tcp = true;
+                        p.tcp = TcpRules::default();
+                    }
+                    p.tcp.line.get_or_insert(l.number);
+                    match w(1) {
+                        "connect" => {
+                            let port = l.words.iter().position(|w| w == "port").and_then(|i| l.word(i + 1));
+                            if let Some(Ok(n)) = port.map(str::parse::<u16>) {
+                                p.tcp.port.get_or_insert(n);
+                            }
+                        }
+                        "send" if p.tcp.request.is_none() => {
+                            // The data, one word once its escaped spaces are read: `GET /master HTTP/1.0...`.
+                            let data = l.rest(2);
+                            let words: Vec<&str> = data.split_whitespace().collect();
+                            p.tcp.request = words.windows(2).find_map(|w| {
+                                (matches!(w[0], "GET" | "OPTIONS" | "HEAD") && w[1].starts_with('/'))
+                                    .then(|| (w[0].to_owned(), w[1].to_owned()))
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
             "default-server" => {
                 let params = std::mem::take(&mut p.default_server);
                 p.default_server = self.server_params(l, 1, params);
@@ -519,19 +709,31 @@ impl Converter {
             }
             "default_backend" => p.default_backend = Some(w(1).to_owned()),
             "use_backend" => {
-                // Only a condition made of named HTTP ACLs is known never to match; anything
-                // else (an inline `{ src ... }`, a TCP ACL) is routing pgfront cannot carry.
-                let names: Vec<&str> =
-                    l.words.iter().skip(3).map(String::as_str).filter(|w| !matches!(*w, "!" | "||" | "or")).collect();
-                let http = |n: &str| p.http_acls.iter().any(|(acl, _)| acl.split_whitespace().nth(1) == Some(n));
-                if l.word(2).is_some() && !names.is_empty() && names.iter().all(|n| http(n.trim_start_matches('!'))) {
-                    p.use_backends.push((w(1).to_owned(), l.number));
-                } else {
-                    self.unmapped(
+                // HTTP ACLs never match PostgreSQL traffic (its startup packet is no HTTP
+                // request, so the sample fetch fails, and a failed fetch does not match),
+                // which decides a condition made of them: `if is_primary` never routes,
+                // `unless is_primary` and `if !is_primary` always do. Anything else (an
+                // inline `{ src ... }`, a TCP ACL, a dynamic name) is routing pgfront cannot carry.
+                let truth = match w(2) {
+                    "" => Some(true),
+                    "if" => Self::http_condition(p, &l.words[3..]),
+                    "unless" => Self::http_condition(p, &l.words[3..]).map(|t| !t),
+                    _ => None,
+                };
+                match truth {
+                    _ if w(1).contains('%') || w(1).is_empty() => self.unmapped(
+                        l,
+                        "a backend name computed per session",
+                        "route with [[listener]] routes, or a listener per backend",
+                    ),
+                    Some(false) => p.use_backends.push((w(1).to_owned(), l.number)),
+                    Some(true) if p.always_backend.is_none() => p.always_backend = Some((w(1).to_owned(), l.number)),
+                    Some(true) => self.explained(l, "never reached: an earlier use_backend always matches"),
+                    None => self.unmapped(
                         l,
                         "routing on a condition pgfront cannot read",
                         "route with [[listener]] routes, or a listener per backend",
-                    );
+                    ),
                 }
             }
             "acl" => {
@@ -617,6 +819,102 @@ impl Converter {
         nearest
     }
 
+    /// `http-check send`: merged into the implicit send of `option httpchk` (only the fields
+    /// it gives replace that one's); a second explicit send makes a send/expect sequence.
+    fn http_send(&mut self, p: &mut Proxy, l: &Line) {
+        let (mut method, mut path) = (None, None);
+        let mut unsent = Vec::new();
+        let mut i = 2;
+        while i < l.words.len() {
+            let value = l.word(i + 1);
+            match (l.words[i].as_str(), value) {
+                ("meth", Some(m)) => method = Some(self.method(l, m)),
+                ("uri", Some(u)) => path = Some(u.to_owned()),
+                ("uri-lf", Some(_)) => {
+                    self.unmapped(
+                        l,
+                        "uri-lf: a URI built when the check runs; pgfront's check path is fixed",
+                        "set the listener's check path by hand",
+                    );
+                }
+                ("ver" | "body" | "body-lf", Some(_)) => unsent.push(l.words[i].clone()),
+                ("comment", Some(_)) => {}
+                ("hdr", Some(_)) if i + 2 < l.words.len() => {
+                    unsent.push("hdr".to_owned());
+                    i += 1;
+                }
+                (other, _) => {
+                    self.unmapped(
+                        l,
+                        &format!("http-check send: `{}` is not understood", excerpt(other)),
+                        "set the listener's check by hand",
+                    );
+                    break;
+                }
+            }
+            i += 2;
+        }
+        if !unsent.is_empty() {
+            unsent.dedup();
+            self.explained(
+                l,
+                format!(
+                    "pgfront sends its own request line and headers: {} not sent (Patroni's answer does not depend on them)",
+                    unsent.join(", ")
+                ),
+            );
+        }
+        let rules = Self::own_http(p, l);
+        if rules.explicit {
+            return self.unmapped(
+                l,
+                "a second http-check send makes a send/expect sequence; pgfront sends one request",
+                "set the listener's check by hand",
+            );
+        }
+        rules.method = method.or(rules.method.take());
+        rules.path = path.or(rules.path.take());
+        rules.send = true;
+        rules.explicit = true;
+    }
+
+    /// The truth, for PostgreSQL traffic, of a condition made only of named HTTP ACLs (each
+    /// false), `!`, `||` and `or`: terms are ANDed, groups ORed. None when it names anything
+    /// else.
+    fn http_condition(p: &Proxy, words: &[String]) -> Option<bool> {
+        let http = |n: &str| p.http_acls.iter().any(|(acl, _)| acl.split_whitespace().nth(1) == Some(n));
+        let mut any = false;
+        let mut group = true;
+        let mut terms = 0;
+        let mut negate = false;
+        for w in words {
+            match w.as_str() {
+                "||" | "or" => {
+                    any |= group && terms > 0;
+                    (group, terms) = (true, 0);
+                }
+                "!" => negate = !negate,
+                name => {
+                    let (neg, name) = match name.strip_prefix('!') {
+                        Some(n) => (!negate, n),
+                        None => (negate, name),
+                    };
+                    if !http(name) {
+                        return None;
+                    }
+                    // The ACL is false: the term is true only when negated.
+                    group &= neg;
+                    terms += 1;
+                    negate = false;
+                }
+            }
+        }
+        if terms == 0 && !any && words.iter().all(|w| matches!(w.as_str(), "||" | "or" | "!")) {
+            return None;
+        }
+        Some(any || (group && terms > 0))
+    }
+
     fn option(&mut self, p: &mut Proxy, l: &Line) {
         let w = |i| l.word(i).unwrap_or_default();
         match w(1) {
@@ -625,19 +923,34 @@ impl Converter {
                 // OPTIONS/master` (the tutorials' spelling), `option httpchk /master`.
                 let rest = l.rest(2);
                 let (method, path) = match rest.split_whitespace().collect::<Vec<_>>().as_slice() {
-                    [] => ("OPTIONS".to_owned(), "/".to_owned()),
-                    [one] if one.starts_with('/') => ("OPTIONS".to_owned(), (*one).to_owned()),
+                    [] => (None, None),
+                    [one] if one.starts_with('/') => (None, Some((*one).to_owned())),
                     [one] => match one.find('/') {
-                        Some(i) => (one[..i].to_owned(), one[i..].to_owned()),
-                        None => (one.to_string(), "/".to_owned()),
+                        Some(i) => (Some(one[..i].to_owned()), Some(one[i..].to_owned())),
+                        None => (Some(one.to_string()), None),
                     },
-                    [m, path, ..] => ((*m).to_owned(), (*path).to_owned()),
+                    [m, path, ..] => (Some((*m).to_owned()), Some((*path).to_owned())),
                 };
-                let method = self.method(l, &method);
-                p.check = Some((method, path));
+                let method = method.map(|m| self.method(l, &m));
+                p.check = CheckOption::Http;
+                let rules = Self::own_http(p, l);
+                rules.from_option = true;
+                if rules.explicit {
+                    // Merged into the explicit send: only the fields given.
+                    rules.method = method.or(rules.method.take());
+                    rules.path = path.or(rules.path.take());
+                } else {
+                    (rules.method, rules.path) = (method, path);
+                }
+                rules.send = true;
             }
-            "pgsql-check" => p.liveness_check = Some("pgsql-check"),
-            "tcp-check" => p.liveness_check = Some("tcp-check"),
+            "pgsql-check" => p.check = CheckOption::Pgsql,
+            "tcp-check" => p.check = CheckOption::TcpCheck,
+            other @ ("ssl-hello-chk" | "smtpchk" | "ldap-check" | "mysql-check" | "redis-check" | "external-check"
+            | "spop-check") => p.check = CheckOption::Other(other.to_owned(), l.number),
+            "dontlog-normal" if p.kind == "backend" => {
+                self.explained(l, "a frontend option: HAProxy ignores it in a backend (the frontend's applies)")
+            }
             "dontlog-normal" => p.dontlog_normal = true,
             // pgfront always redispatches a failed connect, keeps TCP keepalives on, and
             // logs in its own format.

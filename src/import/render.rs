@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{hash, quote, sanitize, Converter, Global, Imported, Note, NoteKind, Options, Proxy, Server};
+use super::{hash, quote, sanitize, CheckOption, Converter, Global, Imported, Note, NoteKind, Options, Proxy, Server};
 use crate::config::defaults as pgfront;
 
 /// A PostgreSQL listener to write.
@@ -101,23 +101,7 @@ impl Converter {
                 "pgfront binds one address per listener; add another [[listener]]".into(),
             );
         }
-        let (method, path) = match (&back.check, back.liveness_check) {
-            (Some(c), _) => c.clone(),
-            (None, Some(kind)) => {
-                self.note(back.line, kind, NoteKind::Explained, format!("{kind} checks that PostgreSQL answers, any role: pgfront asks Patroni's /health, which says the same"));
-                comments.push(format!("# HAProxy: {kind} (PostgreSQL answers, any role)"));
-                ("OPTIONS".to_owned(), "/health".to_owned())
-            }
-            (None, None) => {
-                self.note(
-                    back.line,
-                    "check",
-                    NoteKind::Explained,
-                    format!("{}: no health check in HAProxy; pgfront checks Patroni's /health", back.name),
-                );
-                ("OPTIONS".to_owned(), "/health".to_owned())
-            }
-        };
+        let (method, path) = self.check(back, &mut comments);
         // HAProxy never checks a server without `check`: it is always up. pgfront checks
         // every node, so such a server takes sessions only while its check passes.
         let unchecked: Vec<&Server> = servers.iter().filter(|s| !s.params.check).collect();
@@ -140,16 +124,21 @@ impl Converter {
                 );
             }
         }
-        if back.check.is_none() {
-            // HAProxy checked PostgreSQL itself (its own port); pgfront asks Patroni.
+        if back.check != CheckOption::Http {
+            // HAProxy checked PostgreSQL itself (its own port); pgfront asks Patroni (where
+            // tcp-check rules connected, when they said).
+            let port = match (&back.check, back.tcp.line, back.tcp.port) {
+                (CheckOption::TcpCheck, Some(_), Some(p)) => p,
+                _ => pgfront::CHECK_PORT,
+            };
             for s in servers.iter_mut().filter(|s| s.params.port.is_none()) {
-                s.params.port = Some(pgfront::CHECK_PORT);
+                s.params.port = Some(port);
             }
             self.note(
                 back.line,
                 "check port",
                 NoteKind::Explained,
-                format!("{}: Patroni's REST API is asked on port {} (check_port)", back.name, pgfront::CHECK_PORT),
+                format!("{}: Patroni's REST API is asked on port {port} (check_port)", back.name),
             );
         }
         if reads {
@@ -171,11 +160,91 @@ impl Converter {
             balance: back.balance.clone(),
             method,
             path,
-            expect: back.expect.unwrap_or(200),
+            expect: if back.check == CheckOption::Http { back.http.expect.unwrap_or(200) } else { 200 },
             servers,
             keys,
             client_target: reads,
             comments,
+        }
+    }
+
+    /// The check pgfront runs for HAProxy's (method, path), with what was noted about it.
+    fn check(&mut self, back: &Proxy, comments: &mut Vec<String>) -> (String, String) {
+        let health = ("OPTIONS".to_owned(), "/health".to_owned());
+        let liveness = |cx: &mut Self, comments: &mut Vec<String>, kind: &str| {
+            cx.note(back.line, kind, NoteKind::Explained, format!("{kind} checks that PostgreSQL answers, any role: pgfront asks Patroni's /health, which says the same"));
+            comments.push(format!("# HAProxy: {kind} (PostgreSQL answers, any role)"));
+        };
+        match &back.check {
+            CheckOption::Http => {
+                let h = &back.http;
+                if !h.send {
+                    self.note(
+                        h.line,
+                        "http-check",
+                        NoteKind::Unmapped,
+                        format!("{}: this section's http-check rules start a rule set without a request (HAProxy does not take the one of `option httpchk` in defaults into it): HAProxy sends none; OPTIONS / is written", back.name),
+                    );
+                }
+                let method = h.method.clone().unwrap_or_else(|| "OPTIONS".to_owned());
+                (method, h.path.clone().unwrap_or_else(|| "/".to_owned()))
+            }
+            CheckOption::TcpCheck => match (back.tcp.line, &back.tcp.request) {
+                (None, _) => {
+                    liveness(self, comments, "tcp-check");
+                    health
+                }
+                // A script pgfront cannot run: what it sends and what it expects (a string
+                // anywhere in the answer, an HTTP version) are not a Patroni check; the
+                // request it sends is the nearest one.
+                (Some(line), Some((method, path))) => {
+                    self.note(
+                        line,
+                        "tcp-check",
+                        NoteKind::Unmapped,
+                        format!("{}: tcp-check rules (a connect/send/expect script) are not converted: their request, {method} {path}, is written as an HTTP check expecting status 200; check it asks what the rules expected", back.name),
+                    );
+                    comments.push(format!(
+                        "# HAProxy: tcp-check rules sending {method} {path} (not converted: see the notes)"
+                    ));
+                    (method.clone(), path.clone())
+                }
+                (Some(line), None) => {
+                    self.note(
+                        line,
+                        "tcp-check",
+                        NoteKind::Unmapped,
+                        format!("{}: tcp-check rules (a connect/send/expect script) are not converted: Patroni's /health (any role) is written, which passes on every running node; set check.path to the endpoint the rules asked (e.g. \"/primary\")", back.name),
+                    );
+                    comments.push("# HAProxy: tcp-check rules (not converted: see the notes)".to_owned());
+                    health
+                }
+            },
+            CheckOption::Pgsql => {
+                liveness(self, comments, "pgsql-check");
+                health
+            }
+            CheckOption::Other(kind, line) => {
+                self.note(
+                    *line,
+                    &format!("option {kind}"),
+                    NoteKind::Unmapped,
+                    format!(
+                        "{}: option {kind} checks another protocol; pgfront asks Patroni's /health (any role) instead",
+                        back.name
+                    ),
+                );
+                health
+            }
+            CheckOption::Connect => {
+                self.note(
+                    back.line,
+                    "check",
+                    NoteKind::Explained,
+                    format!("{}: no health check in HAProxy; pgfront checks Patroni's /health", back.name),
+                );
+                health
+            }
         }
     }
 
@@ -248,7 +317,16 @@ impl Converter {
         // Server maxconn (pgfront sets it per listener): no maxconn in HAProxy (or 0) means no
         // per-server limit, so the global one.
         let unlimited = global.maxconn.unwrap_or(pgfront::GLOBAL_MAXCONN);
-        let all: Vec<usize> = servers.iter().map(|s| s.params.maxconn.unwrap_or(unlimited)).collect();
+        // A server maxconn above the global one is never reached: the global one limits first.
+        if let Some(s) = servers.iter().find(|s| s.params.maxconn.is_some_and(|m| m > unlimited)) {
+            self.note(
+                s.line,
+                &format!("server {}", s.name),
+                NoteKind::Explained,
+                format!("{name}: server maxconn {} is above the global maxconn ({unlimited}), which limits first: {unlimited} is written", s.params.maxconn.unwrap_or_default()),
+            );
+        }
+        let all: Vec<usize> = servers.iter().map(|s| s.params.maxconn.unwrap_or(unlimited).min(unlimited)).collect();
         if all.windows(2).any(|w| w[0] != w[1]) {
             self.note(
                 back.line,
@@ -265,7 +343,8 @@ impl Converter {
         };
         keys.push(("maxconn", m.to_string(), why));
         keys.extend(timing_keys);
-        if back.dontlog_normal {
+        // A frontend option (HAProxy ignores it in a backend): the frontend's, or the listen's.
+        if front.dontlog_normal {
             keys.push(("log_sessions", quote("errors"), "option dontlog-normal".to_owned()));
         }
         keys
@@ -549,7 +628,7 @@ pub(super) fn validate(file: &str, imported: &mut Imported) {
             line: 0,
             directive: "check_tls".into(),
             kind: NoteKind::Explained,
-            text: "certificate files of check_tls are not on this host, so they were not checked: run `pgfront check` on the host that has them".into(),
+            text: "certificate files of check_tls are not on this host, so they were not checked: run `pgfront check` on the host that has them (pgfront reads a relative path from the directory of the configuration file it is given)".into(),
         });
         text = text.lines().filter(|l| !l.starts_with("check_tls = ")).collect::<Vec<_>>().join("\n");
         result = crate::config::Config::parse(&path, &text);

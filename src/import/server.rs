@@ -104,8 +104,8 @@ impl Converter {
                             "fix the line",
                         ),
                         "verify" => p.verify = v,
-                        "ca-file" => p.ca_file = v,
-                        "crt" => p.crt = v,
+                        "ca-file" => p.ca_file = Some(self.based(l, key, value)),
+                        "crt" => p.crt = Some(self.based(l, key, value)),
                         "verifyhost" => p.verifyhost = v,
                         _ => p.check_sni = v,
                     }
@@ -129,6 +129,31 @@ impl Converter {
             i += 1;
         }
         p
+    }
+
+    /// A `ca-file` or `crt` path as HAProxy reads it: a relative one is in `ca-base` /
+    /// `crt-base` when `global` sets it, else in HAProxy's working directory, which is not
+    /// known here (and pgfront reads a relative path from its configuration file's directory).
+    fn based(&mut self, l: &Line, key: &str, value: &str) -> String {
+        let base = if key == "ca-file" { &self.ca_base } else { &self.crt_base };
+        if value.starts_with('/') {
+            return value.to_owned();
+        }
+        match base {
+            Some(dir) => format!("{}/{value}", dir.trim_end_matches('/')),
+            None => {
+                self.unmapped(
+                    l,
+                    &format!(
+                        "{key} {}: a relative path, which HAProxy reads from its working directory (no {} in global); pgfront reads it from the directory of the configuration file it is given",
+                        super::excerpt(value),
+                        if key == "ca-file" { "ca-base" } else { "crt-base" }
+                    ),
+                    "write the absolute path in check_tls",
+                );
+                value.to_owned()
+            }
+        }
     }
 
     /// One valued server parameter; a value HAProxy would refuse (or that pgfront cannot
@@ -170,15 +195,16 @@ impl Converter {
                 },
                 Err(e) => bad(self, &e),
             },
+            // HAProxy reads an int and refuses one that is not above 0 (a larger number wraps).
             "fall" | "rise" => match value.parse::<u32>() {
-                Ok(n) if n > 0 => {
+                Ok(n) if n > 0 && n <= i32::MAX as u32 => {
                     if key == "fall" {
                         p.fall = Some(n)
                     } else {
                         p.rise = Some(n)
                     }
                 }
-                _ => bad(self, "must be a whole number of at least 1"),
+                _ => bad(self, "must be a whole number from 1 to 2147483647 (HAProxy refuses another)"),
             },
             _ => match value {
                 "shutdown-sessions" | "mark-backup-down" | "shutdown-backup-sessions" => {

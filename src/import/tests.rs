@@ -414,3 +414,177 @@ fn nothing_to_import_still_says_why() {
     let Err(ImportError::NothingToImport { notes }) = e else { panic!("{e:?}") };
     assert!(notes.iter().any(|n| n.kind == NoteKind::Unmapped), "{notes:?}");
 }
+
+/// The defaults of helper-34's cases: every timeout, so only what a test is about is noted.
+const TIMEOUTS: &str =
+    "defaults\n    mode tcp\n    timeout connect 4s\n    timeout client 30m\n    timeout server 30m\n";
+
+#[test]
+fn tcp_check_rules_are_not_carried_over_as_a_liveness_check() {
+    // Before: /health (any role), exit 0: the leader port would have sent writes to replicas.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    option tcp-check\n    tcp-check connect port 8008\n    tcp-check send GET\\ /master\\ HTTP/1.0\\r\\n\\r\\n\n    tcp-check expect string HTTP/1.0\\ 200\n    server pg1 127.0.0.11:5432 check\n    server pg2 127.0.0.12:5432 check\n"));
+    assert!(!i.complete(), "{:?}", i.notes);
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("tcp-check rules")), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!((c.listeners[0].check.method.as_str(), c.listeners[0].check.path.as_str()), ("GET", "/master"));
+    assert_eq!(c.nodes[0].check_address, "127.0.0.11:8008", "the rules' connect port");
+    // A script without a request line: /health, and still not carried over.
+    let i = run(&format!("{TIMEOUTS}listen any\n    bind 127.0.0.1:5000\n    option tcp-check\n    tcp-check connect\n    tcp-check send-binary 00000008\n    tcp-check expect binary 4e\n    server pg1 127.0.0.11:5432 check\n"));
+    assert!(!i.complete());
+    assert_eq!(parsed(&i).listeners[0].check.path, "/health");
+    // A bare `option tcp-check` is a TCP connect: PostgreSQL answers.
+    let i = run(&format!(
+        "{TIMEOUTS}listen any\n    bind 127.0.0.1:5000\n    option tcp-check\n    server pg1 127.0.0.11:5432 check\n"
+    ));
+    assert!(i.complete(), "{:?}", i.notes);
+    assert_eq!(parsed(&i).listeners[0].check.path, "/health");
+}
+
+#[test]
+fn http_check_send_keeps_what_option_httpchk_set() {
+    // Before: `http-check send hdr ...` reset the request to OPTIONS /, and `hdr NAME VALUE`
+    // (three words) shifted meth/uri out of place.
+    let listen = |lines: &str| {
+        run(&format!("{TIMEOUTS}listen replicas\n    bind 127.0.0.1:5001\n{lines}    server pg1 127.0.0.11:5432 check port 8008\n"))
+    };
+    let check = |i: &Imported| {
+        let c = parsed(i);
+        let l = &c.listeners[0];
+        (l.check.method.clone(), l.check.path.clone())
+    };
+    let i = listen("    option httpchk OPTIONS /replica\n    http-check send hdr Host patroni\n");
+    assert_eq!(check(&i), ("OPTIONS".to_owned(), "/replica".to_owned()));
+    assert!(i.complete(), "{:?}", i.notes);
+    let i = listen("    option httpchk\n    http-check send hdr Host patroni meth GET uri /replica\n");
+    assert_eq!(check(&i), ("GET".to_owned(), "/replica".to_owned()));
+    // The explicit send first, then the option: the option's fields win where it gives them.
+    let i = listen("    http-check send meth GET uri /replica ver HTTP/1.1 hdr Host x\n    option httpchk\n");
+    assert_eq!(check(&i), ("GET".to_owned(), "/replica".to_owned()));
+    let i = listen("    http-check send meth GET\n    option httpchk /master\n");
+    assert_eq!(check(&i), ("GET".to_owned(), "/master".to_owned()));
+    // A second `option httpchk` replaces the first one whole.
+    let i = listen("    option httpchk GET /master\n    option httpchk /replica\n");
+    assert_eq!(check(&i), ("OPTIONS".to_owned(), "/replica".to_owned()));
+    // Rules without `option httpchk`: HAProxy ignores them (a TCP connect check).
+    let i = listen("    http-check send meth GET uri /master\n");
+    assert_eq!(check(&i).1, "/health");
+}
+
+#[test]
+fn a_defaults_section_without_from_starts_from_haproxys_defaults() {
+    // Before: the second defaults took the first one's httpchk and on-marked-down.
+    let i = run(&format!("{TIMEOUTS}    option httpchk OPTIONS /master\n    default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions\nlisten primary\n    bind 127.0.0.1:5000\n    server pg1 127.0.0.11:5432 check port 8008\n{TIMEOUTS}listen replicas\n    bind 127.0.0.1:5001\n    server pg2 127.0.0.12:5432 check port 8008\n"));
+    let c = parsed(&i);
+    assert!(c.listeners[0].shutdown_sessions);
+    assert_eq!(c.listeners[0].check.path, "/master");
+    assert!(!c.listeners[1].shutdown_sessions, "{}", i.toml);
+    assert_eq!(c.listeners[1].check.path, "/health", "no check option in the second defaults");
+}
+
+#[test]
+fn the_last_check_option_wins() {
+    // Before: the listen's pgsql-check was ignored for the httpchk of its defaults.
+    let i = run(&format!("{TIMEOUTS}    option httpchk OPTIONS /master\nlisten primary\n    bind 127.0.0.1:5000\n    server pg1 127.0.0.11:5432 check port 8008\nlisten any\n    bind 127.0.0.1:5001\n    option pgsql-check user haproxy\n    server pg1 127.0.0.11:5432 check\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!((c.listeners[0].check.path.as_str(), c.listeners[1].check.path.as_str()), ("/master", "/health"));
+    // And the other way round.
+    let i = run(&format!("{TIMEOUTS}    option pgsql-check user haproxy\nlisten primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\n"));
+    assert_eq!(parsed(&i).listeners[0].check.path, "/master");
+    // Another protocol's check replaces httpchk too, and is not carried over.
+    let i = run(&format!("{TIMEOUTS}    option httpchk OPTIONS /master\nlisten primary\n    bind 127.0.0.1:5000\n    option ssl-hello-chk\n    server pg1 127.0.0.11:5432 check port 8008\n"));
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("ssl-hello-chk")), "{:?}", i.notes);
+    assert_eq!(parsed(&i).listeners[0].check.path, "/health");
+}
+
+#[test]
+fn use_backend_unless_or_negated_always_routes() {
+    // Before: taken as never matching, so the listener served the replicas.
+    let front = |rule: &str| {
+        run(&format!("{TIMEOUTS}frontend fe\n    bind 127.0.0.1:5000\n    acl is_replica path_beg /replica\n    {rule}\n    default_backend be_replicas\nbackend be_primary\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\nbackend be_replicas\n    option httpchk OPTIONS /replica\n    server pg1 127.0.0.11:5432 check port 8008\n"))
+    };
+    for rule in [
+        "use_backend be_primary unless is_replica",
+        "use_backend be_primary if !is_replica",
+        "use_backend be_primary if ! is_replica",
+        "use_backend be_primary",
+    ] {
+        let i = front(rule);
+        assert!(i.complete(), "{rule}: {:?}", i.notes);
+        let l = &parsed(&i).listeners[0];
+        assert_eq!(l.check.path, "/master", "{rule}");
+        assert!(!l.client_target, "{rule}");
+    }
+    for rule in ["use_backend be_primary if is_replica", "use_backend be_primary unless !is_replica"] {
+        let l = &parsed(&front(rule)).listeners[0];
+        assert_eq!(l.check.path, "/replica", "{rule}");
+    }
+    assert!(!front("use_backend be_primary if is_replica || { src 10.0.0.0/8 }").complete());
+}
+
+#[test]
+fn ca_base_and_crt_base_prefix_relative_paths() {
+    // Before: ca-base ignored, ca.pem written as a path relative to pgfront's configuration.
+    let server = "server pg1 127.0.0.11:5432 check port 8008 check-ssl verify required ca-file ca.pem crt probe.pem verifyhost pg1";
+    let i = run(&format!("global\n    ca-base /etc/haproxy/ca\n    crt-base /etc/haproxy/crt/\n{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    {server}\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    assert!(i.toml.contains("ca = \"/etc/haproxy/ca/ca.pem\", cert = \"/etc/haproxy/crt/probe.pem\""), "{}", i.toml);
+    let i = run(&format!(
+        "{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    {server}\n"
+    ));
+    let n = unmapped(&i);
+    assert!(n.len() == 2 && n.iter().all(|n| n.text.contains("working directory")), "{n:?}");
+}
+
+#[test]
+fn dontlog_normal_is_read_from_the_frontend() {
+    // Before: only the backend's (where HAProxy ignores it) was read.
+    let text = |fe: &str, be: &str| {
+        format!("{TIMEOUTS}frontend fe\n    bind 127.0.0.1:5000\n{fe}    default_backend be\nbackend be\n{be}    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\n")
+    };
+    let log = |t: &str| parsed(&run(t)).listeners[0].log_sessions;
+    use crate::config::LogSessions;
+    assert_eq!(log(&text("    option dontlog-normal\n", "")), LogSessions::Errors);
+    assert_eq!(log(&text("", "    option dontlog-normal\n")), LogSessions::All);
+    assert_eq!(
+        log(&format!("{TIMEOUTS}    option dontlog-normal\n{}", &text("", "")[TIMEOUTS.len()..])),
+        LogSessions::Errors
+    );
+    assert_eq!(
+        log(&format!(
+            "{TIMEOUTS}    option dontlog-normal\n{}",
+            &text("    no option dontlog-normal\n", "")[TIMEOUTS.len()..]
+        )),
+        LogSessions::All
+    );
+}
+
+#[test]
+fn a_stats_backend_behind_a_frontend_is_the_stats_page_and_a_listen_can_be_a_backend() {
+    // Before: the stats frontend became a PostgreSQL listener without servers.
+    let i = run(&format!("{TIMEOUTS}frontend stats\n    mode http\n    bind 127.0.0.1:8404\n    default_backend stats_be\nbackend stats_be\n    mode http\n    stats enable\n    stats uri /\n    stats auth admin:pw\nlisten primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(c.listeners.len(), 1);
+    let web = c.web.unwrap();
+    assert_eq!((web.bind.port(), web.users[0].name.as_str()), (8404, "admin"));
+    // Before: "backend primary is not defined".
+    let i = run(&format!("{TIMEOUTS}frontend fe\n    bind 127.0.0.1:5000\n    default_backend primary\nlisten primary\n    bind 127.0.0.1:5001\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(c.listeners.iter().map(|l| l.check.path.as_str()).collect::<Vec<_>>(), ["/master", "/master"]);
+}
+
+#[test]
+fn values_haproxy_or_pgfront_cannot_take_are_noted_not_written() {
+    // Before: written as they were (fall 4000000000, which HAProxy refuses), and maxconn
+    // 5000000, which pgfront refuses.
+    let i = run(&format!("global\n    maxconn 50000\n{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    retries 4000000000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008 fall 4000000000 rise 4000000000 maxconn 5000000 inter 24d\n"));
+    let n = unmapped(&i);
+    assert!(n.iter().any(|n| n.line == 10 && n.text.contains("retries")), "{n:?}");
+    assert_eq!(n.iter().filter(|n| n.line == 12).count(), 2, "fall and rise: {n:?}");
+    assert!(!n.iter().any(|n| n.text.contains("not valid")), "{n:?}");
+    let l = &parsed(&i).listeners[0];
+    assert_eq!((l.retries, l.maxconn), (3, 50000));
+    assert!(!i.toml.contains("4000000000"), "{}", i.toml);
+}
