@@ -18,12 +18,15 @@ fn runtime(balance: &str) -> Runtime {
 [[node]]
 name = "n1"
 address = "127.0.0.1:1"
+check_address = "127.0.0.1:8001"
 [[node]]
 name = "n2"
 address = "127.0.0.1:2"
+check_address = "127.0.0.1:8002"
 [[node]]
 name = "n3"
 address = "127.0.0.1:3"
+check_address = "127.0.0.1:8003"
 [[listener]]
 name = "l"
 bind = "127.0.0.1:0"

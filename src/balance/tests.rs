@@ -13,7 +13,11 @@ fn runtime(nodes: usize, extra: &str, previous: Option<&Runtime>) -> Runtime {
     let maxconn = if extra.contains("maxconn") { "" } else { "maxconn = 1\n" };
     let mut text = format!("[defaults]\n{maxconn}{extra}\n");
     for i in 1..=nodes {
-        text += &format!("[[node]]\nname = \"n{i}\"\naddress = \"127.0.0.1:{i}\"\n");
+        // Each its own REST API, as Patroni members have (never asked here).
+        text += &format!(
+            "[[node]]\nname = \"n{i}\"\naddress = \"127.0.0.1:{i}\"\ncheck_address = \"127.0.0.1:{}\"\n",
+            8000 + i
+        );
     }
     text += "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ncheck = { path = \"/replica\" }\n";
     let config = Config::parse(std::path::Path::new("t.toml"), &text).unwrap();

@@ -645,6 +645,21 @@ impl Validator<'_> {
     ) -> Result<(Vec<Node>, Vec<Listener>)> {
         let discovering = global.discovery.is_some();
         let nodes = self.nodes(raw_nodes, defaults, global.source)?;
+        // Patroni's answer is a member's: two nodes asking one REST API would both be its
+        // role, so two leaders, and writes held as a conflict for good (a pgbouncer port and
+        // PostgreSQL's port of one host; two [[cluster]] tables, one per port, serve that).
+        if global.check_mode == CheckMode::Patroni {
+            for (i, n) in nodes.iter().enumerate() {
+                if let Some(o) = nodes[..i].iter().find(|o| o.check_address == n.check_address) {
+                    let span = raw_nodes[i].check_address.as_ref().map_or(raw_nodes[i].address.span(), |a| a.span());
+                    let msg = format!(
+                        "nodes {:?} and {:?} would both ask the REST API {}: one Patroni member is one node (for two ports of one host, use a [[cluster]] per port)",
+                        o.name, n.name, n.check_address
+                    );
+                    return Err(self.src.error(span, "node.check_address", msg));
+                }
+            }
+        }
         let mut listeners = Vec::with_capacity(raw_listeners.len());
         for l in raw_listeners {
             let listener = self.listener(l, defaults, raw_nodes, &nodes, global.check_mode, discovering)?;

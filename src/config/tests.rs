@@ -234,6 +234,18 @@ fn errors_name_their_own_line_and_key_and_never_a_password() {
 }
 
 #[test]
+fn two_nodes_asking_one_rest_api_are_refused_with_patroni_checks() {
+    // Before: accepted, and at run time both nodes were the one member's role: two leaders,
+    // writes held as a conflict (an import of vitabaks' pgbouncer + direct ports did this).
+    let text = BASE.replace("address = \"127.0.0.12:5432\"", "address = \"127.0.0.11:6432\"");
+    let (line, key, msg) = err_at(&text);
+    assert_eq!((line, key.as_str()), (8, "node.check_address"), "{msg}");
+    assert!(msg.contains("127.0.0.11:8008"), "{msg}");
+    // With HTTP checks each node's answer is its own business.
+    assert!(parse(&format!("[global]\ncheck_mode = \"http\"\n{text}")).is_ok());
+}
+
+#[test]
 fn session_counts_beyond_what_a_process_can_hold_are_refused() {
     // Before: accepted by check, and run panicked ("attempt to add with overflow").
     let (line, key, msg) = err_at(&format!("[global]\nmaxconn = 9223372036854775807\n{BASE}"));
