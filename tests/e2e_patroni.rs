@@ -612,6 +612,14 @@ async fn the_reads_port_serves_the_primary_on_request() {
         let c = pg_connect(reads, Tls::Disable).await.unwrap();
         assert!(whereami(&c).await.unwrap().0, "without a target: a replica");
     }
+    // Read as PostgreSQL reads it (before, these landed on a replica while the session's
+    // own setting said primary): the name without case, flags run together.
+    for options in ["-c PGFRONT.TARGET=primary", "-ec pgfront.target=primary"] {
+        let c = pg_connect_with(reads, Tls::Disable, options).await;
+        let v: String = c.query_one("SHOW pgfront.target", &[]).await.unwrap().get(0);
+        assert_eq!(v, "primary", "{options}");
+        assert!(!whereami(&c).await.unwrap().0, "{options} lands on the leader");
+    }
     // conf/local.toml terminates TLS on 5002: a TLS client's parameters are read too.
     let c = pg_connect_with(reads, Tls::Require, "-c pgfront.target=primary").await;
     assert!(!whereami(&c).await.unwrap().0, "a TLS client asking for the primary lands on the leader");

@@ -40,44 +40,80 @@ impl Startup {
         }
     }
 
+    /// A parameter as PostgreSQL keeps it: `user`, `database` and `options` by their exact
+    /// names, and the last one sent wins (a startup with `user` twice logs in as the second:
+    /// routes matched the first).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    /// A setting the client passed either way PostgreSQL accepts: in `options` as
-    /// `-c name=value` (libpq, JDBC, psycopg), or as a startup parameter of its own
-    /// (asyncpg's `server_settings`).
+    /// A setting (a GUC) as the server ends up with it, which is what routing must read: a
+    /// session routed on another reading than PostgreSQL's lands on one role while
+    /// `current_setting` says it asked for another. PostgreSQL applies `options` first
+    /// (`-c name=value`, `--name=value`: libpq, JDBC, psycopg), then the other startup
+    /// parameters in the order sent (asyncpg's `server_settings`); the last one wins, and
+    /// names are compared without case (and, in `options`, with '-' read as '_').
     pub fn setting(&self, name: &str) -> Option<String> {
-        self.option(name).or_else(|| self.get(name).map(str::to_owned))
+        let guc = |k: &str| k.eq_ignore_ascii_case(name) && !RESERVED.contains(&k) && !k.starts_with("_pq_.");
+        match self.params.iter().rev().find(|(k, _)| guc(k)) {
+            Some((_, v)) => Some(v.clone()),
+            None => self.option(name),
+        }
     }
 
-    /// A setting passed in `options` as `-c name=value` (or `--name=value`), as the server
-    /// would read it: words split on spaces, backslash escapes the next character.
+    /// A setting passed in `options`, read as the server reads its command-line switches
+    /// (`pg_split_opts`, then getopt over `process_postgres_switches`' letters): words split
+    /// on C whitespace (`\v` and `\f` too), a backslash escapes the next character, and
+    /// flags run together (`-ec name=value` is `-e` then `-c name=value`). The last wins.
     pub fn option(&self, name: &str) -> Option<String> {
         let words = split_options(self.get("options")?);
+        let wanted = name.replace('-', "_");
         let mut found = None;
         let mut i = 0;
-        while i < words.len() {
+        'words: while i < words.len() {
             let w = &words[i];
-            let setting = if w == "-c" {
-                i += 1;
-                words.get(i).cloned()
-            } else if let Some(s) = w.strip_prefix("-c") {
-                Some(s.to_owned())
-            } else {
-                w.strip_prefix("--").map(str::to_owned)
-            };
-            if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
-                // The server treats '-' and '_' alike in names; the last setting wins.
-                if k.replace('-', "_") == name.replace('-', "_") {
-                    found = Some(v.to_owned());
-                }
-            }
             i += 1;
+            let Some(flags) = w.strip_prefix('-').filter(|f| !f.is_empty()) else {
+                // Not a switch: the server refuses the login ("invalid command-line
+                // argument"); nothing after it is read.
+                break;
+            };
+            if flags == "-" {
+                break; // "--": the end of the switches.
+            }
+            for (at, c) in flags.char_indices() {
+                if !TAKES_VALUE.contains(c) {
+                    continue;
+                }
+                // The rest of the word, or the next word, is the switch's value.
+                let rest = &flags[at + c.len_utf8()..];
+                let value = if rest.is_empty() {
+                    let Some(v) = words.get(i) else { break 'words };
+                    i += 1;
+                    v.clone()
+                } else {
+                    rest.to_owned()
+                };
+                if matches!(c, 'c' | '-') {
+                    if let Some((k, v)) = value.split_once('=') {
+                        if k.replace('-', "_").eq_ignore_ascii_case(&wanted) {
+                            found = Some(v.to_owned());
+                        }
+                    }
+                }
+                continue 'words;
+            }
         }
         found
     }
 }
+
+/// Startup parameters PostgreSQL takes as the session's own, not as settings.
+const RESERVED: [&str; 4] = ["user", "database", "options", "replication"];
+
+/// The switches of `process_postgres_switches` that take a value
+/// ("B:bC:c:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:-:").
+const TAKES_VALUE: &str = "BCcDdfhkNprStvW-";
 
 fn split_options(s: &str) -> Vec<String> {
     let mut words = Vec::new();
@@ -90,7 +126,8 @@ fn split_options(s: &str) -> Vec<String> {
                     cur.push(n);
                 }
             }
-            c if c.is_ascii_whitespace() => {
+            // C's isspace: space, \t, \n, \v, \f, \r (Rust's ASCII whitespace leaves out \v).
+            ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' => {
                 if !cur.is_empty() {
                     words.push(std::mem::take(&mut cur));
                 }
@@ -161,6 +198,38 @@ mod tests {
         let s = Startup::parse(&packet(&[("user", "u"), ("pgfront.min_lsn", "0/5")])).unwrap();
         assert_eq!(s.setting("pgfront.min_lsn").as_deref(), Some("0/5"));
         assert_eq!(s.setting("pgfront.target"), None);
+    }
+
+    #[test]
+    fn settings_are_read_as_the_server_reads_them() {
+        // Before, each of these was routed on another value than the one the session got
+        // (helper-36 saw the leader port's sessions land on replicas and back).
+        let read = |params: &[(&str, &str)]| Startup::parse(&packet(params)).unwrap().setting("pgfront.target");
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("options", "-c PGFRONT.TARGET=primary")], "primary"),
+            (&[("options", "--Pgfront.Target=primary")], "primary"),
+            (&[("PGFRONT.TARGET", "primary")], "primary"),
+            // Startup parameters come after `options`; the last of each wins.
+            (&[("options", "-c pgfront.target=replica"), ("pgfront.target", "primary")], "primary"),
+            (&[("pgfront.target", "replica"), ("pgfront.target", "primary")], "primary"),
+            (&[("pgfront.target", "primary"), ("pgfront.target", "replica")], "replica"),
+            (&[("options", "-c pgfront.target=replica"), ("options", "-c pgfront.target=primary")], "primary"),
+            // C whitespace, and flags run together as getopt reads them.
+            (&[("options", "-c\x0bpgfront.target=primary")], "primary"),
+            (&[("options", "-ec pgfront.target=primary")], "primary"),
+            (&[("options", "-ecpgfront.target=primary")], "primary"),
+        ];
+        for (params, want) in cases {
+            assert_eq!(read(params).as_deref(), Some(*want), "{params:?}");
+        }
+        // Not this setting: '-' is read as '_' (pgfront_target), `-p` takes the next word as
+        // its value, and "--" ends the switches.
+        assert_eq!(read(&[("options", "-c pgfront-target=primary")]), None);
+        assert_eq!(read(&[("options", "-p -cpgfront.target=primary")]), None);
+        assert_eq!(read(&[("options", "-- -c pgfront.target=primary")]), None);
+        // The last `user` is the one that logs in.
+        let s = Startup::parse(&packet(&[("user", "nobody"), ("user", "postgres")])).unwrap();
+        assert_eq!(s.get("user"), Some("postgres"));
     }
 
     #[test]

@@ -494,10 +494,13 @@ fn target_of(listener: &ListenerState, startup: Option<&Startup>) -> Result<Targ
             return Target::parse(&v).ok_or(Refusal::BadTarget(v));
         }
     }
+    // As the server will have them: the last `user` and `database`, and application_name
+    // as a setting (from `options` too).
+    let application_name = s.setting("application_name");
     Ok(cfg
         .routes
         .iter()
-        .find(|r| r.matches(s.get("user"), s.get("database"), s.get("application_name")))
+        .find(|r| r.matches(s.get("user"), s.get("database"), application_name.as_deref()))
         .map_or(cfg.default_target, |r| r.target))
 }
 
