@@ -385,6 +385,7 @@ fn copy_phase<'a>(
                     term: live.slot.term(),
                     sniffer: sniffer.as_mut(),
                     connecting: held,
+                    opaque: !live.readable,
                 };
                 let (end, m) = match (&mut live.client, &mut live.upstream) {
                     (Either::Left(c), Either::Left(s)) => copy::bidirectional(c, s, watch).await,
