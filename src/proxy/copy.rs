@@ -270,12 +270,13 @@ where
             let down = one_way(&mut sr, &mut cw, &mut down_counted, &clock, None, sniffer);
             tokio::pin!(up, down);
             let (mut up_done, mut down_done) = (false, false);
-            // When the server's side ended while the client's had not (opaque sessions).
-            let mut server_ended: Option<Instant> = None;
+            // When the server's side ended while the client's had not, in milliseconds on the
+            // session's clock (u32::MAX: not yet); four bytes, as every idle session holds it.
+            let mut server_ended_ms = u32::MAX;
             let idle = watch.idle;
             let timer = idle_timer(&clock, idle.client.min(idle.server), watch.connecting);
             tokio::pin!(timer);
-            loop {
+            let ended = loop {
                 tokio::select! {
                     // The client's side first when both ended by the same wake-up: a client
                     // that closed right after its Terminate, seen beside the server's close
@@ -286,8 +287,7 @@ where
                         Ok(()) => {
                             up_done = true;
                             if down_done {
-                                let prompt = server_ended.is_some_and(|at| at.elapsed() <= CLOSE_GRACE);
-                                break (None, watch.opaque && prompt)
+                                break (None, watch.opaque && prompt(&clock, server_ended_ms))
                             }
                         }
                         // The server may reset once the client has said goodbye (PostgreSQL
@@ -295,8 +295,7 @@ where
                         // opaque client that resets just after the server's close (its own
                         // close with the server's close_notify unread) closed it.
                         Err(_) if down_done => {
-                            let prompt = server_ended.is_some_and(|at| at.elapsed() <= CLOSE_GRACE);
-                            let end = if watch.opaque && prompt { End::ClientClosed } else { End::ServerClosed };
+                            let end = if watch.opaque && prompt(&clock, server_ended_ms) { End::ClientClosed } else { End::ServerClosed };
                             break (Some(end), false)
                         }
                         Err(Side::Read(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
@@ -307,14 +306,9 @@ where
                         Ok(()) => {
                             down_done = true;
                             if up_done { break (None, true) }
-                            server_ended = Some(Instant::now());
+                            server_ended_ms = u32::try_from(clock.start.elapsed().as_millis()).unwrap_or(u32::MAX - 1);
                         }
                         Err(_) if up_done => break (Some(End::ClientClosed), true),
-                        // An opaque client that closes within the grace closed it (above).
-                        Err(Side::Read(e)) if watch.opaque => {
-                            let closed = tokio::time::timeout(CLOSE_GRACE, &mut up).await.is_ok();
-                            break (Some(if closed { End::ClientClosed } else { End::ServerError(e) }), closed)
-                        }
                         Err(Side::Read(e)) => break (Some(End::ServerError(e)), false),
                         Err(Side::Write(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
                         Err(Side::Write(e)) => break (Some(End::ClientError(e)), false),
@@ -326,6 +320,18 @@ where
                     () = &mut cut_ended => break (Some(End::Cut), false),
                     () = &mut term_ended => break (Some(End::LeaderChanged), false),
                 }
+            };
+            // An opaque client that closes within the grace of the server's reset closed it
+            // (see CLOSE_GRACE). After the loop, and boxed: only this rare path pays for the
+            // timer, not every idle session's future.
+            match ended {
+                (Some(End::ServerError(e)), _) if watch.opaque && !up_done => {
+                    match Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut up)).await {
+                        Ok(_) => (Some(End::ClientClosed), true),
+                        Err(_) => (Some(End::ServerError(e)), false),
+                    }
+                }
+                other => other,
             }
         };
         let moved = Moved { to_server: up_counted.finish(), to_client: down_counted.finish() };
@@ -341,6 +347,12 @@ where
         };
         (end, moved)
     }
+}
+
+/// Whether now is within [`CLOSE_GRACE`] of `ended_ms` on the session's clock (`u32::MAX`:
+/// the server's side has not ended).
+fn prompt(clock: &Clock, ended_ms: u32) -> bool {
+    ended_ms != u32::MAX && clock.start.elapsed().as_millis() <= u128::from(ended_ms) + CLOSE_GRACE.as_millis()
 }
 
 /// Bytes of one direction: counted in the session, and added to the server's shared
