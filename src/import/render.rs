@@ -8,7 +8,7 @@ use super::{hash, quote, sanitize, CheckOption, Converter, Global, Imported, Not
 use crate::config::defaults as pgfront;
 
 /// A PostgreSQL listener to write.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Listener {
     name: String,
     bind: String,
@@ -442,11 +442,14 @@ impl Converter {
         if !patroni {
             out.push_str("check_mode = \"http\"   # a check is not a Patroni endpoint expecting 200\n");
         }
-        let nodes = nodes(listeners, &mut notes);
+        // Where Patroni answers for each node: the node's check port, else [defaults]'.
         let common_port = {
-            let ports: Vec<u16> = nodes.iter().filter_map(|n| n.port).collect();
+            let mut scratch = Vec::new();
+            let ports: Vec<u16> = nodes(listeners, &mut scratch).iter().filter_map(|n| n.port).collect();
             ports.first().copied().filter(|p| ports.iter().all(|q| q == p))
         };
+        let default_port = common_port.unwrap_or(pgfront::CHECK_PORT);
+        let clusters = clusters(listeners, default_port, &mut notes);
 
         // [defaults]: the keys every listener has with the same value.
         let common: Vec<(&str, &str)> = listeners
@@ -470,50 +473,64 @@ impl Converter {
         if let Some(p) = common_port {
             let _ = writeln!(out, "check_port = {p}   # check port {p}");
         }
-        for n in &nodes {
-            out.push_str("\n[[node]]\n");
-            let _ = writeln!(out, "name = {}", quote(&n.name));
-            let _ = writeln!(out, "address = {}", quote(&n.address));
-            if let (None, Some(p)) = (common_port, n.port) {
-                let host = n.address.rsplit_once(':').map_or(n.address.as_str(), |(h, _)| h);
-                let _ = writeln!(out, "check_address = {}", quote(&format!("{host}:{p}")));
+        for (cluster, listeners) in &clusters {
+            let (node_table, listener_table) = match cluster {
+                None => ("[[node]]", "[[listener]]"),
+                Some(name) => {
+                    let _ = writeln!(out, "\n[[cluster]]\nname = {}", quote(name));
+                    ("[[cluster.node]]", "[[cluster.listener]]")
+                }
+            };
+            let nodes = nodes(listeners, &mut notes);
+            for n in &nodes {
+                let _ = writeln!(out, "\n{node_table}");
+                let _ = writeln!(out, "name = {}", quote(&n.name));
+                let _ = writeln!(out, "address = {}", quote(&n.address));
+                if let (None, Some(p)) = (common_port, n.port) {
+                    let host = n.address.rsplit_once(':').map_or(n.address.as_str(), |(h, _)| h);
+                    let _ = writeln!(out, "check_address = {}", quote(&format!("{host}:{p}")));
+                }
+                if let Some(t) = &n.tls {
+                    let _ = writeln!(out, "check_tls = {t}");
+                }
             }
-            if let Some(t) = &n.tls {
-                let _ = writeln!(out, "check_tls = {t}");
-            }
-        }
-        let all: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        let by_address: std::collections::HashMap<&str, &str> =
-            nodes.iter().map(|n| (n.address.as_str(), n.name.as_str())).collect();
-        let name_of = |address: &str| by_address.get(address).copied();
-        for l in listeners {
-            out.push_str("\n[[listener]]\n");
-            for c in &l.comments {
-                let _ = writeln!(out, "{c}");
-            }
-            let _ = writeln!(out, "name = {}", quote(&l.name));
-            let _ =
-                writeln!(out, "bind = {}{}", quote(&l.bind), comment(l.bind_comment.as_deref().unwrap_or_default()));
-            if let Some(b) = &l.balance {
-                let _ = writeln!(out, "balance = {}", quote(b));
-            }
-            let _ = writeln!(
-                out,
-                "check = {{ method = {}, path = {}, expect = {} }}",
-                quote(&l.method),
-                quote(&l.path),
-                l.expect
-            );
-            let mine: Vec<&str> = l.servers.iter().filter_map(|s| name_of(&s.address)).collect();
-            if mine.len() != all.len() || mine != all {
-                let list: Vec<String> = mine.iter().map(|n| quote(n)).collect();
-                let _ = writeln!(out, "servers = [{}]", list.join(", "));
-            }
-            if l.client_target {
-                out.push_str("client_target = true\n");
-            }
-            for (k, v, why) in l.keys.iter().filter(|(k, v, _)| !shared(k, v)) {
-                let _ = writeln!(out, "{k} = {v}{}", comment(why));
+            let all: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            let by_address: std::collections::HashMap<&str, &str> =
+                nodes.iter().map(|n| (n.address.as_str(), n.name.as_str())).collect();
+            let name_of = |address: &str| by_address.get(address).copied();
+            for l in listeners {
+                let _ = writeln!(out, "\n{listener_table}");
+                for c in &l.comments {
+                    let _ = writeln!(out, "{c}");
+                }
+                let _ = writeln!(out, "name = {}", quote(&l.name));
+                let _ = writeln!(
+                    out,
+                    "bind = {}{}",
+                    quote(&l.bind),
+                    comment(l.bind_comment.as_deref().unwrap_or_default())
+                );
+                if let Some(b) = &l.balance {
+                    let _ = writeln!(out, "balance = {}", quote(b));
+                }
+                let _ = writeln!(
+                    out,
+                    "check = {{ method = {}, path = {}, expect = {} }}",
+                    quote(&l.method),
+                    quote(&l.path),
+                    l.expect
+                );
+                let mine: Vec<&str> = l.servers.iter().filter_map(|s| name_of(&s.address)).collect();
+                if mine.len() != all.len() || mine != all {
+                    let list: Vec<String> = mine.iter().map(|n| quote(n)).collect();
+                    let _ = writeln!(out, "servers = [{}]", list.join(", "));
+                }
+                if l.client_target {
+                    out.push_str("client_target = true\n");
+                }
+                for (k, v, why) in l.keys.iter().filter(|(k, v, _)| !shared(k, v)) {
+                    let _ = writeln!(out, "{k} = {v}{}", comment(why));
+                }
             }
         }
         if let Some(w) = web {
@@ -531,6 +548,134 @@ fn comment(why: &str) -> String {
     } else {
         format!("   # {}", why.replace('\n', " "))
     }
+}
+
+/// Where HAProxy checks a server: its `port`, else (with `check`) its own port; None when
+/// HAProxy says nothing (the node then has `[defaults]`' check_port).
+fn port_of(s: &Server) -> Option<u16> {
+    s.params.port.or_else(|| s.params.check.then(|| s.address.rsplit(':').next()?.parse().ok()).flatten())
+}
+
+/// The host part of a `host:port` address.
+fn host_of(address: &str) -> &str {
+    address.rsplit_once(':').map_or(address, |(h, _)| h)
+}
+
+/// The clusters to write, each with its listeners: one unnamed cluster (top-level `[[node]]`
+/// and `[[listener]]`), unless servers at two PostgreSQL addresses are checked at one REST
+/// API (a host's pgbouncer port and its PostgreSQL port, both `check port 8008`). In pgfront
+/// a node is one PostgreSQL address with its Patroni REST API: two nodes of one cluster that
+/// share a REST API both claim leadership, and writes are held. HAProxy checks each server
+/// on its own, so the faithful form is one `[[cluster]]` per PostgreSQL port set, each with
+/// its nodes at those ports (the same REST APIs) and the listeners that use them. A server
+/// whose REST API is still shared within its cluster (one listen with both ports) is left out.
+fn clusters(listeners: &[Listener], default_port: u16, notes: &mut Vec<Note>) -> Vec<(Option<String>, Vec<Listener>)> {
+    let rest = |s: &Server| format!("{}:{}", host_of(&s.address), port_of(s).unwrap_or(default_port));
+    let mut seen: std::collections::HashMap<String, &Server> = std::collections::HashMap::new();
+    let mut shared: Option<(&Server, &Server, String)> = None;
+    for s in listeners.iter().flat_map(|l| &l.servers) {
+        let r = rest(s);
+        match seen.get(&r) {
+            Some(o) if o.address != s.address => {
+                shared.get_or_insert((*o, s, r));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(r, s);
+            }
+        }
+    }
+    let Some((a, b, api)) = shared else {
+        return vec![(None, listeners.to_vec())];
+    };
+    let ports = |l: &Listener| {
+        l.servers
+            .iter()
+            .filter_map(|s| s.address.rsplit_once(':')?.1.parse::<u16>().ok())
+            .collect::<std::collections::BTreeSet<u16>>()
+    };
+    let mut groups: Vec<(std::collections::BTreeSet<u16>, Vec<Listener>)> = Vec::new();
+    for l in listeners {
+        let key = ports(l);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(l.clone()),
+            None => groups.push((key, vec![l.clone()])),
+        }
+    }
+    let named = |key: &std::collections::BTreeSet<u16>| {
+        let list: Vec<String> = key.iter().map(u16::to_string).collect();
+        format!("port-{}", list.join("-"))
+    };
+    let list: Vec<String> = groups
+        .iter()
+        .map(|(k, g)| {
+            let names: Vec<&str> = g.iter().map(|l| l.name.as_str()).collect();
+            format!("{} ({})", named(k), names.join(", "))
+        })
+        .collect();
+    let split = groups.len() > 1;
+    if split {
+        notes.push(Note {
+        line: b.line,
+        directive: format!("server {}", super::excerpt(&b.name)),
+        kind: NoteKind::Explained,
+        text: super::bounded(&format!(
+            "{} ({}) and {} ({}) are two PostgreSQL ports checked at one Patroni REST API ({api}); a pgfront node is one PostgreSQL address with its own REST API, and two nodes of one cluster sharing one would both claim leadership (writes held). The listeners are written as one [[cluster]] per PostgreSQL port set, each checking the same REST APIs: {} (the page and metrics name the cluster)",
+            a.name,
+            a.address,
+            b.name,
+            b.address,
+            list.join(", ")
+        )),
+    });
+    }
+    let mut out = Vec::new();
+    for (key, group) in groups {
+        let mut apis: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        let mut kept = Vec::new();
+        for mut l in group {
+            let line = l.servers.first().map_or(0, |s| s.line);
+            l.servers.retain(|s| {
+                let r = rest(s);
+                match apis.get(&r) {
+                    Some(o) if *o != s.address => {
+                        notes.push(Note {
+                            line: s.line,
+                            directive: format!("server {}", super::excerpt(&s.name)),
+                            kind: NoteKind::Unmapped,
+                            text: super::bounded(&format!(
+                                "{}: {} ({}) is checked at the REST API of {o} ({r}) in one listener set: both would claim leadership in pgfront and writes would be held, so this server is left out",
+                                l.name, s.name, s.address
+                            )),
+                        });
+                        false
+                    }
+                    Some(_) => true,
+                    None => {
+                        apis.insert(r, s.address.clone());
+                        true
+                    }
+                }
+            });
+            if l.servers.is_empty() {
+                notes.push(Note {
+                    line,
+                    directive: format!("listen {}", super::excerpt(&l.name)),
+                    kind: NoteKind::Unmapped,
+                    text: format!(
+                        "{}: every server was left out (see the notes above), so the listener is not written",
+                        l.name
+                    ),
+                });
+                continue;
+            }
+            kept.push(l);
+        }
+        if !kept.is_empty() {
+            out.push((split.then(|| named(&key)), kept));
+        }
+    }
+    out
 }
 
 /// A node to write: a distinct server address, named after its first server line.
@@ -561,9 +706,6 @@ fn nodes(listeners: &[Listener], notes: &mut Vec<Note>) -> Vec<Node> {
         }
     }
     let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let port_of = |s: &Server| {
-        s.params.port.or_else(|| s.params.check.then(|| s.address.rsplit(':').next()?.parse().ok()).flatten())
-    };
     let mut out: Vec<Node> = Vec::new();
     for (address, group) in groups {
         let (_, first) = group[0];

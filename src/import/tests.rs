@@ -588,3 +588,49 @@ fn values_haproxy_or_pgfront_cannot_take_are_noted_not_written() {
     assert_eq!((l.retries, l.maxconn), (3, 50000));
     assert!(!i.toml.contains("4000000000"), "{}", i.toml);
 }
+
+#[test]
+fn two_postgresql_ports_checked_at_one_rest_api_become_two_clusters() {
+    // Before: six nodes of one cluster, two per REST API: both claimed leadership and
+    // pgfront held every write, with exit 0.
+    let servers = |port| {
+        (1..=3).map(|n| format!("    server pgnode0{n} 10.0.0.{n}:{port} check port 8008\n")).collect::<String>()
+    };
+    let i = run(&format!(
+        "{TIMEOUTS}listen master\n    bind 10.0.0.1:5000\n    option httpchk OPTIONS /primary\n{}listen replicas\n    bind 10.0.0.1:5001\n    option httpchk OPTIONS /replica\n{}listen master_direct\n    bind 10.0.0.1:6000\n    option httpchk OPTIONS /primary\n{}",
+        servers(6432),
+        servers(6432),
+        servers(5432)
+    ));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert!(c.nodes.is_empty() && c.listeners.is_empty(), "{}", i.toml);
+    let shape: Vec<(&str, Vec<&str>, Vec<&str>)> = c
+        .clusters
+        .iter()
+        .map(|k| {
+            (
+                k.cluster.as_str(),
+                k.nodes.iter().map(|n| n.address.as_str()).collect(),
+                k.listeners.iter().map(|l| l.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("port-6432", vec!["10.0.0.1:6432", "10.0.0.2:6432", "10.0.0.3:6432"], vec!["master", "replicas"]),
+            ("port-5432", vec!["10.0.0.1:5432", "10.0.0.2:5432", "10.0.0.3:5432"], vec!["master_direct"]),
+        ]
+    );
+    for k in &c.clusters {
+        let apis: Vec<&str> = k.nodes.iter().map(|n| n.check_address.as_str()).collect();
+        assert_eq!(apis, ["10.0.0.1:8008", "10.0.0.2:8008", "10.0.0.3:8008"]);
+    }
+    // One listen with both ports of a host: the second cannot be a node of its cluster.
+    let i = run(&format!("{TIMEOUTS}listen mixed\n    bind 10.0.0.1:5000\n    option httpchk OPTIONS /primary\n    server a 10.0.0.1:6432 check port 8008\n    server b 10.0.0.1:5432 check port 8008\n    server c 10.0.0.2:5432 check port 8008\n"));
+    assert!(unmapped(&i).iter().any(|n| n.line == 10 && n.text.contains("left out")), "{:?}", i.notes);
+    let c = parsed(&i);
+    let nodes: Vec<&str> = c.nodes.iter().map(|n| n.address.as_str()).collect();
+    assert_eq!(nodes, ["10.0.0.1:6432", "10.0.0.2:5432"]);
+}
