@@ -82,6 +82,8 @@ struct ServerParams {
     crt: Option<String>,
     verifyhost: Option<String>,
     check_sni: Option<String>,
+    /// `agent-check`: an agent may mark the server down, drain or maint it.
+    agent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +182,9 @@ struct HttpRules {
     method: Option<String>,
     path: Option<String>,
     expect: Option<u16>,
+    /// An `http-check expect` pgfront cannot carry (a string, a regex, a status range), its
+    /// line and text: what passes, so which role the port serves, is not known.
+    unread_expect: Option<(usize, String)>,
     /// An `option httpchk` of the section that owns the rule set was read.
     from_option: bool,
 }
@@ -271,7 +276,7 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                 if p.stats {
                     cx.note(p.line, "stats enable", NoteKind::Unmapped, format!("{}: a stats page on the port of a proxy with servers: pgfront's page needs its own address ([web] bind); not carried over", p.name));
                 }
-                listeners.push(cx.listener(p, p, false, &global));
+                listeners.extend(cx.listener(p, p, false, &global));
             }
             "frontend" if p.stats && p.default_backend.is_none() && p.always_backend.is_none() => stats.push(p.clone()),
             "frontend" => {
@@ -316,7 +321,7 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                 if p.stats {
                     cx.note(p.line, "stats enable", NoteKind::Unmapped, format!("{}: a stats page on the port of a proxy with servers: pgfront's page needs its own address ([web] bind); not carried over", p.name));
                 }
-                listeners.push(cx.listener(p, b, reads, &global));
+                listeners.extend(cx.listener(p, b, reads, &global));
             }
             "backend" if stats_backends.contains(p.name.as_str()) => {}
             _ if p.stats => stats.push(p.clone()),
@@ -630,17 +635,11 @@ impl Converter {
                 "expect" => {
                     let rules = Self::own_http(p, l);
                     match (w(2), l.words.len()) {
-                        ("status", 4) => match w(3).parse() {
-                            Ok(code) => rules.expect = Some(code),
-                            Err(_) => {
-                                self.unmapped(l, "only a single status is understood", "set check.expect by hand")
-                            }
-                        },
-                        _ => self.unmapped(
-                            l,
-                            "this http-check expect is not understood",
-                            "set the listener's check by hand",
-                        ),
+                        ("status", 4) if w(3).parse::<u16>().is_ok() => rules.expect = w(3).parse().ok(),
+                        // Decided per listener: which role passes is not known.
+                        _ => {
+                            rules.unread_expect.get_or_insert((l.number, directive_of(l)));
+                        }
                     }
                 }
                 "send" => self.http_send(p, l),

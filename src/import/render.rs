@@ -56,7 +56,9 @@ fn timing(s: &Server) -> Vec<(&'static str, String, String)> {
 
 impl Converter {
     /// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
-    pub(super) fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool, global: &Global) -> Listener {
+    /// None (with a note) when the directive that decides which role the port serves cannot
+    /// be carried over: the listener would admit every role, so it is not written.
+    pub(super) fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool, global: &Global) -> Option<Listener> {
         let name = sanitize(&front.name);
         let mut servers: Vec<Server> = Vec::new();
         for s in back.servers.iter().filter(|s| !s.params.backup) {
@@ -102,6 +104,9 @@ impl Converter {
             );
         }
         let (method, path) = self.check(back, &mut comments);
+        if !self.role_carried(front, back, &servers, &path) {
+            return None;
+        }
         // HAProxy never checks a server without `check`: it is always up. pgfront checks
         // every node, so such a server takes sessions only while its check passes.
         let unchecked: Vec<&Server> = servers.iter().filter(|s| !s.params.check).collect();
@@ -153,7 +158,7 @@ impl Converter {
             );
         }
         let keys = self.keys(&name, front, back, &servers, global);
-        Listener {
+        Some(Listener {
             name,
             bind,
             bind_comment,
@@ -165,6 +170,48 @@ impl Converter {
             keys,
             client_target: reads,
             comments,
+        })
+    }
+
+    /// Whether what decides the role of the port is carried over. An `http-check expect`
+    /// pgfront cannot read decides what passes, whatever the path; an agent (`agent-check`)
+    /// can only take servers out (down, drain, maint), so it decides the role only when the
+    /// check itself admits any role. Either way the listener is left out with a note: a port
+    /// that served one role must not serve every role.
+    fn role_carried(&mut self, front: &Proxy, back: &Proxy, servers: &[Server], path: &str) -> bool {
+        let omitted = "the listener is not written (it would serve ANY role)";
+        if back.check == CheckOption::Http {
+            if let Some((line, directive)) = &back.http.unread_expect {
+                self.note(
+                    *line,
+                    directive,
+                    NoteKind::Unmapped,
+                    format!("{}: pgfront's check passes on one HTTP status (200 by default); this expect (a string, a regular expression, a status list) decides which nodes pass, so which role the port serves, and cannot be carried over: {omitted}; add it by hand with the Patroni endpoint of its role (check = {{ path = \"/primary\" }}, \"/replica\", ...)", front.name),
+                );
+                return false;
+            }
+        }
+        let Some(agent) = servers.iter().find(|s| s.params.agent) else { return true };
+        let role = matches!(
+            crate::config::Endpoint::parse(path),
+            Ok(Some(e)) if !matches!(e, crate::config::Endpoint::Health | crate::config::Endpoint::Liveness | crate::config::Endpoint::Readiness)
+        );
+        if role {
+            self.note(
+                agent.line,
+                &format!("server {}", agent.name),
+                NoteKind::Unmapped,
+                format!("{}: agent-check is not carried over: its agent could mark servers down, drain or maint them or change their weight; pgfront's check ({path}) alone decides", front.name),
+            );
+            true
+        } else {
+            self.note(
+                agent.line,
+                &format!("server {}", agent.name),
+                NoteKind::Unmapped,
+                format!("{}: agent-check: the agent could take servers out (down, drain, maint) while the check admits any role ({path}), so the agent decided which role the port serves; pgfront has no agent check: {omitted}; add it by hand with the Patroni endpoint of that role (check = {{ path = \"/primary\" }}, \"/replica\", ...)", front.name),
+            );
+            false
         }
     }
 
@@ -214,7 +261,7 @@ impl Converter {
                         line,
                         "tcp-check",
                         NoteKind::Unmapped,
-                        format!("{}: tcp-check rules (a connect/send/expect script) are not converted: Patroni's /health (any role) is written, which passes on every running node; set check.path to the endpoint the rules asked (e.g. \"/primary\")", back.name),
+                        format!("{}: tcp-check rules (a connect/send/expect script) are not converted: Patroni's /health (any role) is written, which passes on every running node; this port would now serve ANY role: set check.path to the endpoint the rules asked (e.g. \"/primary\")", back.name),
                     );
                     comments.push("# HAProxy: tcp-check rules (not converted: see the notes)".to_owned());
                     health

@@ -58,6 +58,8 @@ impl Converter {
             let value = words.get(i + 1).map(String::as_str);
             match word {
                 "check" => p.check = true,
+                "agent-check" => p.agent = true,
+                "no-agent-check" => p.agent = false,
                 "no-check" => p.check = false,
                 "backup" => {
                     p.backup = true;

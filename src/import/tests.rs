@@ -634,3 +634,25 @@ fn two_postgresql_ports_checked_at_one_rest_api_become_two_clusters() {
     let nodes: Vec<&str> = c.nodes.iter().map(|n| n.address.as_str()).collect();
     assert_eq!(nodes, ["10.0.0.1:6432", "10.0.0.2:5432"]);
 }
+
+#[test]
+fn a_role_decided_by_what_cannot_be_carried_is_not_served_to_every_role() {
+    // Before: /health (any role) on the agent's port, and GET /patroni -> 200 (any running
+    // node) on the master port, with only a note that the agent or expect was not understood.
+    let agent = format!("{TIMEOUTS}listen rw\n    bind 127.0.0.1:5000\n    option pgsql-check user haproxy\n    server pg1 10.0.0.1:5432 check agent-check agent-port 5555\n    server pg2 10.0.0.2:5432 check agent-check agent-port 5555\nlisten ro\n    bind 127.0.0.1:5001\n    option httpchk OPTIONS /replica\n    server pg1 10.0.0.1:5432 check port 8008\n");
+    let i = run(&agent);
+    let c = parsed(&i);
+    assert_eq!(c.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["ro"], "{}", i.toml);
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("ANY role")), "{:?}", i.notes);
+    // With a role check the agent can only take servers out: the listener stays, noted.
+    let i = run(&agent.replace("option pgsql-check user haproxy", "option httpchk OPTIONS /master"));
+    assert_eq!(parsed(&i).listeners.len(), 2);
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("agent-check is not carried")), "{:?}", i.notes);
+    let expect = format!("{TIMEOUTS}listen master\n    bind 127.0.0.1:5000\n    option httpchk GET /patroni\n    http-check expect string \"role\":\\ \"master\"\n    server n1 10.0.0.1:5432 check port 8008\nlisten replica\n    bind 127.0.0.1:5001\n    option httpchk GET /patroni\n    http-check expect rstring \\\"role\\\":\\ ?\\\"replica\\\"\n    server n1 10.0.0.1:5432 check port 8008\nlisten primary\n    bind 127.0.0.1:5002\n    option httpchk OPTIONS /primary\n    server n1 10.0.0.1:5432 check port 8008\n");
+    let i = run(&expect);
+    let c = parsed(&i);
+    assert_eq!(c.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["primary"], "{}", i.toml);
+    let n = unmapped(&i);
+    assert!(n.iter().any(|n| n.line == 9 && n.text.contains("ANY role")), "{n:?}");
+    assert!(n.iter().any(|n| n.line == 14 && n.text.contains("ANY role")), "{n:?}");
+}
