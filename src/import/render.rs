@@ -130,21 +130,51 @@ impl Converter {
             }
         }
         if back.check != CheckOption::Http {
-            // HAProxy checked PostgreSQL itself (its own port); pgfront asks Patroni (where
-            // tcp-check rules connected, when they said).
-            let port = match (&back.check, back.tcp.line, back.tcp.port) {
-                (CheckOption::TcpCheck, Some(_), Some(p)) => p,
-                _ => pgfront::CHECK_PORT,
-            };
-            for s in servers.iter_mut().filter(|s| s.params.port.is_none()) {
-                s.params.port = Some(port);
+            // HAProxy checked PostgreSQL (or another protocol) on the port it connected to,
+            // which is never Patroni's: pgfront asks Patroni's REST API on its default port.
+            // Only tcp-check rules that send an HTTP request (written as the check) connected
+            // to the REST API: where they said, else the server's check port.
+            let http_rules =
+                back.check == CheckOption::TcpCheck && back.tcp.line.is_some() && back.tcp.request.is_some();
+            if http_rules {
+                let port = back.tcp.port.unwrap_or(pgfront::CHECK_PORT);
+                for s in servers.iter_mut() {
+                    if back.tcp.port.is_some() || s.params.port.is_none() {
+                        s.params.port = Some(port);
+                    }
+                }
+                self.note(
+                    back.line,
+                    "check port",
+                    NoteKind::Explained,
+                    format!("{}: Patroni's REST API is asked where the tcp-check rules sent their request (check_port {port} unless a server says otherwise)", back.name),
+                );
+            } else {
+                let port = pgfront::CHECK_PORT;
+                let mut theirs: Vec<u16> = servers
+                    .iter()
+                    .filter_map(|s| s.params.port)
+                    .chain(back.tcp.port.filter(|_| back.check == CheckOption::TcpCheck))
+                    .filter(|p| *p != port)
+                    .collect();
+                theirs.sort_unstable();
+                theirs.dedup();
+                for s in servers.iter_mut() {
+                    s.params.port = Some(port);
+                }
+                let was = if theirs.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> = theirs.iter().map(u16::to_string).collect();
+                    format!(" (HAProxy's check connected to port {}, which is not the REST API's)", list.join(", "))
+                };
+                self.note(
+                    back.line,
+                    "check port",
+                    NoteKind::Explained,
+                    format!("{}: Patroni's REST API is asked on port {port}, Patroni's default{was}; set check_port if restapi.listen says otherwise", back.name),
+                );
             }
-            self.note(
-                back.line,
-                "check port",
-                NoteKind::Explained,
-                format!("{}: Patroni's REST API is asked on port {port} (check_port)", back.name),
-            );
         }
         if reads {
             for (u, line) in &front.use_backends {
@@ -518,7 +548,7 @@ impl Converter {
             }
         }
         if let Some(p) = common_port {
-            let _ = writeln!(out, "check_port = {p}   # check port {p}");
+            let _ = writeln!(out, "check_port = {p}   # Patroni's REST API (HAProxy: check port, or see the notes)");
         }
         for (cluster, listeners) in &clusters {
             let (node_table, listener_table) = match cluster {

@@ -656,3 +656,22 @@ fn a_role_decided_by_what_cannot_be_carried_is_not_served_to_every_role() {
     assert!(n.iter().any(|n| n.line == 9 && n.text.contains("ANY role")), "{n:?}");
     assert!(n.iter().any(|n| n.line == 14 && n.text.contains("ANY role")), "{n:?}");
 }
+
+#[test]
+fn the_port_of_a_check_that_is_not_http_is_never_written_as_the_rest_apis() {
+    // Before: check_port = 5432 (PostgreSQL's port, asked over HTTP: every node DOWN).
+    let i = run(&format!("{TIMEOUTS}listen pg\n    bind *:5000\n    option pgsql-check user haproxy\n    server n1 10.0.0.1:6432 check port 5432\n    server n2 10.0.0.2:6432 check port 5432\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(
+        c.nodes.iter().map(|n| n.check_address.as_str()).collect::<Vec<_>>(),
+        ["10.0.0.1:8008", "10.0.0.2:8008"]
+    );
+    assert!(i.notes.iter().any(|n| n.text.contains("connected to port 5432")), "{:?}", i.notes);
+    // tcp-check rules that talk PostgreSQL on 5432: the same.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option tcp-check\n    tcp-check connect port 5432\n    tcp-check send-binary 00000025\n    tcp-check expect binary 52\n    server n1 10.0.0.1:5432 check\n"));
+    assert_eq!(parsed(&i).nodes[0].check_address, "10.0.0.1:8008", "{}", i.toml);
+    // tcp-check rules that send an HTTP request: where they connected is the REST API.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option tcp-check\n    tcp-check connect port 8009\n    tcp-check send GET\\ /master\\ HTTP/1.0\\r\\n\\r\\n\n    tcp-check expect string 200\n    server n1 10.0.0.1:5432 check port 5432\n"));
+    assert_eq!(parsed(&i).nodes[0].check_address, "10.0.0.1:8009", "{}", i.toml);
+}
