@@ -149,6 +149,11 @@ struct Proxy {
     stats_refresh: Option<String>,
     stats_users: Vec<(String, String)>,
     stats_admin: bool,
+    /// `stats uri` and its line (HAProxy's default is `/haproxy?stats`).
+    stats_uri: Option<(String, usize)>,
+    /// Request rules of an HTTP proxy (`http-request`, `stats http-request`): on the stats
+    /// page they limit who reaches it. (line, directive)
+    http_requests: Vec<(usize, String)>,
 }
 
 /// A proxy's health check type: the last check option set wins.
@@ -314,6 +319,7 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                     let mut page = (*b).clone();
                     page.binds = p.binds.clone();
                     page.line = p.line;
+                    page.http_requests.extend(p.http_requests.iter().cloned());
                     page.name = p.name.clone();
                     stats.push(page);
                     continue;
@@ -488,6 +494,8 @@ impl Converter {
         p.http_acls.clear();
         p.default_backend = None;
         p.stats = false;
+        p.stats_uri = None;
+        p.http_requests.clear();
         p.own_http = false;
         p.own_tcp = false;
         if let Some(b) = &s.header_bind {
@@ -775,8 +783,15 @@ impl Converter {
                             "give role = \"admin\" to the users who should have it",
                         ),
                     },
-                    "enable" | "uri" | "realm" | "hide-version" | "show-legends" | "show-node" | "show-desc" => {}
-                    _ => {}
+                    "uri" if l.words.len() == 3 => p.stats_uri = Some((w(2).to_owned(), l.number)),
+                    // Request rules of the page: who may reach it, or see it.
+                    "http-request" => p.http_requests.push((l.number, directive_of(l))),
+                    "enable" | "realm" | "hide-version" | "show-legends" | "show-node" | "show-desc" => {}
+                    _ => self.unmapped(
+                        l,
+                        "a stats setting the importer does not know",
+                        "check what it did and set [web] by hand",
+                    ),
                 }
             }
             "maxconn" => {
@@ -793,7 +808,9 @@ impl Converter {
             }
             "log" | "description" | "id" | "fullconn" | "monitor-uri" | "unique-id-format" | "log-format" => {}
             "errorfile" | "http-request" | "http-response" | "capture" | "compression" | "redirect" => {
-                if p.mode.as_deref() != Some("http") {
+                if w(0) == "http-request" && p.mode.as_deref() == Some("http") {
+                    p.http_requests.push((l.number, directive_of(l)));
+                } else if p.mode.as_deref() != Some("http") {
                     self.unmapped(l, "an HTTP directive in a TCP proxy", "remove it; pgfront proxies PostgreSQL");
                 }
             }

@@ -437,6 +437,32 @@ impl Converter {
         if let Some(r) = &s.stats_refresh {
             let _ = writeln!(out, "refresh = {}", quote(r));
         }
+        // HAProxy's page is at its `stats uri` (default /haproxy?stats, its CSV at URI;csv);
+        // pgfront's at / and /stats (CSV at /;csv).
+        let (uri, line) = s.stats_uri.clone().unwrap_or_else(|| ("/haproxy?stats".to_owned(), s.line));
+        if !matches!(uri.as_str(), "/" | "/stats") {
+            self.note(
+                line,
+                "stats uri",
+                NoteKind::Unmapped,
+                format!("HAProxy served the page at {} (CSV at {};csv); pgfront serves it at / and /stats, the CSV at /;csv: links, bookmarks and scripts that read the CSV must change", super::excerpt(&uri), super::excerpt(&uri)),
+            );
+        }
+        // Request rules decided who reached the page; pgfront's answers any address that
+        // reaches [web] bind (users and roles still apply).
+        for (line, rule) in &s.http_requests {
+            let admin = if s.stats_admin && !s.stats_users.is_empty() {
+                " The admin page (stats admin) is now reachable from any address that reaches the web bind."
+            } else {
+                ""
+            };
+            self.note(
+                *line,
+                rule,
+                NoteKind::Unmapped,
+                format!("a request rule of the stats page (who may reach it, e.g. `deny unless {{ src ... }}`) is not carried over: pgfront's page answers every address that reaches [web] bind.{admin} Bind [web] to an address only the allowed networks reach, or filter with a firewall"),
+            );
+        }
         if s.stats_users.is_empty() {
             self.note(s.line, "stats", NoteKind::Explained, "HAProxy's page had no credentials; pgfront's needs a user: add a [[web.user]] (the page answers 401 until then; /metrics and /health need none)".into());
             out.push_str("# HAProxy's stats page had no `stats auth`. Add a user, e.g.:\n# [[web.user]]\n# name = \"admin\"\n# password_hash = \"$argon2id$...\"\n# role = \"admin\"\n");

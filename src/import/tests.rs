@@ -173,7 +173,7 @@ fn an_output_pgfront_refuses_is_never_complete() {
 fn haproxy_bind_forms_become_addresses_pgfront_takes_or_notes() {
     let listen = |bind: &str| {
         with_defaults(&format!(
-            "listen l\n    bind {bind}\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind :7000\n    stats enable\n    stats auth u:p\n"
+            "listen l\n    bind {bind}\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind :7000\n    stats enable\n    stats uri /\n    stats auth u:p\n"
         ))
     };
     for (bind, want) in [
@@ -225,7 +225,7 @@ fn check_values_pgfront_refuses_are_noted() {
     }
     // The same address twice, and a stats user without a name.
     let i = run(&with_defaults(
-        "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\n    server b 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats auth :pw\n",
+        "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\n    server b 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats uri /\n    stats auth :pw\n",
     ));
     assert_eq!(unmapped(&i).len(), 2, "{:?}", i.notes);
     assert_eq!(parsed(&i).listeners[0].servers.len(), 1);
@@ -243,7 +243,7 @@ fn an_overflowing_time_is_a_note() {
 fn a_conditional_stats_admin_makes_no_one_admin() {
     let text = |cond: &str| {
         with_defaults(&format!(
-            "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats auth admin:pw\n    stats admin {cond}\n"
+            "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats uri /\n    stats auth admin:pw\n    stats admin {cond}\n"
         ))
     };
     let i = run(&text("if LOCALHOST"));
@@ -674,4 +674,27 @@ fn the_port_of_a_check_that_is_not_http_is_never_written_as_the_rest_apis() {
     // tcp-check rules that send an HTTP request: where they connected is the REST API.
     let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option tcp-check\n    tcp-check connect port 8009\n    tcp-check send GET\\ /master\\ HTTP/1.0\\r\\n\\r\\n\n    tcp-check expect string 200\n    server n1 10.0.0.1:5432 check port 5432\n"));
     assert_eq!(parsed(&i).nodes[0].check_address, "10.0.0.1:8009", "{}", i.toml);
+}
+
+#[test]
+fn stats_page_request_rules_and_its_uri_are_not_dropped_silently() {
+    let pg = "listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\n";
+    // Before: complete; the page's source restriction and unknown stats keywords were dropped.
+    let i = run(&format!("{TIMEOUTS}listen stats\n    mode http\n    bind *:7000\n    stats enable\n    stats uri /\n    stats auth admin:pw\n    stats admin if TRUE\n    stats http-request deny unless {{ src 10.0.0.0/8 }}\n    stats scope primary\n{pg}"));
+    let n = unmapped(&i);
+    assert!(n.iter().any(|n| n.line == 13 && n.text.contains("admin page") && n.text.contains("any address")), "{n:?}");
+    assert!(n.iter().any(|n| n.line == 14), "stats scope: {n:?}");
+    let i = run(&format!("{TIMEOUTS}listen stats\n    mode http\n    bind *:7000\n    http-request deny unless {{ src 10.0.0.0/8 }}\n    stats enable\n    stats uri /stats\n    stats auth admin:pw\n{pg}"));
+    let n = unmapped(&i);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(n[0].line == 9 && n[0].text.contains("every address") && !n[0].text.contains("admin page"), "{n:?}");
+    // The URI: HAProxy's default /haproxy?stats, or another one, is not pgfront's.
+    for (uri, line) in [("", 6), ("    stats uri /haproxy\n", 10)] {
+        let i = run(&format!("{TIMEOUTS}listen stats\n    mode http\n    bind *:7000\n    stats enable\n{uri}    stats auth admin:pw\n{pg}"));
+        let n = unmapped(&i);
+        assert!(
+            n.iter().any(|n| n.line == line && n.text.contains(";csv") && n.text.contains("/;csv")),
+            "{uri}: {n:?}"
+        );
+    }
 }
