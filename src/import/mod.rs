@@ -363,6 +363,9 @@ struct Converter {
     /// `ca-base` and `crt-base` of `global`: the directories of relative `ca-file` and `crt`.
     ca_base: Option<String>,
     crt_base: Option<String>,
+    /// `ssl-server-verify` of `global`: the `verify` of a server that does not say
+    /// (HAProxy's default is `required`).
+    ssl_server_verify: Option<String>,
 }
 
 /// The longest excerpt of a directive a note quotes: a 90 KB line must not be copied into
@@ -467,6 +470,9 @@ impl Converter {
                 // Relative `ca-file` and `crt` paths of the lines below are read from there.
                 "ca-base" if l.words.len() == 2 => self.ca_base = Some(w(1).to_owned()),
                 "crt-base" if l.words.len() == 2 => self.crt_base = Some(w(1).to_owned()),
+                "ssl-server-verify" if l.words.len() == 2 && matches!(w(1), "none" | "required") => {
+                    self.ssl_server_verify = Some(w(1).to_owned())
+                }
                 // Process management, logging and runtime API: pgfront runs under systemd or
                 // Pacemaker, logs to stderr, and has its own web surface.
                 "log" | "chroot" | "user" | "group" | "uid" | "gid" | "daemon" | "pidfile" | "stats" | "nbproc"

@@ -71,7 +71,12 @@ impl Converter {
                 );
                 continue;
             }
-            servers.push(s.clone());
+            let mut s = s.clone();
+            // A server without `verify` takes global's ssl-server-verify.
+            if s.params.verify.is_none() {
+                s.params.verify.clone_from(&self.ssl_server_verify);
+            }
+            servers.push(s);
         }
         let mut comments = Vec::new();
         if front.mode.as_deref() == Some("http") || back.mode.as_deref() == Some("http") {

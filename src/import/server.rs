@@ -345,7 +345,9 @@ impl Converter {
         }
         let mut keys = Vec::new();
         let mut note = None;
-        let name = p.verifyhost.as_ref().or(p.check_sni.as_ref());
+        // HAProxy verifies the certificate against the SNI it sent (check-sni), and against
+        // verifyhost only when no SNI was sent.
+        let name = p.check_sni.as_ref().or(p.verifyhost.as_ref());
         match p.verify.as_deref() {
             Some("none") => keys.push(("verify", "none".to_owned())),
             _ if name.is_some() => keys.push(("verify", "full".to_owned())),

@@ -698,3 +698,19 @@ fn stats_page_request_rules_and_its_uri_are_not_dropped_silently() {
         );
     }
 }
+
+#[test]
+fn global_ssl_server_verify_and_the_sni_name_are_what_haproxy_verifies() {
+    let ca = lab_tls("ca.crt");
+    // Before: ssl-server-verify none was not read: verify = "ca", and a ca-file was asked for.
+    let i = run(&format!("global\n    ssl-server-verify none\n{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server n1 127.0.0.11:5432 check port 8008 check-ssl\n    server n2 127.0.0.12:5432 check port 8008 check-ssl verify required ca-file {ca}\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    let verify: Vec<Verify> = c.nodes.iter().map(|n| n.check_tls.as_deref().unwrap().verify).collect();
+    assert_eq!(verify, [Verify::None, Verify::Ca]);
+    // Before: verifyhost won over check-sni; HAProxy verifies against the SNI it sent.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server n1 127.0.0.11:5432 check port 8008 check-ssl verify required ca-file {ca} verifyhost patroni.internal check-sni n1.example\n"));
+    let c = parsed(&i);
+    let tls = c.nodes[0].check_tls.as_deref().unwrap();
+    assert_eq!((tls.verify, tls.server_name.as_deref()), (Verify::Full, Some("n1.example")));
+}
