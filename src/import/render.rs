@@ -22,8 +22,9 @@ pub(super) struct Listener {
     /// The settings HAProxy applied to this listener, as pgfront keys (key, TOML value,
     /// comment). Those every listener shares are written once, in `[defaults]`.
     keys: Vec<(&'static str, String, String)>,
-    /// Clients may ask for the primary (`pgfront.target`).
-    client_target: bool,
+    /// Clients may ask for the primary (`pgfront.target`): the line of the `use_backend` whose
+    /// HTTP ACL never routed to it in HAProxy.
+    client_target: Option<usize>,
     comments: Vec<String>,
 }
 
@@ -181,16 +182,17 @@ impl Converter {
                 );
             }
         }
+        // What the client_target note says depends on check_mode, known once every listener
+        // is read (see `render`).
+        let mut target_line = None;
         if reads {
             for (u, line) in &front.use_backends {
-                self.note(*line, &format!("use_backend {u}"), NoteKind::Explained, "an HTTP ACL never matches PostgreSQL traffic: this listener serves its default backend; clients ask for the primary with options='-c pgfront.target=primary' (client_target = true)".into());
+                target_line.get_or_insert(*line);
+                self.note(*line, &format!("use_backend {u}"), NoteKind::Explained, "an HTTP ACL never matches PostgreSQL traffic: HAProxy never routes by this rule, and this listener serves its default backend as HAProxy did".into());
             }
             for (acl, line) in &front.http_acls {
                 self.note(*line, acl, NoteKind::Explained, "HTTP-only ACL (see use_backend)".into());
             }
-            comments.push(
-                "# HAProxy routed here with an HTTP ACL (use_backend ... if ...), which can never match PostgreSQL\n# traffic. pgfront reads the client's startup instead: options='-c pgfront.target=primary'".to_owned(),
-            );
         }
         let keys = self.keys(&name, front, back, &servers, global);
         Some(Listener {
@@ -203,7 +205,7 @@ impl Converter {
             expect: if back.check == CheckOption::Http { back.http.expect.unwrap_or(200) } else { 200 },
             servers,
             keys,
-            client_target: reads,
+            client_target: target_line,
             comments,
         })
     }
@@ -633,8 +635,14 @@ impl Converter {
                     let list: Vec<String> = mine.iter().map(|n| quote(n)).collect();
                     let _ = writeln!(out, "servers = [{}]", list.join(", "));
                 }
-                if l.client_target {
-                    out.push_str("client_target = true\n");
+                if let Some(line) = l.client_target {
+                    if patroni {
+                        out.push_str("# HAProxy routed here with an HTTP ACL (use_backend ... if ...), which can never match PostgreSQL\n# traffic. pgfront reads the client's startup instead: options='-c pgfront.target=primary'\n");
+                        out.push_str("client_target = true\n");
+                        notes.push(Note { line, directive: "use_backend".into(), kind: NoteKind::Explained, text: format!("{}: clients may now ask for the primary with options='-c pgfront.target=primary' (client_target = true), which the HTTP ACL meant and never did", l.name) });
+                    } else {
+                        notes.push(Note { line, directive: "use_backend".into(), kind: NoteKind::Explained, text: format!("{}: client_target (clients asking for the primary with pgfront.target) needs check_mode = \"patroni\", and a check here is not a Patroni endpoint: left out, as HAProxy never routed these sessions to that backend either", l.name) });
+                    }
                 }
                 for (k, v, why) in l.keys.iter().filter(|(k, v, _)| !shared(k, v)) {
                     let _ = writeln!(out, "{k} = {v}{}", comment(why));

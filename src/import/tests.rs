@@ -714,3 +714,14 @@ fn global_ssl_server_verify_and_the_sni_name_are_what_haproxy_verifies() {
     let tls = c.nodes[0].check_tls.as_deref().unwrap();
     assert_eq!((tls.verify, tls.server_name.as_deref()), (Verify::Full, Some("n1.example")));
 }
+
+#[test]
+fn an_http_acl_frontend_beside_a_check_patroni_mode_cannot_read_gets_no_client_target() {
+    // Before: client_target = true with check_mode = "http", which check refuses.
+    let i = run(&format!("{TIMEOUTS}frontend pg\n    bind *:5000\n    acl is_rw path_beg /rw\n    use_backend primary if is_rw\n    default_backend replicas\nbackend primary\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008\nbackend replicas\n    option httpchk OPTIONS /replica\n    server n1 10.0.0.1:5432 check port 8008\nlisten custom\n    bind *:5005\n    option httpchk GET /custom-health\n    server n1 10.0.0.1:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(c.global.check_mode, CheckMode::Http);
+    assert!(!c.listeners[0].client_target);
+    assert!(i.notes.iter().any(|n| n.line == 9 && n.text.contains("left out")), "{:?}", i.notes);
+}
