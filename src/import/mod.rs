@@ -84,6 +84,8 @@ struct ServerParams {
     check_sni: Option<String>,
     /// `agent-check`: an agent may mark the server down, drain or maint it.
     agent: bool,
+    /// `id`: under `balance first`, HAProxy picks the lowest id first.
+    id: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

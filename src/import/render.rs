@@ -79,6 +79,7 @@ impl Converter {
             }
             servers.push(s);
         }
+        self.order_by_id(back, &mut servers);
         let mut comments = Vec::new();
         if front.mode.as_deref() == Some("http") || back.mode.as_deref() == Some("http") {
             self.note(
@@ -208,6 +209,51 @@ impl Converter {
             client_target: target_line,
             comments,
         })
+    }
+
+    /// HAProxy's `balance first` takes servers from the lowest `id` up; a server without one
+    /// gets the lowest id no server has, in the order written. pgfront's `first` takes them in
+    /// the order of the listener's `servers`: written by id. Under another balance an id only
+    /// names the server in HAProxy's stats.
+    fn order_by_id(&mut self, back: &Proxy, servers: &mut [Server]) {
+        let Some(first) = back.servers.iter().find(|s| s.params.id.is_some()) else { return };
+        if back.balance.as_deref() != Some("first") {
+            self.note(
+                first.line,
+                &format!("server {}", first.name),
+                NoteKind::Explained,
+                format!("{}: server id only names servers in HAProxy's stats under this balance; pgfront names nodes by name", back.name),
+            );
+            return;
+        }
+        let mut used: std::collections::HashSet<u32> = back.servers.iter().filter_map(|s| s.params.id).collect();
+        let mut ids: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
+        let mut next = 1;
+        for s in &back.servers {
+            let id = match s.params.id {
+                Some(id) => id,
+                None => {
+                    while used.contains(&next) {
+                        next += 1;
+                    }
+                    used.insert(next);
+                    next
+                }
+            };
+            ids.insert(s.line, id);
+        }
+        let before: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        servers.sort_by_key(|s| ids.get(&s.line).copied().unwrap_or(u32::MAX));
+        let after: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        let text = if before == after {
+            format!(
+                "{}: balance first takes the lowest server id first; the servers are already in that order",
+                back.name
+            )
+        } else {
+            format!("{}: balance first takes the lowest server id first: pgfront's first takes the listener's `servers` in order, written by id ({})", back.name, after.join(", "))
+        };
+        self.note(first.line, &format!("server {}", first.name), NoteKind::Explained, text);
     }
 
     /// Whether what decides the role of the port is carried over. An `http-check expect`

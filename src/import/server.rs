@@ -86,8 +86,15 @@ impl Converter {
                     );
                     i += 1;
                 }
+                "id" => {
+                    i += 1;
+                    match value.map(str::parse::<u32>) {
+                        Some(Ok(n)) if n > 0 && n <= i32::MAX as u32 => p.id = Some(n),
+                        _ => self.unmapped(l, "id needs a positive number (HAProxy refuses another)", "fix the line"),
+                    }
+                }
                 "on-marked-up" | "slowstart" | "weight" | "agent-port" | "agent-inter" | "observe" | "error-limit"
-                | "id" | "cookie" | "resolvers" | "init-addr" => {
+                | "cookie" | "resolvers" | "init-addr" => {
                     self.explained(l, format!("`{word}` has no pgfront equivalent and is ignored"));
                     i += 1;
                 }

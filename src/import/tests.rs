@@ -725,3 +725,15 @@ fn an_http_acl_frontend_beside_a_check_patroni_mode_cannot_read_gets_no_client_t
     assert!(!c.listeners[0].client_target);
     assert!(i.notes.iter().any(|n| n.line == 9 && n.text.contains("left out")), "{:?}", i.notes);
 }
+
+#[test]
+fn balance_first_takes_servers_by_id() {
+    // Before: ids ignored: n1 first, where HAProxy takes n2 (id 1), then n4 (no id: 2), then n1.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008\n    server n2 10.0.0.2:5432 check port 8008\n    server n3 10.0.0.3:5432 check port 8008\n    server n4 10.0.0.4:5432 check port 8008\nlisten reads\n    bind *:5001\n    balance first\n    option httpchk OPTIONS /replica\n    server n1 10.0.0.1:5432 check port 8008 id 3\n    server n2 10.0.0.2:5432 check port 8008 id 1\n    server n3 10.0.0.3:5432 check port 8008 id 5\n    server n4 10.0.0.4:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    let reads = &c.listeners[1];
+    assert_eq!(reads.balance, Balance::First);
+    let order: Vec<&str> = reads.servers.iter().map(|&s| c.nodes[s].name.as_str()).collect();
+    assert_eq!(order, ["n2", "n4", "n1", "n3"]);
+}
