@@ -215,11 +215,10 @@ impl Converter {
                 }
                 _ => bad(self, "must be a whole number from 1 to 2147483647 (HAProxy refuses another)"),
             },
+            // on-marked-down has one action; shutdown-backup-sessions is on-marked-up's.
             _ => match value {
-                "shutdown-sessions" | "mark-backup-down" | "shutdown-backup-sessions" => {
-                    p.on_marked_down = Some(value.to_owned())
-                }
-                _ => bad(self, "HAProxy knows shutdown-sessions, mark-backup-down and shutdown-backup-sessions"),
+                "shutdown-sessions" => p.on_marked_down = Some(value.to_owned()),
+                _ => bad(self, "on-marked-down has one action, shutdown-sessions: HAProxy refuses another"),
             },
         }
     }

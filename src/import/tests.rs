@@ -737,3 +737,12 @@ fn balance_first_takes_servers_by_id() {
     let order: Vec<&str> = reads.servers.iter().map(|&s| c.nodes[s].name.as_str()).collect();
     assert_eq!(order, ["n2", "n4", "n1", "n3"]);
 }
+
+#[test]
+fn on_marked_down_takes_only_shutdown_sessions() {
+    // Before: mark-backup-down and shutdown-backup-sessions were accepted, exit 0.
+    for action in ["mark-backup-down", "shutdown-backup-sessions"] {
+        let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008 on-marked-down {action}\n"));
+        assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("refuses")), "{action}: {:?}", i.notes);
+    }
+}
