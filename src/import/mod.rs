@@ -86,6 +86,8 @@ struct ServerParams {
     agent: bool,
     /// `id`: under `balance first`, HAProxy picks the lowest id first.
     id: Option<u32>,
+    /// `weight` (HAProxy's default is 1) and its line.
+    weight: Option<(u32, usize)>,
 }
 
 #[derive(Debug, Clone)]

@@ -80,6 +80,7 @@ impl Converter {
             servers.push(s);
         }
         self.order_by_id(back, &mut servers);
+        self.weights(back, &servers);
         let mut comments = Vec::new();
         if front.mode.as_deref() == Some("http") || back.mode.as_deref() == Some("http") {
             self.note(
@@ -254,6 +255,22 @@ impl Converter {
             format!("{}: balance first takes the lowest server id first: pgfront's first takes the listener's `servers` in order, written by id ({})", back.name, after.join(", "))
         };
         self.note(first.line, &format!("server {}", first.name), NoteKind::Explained, text);
+    }
+
+    /// pgfront spreads sessions evenly over a listener's servers: equal weights say the
+    /// same; unequal ones (HAProxy's default is 1) are a change of meaning, except under
+    /// `balance first`, which ignores weights.
+    fn weights(&mut self, back: &Proxy, servers: &[Server]) {
+        let Some(line) = servers.iter().find_map(|s| s.params.weight.map(|(_, l)| l)) else { return };
+        let weights: Vec<u32> = servers.iter().map(|s| s.params.weight.map_or(1, |(w, _)| w)).collect();
+        let (kind, text) = if back.balance.as_deref() == Some("first") {
+            (NoteKind::Explained, "balance first ignores server weights (HAProxy's manual), as pgfront's does")
+        } else if weights.windows(2).all(|w| w[0] == w[1]) {
+            (NoteKind::Explained, "the servers' weights are equal: pgfront spreads sessions evenly, the same")
+        } else {
+            (NoteKind::Unmapped, "the servers' weights differ (HAProxy's default is 1): pgfront has no weights and spreads sessions evenly; give a heavier server a larger share by hand (e.g. leave lighter ones out of this listener's `servers`)")
+        };
+        self.note(line, "weight", kind, format!("{}: {text}", back.name));
     }
 
     /// Whether what decides the role of the port is carried over. An `http-check expect`

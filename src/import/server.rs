@@ -86,6 +86,14 @@ impl Converter {
                     );
                     i += 1;
                 }
+                // Compared across the servers of a listener (see `Converter::weights`).
+                "weight" => {
+                    i += 1;
+                    match value.map(str::parse::<u32>) {
+                        Some(Ok(n)) if n <= 256 => p.weight = Some((n, l.number)),
+                        _ => self.unmapped(l, "weight needs a number from 0 to 256 (HAProxy refuses another)", "fix the line"),
+                    }
+                }
                 "id" => {
                     i += 1;
                     match value.map(str::parse::<u32>) {
@@ -93,7 +101,7 @@ impl Converter {
                         _ => self.unmapped(l, "id needs a positive number (HAProxy refuses another)", "fix the line"),
                     }
                 }
-                "on-marked-up" | "slowstart" | "weight" | "agent-port" | "agent-inter" | "observe" | "error-limit"
+                "on-marked-up" | "slowstart" | "agent-port" | "agent-inter" | "observe" | "error-limit"
                 | "cookie" | "resolvers" | "init-addr" => {
                     self.explained(l, format!("`{word}` has no pgfront equivalent and is ignored"));
                     i += 1;

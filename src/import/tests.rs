@@ -746,3 +746,17 @@ fn on_marked_down_takes_only_shutdown_sessions() {
         assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("refuses")), "{action}: {:?}", i.notes);
     }
 }
+
+#[test]
+fn unequal_weights_are_a_change_of_meaning() {
+    // Before: weight ignored with exit 0 whatever the values.
+    let listen = |w1: &str, w2: &str| {
+        run(&format!("{TIMEOUTS}listen reads\n    bind *:5001\n    option httpchk OPTIONS /replica\n    server n1 10.0.0.1:5432 check port 8008 {w1}\n    server n2 10.0.0.2:5432 check port 8008 {w2}\n"))
+    };
+    let i = listen("weight 100", "weight 10");
+    assert!(unmapped(&i).iter().any(|n| n.text.contains("weights differ")), "{:?}", i.notes);
+    let i = listen("weight 10", "");
+    assert!(unmapped(&i).iter().any(|n| n.text.contains("weights differ")), "the default is 1: {:?}", i.notes);
+    let i = listen("weight 10", "weight 10");
+    assert!(i.complete(), "{:?}", i.notes);
+}
