@@ -109,6 +109,8 @@ struct Bind {
 /// `[global]` settings read from HAProxy's `global`.
 #[derive(Debug, Clone, Default)]
 struct Global {
+    /// The `global` section's line (0 without one).
+    line: usize,
     maxconn: Option<usize>,
     threads: Option<usize>,
     hard_stop_after: Option<String>,
@@ -436,6 +438,7 @@ impl Converter {
     }
 
     fn global(&mut self, s: &Section, g: &mut Global) {
+        g.line = s.number;
         for l in &s.lines {
             let w = |i| l.word(i).unwrap_or_default();
             match w(0) {

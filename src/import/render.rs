@@ -594,6 +594,17 @@ impl Converter {
                 ),
             );
         }
+        if global.maxconn.is_none() {
+            // HAProxy fits an unset maxconn to the descriptor limit; pgfront fits its default
+            // (4096) to it likewise, after raising the soft limit to the hard one as HAProxy
+            // does: the same ceiling up to 4096 sessions, pgfront's fixed above it.
+            self.note(
+                global.line,
+                "global maxconn",
+                NoteKind::Explained,
+                format!("no global maxconn: HAProxy derives it from the descriptor limit (about half of `ulimit -n`); pgfront's default, {}, is held to what the limit holds likewise, so past {} sessions at once clients wait in the listen backlog: to allow more, set [global] maxconn (and LimitNOFILE >= 2 x maxconn + 100)", pgfront::GLOBAL_MAXCONN, pgfront::GLOBAL_MAXCONN),
+            );
+        }
         let mut notes = self.notes;
         let mut out = format!(
             "# pgfront configuration imported from {file} by `pgfront import-haproxy`.\n# Check it with `pgfront check --config FILE`; the notes on stderr say what was not carried over.\n\n[global]\n"

@@ -760,3 +760,21 @@ fn unequal_weights_are_a_change_of_meaning() {
     let i = listen("weight 10", "weight 10");
     assert!(i.complete(), "{:?}", i.notes);
 }
+
+#[test]
+fn no_global_maxconn_is_explained() {
+    // Before: pgfront's 4096 used without a word. Explained, not Unmapped: pgfront, like
+    // HAProxy, raises the soft descriptor limit to the hard one and holds global maxconn to
+    // what the limit holds (src/fds.rs fit_maxconn); only its default ceiling, 4096, differs
+    // from HAProxy's (none but the limit), and the note says how to raise it.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    assert!(
+        i.notes
+            .iter()
+            .any(|n| n.directive == "global maxconn" && n.text.contains("4096") && n.text.contains("[global] maxconn")),
+        "{:?}",
+        i.notes
+    );
+    assert_eq!(parsed(&i).global.maxconn, 4096);
+}
