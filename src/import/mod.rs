@@ -141,6 +141,9 @@ struct Proxy {
     tcp: TcpRules,
     own_tcp: bool,
     default_server: ServerParams,
+    /// `option redispatch [N]` (N defaults to -1, the last retry); None without it or with
+    /// `no option redispatch`, Some(0) when disabled by value.
+    redispatch: Option<i64>,
     dontlog_normal: bool,
     binds: Vec<Bind>,
     servers: Vec<Server>,
@@ -652,6 +655,7 @@ impl Converter {
             "option" => self.option(p, l),
             // `no option dontlog-normal`: a frontend logs every session again.
             "no" if w(1) == "option" && w(2) == "dontlog-normal" && l.words.len() == 3 => p.dontlog_normal = false,
+            "no" if w(1) == "option" && w(2) == "redispatch" && l.words.len() == 3 => p.redispatch = None,
             "http-check" => match w(1) {
                 "expect" => {
                     let rules = Self::own_http(p, l);
@@ -983,9 +987,14 @@ impl Converter {
             "dontlog-normal" => p.dontlog_normal = true,
             // pgfront always redispatches a failed connect, keeps TCP keepalives on, and
             // logs in its own format.
-            "redispatch" | "tcpka" | "clitcpka" | "srvtcpka" | "tcplog" | "dontlognull" | "log-health-checks"
-            | "splice-auto" | "splice-request" | "splice-response" | "abortonclose" | "httplog"
-            | "http-server-close" | "forwardfor" | "httpclose" | "http-keep-alive" => {}
+            "redispatch" => match l.word(2).map(str::parse::<i64>) {
+                None => p.redispatch = Some(-1),
+                Some(Ok(n)) => p.redispatch = Some(n),
+                Some(Err(_)) => self.unmapped(l, "option redispatch takes a whole number", "fix the line"),
+            },
+            "tcpka" | "clitcpka" | "srvtcpka" | "tcplog" | "dontlognull" | "log-health-checks" | "splice-auto"
+            | "splice-request" | "splice-response" | "abortonclose" | "httplog" | "http-server-close"
+            | "forwardfor" | "httpclose" | "http-keep-alive" => {}
             _ => self.unmapped(l, "an option the importer does not know", "port it by hand if it matters"),
         }
     }

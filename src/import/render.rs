@@ -196,6 +196,7 @@ impl Converter {
                 self.note(*line, acl, NoteKind::Explained, "HTTP-only ACL (see use_backend)".into());
             }
         }
+        self.redispatch(back, &servers, &path);
         let keys = self.keys(&name, front, back, &servers, global);
         Some(Listener {
             name,
@@ -271,6 +272,32 @@ impl Converter {
             (NoteKind::Unmapped, "the servers' weights differ (HAProxy's default is 1): pgfront has no weights and spreads sessions evenly; give a heavier server a larger share by hand (e.g. leave lighter ones out of this listener's `servers`)")
         };
         self.note(line, "weight", kind, format!("{}: {text}", back.name));
+    }
+
+    /// pgfront retries a failed connect on another server of the listener at every retry
+    /// (HAProxy's `option redispatch 1`). HAProxy without redispatch retries the same server,
+    /// and by default redispatches only on the last retry. On a leader port one server at a
+    /// time passes the check, so there is no other server to go to; on another port a session
+    /// HAProxy would fail (or retry on the same server) reaches another server of the same
+    /// role: explained, since what the port serves does not change.
+    fn redispatch(&mut self, back: &Proxy, servers: &[Server], path: &str) {
+        let leader = matches!(crate::config::Endpoint::parse(path), Ok(Some(e)) if e.is_leader());
+        if leader || servers.len() < 2 || back.retries == Some(0) {
+            return;
+        }
+        let haproxy = match back.redispatch {
+            None | Some(0) => "retries a failed connect on the same server (no option redispatch)".to_owned(),
+            Some(-1) => "redispatches a failed connect to another server on the last retry only".to_owned(),
+            Some(1) => return,
+            Some(n) if n > 0 => format!("redispatches a failed connect to another server every {n}th retry"),
+            Some(n) => format!("redispatches a failed connect to another server on the {}th retry before the last", -n),
+        };
+        self.note(
+            back.line,
+            "option redispatch",
+            NoteKind::Explained,
+            format!("{}: HAProxy {haproxy}; pgfront retries on another server of the listener at every retry, so a session whose server refuses it reaches another server of the same role", back.name),
+        );
     }
 
     /// Whether what decides the role of the port is carried over. An `http-check expect`

@@ -34,7 +34,10 @@ fn convert(name: &str) -> (Imported, Config) {
 fn the_tutorial_converts_completely() {
     let (imported, c) = convert("tutorial");
     assert!(imported.complete(), "{:?}", imported.notes);
-    assert!(imported.notes.is_empty(), "nothing to explain either: {:?}", imported.notes);
+    // Nothing else to explain: only that pgfront redispatches where HAProxy (no option
+    // redispatch) retried the same replica.
+    let notes: Vec<&str> = imported.notes.iter().map(|n| n.directive.as_str()).collect();
+    assert_eq!(notes, ["option redispatch"], "{:?}", imported.notes);
     assert_eq!(c.global.maxconn, 4096);
     assert_eq!(c.global.check_mode, CheckMode::Patroni);
     assert_eq!(c.nodes.len(), 3);
@@ -777,4 +780,24 @@ fn no_global_maxconn_is_explained() {
         i.notes
     );
     assert_eq!(parsed(&i).global.maxconn, 4096);
+}
+
+#[test]
+fn pgfronts_redispatch_is_explained_where_haproxy_retried_otherwise() {
+    // Before: nothing said, whether HAProxy redispatched or not.
+    let listen = |opt: &str, check: &str| {
+        run(&format!("{TIMEOUTS}listen l\n    bind *:5001\n{opt}    option httpchk OPTIONS {check}\n    server n1 10.0.0.1:5432 check port 8008\n    server n2 10.0.0.2:5432 check port 8008\n"))
+    };
+    let said = |i: &Imported| i.notes.iter().find(|n| n.directive == "option redispatch").map(|n| n.text.clone());
+    let i = listen("", "/replica");
+    assert!(i.complete() && said(&i).is_some_and(|t| t.contains("same server")), "{:?}", i.notes);
+    let i = listen("    option redispatch 0\n", "/replica");
+    assert!(said(&i).is_some_and(|t| t.contains("same server")), "{:?}", i.notes);
+    let i = listen("    option redispatch\n", "/replica");
+    assert!(said(&i).is_some_and(|t| t.contains("last retry")), "{:?}", i.notes);
+    // As pgfront does, or on a leader port (one server passes at a time): nothing to say.
+    assert_eq!(said(&listen("    option redispatch 1\n", "/replica")), None);
+    assert_eq!(said(&listen("", "/master")), None);
+    let i = listen("    no option redispatch\n", "/replica");
+    assert!(i.complete(), "{:?}", i.notes);
 }
