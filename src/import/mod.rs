@@ -812,7 +812,13 @@ impl Converter {
                 }
             }
             "maxconn" => {
-                if p.kind == "backend" {
+                if w(1) == "0" && l.words.len() == 2 {
+                    // HAProxy's default: the global maxconn limits the proxy, as in pgfront.
+                    self.explained(
+                        l,
+                        "0 is HAProxy's default: the proxy is limited by the global maxconn, as in pgfront",
+                    );
+                } else if p.kind == "backend" {
                     self.explained(l, "HAProxy ignores maxconn in a backend");
                 } else {
                     // A proxy's own accept limit: pgfront has the global one and per server.

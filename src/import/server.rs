@@ -49,6 +49,52 @@ const BIND_VALUED: &[&str] = &[
     "guid-prefix",
 ];
 
+/// Server keywords that take a value (the next word) and that the importer does not carry
+/// over: the value is not read as a keyword of its own.
+const SERVER_VALUED: &[&str] = &[
+    "maxqueue",
+    "minconn",
+    "on-error",
+    "agent-send",
+    "agent-addr",
+    "addr",
+    "source",
+    "sni",
+    "alpn",
+    "npn",
+    "ciphers",
+    "ciphersuites",
+    "curves",
+    "sigalgs",
+    "client-sigalgs",
+    "ssl-min-ver",
+    "ssl-max-ver",
+    "crl-file",
+    "proto",
+    "check-proto",
+    "check-alpn",
+    "namespace",
+    "track",
+    "redir",
+    "pool-max-conn",
+    "pool-low-conn",
+    "pool-purge-delay",
+    "max-reuse",
+    "tcp-ut",
+    "socks4",
+    "proxy-v2-options",
+    "resolve-prefer",
+    "resolve-net",
+    "resolve-opts",
+    "log-proto",
+    "ws",
+    "hash-key",
+    "guid",
+    "shard",
+    "set-proxy-v2-tlv-fmt",
+    "usesrc",
+];
+
 impl Converter {
     pub(super) fn server_params(&mut self, l: &Line, from: usize, mut p: ServerParams) -> ServerParams {
         let words = &l.words;
@@ -137,11 +183,16 @@ impl Converter {
                     "disabled: the server starts in maintenance in HAProxy",
                     "put it in MAINT from the page after start, or leave it out of `servers`",
                 ),
-                other => self.unmapped(
-                    l,
-                    &format!("server parameter `{}` is not understood", super::excerpt(other)),
-                    "port it by hand",
-                ),
+                other => {
+                    self.unmapped(
+                        l,
+                        &format!("server parameter `{}` is not understood", super::excerpt(other)),
+                        "port it by hand",
+                    );
+                    if SERVER_VALUED.contains(&other) {
+                        i += 1;
+                    }
+                }
             }
             i += 1;
         }

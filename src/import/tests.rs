@@ -801,3 +801,14 @@ fn pgfronts_redispatch_is_explained_where_haproxy_retried_otherwise() {
     let i = listen("    no option redispatch\n", "/replica");
     assert!(i.complete(), "{:?}", i.notes);
 }
+
+#[test]
+fn a_listen_maxconn_0_and_valued_server_keywords_are_read_as_haproxy_does() {
+    // Before: maxconn 0 (HAProxy: the global limit) was noted as a per-listener limit, and
+    // `maxqueue 10` gave a second note for `10` as a server parameter of its own.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    maxconn 0\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008 maxqueue 10 on-error mark-down\n"));
+    let n = unmapped(&i);
+    assert!(!n.iter().any(|n| n.line == 8), "maxconn 0: {n:?}");
+    assert_eq!(n.iter().filter(|n| n.line == 10).count(), 2, "maxqueue and on-error, not their values: {n:?}");
+    assert!(!n.iter().any(|n| n.text.contains("`10`") || n.text.contains("`mark-down`")), "{n:?}");
+}
