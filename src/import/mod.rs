@@ -82,6 +82,12 @@ struct ServerParams {
     crt: Option<String>,
     verifyhost: Option<String>,
     check_sni: Option<String>,
+    /// `agent-check`: an agent may mark the server down, drain or maint it.
+    agent: bool,
+    /// `id`: under `balance first`, HAProxy picks the lowest id first.
+    id: Option<u32>,
+    /// `weight` (HAProxy's default is 1) and its line.
+    weight: Option<(u32, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +109,8 @@ struct Bind {
 /// `[global]` settings read from HAProxy's `global`.
 #[derive(Debug, Clone, Default)]
 struct Global {
+    /// The `global` section's line (0 without one).
+    line: usize,
     maxconn: Option<usize>,
     threads: Option<usize>,
     hard_stop_after: Option<String>,
@@ -133,6 +141,9 @@ struct Proxy {
     tcp: TcpRules,
     own_tcp: bool,
     default_server: ServerParams,
+    /// `option redispatch [N]` (N defaults to -1, the last retry); None without it or with
+    /// `no option redispatch`, Some(0) when disabled by value.
+    redispatch: Option<i64>,
     dontlog_normal: bool,
     binds: Vec<Bind>,
     servers: Vec<Server>,
@@ -147,6 +158,11 @@ struct Proxy {
     stats_refresh: Option<String>,
     stats_users: Vec<(String, String)>,
     stats_admin: bool,
+    /// `stats uri` and its line (HAProxy's default is `/haproxy?stats`).
+    stats_uri: Option<(String, usize)>,
+    /// Request rules of an HTTP proxy (`http-request`, `stats http-request`): on the stats
+    /// page they limit who reaches it. (line, directive)
+    http_requests: Vec<(usize, String)>,
 }
 
 /// A proxy's health check type: the last check option set wins.
@@ -180,6 +196,9 @@ struct HttpRules {
     method: Option<String>,
     path: Option<String>,
     expect: Option<u16>,
+    /// An `http-check expect` pgfront cannot carry (a string, a regex, a status range), its
+    /// line and text: what passes, so which role the port serves, is not known.
+    unread_expect: Option<(usize, String)>,
     /// An `option httpchk` of the section that owns the rule set was read.
     from_option: bool,
 }
@@ -271,7 +290,7 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                 if p.stats {
                     cx.note(p.line, "stats enable", NoteKind::Unmapped, format!("{}: a stats page on the port of a proxy with servers: pgfront's page needs its own address ([web] bind); not carried over", p.name));
                 }
-                listeners.push(cx.listener(p, p, false, &global));
+                listeners.extend(cx.listener(p, p, false, &global));
             }
             "frontend" if p.stats && p.default_backend.is_none() && p.always_backend.is_none() => stats.push(p.clone()),
             "frontend" => {
@@ -309,6 +328,7 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                     let mut page = (*b).clone();
                     page.binds = p.binds.clone();
                     page.line = p.line;
+                    page.http_requests.extend(p.http_requests.iter().cloned());
                     page.name = p.name.clone();
                     stats.push(page);
                     continue;
@@ -316,7 +336,7 @@ pub fn import(file: &str, text: &str, options: Options) -> Result<Imported, Impo
                 if p.stats {
                     cx.note(p.line, "stats enable", NoteKind::Unmapped, format!("{}: a stats page on the port of a proxy with servers: pgfront's page needs its own address ([web] bind); not carried over", p.name));
                 }
-                listeners.push(cx.listener(p, b, reads, &global));
+                listeners.extend(cx.listener(p, b, reads, &global));
             }
             "backend" if stats_backends.contains(p.name.as_str()) => {}
             _ if p.stats => stats.push(p.clone()),
@@ -352,6 +372,9 @@ struct Converter {
     /// `ca-base` and `crt-base` of `global`: the directories of relative `ca-file` and `crt`.
     ca_base: Option<String>,
     crt_base: Option<String>,
+    /// `ssl-server-verify` of `global`: the `verify` of a server that does not say
+    /// (HAProxy's default is `required`).
+    ssl_server_verify: Option<String>,
 }
 
 /// The longest excerpt of a directive a note quotes: a 90 KB line must not be copied into
@@ -418,6 +441,7 @@ impl Converter {
     }
 
     fn global(&mut self, s: &Section, g: &mut Global) {
+        g.line = s.number;
         for l in &s.lines {
             let w = |i| l.word(i).unwrap_or_default();
             match w(0) {
@@ -456,6 +480,9 @@ impl Converter {
                 // Relative `ca-file` and `crt` paths of the lines below are read from there.
                 "ca-base" if l.words.len() == 2 => self.ca_base = Some(w(1).to_owned()),
                 "crt-base" if l.words.len() == 2 => self.crt_base = Some(w(1).to_owned()),
+                "ssl-server-verify" if l.words.len() == 2 && matches!(w(1), "none" | "required") => {
+                    self.ssl_server_verify = Some(w(1).to_owned())
+                }
                 // Process management, logging and runtime API: pgfront runs under systemd or
                 // Pacemaker, logs to stderr, and has its own web surface.
                 "log" | "chroot" | "user" | "group" | "uid" | "gid" | "daemon" | "pidfile" | "stats" | "nbproc"
@@ -483,6 +510,8 @@ impl Converter {
         p.http_acls.clear();
         p.default_backend = None;
         p.stats = false;
+        p.stats_uri = None;
+        p.http_requests.clear();
         p.own_http = false;
         p.own_tcp = false;
         if let Some(b) = &s.header_bind {
@@ -626,21 +655,16 @@ impl Converter {
             "option" => self.option(p, l),
             // `no option dontlog-normal`: a frontend logs every session again.
             "no" if w(1) == "option" && w(2) == "dontlog-normal" && l.words.len() == 3 => p.dontlog_normal = false,
+            "no" if w(1) == "option" && w(2) == "redispatch" && l.words.len() == 3 => p.redispatch = None,
             "http-check" => match w(1) {
                 "expect" => {
                     let rules = Self::own_http(p, l);
                     match (w(2), l.words.len()) {
-                        ("status", 4) => match w(3).parse() {
-                            Ok(code) => rules.expect = Some(code),
-                            Err(_) => {
-                                self.unmapped(l, "only a single status is understood", "set check.expect by hand")
-                            }
-                        },
-                        _ => self.unmapped(
-                            l,
-                            "this http-check expect is not understood",
-                            "set the listener's check by hand",
-                        ),
+                        ("status", 4) if w(3).parse::<u16>().is_ok() => rules.expect = w(3).parse().ok(),
+                        // Decided per listener: which role passes is not known.
+                        _ => {
+                            rules.unread_expect.get_or_insert((l.number, directive_of(l)));
+                        }
                     }
                 }
                 "send" => self.http_send(p, l),
@@ -776,12 +800,25 @@ impl Converter {
                             "give role = \"admin\" to the users who should have it",
                         ),
                     },
-                    "enable" | "uri" | "realm" | "hide-version" | "show-legends" | "show-node" | "show-desc" => {}
-                    _ => {}
+                    "uri" if l.words.len() == 3 => p.stats_uri = Some((w(2).to_owned(), l.number)),
+                    // Request rules of the page: who may reach it, or see it.
+                    "http-request" => p.http_requests.push((l.number, directive_of(l))),
+                    "enable" | "realm" | "hide-version" | "show-legends" | "show-node" | "show-desc" => {}
+                    _ => self.unmapped(
+                        l,
+                        "a stats setting the importer does not know",
+                        "check what it did and set [web] by hand",
+                    ),
                 }
             }
             "maxconn" => {
-                if p.kind == "backend" {
+                if w(1) == "0" && l.words.len() == 2 {
+                    // HAProxy's default: the global maxconn limits the proxy, as in pgfront.
+                    self.explained(
+                        l,
+                        "0 is HAProxy's default: the proxy is limited by the global maxconn, as in pgfront",
+                    );
+                } else if p.kind == "backend" {
                     self.explained(l, "HAProxy ignores maxconn in a backend");
                 } else {
                     // A proxy's own accept limit: pgfront has the global one and per server.
@@ -794,7 +831,9 @@ impl Converter {
             }
             "log" | "description" | "id" | "fullconn" | "monitor-uri" | "unique-id-format" | "log-format" => {}
             "errorfile" | "http-request" | "http-response" | "capture" | "compression" | "redirect" => {
-                if p.mode.as_deref() != Some("http") {
+                if w(0) == "http-request" && p.mode.as_deref() == Some("http") {
+                    p.http_requests.push((l.number, directive_of(l)));
+                } else if p.mode.as_deref() != Some("http") {
                     self.unmapped(l, "an HTTP directive in a TCP proxy", "remove it; pgfront proxies PostgreSQL");
                 }
             }
@@ -954,9 +993,14 @@ impl Converter {
             "dontlog-normal" => p.dontlog_normal = true,
             // pgfront always redispatches a failed connect, keeps TCP keepalives on, and
             // logs in its own format.
-            "redispatch" | "tcpka" | "clitcpka" | "srvtcpka" | "tcplog" | "dontlognull" | "log-health-checks"
-            | "splice-auto" | "splice-request" | "splice-response" | "abortonclose" | "httplog"
-            | "http-server-close" | "forwardfor" | "httpclose" | "http-keep-alive" => {}
+            "redispatch" => match l.word(2).map(str::parse::<i64>) {
+                None => p.redispatch = Some(-1),
+                Some(Ok(n)) => p.redispatch = Some(n),
+                Some(Err(_)) => self.unmapped(l, "option redispatch takes a whole number", "fix the line"),
+            },
+            "tcpka" | "clitcpka" | "srvtcpka" | "tcplog" | "dontlognull" | "log-health-checks" | "splice-auto"
+            | "splice-request" | "splice-response" | "abortonclose" | "httplog" | "http-server-close"
+            | "forwardfor" | "httpclose" | "http-keep-alive" => {}
             _ => self.unmapped(l, "an option the importer does not know", "port it by hand if it matters"),
         }
     }

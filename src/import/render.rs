@@ -8,7 +8,7 @@ use super::{hash, quote, sanitize, CheckOption, Converter, Global, Imported, Not
 use crate::config::defaults as pgfront;
 
 /// A PostgreSQL listener to write.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Listener {
     name: String,
     bind: String,
@@ -22,8 +22,9 @@ pub(super) struct Listener {
     /// The settings HAProxy applied to this listener, as pgfront keys (key, TOML value,
     /// comment). Those every listener shares are written once, in `[defaults]`.
     keys: Vec<(&'static str, String, String)>,
-    /// Clients may ask for the primary (`pgfront.target`).
-    client_target: bool,
+    /// Clients may ask for the primary (`pgfront.target`): the line of the `use_backend` whose
+    /// HTTP ACL never routed to it in HAProxy.
+    client_target: Option<usize>,
     comments: Vec<String>,
 }
 
@@ -56,7 +57,9 @@ fn timing(s: &Server) -> Vec<(&'static str, String, String)> {
 
 impl Converter {
     /// A PostgreSQL listener from a listen (`front` = `back`) or a frontend and its backend.
-    pub(super) fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool, global: &Global) -> Listener {
+    /// None (with a note) when the directive that decides which role the port serves cannot
+    /// be carried over: the listener would admit every role, so it is not written.
+    pub(super) fn listener(&mut self, front: &Proxy, back: &Proxy, reads: bool, global: &Global) -> Option<Listener> {
         let name = sanitize(&front.name);
         let mut servers: Vec<Server> = Vec::new();
         for s in back.servers.iter().filter(|s| !s.params.backup) {
@@ -69,8 +72,15 @@ impl Converter {
                 );
                 continue;
             }
-            servers.push(s.clone());
+            let mut s = s.clone();
+            // A server without `verify` takes global's ssl-server-verify.
+            if s.params.verify.is_none() {
+                s.params.verify.clone_from(&self.ssl_server_verify);
+            }
+            servers.push(s);
         }
+        self.order_by_id(back, &mut servers);
+        self.weights(back, &servers);
         let mut comments = Vec::new();
         if front.mode.as_deref() == Some("http") || back.mode.as_deref() == Some("http") {
             self.note(
@@ -102,6 +112,9 @@ impl Converter {
             );
         }
         let (method, path) = self.check(back, &mut comments);
+        if !self.role_carried(front, back, &servers, &path) {
+            return None;
+        }
         // HAProxy never checks a server without `check`: it is always up. pgfront checks
         // every node, so such a server takes sessions only while its check passes.
         let unchecked: Vec<&Server> = servers.iter().filter(|s| !s.params.check).collect();
@@ -125,35 +138,67 @@ impl Converter {
             }
         }
         if back.check != CheckOption::Http {
-            // HAProxy checked PostgreSQL itself (its own port); pgfront asks Patroni (where
-            // tcp-check rules connected, when they said).
-            let port = match (&back.check, back.tcp.line, back.tcp.port) {
-                (CheckOption::TcpCheck, Some(_), Some(p)) => p,
-                _ => pgfront::CHECK_PORT,
-            };
-            for s in servers.iter_mut().filter(|s| s.params.port.is_none()) {
-                s.params.port = Some(port);
+            // HAProxy checked PostgreSQL (or another protocol) on the port it connected to,
+            // which is never Patroni's: pgfront asks Patroni's REST API on its default port.
+            // Only tcp-check rules that send an HTTP request (written as the check) connected
+            // to the REST API: where they said, else the server's check port.
+            let http_rules =
+                back.check == CheckOption::TcpCheck && back.tcp.line.is_some() && back.tcp.request.is_some();
+            if http_rules {
+                let port = back.tcp.port.unwrap_or(pgfront::CHECK_PORT);
+                for s in servers.iter_mut() {
+                    if back.tcp.port.is_some() || s.params.port.is_none() {
+                        s.params.port = Some(port);
+                    }
+                }
+                self.note(
+                    back.line,
+                    "check port",
+                    NoteKind::Explained,
+                    format!("{}: Patroni's REST API is asked where the tcp-check rules sent their request (check_port {port} unless a server says otherwise)", back.name),
+                );
+            } else {
+                let port = pgfront::CHECK_PORT;
+                let mut theirs: Vec<u16> = servers
+                    .iter()
+                    .filter_map(|s| s.params.port)
+                    .chain(back.tcp.port.filter(|_| back.check == CheckOption::TcpCheck))
+                    .filter(|p| *p != port)
+                    .collect();
+                theirs.sort_unstable();
+                theirs.dedup();
+                for s in servers.iter_mut() {
+                    s.params.port = Some(port);
+                }
+                let was = if theirs.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> = theirs.iter().map(u16::to_string).collect();
+                    format!(" (HAProxy's check connected to port {}, which is not the REST API's)", list.join(", "))
+                };
+                self.note(
+                    back.line,
+                    "check port",
+                    NoteKind::Explained,
+                    format!("{}: Patroni's REST API is asked on port {port}, Patroni's default{was}; set check_port if restapi.listen says otherwise", back.name),
+                );
             }
-            self.note(
-                back.line,
-                "check port",
-                NoteKind::Explained,
-                format!("{}: Patroni's REST API is asked on port {port} (check_port)", back.name),
-            );
         }
+        // What the client_target note says depends on check_mode, known once every listener
+        // is read (see `render`).
+        let mut target_line = None;
         if reads {
             for (u, line) in &front.use_backends {
-                self.note(*line, &format!("use_backend {u}"), NoteKind::Explained, "an HTTP ACL never matches PostgreSQL traffic: this listener serves its default backend; clients ask for the primary with options='-c pgfront.target=primary' (client_target = true)".into());
+                target_line.get_or_insert(*line);
+                self.note(*line, &format!("use_backend {u}"), NoteKind::Explained, "an HTTP ACL never matches PostgreSQL traffic: HAProxy never routes by this rule, and this listener serves its default backend as HAProxy did".into());
             }
             for (acl, line) in &front.http_acls {
                 self.note(*line, acl, NoteKind::Explained, "HTTP-only ACL (see use_backend)".into());
             }
-            comments.push(
-                "# HAProxy routed here with an HTTP ACL (use_backend ... if ...), which can never match PostgreSQL\n# traffic. pgfront reads the client's startup instead: options='-c pgfront.target=primary'".to_owned(),
-            );
         }
+        self.redispatch(back, &servers, &path);
         let keys = self.keys(&name, front, back, &servers, global);
-        Listener {
+        Some(Listener {
             name,
             bind,
             bind_comment,
@@ -163,8 +208,137 @@ impl Converter {
             expect: if back.check == CheckOption::Http { back.http.expect.unwrap_or(200) } else { 200 },
             servers,
             keys,
-            client_target: reads,
+            client_target: target_line,
             comments,
+        })
+    }
+
+    /// HAProxy's `balance first` takes servers from the lowest `id` up; a server without one
+    /// gets the lowest id no server has, in the order written. pgfront's `first` takes them in
+    /// the order of the listener's `servers`: written by id. Under another balance an id only
+    /// names the server in HAProxy's stats.
+    fn order_by_id(&mut self, back: &Proxy, servers: &mut [Server]) {
+        let Some(first) = back.servers.iter().find(|s| s.params.id.is_some()) else { return };
+        if back.balance.as_deref() != Some("first") {
+            self.note(
+                first.line,
+                &format!("server {}", first.name),
+                NoteKind::Explained,
+                format!("{}: server id only names servers in HAProxy's stats under this balance; pgfront names nodes by name", back.name),
+            );
+            return;
+        }
+        let mut used: std::collections::HashSet<u32> = back.servers.iter().filter_map(|s| s.params.id).collect();
+        let mut ids: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
+        let mut next = 1;
+        for s in &back.servers {
+            let id = match s.params.id {
+                Some(id) => id,
+                None => {
+                    while used.contains(&next) {
+                        next += 1;
+                    }
+                    used.insert(next);
+                    next
+                }
+            };
+            ids.insert(s.line, id);
+        }
+        let before: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        servers.sort_by_key(|s| ids.get(&s.line).copied().unwrap_or(u32::MAX));
+        let after: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        let text = if before == after {
+            format!(
+                "{}: balance first takes the lowest server id first; the servers are already in that order",
+                back.name
+            )
+        } else {
+            format!("{}: balance first takes the lowest server id first: pgfront's first takes the listener's `servers` in order, written by id ({})", back.name, after.join(", "))
+        };
+        self.note(first.line, &format!("server {}", first.name), NoteKind::Explained, text);
+    }
+
+    /// pgfront spreads sessions evenly over a listener's servers: equal weights say the
+    /// same; unequal ones (HAProxy's default is 1) are a change of meaning, except under
+    /// `balance first`, which ignores weights.
+    fn weights(&mut self, back: &Proxy, servers: &[Server]) {
+        let Some(line) = servers.iter().find_map(|s| s.params.weight.map(|(_, l)| l)) else { return };
+        let weights: Vec<u32> = servers.iter().map(|s| s.params.weight.map_or(1, |(w, _)| w)).collect();
+        let (kind, text) = if back.balance.as_deref() == Some("first") {
+            (NoteKind::Explained, "balance first ignores server weights (HAProxy's manual), as pgfront's does")
+        } else if weights.windows(2).all(|w| w[0] == w[1]) {
+            (NoteKind::Explained, "the servers' weights are equal: pgfront spreads sessions evenly, the same")
+        } else {
+            (NoteKind::Unmapped, "the servers' weights differ (HAProxy's default is 1): pgfront has no weights and spreads sessions evenly; give a heavier server a larger share by hand (e.g. leave lighter ones out of this listener's `servers`)")
+        };
+        self.note(line, "weight", kind, format!("{}: {text}", back.name));
+    }
+
+    /// pgfront retries a failed connect on another server of the listener at every retry
+    /// (HAProxy's `option redispatch 1`). HAProxy without redispatch retries the same server,
+    /// and by default redispatches only on the last retry. On a leader port one server at a
+    /// time passes the check, so there is no other server to go to; on another port a session
+    /// HAProxy would fail (or retry on the same server) reaches another server of the same
+    /// role: explained, since what the port serves does not change.
+    fn redispatch(&mut self, back: &Proxy, servers: &[Server], path: &str) {
+        let leader = matches!(crate::config::Endpoint::parse(path), Ok(Some(e)) if e.is_leader());
+        if leader || servers.len() < 2 || back.retries == Some(0) {
+            return;
+        }
+        let haproxy = match back.redispatch {
+            None | Some(0) => "retries a failed connect on the same server (no option redispatch)".to_owned(),
+            Some(-1) => "redispatches a failed connect to another server on the last retry only".to_owned(),
+            Some(1) => return,
+            Some(n) if n > 0 => format!("redispatches a failed connect to another server every {n}th retry"),
+            Some(n) => format!("redispatches a failed connect to another server on the {}th retry before the last", -n),
+        };
+        self.note(
+            back.line,
+            "option redispatch",
+            NoteKind::Explained,
+            format!("{}: HAProxy {haproxy}; pgfront retries on another server of the listener at every retry, so a session whose server refuses it reaches another server of the same role", back.name),
+        );
+    }
+
+    /// Whether what decides the role of the port is carried over. An `http-check expect`
+    /// pgfront cannot read decides what passes, whatever the path; an agent (`agent-check`)
+    /// can only take servers out (down, drain, maint), so it decides the role only when the
+    /// check itself admits any role. Either way the listener is left out with a note: a port
+    /// that served one role must not serve every role.
+    fn role_carried(&mut self, front: &Proxy, back: &Proxy, servers: &[Server], path: &str) -> bool {
+        let omitted = "the listener is not written (it would serve ANY role)";
+        if back.check == CheckOption::Http {
+            if let Some((line, directive)) = &back.http.unread_expect {
+                self.note(
+                    *line,
+                    directive,
+                    NoteKind::Unmapped,
+                    format!("{}: pgfront's check passes on one HTTP status (200 by default); this expect (a string, a regular expression, a status list) decides which nodes pass, so which role the port serves, and cannot be carried over: {omitted}; add it by hand with the Patroni endpoint of its role (check = {{ path = \"/primary\" }}, \"/replica\", ...)", front.name),
+                );
+                return false;
+            }
+        }
+        let Some(agent) = servers.iter().find(|s| s.params.agent) else { return true };
+        let role = matches!(
+            crate::config::Endpoint::parse(path),
+            Ok(Some(e)) if !matches!(e, crate::config::Endpoint::Health | crate::config::Endpoint::Liveness | crate::config::Endpoint::Readiness)
+        );
+        if role {
+            self.note(
+                agent.line,
+                &format!("server {}", agent.name),
+                NoteKind::Unmapped,
+                format!("{}: agent-check is not carried over: its agent could mark servers down, drain or maint them or change their weight; pgfront's check ({path}) alone decides", front.name),
+            );
+            true
+        } else {
+            self.note(
+                agent.line,
+                &format!("server {}", agent.name),
+                NoteKind::Unmapped,
+                format!("{}: agent-check: the agent could take servers out (down, drain, maint) while the check admits any role ({path}), so the agent decided which role the port serves; pgfront has no agent check: {omitted}; add it by hand with the Patroni endpoint of that role (check = {{ path = \"/primary\" }}, \"/replica\", ...)", front.name),
+            );
+            false
         }
     }
 
@@ -214,7 +388,7 @@ impl Converter {
                         line,
                         "tcp-check",
                         NoteKind::Unmapped,
-                        format!("{}: tcp-check rules (a connect/send/expect script) are not converted: Patroni's /health (any role) is written, which passes on every running node; set check.path to the endpoint the rules asked (e.g. \"/primary\")", back.name),
+                        format!("{}: tcp-check rules (a connect/send/expect script) are not converted: Patroni's /health (any role) is written, which passes on every running node; this port would now serve ANY role: set check.path to the endpoint the rules asked (e.g. \"/primary\")", back.name),
                     );
                     comments.push("# HAProxy: tcp-check rules (not converted: see the notes)".to_owned());
                     health
@@ -360,6 +534,32 @@ impl Converter {
         if let Some(r) = &s.stats_refresh {
             let _ = writeln!(out, "refresh = {}", quote(r));
         }
+        // HAProxy's page is at its `stats uri` (default /haproxy?stats, its CSV at URI;csv);
+        // pgfront's at / and /stats (CSV at /;csv).
+        let (uri, line) = s.stats_uri.clone().unwrap_or_else(|| ("/haproxy?stats".to_owned(), s.line));
+        if !matches!(uri.as_str(), "/" | "/stats") {
+            self.note(
+                line,
+                "stats uri",
+                NoteKind::Unmapped,
+                format!("HAProxy served the page at {} (CSV at {};csv); pgfront serves it at / and /stats, the CSV at /;csv: links, bookmarks and scripts that read the CSV must change", super::excerpt(&uri), super::excerpt(&uri)),
+            );
+        }
+        // Request rules decided who reached the page; pgfront's answers any address that
+        // reaches [web] bind (users and roles still apply).
+        for (line, rule) in &s.http_requests {
+            let admin = if s.stats_admin && !s.stats_users.is_empty() {
+                " The admin page (stats admin) is now reachable from any address that reaches the web bind."
+            } else {
+                ""
+            };
+            self.note(
+                *line,
+                rule,
+                NoteKind::Unmapped,
+                format!("a request rule of the stats page (who may reach it, e.g. `deny unless {{ src ... }}`) is not carried over: pgfront's page answers every address that reaches [web] bind.{admin} Bind [web] to an address only the allowed networks reach, or filter with a firewall"),
+            );
+        }
         if s.stats_users.is_empty() {
             self.note(s.line, "stats", NoteKind::Explained, "HAProxy's page had no credentials; pgfront's needs a user: add a [[web.user]] (the page answers 401 until then; /metrics and /health need none)".into());
             out.push_str("# HAProxy's stats page had no `stats auth`. Add a user, e.g.:\n# [[web.user]]\n# name = \"admin\"\n# password_hash = \"$argon2id$...\"\n# role = \"admin\"\n");
@@ -421,6 +621,17 @@ impl Converter {
                 ),
             );
         }
+        if global.maxconn.is_none() {
+            // HAProxy fits an unset maxconn to the descriptor limit; pgfront fits its default
+            // (4096) to it likewise, after raising the soft limit to the hard one as HAProxy
+            // does: the same ceiling up to 4096 sessions, pgfront's fixed above it.
+            self.note(
+                global.line,
+                "global maxconn",
+                NoteKind::Explained,
+                format!("no global maxconn: HAProxy derives it from the descriptor limit (about half of `ulimit -n`); pgfront's default, {}, is held to what the limit holds likewise, so past {} sessions at once clients wait in the listen backlog: to allow more, set [global] maxconn (and LimitNOFILE >= 2 x maxconn + 100)", pgfront::GLOBAL_MAXCONN, pgfront::GLOBAL_MAXCONN),
+            );
+        }
         let mut notes = self.notes;
         let mut out = format!(
             "# pgfront configuration imported from {file} by `pgfront import-haproxy`.\n# Check it with `pgfront check --config FILE`; the notes on stderr say what was not carried over.\n\n[global]\n"
@@ -442,11 +653,14 @@ impl Converter {
         if !patroni {
             out.push_str("check_mode = \"http\"   # a check is not a Patroni endpoint expecting 200\n");
         }
-        let nodes = nodes(listeners, &mut notes);
+        // Where Patroni answers for each node: the node's check port, else [defaults]'.
         let common_port = {
-            let ports: Vec<u16> = nodes.iter().filter_map(|n| n.port).collect();
+            let mut scratch = Vec::new();
+            let ports: Vec<u16> = nodes(listeners, &mut scratch).iter().filter_map(|n| n.port).collect();
             ports.first().copied().filter(|p| ports.iter().all(|q| q == p))
         };
+        let default_port = common_port.unwrap_or(pgfront::CHECK_PORT);
+        let clusters = clusters(listeners, default_port, &mut notes);
 
         // [defaults]: the keys every listener has with the same value.
         let common: Vec<(&str, &str)> = listeners
@@ -468,52 +682,72 @@ impl Converter {
             }
         }
         if let Some(p) = common_port {
-            let _ = writeln!(out, "check_port = {p}   # check port {p}");
+            let _ = writeln!(out, "check_port = {p}   # Patroni's REST API (HAProxy: check port, or see the notes)");
         }
-        for n in &nodes {
-            out.push_str("\n[[node]]\n");
-            let _ = writeln!(out, "name = {}", quote(&n.name));
-            let _ = writeln!(out, "address = {}", quote(&n.address));
-            if let (None, Some(p)) = (common_port, n.port) {
-                let host = n.address.rsplit_once(':').map_or(n.address.as_str(), |(h, _)| h);
-                let _ = writeln!(out, "check_address = {}", quote(&format!("{host}:{p}")));
+        for (cluster, listeners) in &clusters {
+            let (node_table, listener_table) = match cluster {
+                None => ("[[node]]", "[[listener]]"),
+                Some(name) => {
+                    let _ = writeln!(out, "\n[[cluster]]\nname = {}", quote(name));
+                    ("[[cluster.node]]", "[[cluster.listener]]")
+                }
+            };
+            let nodes = nodes(listeners, &mut notes);
+            for n in &nodes {
+                let _ = writeln!(out, "\n{node_table}");
+                let _ = writeln!(out, "name = {}", quote(&n.name));
+                let _ = writeln!(out, "address = {}", quote(&n.address));
+                if let (None, Some(p)) = (common_port, n.port) {
+                    let host = n.address.rsplit_once(':').map_or(n.address.as_str(), |(h, _)| h);
+                    let _ = writeln!(out, "check_address = {}", quote(&format!("{host}:{p}")));
+                }
+                if let Some(t) = &n.tls {
+                    let _ = writeln!(out, "check_tls = {t}");
+                }
             }
-            if let Some(t) = &n.tls {
-                let _ = writeln!(out, "check_tls = {t}");
-            }
-        }
-        let all: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        let by_address: std::collections::HashMap<&str, &str> =
-            nodes.iter().map(|n| (n.address.as_str(), n.name.as_str())).collect();
-        let name_of = |address: &str| by_address.get(address).copied();
-        for l in listeners {
-            out.push_str("\n[[listener]]\n");
-            for c in &l.comments {
-                let _ = writeln!(out, "{c}");
-            }
-            let _ = writeln!(out, "name = {}", quote(&l.name));
-            let _ =
-                writeln!(out, "bind = {}{}", quote(&l.bind), comment(l.bind_comment.as_deref().unwrap_or_default()));
-            if let Some(b) = &l.balance {
-                let _ = writeln!(out, "balance = {}", quote(b));
-            }
-            let _ = writeln!(
-                out,
-                "check = {{ method = {}, path = {}, expect = {} }}",
-                quote(&l.method),
-                quote(&l.path),
-                l.expect
-            );
-            let mine: Vec<&str> = l.servers.iter().filter_map(|s| name_of(&s.address)).collect();
-            if mine.len() != all.len() || mine != all {
-                let list: Vec<String> = mine.iter().map(|n| quote(n)).collect();
-                let _ = writeln!(out, "servers = [{}]", list.join(", "));
-            }
-            if l.client_target {
-                out.push_str("client_target = true\n");
-            }
-            for (k, v, why) in l.keys.iter().filter(|(k, v, _)| !shared(k, v)) {
-                let _ = writeln!(out, "{k} = {v}{}", comment(why));
+            let all: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            let by_address: std::collections::HashMap<&str, &str> =
+                nodes.iter().map(|n| (n.address.as_str(), n.name.as_str())).collect();
+            let name_of = |address: &str| by_address.get(address).copied();
+            for l in listeners {
+                let _ = writeln!(out, "\n{listener_table}");
+                for c in &l.comments {
+                    let _ = writeln!(out, "{c}");
+                }
+                let _ = writeln!(out, "name = {}", quote(&l.name));
+                let _ = writeln!(
+                    out,
+                    "bind = {}{}",
+                    quote(&l.bind),
+                    comment(l.bind_comment.as_deref().unwrap_or_default())
+                );
+                if let Some(b) = &l.balance {
+                    let _ = writeln!(out, "balance = {}", quote(b));
+                }
+                let _ = writeln!(
+                    out,
+                    "check = {{ method = {}, path = {}, expect = {} }}",
+                    quote(&l.method),
+                    quote(&l.path),
+                    l.expect
+                );
+                let mine: Vec<&str> = l.servers.iter().filter_map(|s| name_of(&s.address)).collect();
+                if mine.len() != all.len() || mine != all {
+                    let list: Vec<String> = mine.iter().map(|n| quote(n)).collect();
+                    let _ = writeln!(out, "servers = [{}]", list.join(", "));
+                }
+                if let Some(line) = l.client_target {
+                    if patroni {
+                        out.push_str("# HAProxy routed here with an HTTP ACL (use_backend ... if ...), which can never match PostgreSQL\n# traffic. pgfront reads the client's startup instead: options='-c pgfront.target=primary'\n");
+                        out.push_str("client_target = true\n");
+                        notes.push(Note { line, directive: "use_backend".into(), kind: NoteKind::Explained, text: format!("{}: clients may now ask for the primary with options='-c pgfront.target=primary' (client_target = true), which the HTTP ACL meant and never did", l.name) });
+                    } else {
+                        notes.push(Note { line, directive: "use_backend".into(), kind: NoteKind::Explained, text: format!("{}: client_target (clients asking for the primary with pgfront.target) needs check_mode = \"patroni\", and a check here is not a Patroni endpoint: left out, as HAProxy never routed these sessions to that backend either", l.name) });
+                    }
+                }
+                for (k, v, why) in l.keys.iter().filter(|(k, v, _)| !shared(k, v)) {
+                    let _ = writeln!(out, "{k} = {v}{}", comment(why));
+                }
             }
         }
         if let Some(w) = web {
@@ -531,6 +765,134 @@ fn comment(why: &str) -> String {
     } else {
         format!("   # {}", why.replace('\n', " "))
     }
+}
+
+/// Where HAProxy checks a server: its `port`, else (with `check`) its own port; None when
+/// HAProxy says nothing (the node then has `[defaults]`' check_port).
+fn port_of(s: &Server) -> Option<u16> {
+    s.params.port.or_else(|| s.params.check.then(|| s.address.rsplit(':').next()?.parse().ok()).flatten())
+}
+
+/// The host part of a `host:port` address.
+fn host_of(address: &str) -> &str {
+    address.rsplit_once(':').map_or(address, |(h, _)| h)
+}
+
+/// The clusters to write, each with its listeners: one unnamed cluster (top-level `[[node]]`
+/// and `[[listener]]`), unless servers at two PostgreSQL addresses are checked at one REST
+/// API (a host's pgbouncer port and its PostgreSQL port, both `check port 8008`). In pgfront
+/// a node is one PostgreSQL address with its Patroni REST API: two nodes of one cluster that
+/// share a REST API both claim leadership, and writes are held. HAProxy checks each server
+/// on its own, so the faithful form is one `[[cluster]]` per PostgreSQL port set, each with
+/// its nodes at those ports (the same REST APIs) and the listeners that use them. A server
+/// whose REST API is still shared within its cluster (one listen with both ports) is left out.
+fn clusters(listeners: &[Listener], default_port: u16, notes: &mut Vec<Note>) -> Vec<(Option<String>, Vec<Listener>)> {
+    let rest = |s: &Server| format!("{}:{}", host_of(&s.address), port_of(s).unwrap_or(default_port));
+    let mut seen: std::collections::HashMap<String, &Server> = std::collections::HashMap::new();
+    let mut shared: Option<(&Server, &Server, String)> = None;
+    for s in listeners.iter().flat_map(|l| &l.servers) {
+        let r = rest(s);
+        match seen.get(&r) {
+            Some(o) if o.address != s.address => {
+                shared.get_or_insert((*o, s, r));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(r, s);
+            }
+        }
+    }
+    let Some((a, b, api)) = shared else {
+        return vec![(None, listeners.to_vec())];
+    };
+    let ports = |l: &Listener| {
+        l.servers
+            .iter()
+            .filter_map(|s| s.address.rsplit_once(':')?.1.parse::<u16>().ok())
+            .collect::<std::collections::BTreeSet<u16>>()
+    };
+    let mut groups: Vec<(std::collections::BTreeSet<u16>, Vec<Listener>)> = Vec::new();
+    for l in listeners {
+        let key = ports(l);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(l.clone()),
+            None => groups.push((key, vec![l.clone()])),
+        }
+    }
+    let named = |key: &std::collections::BTreeSet<u16>| {
+        let list: Vec<String> = key.iter().map(u16::to_string).collect();
+        format!("port-{}", list.join("-"))
+    };
+    let list: Vec<String> = groups
+        .iter()
+        .map(|(k, g)| {
+            let names: Vec<&str> = g.iter().map(|l| l.name.as_str()).collect();
+            format!("{} ({})", named(k), names.join(", "))
+        })
+        .collect();
+    let split = groups.len() > 1;
+    if split {
+        notes.push(Note {
+        line: b.line,
+        directive: format!("server {}", super::excerpt(&b.name)),
+        kind: NoteKind::Explained,
+        text: super::bounded(&format!(
+            "{} ({}) and {} ({}) are two PostgreSQL ports checked at one Patroni REST API ({api}); a pgfront node is one PostgreSQL address with its own REST API, and two nodes of one cluster sharing one would both claim leadership (writes held). The listeners are written as one [[cluster]] per PostgreSQL port set, each checking the same REST APIs: {} (the page and metrics name the cluster)",
+            a.name,
+            a.address,
+            b.name,
+            b.address,
+            list.join(", ")
+        )),
+    });
+    }
+    let mut out = Vec::new();
+    for (key, group) in groups {
+        let mut apis: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        let mut kept = Vec::new();
+        for mut l in group {
+            let line = l.servers.first().map_or(0, |s| s.line);
+            l.servers.retain(|s| {
+                let r = rest(s);
+                match apis.get(&r) {
+                    Some(o) if *o != s.address => {
+                        notes.push(Note {
+                            line: s.line,
+                            directive: format!("server {}", super::excerpt(&s.name)),
+                            kind: NoteKind::Unmapped,
+                            text: super::bounded(&format!(
+                                "{}: {} ({}) is checked at the REST API of {o} ({r}) in one listener set: both would claim leadership in pgfront and writes would be held, so this server is left out",
+                                l.name, s.name, s.address
+                            )),
+                        });
+                        false
+                    }
+                    Some(_) => true,
+                    None => {
+                        apis.insert(r, s.address.clone());
+                        true
+                    }
+                }
+            });
+            if l.servers.is_empty() {
+                notes.push(Note {
+                    line,
+                    directive: format!("listen {}", super::excerpt(&l.name)),
+                    kind: NoteKind::Unmapped,
+                    text: format!(
+                        "{}: every server was left out (see the notes above), so the listener is not written",
+                        l.name
+                    ),
+                });
+                continue;
+            }
+            kept.push(l);
+        }
+        if !kept.is_empty() {
+            out.push((split.then(|| named(&key)), kept));
+        }
+    }
+    out
 }
 
 /// A node to write: a distinct server address, named after its first server line.
@@ -561,9 +923,6 @@ fn nodes(listeners: &[Listener], notes: &mut Vec<Note>) -> Vec<Node> {
         }
     }
     let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let port_of = |s: &Server| {
-        s.params.port.or_else(|| s.params.check.then(|| s.address.rsplit(':').next()?.parse().ok()).flatten())
-    };
     let mut out: Vec<Node> = Vec::new();
     for (address, group) in groups {
         let (_, first) = group[0];

@@ -49,6 +49,52 @@ const BIND_VALUED: &[&str] = &[
     "guid-prefix",
 ];
 
+/// Server keywords that take a value (the next word) and that the importer does not carry
+/// over: the value is not read as a keyword of its own.
+const SERVER_VALUED: &[&str] = &[
+    "maxqueue",
+    "minconn",
+    "on-error",
+    "agent-send",
+    "agent-addr",
+    "addr",
+    "source",
+    "sni",
+    "alpn",
+    "npn",
+    "ciphers",
+    "ciphersuites",
+    "curves",
+    "sigalgs",
+    "client-sigalgs",
+    "ssl-min-ver",
+    "ssl-max-ver",
+    "crl-file",
+    "proto",
+    "check-proto",
+    "check-alpn",
+    "namespace",
+    "track",
+    "redir",
+    "pool-max-conn",
+    "pool-low-conn",
+    "pool-purge-delay",
+    "max-reuse",
+    "tcp-ut",
+    "socks4",
+    "proxy-v2-options",
+    "resolve-prefer",
+    "resolve-net",
+    "resolve-opts",
+    "log-proto",
+    "ws",
+    "hash-key",
+    "guid",
+    "shard",
+    "set-proxy-v2-tlv-fmt",
+    "usesrc",
+];
+
 impl Converter {
     pub(super) fn server_params(&mut self, l: &Line, from: usize, mut p: ServerParams) -> ServerParams {
         let words = &l.words;
@@ -58,6 +104,8 @@ impl Converter {
             let value = words.get(i + 1).map(String::as_str);
             match word {
                 "check" => p.check = true,
+                "agent-check" => p.agent = true,
+                "no-agent-check" => p.agent = false,
                 "no-check" => p.check = false,
                 "backup" => {
                     p.backup = true;
@@ -84,8 +132,23 @@ impl Converter {
                     );
                     i += 1;
                 }
-                "on-marked-up" | "slowstart" | "weight" | "agent-port" | "agent-inter" | "observe" | "error-limit"
-                | "id" | "cookie" | "resolvers" | "init-addr" => {
+                // Compared across the servers of a listener (see `Converter::weights`).
+                "weight" => {
+                    i += 1;
+                    match value.map(str::parse::<u32>) {
+                        Some(Ok(n)) if n <= 256 => p.weight = Some((n, l.number)),
+                        _ => self.unmapped(l, "weight needs a number from 0 to 256 (HAProxy refuses another)", "fix the line"),
+                    }
+                }
+                "id" => {
+                    i += 1;
+                    match value.map(str::parse::<u32>) {
+                        Some(Ok(n)) if n > 0 && n <= i32::MAX as u32 => p.id = Some(n),
+                        _ => self.unmapped(l, "id needs a positive number (HAProxy refuses another)", "fix the line"),
+                    }
+                }
+                "on-marked-up" | "slowstart" | "agent-port" | "agent-inter" | "observe" | "error-limit"
+                | "cookie" | "resolvers" | "init-addr" => {
                     self.explained(l, format!("`{word}` has no pgfront equivalent and is ignored"));
                     i += 1;
                 }
@@ -120,11 +183,16 @@ impl Converter {
                     "disabled: the server starts in maintenance in HAProxy",
                     "put it in MAINT from the page after start, or leave it out of `servers`",
                 ),
-                other => self.unmapped(
-                    l,
-                    &format!("server parameter `{}` is not understood", super::excerpt(other)),
-                    "port it by hand",
-                ),
+                other => {
+                    self.unmapped(
+                        l,
+                        &format!("server parameter `{}` is not understood", super::excerpt(other)),
+                        "port it by hand",
+                    );
+                    if SERVER_VALUED.contains(&other) {
+                        i += 1;
+                    }
+                }
             }
             i += 1;
         }
@@ -206,11 +274,10 @@ impl Converter {
                 }
                 _ => bad(self, "must be a whole number from 1 to 2147483647 (HAProxy refuses another)"),
             },
+            // on-marked-down has one action; shutdown-backup-sessions is on-marked-up's.
             _ => match value {
-                "shutdown-sessions" | "mark-backup-down" | "shutdown-backup-sessions" => {
-                    p.on_marked_down = Some(value.to_owned())
-                }
-                _ => bad(self, "HAProxy knows shutdown-sessions, mark-backup-down and shutdown-backup-sessions"),
+                "shutdown-sessions" => p.on_marked_down = Some(value.to_owned()),
+                _ => bad(self, "on-marked-down has one action, shutdown-sessions: HAProxy refuses another"),
             },
         }
     }
@@ -343,7 +410,9 @@ impl Converter {
         }
         let mut keys = Vec::new();
         let mut note = None;
-        let name = p.verifyhost.as_ref().or(p.check_sni.as_ref());
+        // HAProxy verifies the certificate against the SNI it sent (check-sni), and against
+        // verifyhost only when no SNI was sent.
+        let name = p.check_sni.as_ref().or(p.verifyhost.as_ref());
         match p.verify.as_deref() {
             Some("none") => keys.push(("verify", "none".to_owned())),
             _ if name.is_some() => keys.push(("verify", "full".to_owned())),

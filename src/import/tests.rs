@@ -34,7 +34,10 @@ fn convert(name: &str) -> (Imported, Config) {
 fn the_tutorial_converts_completely() {
     let (imported, c) = convert("tutorial");
     assert!(imported.complete(), "{:?}", imported.notes);
-    assert!(imported.notes.is_empty(), "nothing to explain either: {:?}", imported.notes);
+    // Nothing else to explain: only that pgfront redispatches where HAProxy (no option
+    // redispatch) retried the same replica.
+    let notes: Vec<&str> = imported.notes.iter().map(|n| n.directive.as_str()).collect();
+    assert_eq!(notes, ["option redispatch"], "{:?}", imported.notes);
     assert_eq!(c.global.maxconn, 4096);
     assert_eq!(c.global.check_mode, CheckMode::Patroni);
     assert_eq!(c.nodes.len(), 3);
@@ -173,7 +176,7 @@ fn an_output_pgfront_refuses_is_never_complete() {
 fn haproxy_bind_forms_become_addresses_pgfront_takes_or_notes() {
     let listen = |bind: &str| {
         with_defaults(&format!(
-            "listen l\n    bind {bind}\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind :7000\n    stats enable\n    stats auth u:p\n"
+            "listen l\n    bind {bind}\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind :7000\n    stats enable\n    stats uri /\n    stats auth u:p\n"
         ))
     };
     for (bind, want) in [
@@ -225,7 +228,7 @@ fn check_values_pgfront_refuses_are_noted() {
     }
     // The same address twice, and a stats user without a name.
     let i = run(&with_defaults(
-        "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\n    server b 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats auth :pw\n",
+        "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\n    server b 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats uri /\n    stats auth :pw\n",
     ));
     assert_eq!(unmapped(&i).len(), 2, "{:?}", i.notes);
     assert_eq!(parsed(&i).listeners[0].servers.len(), 1);
@@ -243,7 +246,7 @@ fn an_overflowing_time_is_a_note() {
 fn a_conditional_stats_admin_makes_no_one_admin() {
     let text = |cond: &str| {
         with_defaults(&format!(
-            "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats auth admin:pw\n    stats admin {cond}\n"
+            "listen l\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server a 127.0.0.11:5432 check port 8008\nlisten stats\n    bind 127.0.0.1:7000\n    stats enable\n    stats uri /\n    stats auth admin:pw\n    stats admin {cond}\n"
         ))
     };
     let i = run(&text("if LOCALHOST"));
@@ -587,4 +590,225 @@ fn values_haproxy_or_pgfront_cannot_take_are_noted_not_written() {
     let l = &parsed(&i).listeners[0];
     assert_eq!((l.retries, l.maxconn), (3, 50000));
     assert!(!i.toml.contains("4000000000"), "{}", i.toml);
+}
+
+#[test]
+fn two_postgresql_ports_checked_at_one_rest_api_become_two_clusters() {
+    // Before: six nodes of one cluster, two per REST API: both claimed leadership and
+    // pgfront held every write, with exit 0.
+    let servers = |port| {
+        (1..=3).map(|n| format!("    server pgnode0{n} 10.0.0.{n}:{port} check port 8008\n")).collect::<String>()
+    };
+    let i = run(&format!(
+        "{TIMEOUTS}listen master\n    bind 10.0.0.1:5000\n    option httpchk OPTIONS /primary\n{}listen replicas\n    bind 10.0.0.1:5001\n    option httpchk OPTIONS /replica\n{}listen master_direct\n    bind 10.0.0.1:6000\n    option httpchk OPTIONS /primary\n{}",
+        servers(6432),
+        servers(6432),
+        servers(5432)
+    ));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert!(c.nodes.is_empty() && c.listeners.is_empty(), "{}", i.toml);
+    let shape: Vec<(&str, Vec<&str>, Vec<&str>)> = c
+        .clusters
+        .iter()
+        .map(|k| {
+            (
+                k.cluster.as_str(),
+                k.nodes.iter().map(|n| n.address.as_str()).collect(),
+                k.listeners.iter().map(|l| l.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("port-6432", vec!["10.0.0.1:6432", "10.0.0.2:6432", "10.0.0.3:6432"], vec!["master", "replicas"]),
+            ("port-5432", vec!["10.0.0.1:5432", "10.0.0.2:5432", "10.0.0.3:5432"], vec!["master_direct"]),
+        ]
+    );
+    for k in &c.clusters {
+        let apis: Vec<&str> = k.nodes.iter().map(|n| n.check_address.as_str()).collect();
+        assert_eq!(apis, ["10.0.0.1:8008", "10.0.0.2:8008", "10.0.0.3:8008"]);
+    }
+    // One listen with both ports of a host: the second cannot be a node of its cluster.
+    let i = run(&format!("{TIMEOUTS}listen mixed\n    bind 10.0.0.1:5000\n    option httpchk OPTIONS /primary\n    server a 10.0.0.1:6432 check port 8008\n    server b 10.0.0.1:5432 check port 8008\n    server c 10.0.0.2:5432 check port 8008\n"));
+    assert!(unmapped(&i).iter().any(|n| n.line == 10 && n.text.contains("left out")), "{:?}", i.notes);
+    let c = parsed(&i);
+    let nodes: Vec<&str> = c.nodes.iter().map(|n| n.address.as_str()).collect();
+    assert_eq!(nodes, ["10.0.0.1:6432", "10.0.0.2:5432"]);
+}
+
+#[test]
+fn a_role_decided_by_what_cannot_be_carried_is_not_served_to_every_role() {
+    // Before: /health (any role) on the agent's port, and GET /patroni -> 200 (any running
+    // node) on the master port, with only a note that the agent or expect was not understood.
+    let agent = format!("{TIMEOUTS}listen rw\n    bind 127.0.0.1:5000\n    option pgsql-check user haproxy\n    server pg1 10.0.0.1:5432 check agent-check agent-port 5555\n    server pg2 10.0.0.2:5432 check agent-check agent-port 5555\nlisten ro\n    bind 127.0.0.1:5001\n    option httpchk OPTIONS /replica\n    server pg1 10.0.0.1:5432 check port 8008\n");
+    let i = run(&agent);
+    let c = parsed(&i);
+    assert_eq!(c.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["ro"], "{}", i.toml);
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("ANY role")), "{:?}", i.notes);
+    // With a role check the agent can only take servers out: the listener stays, noted.
+    let i = run(&agent.replace("option pgsql-check user haproxy", "option httpchk OPTIONS /master"));
+    assert_eq!(parsed(&i).listeners.len(), 2);
+    assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("agent-check is not carried")), "{:?}", i.notes);
+    let expect = format!("{TIMEOUTS}listen master\n    bind 127.0.0.1:5000\n    option httpchk GET /patroni\n    http-check expect string \"role\":\\ \"master\"\n    server n1 10.0.0.1:5432 check port 8008\nlisten replica\n    bind 127.0.0.1:5001\n    option httpchk GET /patroni\n    http-check expect rstring \\\"role\\\":\\ ?\\\"replica\\\"\n    server n1 10.0.0.1:5432 check port 8008\nlisten primary\n    bind 127.0.0.1:5002\n    option httpchk OPTIONS /primary\n    server n1 10.0.0.1:5432 check port 8008\n");
+    let i = run(&expect);
+    let c = parsed(&i);
+    assert_eq!(c.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["primary"], "{}", i.toml);
+    let n = unmapped(&i);
+    assert!(n.iter().any(|n| n.line == 9 && n.text.contains("ANY role")), "{n:?}");
+    assert!(n.iter().any(|n| n.line == 14 && n.text.contains("ANY role")), "{n:?}");
+}
+
+#[test]
+fn the_port_of_a_check_that_is_not_http_is_never_written_as_the_rest_apis() {
+    // Before: check_port = 5432 (PostgreSQL's port, asked over HTTP: every node DOWN).
+    let i = run(&format!("{TIMEOUTS}listen pg\n    bind *:5000\n    option pgsql-check user haproxy\n    server n1 10.0.0.1:6432 check port 5432\n    server n2 10.0.0.2:6432 check port 5432\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(
+        c.nodes.iter().map(|n| n.check_address.as_str()).collect::<Vec<_>>(),
+        ["10.0.0.1:8008", "10.0.0.2:8008"]
+    );
+    assert!(i.notes.iter().any(|n| n.text.contains("connected to port 5432")), "{:?}", i.notes);
+    // tcp-check rules that talk PostgreSQL on 5432: the same.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option tcp-check\n    tcp-check connect port 5432\n    tcp-check send-binary 00000025\n    tcp-check expect binary 52\n    server n1 10.0.0.1:5432 check\n"));
+    assert_eq!(parsed(&i).nodes[0].check_address, "10.0.0.1:8008", "{}", i.toml);
+    // tcp-check rules that send an HTTP request: where they connected is the REST API.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option tcp-check\n    tcp-check connect port 8009\n    tcp-check send GET\\ /master\\ HTTP/1.0\\r\\n\\r\\n\n    tcp-check expect string 200\n    server n1 10.0.0.1:5432 check port 5432\n"));
+    assert_eq!(parsed(&i).nodes[0].check_address, "10.0.0.1:8009", "{}", i.toml);
+}
+
+#[test]
+fn stats_page_request_rules_and_its_uri_are_not_dropped_silently() {
+    let pg = "listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server pg1 127.0.0.11:5432 check port 8008\n";
+    // Before: complete; the page's source restriction and unknown stats keywords were dropped.
+    let i = run(&format!("{TIMEOUTS}listen stats\n    mode http\n    bind *:7000\n    stats enable\n    stats uri /\n    stats auth admin:pw\n    stats admin if TRUE\n    stats http-request deny unless {{ src 10.0.0.0/8 }}\n    stats scope primary\n{pg}"));
+    let n = unmapped(&i);
+    assert!(n.iter().any(|n| n.line == 13 && n.text.contains("admin page") && n.text.contains("any address")), "{n:?}");
+    assert!(n.iter().any(|n| n.line == 14), "stats scope: {n:?}");
+    let i = run(&format!("{TIMEOUTS}listen stats\n    mode http\n    bind *:7000\n    http-request deny unless {{ src 10.0.0.0/8 }}\n    stats enable\n    stats uri /stats\n    stats auth admin:pw\n{pg}"));
+    let n = unmapped(&i);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(n[0].line == 9 && n[0].text.contains("every address") && !n[0].text.contains("admin page"), "{n:?}");
+    // The URI: HAProxy's default /haproxy?stats, or another one, is not pgfront's.
+    for (uri, line) in [("", 6), ("    stats uri /haproxy\n", 10)] {
+        let i = run(&format!("{TIMEOUTS}listen stats\n    mode http\n    bind *:7000\n    stats enable\n{uri}    stats auth admin:pw\n{pg}"));
+        let n = unmapped(&i);
+        assert!(
+            n.iter().any(|n| n.line == line && n.text.contains(";csv") && n.text.contains("/;csv")),
+            "{uri}: {n:?}"
+        );
+    }
+}
+
+#[test]
+fn global_ssl_server_verify_and_the_sni_name_are_what_haproxy_verifies() {
+    let ca = lab_tls("ca.crt");
+    // Before: ssl-server-verify none was not read: verify = "ca", and a ca-file was asked for.
+    let i = run(&format!("global\n    ssl-server-verify none\n{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server n1 127.0.0.11:5432 check port 8008 check-ssl\n    server n2 127.0.0.12:5432 check port 8008 check-ssl verify required ca-file {ca}\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    let verify: Vec<Verify> = c.nodes.iter().map(|n| n.check_tls.as_deref().unwrap().verify).collect();
+    assert_eq!(verify, [Verify::None, Verify::Ca]);
+    // Before: verifyhost won over check-sni; HAProxy verifies against the SNI it sent.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind 127.0.0.1:5000\n    option httpchk OPTIONS /master\n    server n1 127.0.0.11:5432 check port 8008 check-ssl verify required ca-file {ca} verifyhost patroni.internal check-sni n1.example\n"));
+    let c = parsed(&i);
+    let tls = c.nodes[0].check_tls.as_deref().unwrap();
+    assert_eq!((tls.verify, tls.server_name.as_deref()), (Verify::Full, Some("n1.example")));
+}
+
+#[test]
+fn an_http_acl_frontend_beside_a_check_patroni_mode_cannot_read_gets_no_client_target() {
+    // Before: client_target = true with check_mode = "http", which check refuses.
+    let i = run(&format!("{TIMEOUTS}frontend pg\n    bind *:5000\n    acl is_rw path_beg /rw\n    use_backend primary if is_rw\n    default_backend replicas\nbackend primary\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008\nbackend replicas\n    option httpchk OPTIONS /replica\n    server n1 10.0.0.1:5432 check port 8008\nlisten custom\n    bind *:5005\n    option httpchk GET /custom-health\n    server n1 10.0.0.1:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    assert_eq!(c.global.check_mode, CheckMode::Http);
+    assert!(!c.listeners[0].client_target);
+    assert!(i.notes.iter().any(|n| n.line == 9 && n.text.contains("left out")), "{:?}", i.notes);
+}
+
+#[test]
+fn balance_first_takes_servers_by_id() {
+    // Before: ids ignored: n1 first, where HAProxy takes n2 (id 1), then n4 (no id: 2), then n1.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008\n    server n2 10.0.0.2:5432 check port 8008\n    server n3 10.0.0.3:5432 check port 8008\n    server n4 10.0.0.4:5432 check port 8008\nlisten reads\n    bind *:5001\n    balance first\n    option httpchk OPTIONS /replica\n    server n1 10.0.0.1:5432 check port 8008 id 3\n    server n2 10.0.0.2:5432 check port 8008 id 1\n    server n3 10.0.0.3:5432 check port 8008 id 5\n    server n4 10.0.0.4:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    let c = parsed(&i);
+    let reads = &c.listeners[1];
+    assert_eq!(reads.balance, Balance::First);
+    let order: Vec<&str> = reads.servers.iter().map(|&s| c.nodes[s].name.as_str()).collect();
+    assert_eq!(order, ["n2", "n4", "n1", "n3"]);
+}
+
+#[test]
+fn on_marked_down_takes_only_shutdown_sessions() {
+    // Before: mark-backup-down and shutdown-backup-sessions were accepted, exit 0.
+    for action in ["mark-backup-down", "shutdown-backup-sessions"] {
+        let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008 on-marked-down {action}\n"));
+        assert!(unmapped(&i).iter().any(|n| n.line == 9 && n.text.contains("refuses")), "{action}: {:?}", i.notes);
+    }
+}
+
+#[test]
+fn unequal_weights_are_a_change_of_meaning() {
+    // Before: weight ignored with exit 0 whatever the values.
+    let listen = |w1: &str, w2: &str| {
+        run(&format!("{TIMEOUTS}listen reads\n    bind *:5001\n    option httpchk OPTIONS /replica\n    server n1 10.0.0.1:5432 check port 8008 {w1}\n    server n2 10.0.0.2:5432 check port 8008 {w2}\n"))
+    };
+    let i = listen("weight 100", "weight 10");
+    assert!(unmapped(&i).iter().any(|n| n.text.contains("weights differ")), "{:?}", i.notes);
+    let i = listen("weight 10", "");
+    assert!(unmapped(&i).iter().any(|n| n.text.contains("weights differ")), "the default is 1: {:?}", i.notes);
+    let i = listen("weight 10", "weight 10");
+    assert!(i.complete(), "{:?}", i.notes);
+}
+
+#[test]
+fn no_global_maxconn_is_explained() {
+    // Before: pgfront's 4096 used without a word. Explained, not Unmapped: pgfront, like
+    // HAProxy, raises the soft descriptor limit to the hard one and holds global maxconn to
+    // what the limit holds (src/fds.rs fit_maxconn); only its default ceiling, 4096, differs
+    // from HAProxy's (none but the limit), and the note says how to raise it.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008\n"));
+    assert!(i.complete(), "{:?}", i.notes);
+    assert!(
+        i.notes
+            .iter()
+            .any(|n| n.directive == "global maxconn" && n.text.contains("4096") && n.text.contains("[global] maxconn")),
+        "{:?}",
+        i.notes
+    );
+    assert_eq!(parsed(&i).global.maxconn, 4096);
+}
+
+#[test]
+fn pgfronts_redispatch_is_explained_where_haproxy_retried_otherwise() {
+    // Before: nothing said, whether HAProxy redispatched or not.
+    let listen = |opt: &str, check: &str| {
+        run(&format!("{TIMEOUTS}listen l\n    bind *:5001\n{opt}    option httpchk OPTIONS {check}\n    server n1 10.0.0.1:5432 check port 8008\n    server n2 10.0.0.2:5432 check port 8008\n"))
+    };
+    let said = |i: &Imported| i.notes.iter().find(|n| n.directive == "option redispatch").map(|n| n.text.clone());
+    let i = listen("", "/replica");
+    assert!(i.complete() && said(&i).is_some_and(|t| t.contains("same server")), "{:?}", i.notes);
+    let i = listen("    option redispatch 0\n", "/replica");
+    assert!(said(&i).is_some_and(|t| t.contains("same server")), "{:?}", i.notes);
+    let i = listen("    option redispatch\n", "/replica");
+    assert!(said(&i).is_some_and(|t| t.contains("last retry")), "{:?}", i.notes);
+    // As pgfront does, or on a leader port (one server passes at a time): nothing to say.
+    assert_eq!(said(&listen("    option redispatch 1\n", "/replica")), None);
+    assert_eq!(said(&listen("", "/master")), None);
+    let i = listen("    no option redispatch\n", "/replica");
+    assert!(i.complete(), "{:?}", i.notes);
+}
+
+#[test]
+fn a_listen_maxconn_0_and_valued_server_keywords_are_read_as_haproxy_does() {
+    // Before: maxconn 0 (HAProxy: the global limit) was noted as a per-listener limit, and
+    // `maxqueue 10` gave a second note for `10` as a server parameter of its own.
+    let i = run(&format!("{TIMEOUTS}listen primary\n    bind *:5000\n    maxconn 0\n    option httpchk OPTIONS /master\n    server n1 10.0.0.1:5432 check port 8008 maxqueue 10 on-error mark-down\n"));
+    let n = unmapped(&i);
+    assert!(!n.iter().any(|n| n.line == 8), "maxconn 0: {n:?}");
+    assert_eq!(n.iter().filter(|n| n.line == 10).count(), 2, "maxqueue and on-error, not their values: {n:?}");
+    assert!(!n.iter().any(|n| n.text.contains("`10`") || n.text.contains("`mark-down`")), "{n:?}");
 }
