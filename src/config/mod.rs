@@ -96,9 +96,19 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether the parameters match; `database` defaults to the user name, as in PostgreSQL.
+    /// Whether the parameters match, as PostgreSQL reads them: `database` absent or empty
+    /// is the user name (pgjdbc's `jdbc:postgresql://lb:5002/` sends it empty), and both
+    /// names are cut to 63 bytes (NAMEDATALEN - 1).
     pub fn matches(&self, user: Option<&str>, database: Option<&str>, application_name: Option<&str>) -> bool {
-        let database = database.or(user);
+        fn name(n: &str) -> &str {
+            let mut end = n.len().min(63);
+            while !n.is_char_boundary(end) {
+                end -= 1;
+            }
+            &n[..end]
+        }
+        let user = user.map(name);
+        let database = database.filter(|d| !d.is_empty()).map(name).or(user);
         let eq = |want: &Option<String>, got: Option<&str>| want.as_deref().is_none_or(|w| Some(w) == got);
         eq(&self.user, user) && eq(&self.database, database) && eq(&self.application_name, application_name)
     }

@@ -246,6 +246,19 @@ fn two_nodes_asking_one_rest_api_are_refused_with_patroni_checks() {
 }
 
 #[test]
+fn routes_read_user_and_database_as_postgresql_does() {
+    // Before: an empty database (pgjdbc's URL ending in '/') did not fall back to the user,
+    // and names past 63 bytes, which PostgreSQL cuts, did not match.
+    let r = Route { user: None, database: Some("app".into()), application_name: None, target: Target::Primary };
+    assert!(r.matches(Some("app"), Some(""), None));
+    assert!(r.matches(Some("app"), None, None));
+    assert!(!r.matches(Some("other"), Some(""), None));
+    let long = "u".repeat(63);
+    let r = Route { user: Some(long.clone()), database: None, application_name: None, target: Target::Primary };
+    assert!(r.matches(Some(&format!("{long}xyz")), None, None));
+}
+
+#[test]
 fn session_counts_beyond_what_a_process_can_hold_are_refused() {
     // Before: accepted by check, and run panicked ("attempt to add with overflow").
     let (line, key, msg) = err_at(&format!("[global]\nmaxconn = 9223372036854775807\n{BASE}"));

@@ -271,8 +271,10 @@ where
             tokio::pin!(up, down);
             let (mut up_done, mut down_done) = (false, false);
             // When the server's side ended while the client's had not, in milliseconds on the
-            // session's clock (u32::MAX: not yet); four bytes, as every idle session holds it.
-            let mut server_ended_ms = u32::MAX;
+            // session's clock, wrapping (0: not yet); four bytes, as every idle session holds it.
+            let mut server_ended_ms = 0u32;
+            // The server's side failed reading (a reset) while the client's had not ended.
+            let mut server_reset = false;
             let idle = watch.idle;
             let timer = idle_timer(&clock, idle.client.min(idle.server), watch.connecting);
             tokio::pin!(timer);
@@ -283,9 +285,8 @@ where
                     // (or reset) that answers it, ended the session, which matters most when
                     // its TLS passes through and the Terminate cannot be read.
                     biased;
-                    r = &mut up, if !up_done => match r {
+                    r = &mut up, if !up_done => { up_done = true; match r {
                         Ok(()) => {
-                            up_done = true;
                             if down_done {
                                 break (None, watch.opaque && prompt(&clock, server_ended_ms))
                             }
@@ -301,15 +302,18 @@ where
                         Err(Side::Read(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
                         Err(Side::Read(e)) => break (Some(End::ClientError(e)), true),
                         Err(Side::Write(e)) => break (Some(End::ServerError(e)), true),
-                    },
+                    }},
                     r = &mut down, if !down_done => match r {
                         Ok(()) => {
                             down_done = true;
                             if up_done { break (None, true) }
-                            server_ended_ms = u32::try_from(clock.start.elapsed().as_millis()).unwrap_or(u32::MAX - 1);
+                            server_ended_ms = (clock.start.elapsed().as_millis() as u32).max(1);
                         }
                         Err(_) if up_done => break (Some(End::ClientClosed), true),
-                        Err(Side::Read(e)) => break (Some(End::ServerError(e)), false),
+                        Err(Side::Read(e)) => {
+                            server_reset = true;
+                            break (Some(End::ServerError(e)), false)
+                        }
                         Err(Side::Write(e)) if is_reset(&e) => break (Some(End::ClientClosed), true),
                         Err(Side::Write(e)) => break (Some(End::ClientError(e)), false),
                     },
@@ -325,7 +329,9 @@ where
             // (see CLOSE_GRACE). After the loop, and boxed: only this rare path pays for the
             // timer, not every idle session's future.
             match ended {
-                (Some(End::ServerError(e)), _) if watch.opaque && !up_done => {
+                // Only the server's read side failing: `up` is still running then (a
+                // finished future must never be polled again).
+                (Some(End::ServerError(e)), _) if watch.opaque && server_reset && !up_done => {
                     match Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut up)).await {
                         Ok(_) => (Some(End::ClientClosed), true),
                         Err(_) => (Some(End::ServerError(e)), false),
@@ -349,10 +355,11 @@ where
     }
 }
 
-/// Whether now is within [`CLOSE_GRACE`] of `ended_ms` on the session's clock (`u32::MAX`:
-/// the server's side has not ended).
+/// Whether now is within [`CLOSE_GRACE`] of `ended_ms` on the session's clock (wrapping
+/// milliseconds, so a session of months keeps it; 0: the server's side has not ended).
 fn prompt(clock: &Clock, ended_ms: u32) -> bool {
-    ended_ms != u32::MAX && clock.start.elapsed().as_millis() <= u128::from(ended_ms) + CLOSE_GRACE.as_millis()
+    let now = clock.start.elapsed().as_millis() as u32;
+    ended_ms != 0 && u128::from(now.wrapping_sub(ended_ms)) <= CLOSE_GRACE.as_millis()
 }
 
 /// Bytes of one direction: counted in the session, and added to the server's shared
@@ -620,6 +627,53 @@ mod tests {
             let end = end_when_the_client_follows(false, soon, reset).await;
             assert_eq!(end.as_label(), want, "reset {reset}: {end:?}");
         }
+    }
+
+    /// A server that never answers and whose socket refuses every write.
+    struct Refusing;
+
+    impl AsyncRead for Refusing {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Refusing {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_opaque_session_whose_server_refuses_a_write_ends_without_a_panic() {
+        // Found in review (helper-39): the grace's wait after the loop polled the client's
+        // direction although it had already ended with this write error, and panicked.
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let cut = CancellationToken::new();
+        let watch = Watch {
+            meters: Meters { to_server: &up, to_client: &down },
+            idle: Idle { client: Duration::from_secs(60), server: Duration::from_secs(60) },
+            cut: &cut,
+            term: None,
+            sniffer: None,
+            connecting: None,
+            opaque: true,
+        };
+        let (mut client, mut far) = tokio::io::duplex(64);
+        far.write_all(b"a query").await.unwrap();
+        let (end, _) = bidirectional_io(&mut client, &mut Refusing, watch).await;
+        assert_eq!(end.as_label(), "server_error", "{end:?}");
+        drop(far);
     }
 
     #[tokio::test]
