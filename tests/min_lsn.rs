@@ -231,6 +231,9 @@ async fn a_bad_position_is_a_fatal_naming_the_parameter() {
         assert_eq!(err.code, "22023", "{err:?}");
         assert!(err.message.contains("invalid value for parameter \"pgfront.min_lsn\""), "{err:?}");
     }
+    // Empty is no position, as an empty pgfront.target is no choice (before: refused).
+    let served = session(addr, &[("options", &min_lsn(""))]).await;
+    assert!(served.is_ok(), "{served:?}");
     // Where clients' settings are not read, it is not read either (the listener's rule).
     let plain = pg.listener_addr("primary").unwrap();
     assert_eq!(session(plain, &[("options", &min_lsn("nonsense"))]).await.unwrap(), "node1");

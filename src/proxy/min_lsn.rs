@@ -36,7 +36,10 @@ pub fn requested(listener: &ListenerState, startup: Option<&Startup>) -> Result<
         return Ok(None);
     };
     match s.setting(SETTING) {
+        // Empty, as an empty `pgfront.target` is: no position to wait for (a script's
+        // `-c pgfront.min_lsn=$LSN` before its first write); it refused the login.
         None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
         Some(text) => parse_lsn(&text).map(Some).ok_or(BadLsn(text)),
     }
 }
