@@ -238,17 +238,7 @@ fn import_haproxy(file: &Path, hash_passwords: bool) -> ExitCode {
     use pgfront::import::{import, NoteKind, Options};
     // Any file (a pipe too), at most as large as a configuration may be, and not
     // necessarily UTF-8: a Latin-1 comment must not make the whole file unreadable.
-    let read = || -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        let mut bytes = Vec::new();
-        std::fs::File::open(file)?.take(pgfront::config::LARGEST_FILE + 1).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > pgfront::config::LARGEST_FILE {
-            let msg = format!("it is larger than {} MiB", pgfront::config::LARGEST_FILE >> 20);
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
-        }
-        Ok(bytes)
-    };
-    let text = match read() {
+    let text = match std::fs::File::open(file).and_then(pgfront::config::read_capped) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => {
             eprintln!("pgfront: cannot read {}: {e}", file.display());

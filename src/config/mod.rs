@@ -350,7 +350,6 @@ pub const LARGEST_FILE: u64 = 16 << 20;
 /// /dev/zero read until memory ran out; pgfront reads the file again at every reload, so
 /// only a file can be its configuration.
 fn read_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Without waiting: opening a FIFO for reading otherwise waits for a writer.
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
@@ -359,13 +358,20 @@ fn read_file(path: &Path) -> std::io::Result<String> {
         let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, a socket or a device)" };
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {kind}")));
     }
-    let mut text = String::new();
-    file.take(LARGEST_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > LARGEST_FILE {
+    String::from_utf8(read_capped(file)?).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// All of `source`, refused past `LARGEST_FILE` bytes (a configuration, or the haproxy.cfg
+/// `import-haproxy` reads, which may come through a pipe).
+pub fn read_capped(source: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    source.take(LARGEST_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > LARGEST_FILE {
         let msg = format!("it is larger than {} MiB", LARGEST_FILE >> 20);
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 /// `host:port` split, when the host is an IPv4 address, a DNS name, or an IPv6 address in

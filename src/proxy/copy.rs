@@ -504,6 +504,27 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
+    /// Copies between `client` and `server` with no idle limit in reach, no cut, and the
+    /// session `opaque` (TLS passed through) or readable.
+    async fn copy<C, S>(client: &mut C, server: &mut S, opaque: bool) -> (End, Moved)
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let cut = CancellationToken::new();
+        let watch = Watch {
+            meters: Meters { to_server: &up, to_client: &down },
+            idle: Idle { client: Duration::from_secs(60), server: Duration::from_secs(60) },
+            cut: &cut,
+            term: None,
+            sniffer: None,
+            connecting: None,
+            opaque,
+        };
+        bidirectional_io(client, server, watch).await
+    }
+
     /// A TLS client that sends Terminate, then closes without a close_notify, which rustls
     /// reads as an error.
     struct Leaving {
@@ -570,19 +591,8 @@ mod tests {
         // first was a coin toss: about half such exits were logged server_error (and
         // kicked the server's check).
         for _ in 0..32 {
-            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-            let cut = CancellationToken::new();
-            let watch = Watch {
-                meters: Meters { to_server: &up, to_client: &down },
-                idle: Idle { client: Duration::from_secs(60), server: Duration::from_secs(60) },
-                cut: &cut,
-                term: None,
-                sniffer: None,
-                connecting: None,
-                opaque: false,
-            };
             let (mut client, mut server) = (Ended { reset: false }, Ended { reset: true });
-            let (end, _) = bidirectional_io(&mut client, &mut server, watch).await;
+            let (end, _) = copy(&mut client, &mut server, false).await;
             assert_eq!(end.as_label(), "client_closed", "{end:?}");
         }
     }
@@ -590,24 +600,12 @@ mod tests {
     /// Copies an opaque (or readable) session whose server resets at once and whose client
     /// closes `after` that.
     async fn end_when_the_client_follows(opaque: bool, after: Duration, reset: bool) -> End {
-        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-        let cut = CancellationToken::new();
-        let watch = Watch {
-            meters: Meters { to_server: &up, to_client: &down },
-            idle: Idle { client: Duration::from_secs(60), server: Duration::from_secs(60) },
-            cut: &cut,
-            term: None,
-            sniffer: None,
-            connecting: None,
-            opaque,
-        };
         let (mut client, far) = tokio::io::duplex(64);
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             drop(far);
         });
-        let mut server = Ended { reset };
-        bidirectional_io(&mut client, &mut server, watch).await.0
+        copy(&mut client, &mut Ended { reset }, opaque).await.0
     }
 
     #[tokio::test(start_paused = true)]
@@ -658,20 +656,9 @@ mod tests {
     async fn an_opaque_session_whose_server_refuses_a_write_ends_without_a_panic() {
         // Found in review (helper-39): the grace's wait after the loop polled the client's
         // direction although it had already ended with this write error, and panicked.
-        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-        let cut = CancellationToken::new();
-        let watch = Watch {
-            meters: Meters { to_server: &up, to_client: &down },
-            idle: Idle { client: Duration::from_secs(60), server: Duration::from_secs(60) },
-            cut: &cut,
-            term: None,
-            sniffer: None,
-            connecting: None,
-            opaque: true,
-        };
         let (mut client, mut far) = tokio::io::duplex(64);
         far.write_all(b"a query").await.unwrap();
-        let (end, _) = bidirectional_io(&mut client, &mut Refusing, watch).await;
+        let (end, _) = copy(&mut client, &mut Refusing, true).await;
         assert_eq!(end.as_label(), "server_error", "{end:?}");
         drop(far);
     }
@@ -682,19 +669,8 @@ mod tests {
         // logged client_error ("peer closed connection without sending TLS close_notify"),
         // seen for 1 psql in 500 through the lab's TLS listeners.
         let (mut server, mut backend) = tokio::io::duplex(64);
-        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-        let cut = CancellationToken::new();
-        let watch = Watch {
-            meters: Meters { to_server: &up, to_client: &down },
-            idle: Idle { client: Duration::from_secs(60), server: Duration::from_secs(60) },
-            cut: &cut,
-            term: None,
-            sniffer: None,
-            connecting: None,
-            opaque: false,
-        };
         let mut client = Leaving { sent: false };
-        let (end, moved) = bidirectional_io(&mut client, &mut server, watch).await;
+        let (end, moved) = copy(&mut client, &mut server, false).await;
         assert_eq!(end.as_label(), "client_closed", "{end:?}");
         assert_eq!(moved.to_server, 5);
         let mut got = [0; 5];
