@@ -134,6 +134,23 @@ async fn direct_tls_clients_are_accepted() {
     tls.write_all(&startup_message(&[("user", "app")])).await.unwrap();
     assert_eq!(server_name(&mut tls).await, "node2");
     echo(&mut tls, b"direct").await;
+    // Without ALPN, a direct ClientHello could come from a client of another protocol:
+    // PostgreSQL 17 closes it, and so does pgfront, before any startup is relayed.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector(false).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let _ = tls.write_all(&startup_message(&[("user", "app")])).await;
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(LIMIT, tls.read_to_end(&mut rest)).await.expect("closed in time");
+    assert!(r.is_err() || rest.is_empty(), "closed without an answer, got {rest:?}");
+    // After an SSLRequest ALPN stays optional, as in PostgreSQL (older clients send none).
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&OPENING).await.unwrap();
+    let mut s = [0u8; 1];
+    tcp.read_exact(&mut s).await.unwrap();
+    let mut tls = connector(false).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    tls.write_all(&startup_message(&[("user", "app")])).await.unwrap();
+    assert_eq!(server_name(&mut tls).await, "node2");
 }
 
 #[tokio::test]

@@ -112,6 +112,11 @@ pub enum BadOpening {
     /// refuses them (CVE-2021-23214), and so does pgfront.
     #[error("received unencrypted data after an encryption request")]
     DataAfterRequest,
+    /// A direct-TLS client that did not negotiate ALPN `postgresql`: PostgreSQL 17 closes
+    /// it, since without ALPN a client of another protocol (a browser, an HTTPS probe) could
+    /// have been talked into sending its bytes here.
+    #[error("received direct SSL connection request without ALPN protocol negotiation extension")]
+    NoAlpn,
 }
 
 /// Classifies the first eight bytes a client sends, as the PostgreSQL server would.

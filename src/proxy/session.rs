@@ -469,6 +469,11 @@ async fn open(
         // The handshake failed or timed out: nothing readable can be sent; the socket closes.
         Ok(Err(_)) | Err(_) => return Err((None, Refusal::Gone)),
     };
+    // rustls refuses an ALPN offer without `postgresql`; a direct-TLS client that offered
+    // none is closed without a word, as PostgreSQL does (after SSLRequest ALPN is optional).
+    if prelude.opening == Opening::DirectTls && stream.get_ref().1.alpn_protocol().is_none() {
+        return Err((None, Refusal::Garbage(pg::BadOpening::NoAlpn)));
+    }
     match read_prelude(&mut stream, deadline).await {
         Ok(p) if matches!(p.opening, Opening::Startup { .. } | Opening::CancelRequest { .. }) => {
             Ok((Either::Right(Box::new(stream)), p))
