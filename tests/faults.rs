@@ -474,3 +474,33 @@ async fn the_node_table_shows_an_unreadable_answer_not_the_last_readable_one() {
     let shown = node1().last_check;
     assert!(shown.starts_with("L7RSP"), "{shown}");
 }
+
+#[tokio::test]
+async fn a_former_leader_already_down_has_its_write_sessions_cut_when_another_node_leads() {
+    // Before: with on_marked_down = "none" (what import-haproxy writes for a haproxy.cfg
+    // without shutdown-sessions), a leader whose REST API hung reached DOWN by `fall`, which
+    // cut nothing, as asked; when another node then took the lock, forcing the former
+    // leader DOWN changed nothing (already DOWN), and its write sessions stayed open on a
+    // PostgreSQL that may still accept writes: two primaries written at once.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config("on_marked_down = \"none\""));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let mut writer = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    writer.echo(b"on the leader").await.unwrap();
+
+    lab.nodes[0].rest.set_all(Some(Answer::Hang));
+    let down = || {
+        let rt = pg.shared().runtime();
+        let l = rt.listener("primary").unwrap();
+        l.servers[0].check.report().machine.status() == pgfront::health::Status::Down
+    };
+    eventually(LIMIT, "the hung leader's check is DOWN by fall", down).await;
+    writer.echo(b"on_marked_down none: kept while nobody else leads").await.unwrap();
+
+    lab.leader(1);
+    eventually(LIMIT, "node2 leads", || pg.shared().runtime().leadership.ready_leader() == Some(1)).await;
+    assert!(writer.closed_within(LIMIT).await, "the former leader's write session was kept");
+    let mut second = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    second.echo(b"on the new leader").await.unwrap();
+}

@@ -309,6 +309,7 @@ impl Checker {
         // Before a new leader (or none) becomes visible, every other node's leader checks
         // stop admitting: there is no instant with two write targets.
         let mut forced = Vec::new();
+        let mut held = Vec::new();
         let reported = |i: usize| rt.nodes.get(i).and_then(|n| n.timeline());
         let decision = rt.leadership.decide_then(&claims, reported, |d| {
             if d.conflict {
@@ -326,8 +327,11 @@ impl Checker {
                 // Every other node's, not only the previous leader's: a former leader may be
                 // two decisions back (a conflict or a lost claim between).
                 for c in rt.checks.iter().filter(|c| c.strict && c.node != new) {
-                    if let Some(t) = c.force_down(reason.clone()) {
-                        forced.push((Arc::clone(c), t));
+                    match c.force_down(reason.clone()) {
+                        Some(t) => forced.push((Arc::clone(c), t)),
+                        // Already DOWN (by `fall`, with on_marked_down = "none"): its
+                        // sessions are still open on a PostgreSQL that may take writes.
+                        None => held.push(Arc::clone(c)),
                     }
                 }
             }
@@ -367,6 +371,9 @@ impl Checker {
                     Transition::WentDown => self.emit(Change::Down { check: c, forced: true }),
                     Transition::WentUp => self.transition(&c, t),
                 }
+            }
+            for check in held {
+                self.emit(Change::FormerLeader { check });
             }
         }
         let is_leader = decision.leader == Some(index);

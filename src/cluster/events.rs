@@ -45,6 +45,10 @@ pub enum Change {
     /// shutdown-sessions their open sessions are cut. `forced`: another node started
     /// leading, and a former leader's sessions are cut whatever `on_marked_down` says.
     Down { check: Arc<Check>, forced: bool },
+    /// Another node started leading while a former leader's check was already DOWN (by
+    /// `fall`, on a listener that keeps sessions at a mark-down): its sessions are cut now,
+    /// since writes there would go to the wrong primary.
+    FormerLeader { check: Arc<Check> },
     /// A check admits again (or anew) without a transition: queued sessions look again.
     Admitting { check: Arc<Check> },
     /// Another node leads (or none). Sessions sent to the old leader by listeners that do

@@ -15,6 +15,7 @@ impl React for Reactor {
         match change {
             Change::Up { check } => up(rt, &check),
             Change::Down { check, forced } => down(rt, &check, forced),
+            Change::FormerLeader { check } => former_leader(rt, &check),
             Change::LeaderReady => {
                 for l in &rt.listeners {
                     l.wake_queue();
@@ -108,5 +109,22 @@ fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
             "{}/{} DOWN: {} ({cut} sessions cut, {remaining} servers up)",
             listener.config.name, server.name, report.change_reason
         ));
+    }
+}
+
+/// A former leader's servers that were already DOWN keep no sessions once another node
+/// leads (with shutdown-sessions they had none left; with "none" they were kept till now).
+fn former_leader(rt: &Runtime, check: &Arc<Check>) {
+    for (listener, server) in rt.servers_of(check) {
+        let cut = server.cut_sessions();
+        if cut > 0 {
+            tracing::warn!(listener = %listener.config.name, server = %server.name, sessions_cut = cut,
+                leader = ?rt.leadership.leader().map(|l| rt.nodes[l].name.as_str()),
+                "sessions on a former leader cut: another node leads");
+            rt.events.push(format!(
+                "{}/{}: {cut} sessions on a former leader cut (another node leads)",
+                listener.config.name, server.name
+            ));
+        }
     }
 }
