@@ -532,3 +532,77 @@ async fn a_burst_of_reloads_does_not_count_fall_at_the_reload_rate() {
     assert_eq!(probe.times("a:8008", "/master", start), vec![0, 1_000, 4_000, 5_000, 6_000]);
     assert_eq!(label(&rt), "DOWN");
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_listeners_asking_one_path_with_different_falls_keep_their_own_counts_across_a_reload() {
+    // Found by review (helper-42): "replicas" and "reads" both ask /replica, with fall 3 and
+    // fall 4: two checks. A reload matched both to the first old check, so they shared one
+    // machine and each probe was counted twice: DOWN at the second failed probe, both.
+    let text = CONFIG
+        .replace("name = \"reads\"\nbind = \"127.0.0.1:0\"", "name = \"reads\"\nbind = \"127.0.0.1:0\"\nfall = 4");
+    let probe = Arc::new(Scripted::default());
+    for (target, path) in [("a:8008", "/master"), ("a:8008", "/replica"), ("b:8008", "/master"), ("b:8008", "/replica")]
+    {
+        probe.set(target, path, &[path == "/replica"]);
+    }
+    let start = Instant::now();
+    let rt = runtime_of(&text);
+    let stop = CancellationToken::new();
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    advance_to(start, 4_100).await;
+    assert!(up(&rt, "replicas", "b") && up(&rt, "reads", "b"));
+    // The same file again: nothing changes.
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    let next = Arc::new(Runtime::build_from(Arc::new(config), &CancellationToken::new(), Some(&rt)));
+    stop.cancel();
+    let stop = CancellationToken::new();
+    spawn_checkers(&next, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    let rt = next;
+    let checks = |rt: &Runtime| {
+        let of = |l: &str| Arc::clone(&rt.listener(l).unwrap().servers.iter().find(|s| s.name == "b").unwrap().check);
+        (of("replicas"), of("reads"))
+    };
+    let (replicas, reads) = checks(&rt);
+    assert!(!Arc::ptr_eq(&replicas, &reads));
+    // b's REST API fails from now on: probes at 7 s, 8 s (fastinter), 9 s, 10 s.
+    probe.set("b:8008", "/replica", &[false]);
+    advance_to(start, 8_100).await;
+    assert!(up(&rt, "replicas", "b") && up(&rt, "reads", "b"), "two failed probes marked b DOWN");
+    assert_eq!(replicas.report().failures, 2, "each probe counted once");
+    advance_to(start, 9_100).await;
+    assert!(!up(&rt, "replicas", "b") && up(&rt, "reads", "b"), "fall 3 and fall 4 apart");
+    advance_to(start, 10_100).await;
+    assert!(!up(&rt, "reads", "b"));
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_gives_one_of_two_listeners_its_own_fall_keeps_both_up_and_apart() {
+    // One check served both /replica listeners; a reload gives "reads" fall 4: each goes on
+    // with the old check's health (UP, no new rise), and counts on its own.
+    let probe = Arc::new(Scripted::default());
+    for (target, path) in [("a:8008", "/master"), ("a:8008", "/replica"), ("b:8008", "/master"), ("b:8008", "/replica")]
+    {
+        probe.set(target, path, &[path == "/replica"]);
+    }
+    let start = Instant::now();
+    let rt = runtime();
+    let stop = CancellationToken::new();
+    spawn_checkers(&rt, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    advance_to(start, 4_100).await;
+    let text = CONFIG
+        .replace("name = \"reads\"\nbind = \"127.0.0.1:0\"", "name = \"reads\"\nbind = \"127.0.0.1:0\"\nfall = 4");
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    let next = Arc::new(Runtime::build_from(Arc::new(config), &CancellationToken::new(), Some(&rt)));
+    stop.cancel();
+    let stop = CancellationToken::new();
+    spawn_checkers(&next, probe.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    let rt = next;
+    assert!(up(&rt, "replicas", "b") && up(&rt, "reads", "b"), "health carried over to both");
+    probe.set("b:8008", "/replica", &[false]);
+    advance_to(start, 9_100).await;
+    assert!(!up(&rt, "replicas", "b") && up(&rt, "reads", "b"), "fall 3 and fall 4 apart");
+    advance_to(start, 10_100).await;
+    assert!(!up(&rt, "reads", "b"));
+    stop.cancel();
+}

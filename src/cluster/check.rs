@@ -131,6 +131,23 @@ impl Check {
         }
     }
 
+    /// A check of its own with a copy of `old`'s health, counters and admission: a reload
+    /// gave two listeners different timings for what one check asked for both.
+    pub fn forked(old: &Check, node: usize, spec: CheckSpec) -> Check {
+        let mut report = old.lock().clone();
+        report.machine.retune(spec.timing.rise, spec.timing.fall);
+        Check {
+            node,
+            node_name: old.node_name.clone(),
+            target: old.target.clone(),
+            strict: spec.is_leader(),
+            spec,
+            admit: Arc::new(AtomicBool::new(old.is_up())),
+            node_state: Arc::clone(&old.node_state),
+            report: Arc::new(Mutex::new(report)),
+        }
+    }
+
     /// Whether the check currently admits new sessions to the node.
     pub fn is_up(&self) -> bool {
         self.admit.load(Ordering::Acquire)

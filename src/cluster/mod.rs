@@ -140,14 +140,33 @@ impl Runtime {
         let mut by_key: HashMap<(usize, CheckSpec), Arc<Check>> = HashMap::new();
         // A check asked the same question of the same node is kept, with its health; a
         // change of timings alone (inter, fall, timeout_connect, ...) applies to it as is.
-        let old_check = |i: usize, spec: &CheckSpec| {
-            let old =
-                previous?.checks.iter().find(|c| Arc::ptr_eq(&c.node_state, &nodes[i]) && c.asks_the_same(spec))?;
-            Some(if &old.spec == spec && old.node == i {
-                Arc::clone(old)
-            } else {
-                Arc::new(Check::retimed(old, i, spec.clone()))
-            })
+        // Each old check goes on in one new check at most, its exact successor first: two
+        // listeners asking the same path with different timings have two checks, and two
+        // must remain after a reload (sharing one machine, every probe counted twice).
+        let mut taken = vec![false; previous.map_or(0, |p| p.checks.len())];
+        let mut old_check = |i: usize, spec: &CheckSpec| {
+            let old_checks = &previous?.checks;
+            let asks = |c: &Arc<Check>| Arc::ptr_eq(&c.node_state, &nodes[i]) && c.asks_the_same(spec);
+            let free = |k: &usize| !taken[*k];
+            if let Some(k) =
+                (0..old_checks.len()).filter(free).find(|&k| asks(&old_checks[k]) && &old_checks[k].spec == spec)
+            {
+                taken[k] = true;
+                let old = &old_checks[k];
+                return Some(if old.node == i {
+                    Arc::clone(old)
+                } else {
+                    Arc::new(Check::retimed(old, i, spec.clone()))
+                });
+            }
+            if let Some(k) = (0..old_checks.len()).filter(free).find(|&k| asks(&old_checks[k])) {
+                taken[k] = true;
+                return Some(Arc::new(Check::retimed(&old_checks[k], i, spec.clone())));
+            }
+            // Every check asking this was taken by another listener: a copy of one's health
+            // (a listener that now differs in timings from its neighbour), counted on its own.
+            let old = old_checks.iter().find(|c| asks(c))?;
+            Some(Arc::new(Check::forked(old, i, spec.clone())))
         };
         // Which listener of the last generation each one goes on from (servers with their
         // sessions and maxconn counts, queue, counters): the one that served its fixed
