@@ -201,6 +201,8 @@ struct Agents {
     leader: Mutex<Option<String>>,
     timeline: Mutex<u64>,
     calls: Mutex<Vec<(String, String, Instant)>>,
+    /// Targets whose REST API does not answer.
+    silent: Mutex<Vec<String>>,
 }
 
 impl Probe for Agents {
@@ -215,6 +217,13 @@ impl Probe for Agents {
                 format!("{} {}", spec.method, spec.path),
                 Instant::now(),
             ));
+            if self.silent.lock().unwrap().iter().any(|t| t == target) {
+                return ProbeResult {
+                    code: CheckCode::L4Con,
+                    status: None,
+                    ..ProbeResult::answered(false, Duration::ZERO, "refused")
+                };
+            }
             let leader = self.leader.lock().unwrap().as_deref() == Some(target);
             let role = if leader { "primary" } else { "replica" };
             let tl = *self.timeline.lock().unwrap();
@@ -605,4 +614,58 @@ async fn a_reload_that_gives_one_of_two_listeners_its_own_fall_keeps_both_up_and
     advance_to(start, 10_100).await;
     assert!(!up(&rt, "reads", "b"));
     stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_made_early_on_demand_do_not_count_fall_at_their_own_pace() {
+    // Found by review (helper-42): kicks, min_lsn waits and hunting probe up to ten times a
+    // second, and each failure counted towards `fall`: a REST API down for 0.3 s marked a
+    // replica DOWN (its sessions cut) and ended the leader's claim (no leader, 5002's
+    // primary sessions cut). With fastinter 1 s and fall 3, HAProxy needs 2 s.
+    let rt = runtime_of(PATRONI);
+    let agents = Arc::new(Agents::default());
+    *agents.leader.lock().unwrap() = Some("a:8008".into());
+    *agents.timeline.lock().unwrap() = 1;
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, agents.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    advance_to(start, 3_500).await;
+    assert!(up(&rt, "primary", "a") && up(&rt, "replicas", "b"));
+    *agents.silent.lock().unwrap() = vec!["a:8008".into(), "b:8008".into()];
+    let silent_at = Instant::now();
+    // Sessions ask for early probes all along (as min_lsn waits do).
+    while Instant::now() < silent_at + Duration::from_millis(1_500) {
+        rt.nodes[0].kick();
+        rt.nodes[1].kick();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let probes = agents.calls.lock().unwrap().iter().filter(|c| c.2 >= silent_at).count();
+    assert!(probes >= 10, "early probes were made: {probes}");
+    assert!(up(&rt, "replicas", "b"), "b DOWN within 1.5 s of failures made early");
+    assert_eq!(rt.leadership.leader(), Some(0), "a's claim ended within 1.5 s");
+    // On HAProxy's pace, fall is reached: DOWN, and the claim over.
+    advance_to(start, 3_500 + 2_600).await;
+    assert!(!up(&rt, "replicas", "b"));
+    assert_eq!(rt.leadership.leader(), None);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leader_in_maintenance_is_no_failover_to_hunt_for() {
+    // Found by review (helper-42): with the leader in MAINT (or DRAIN) on the write port,
+    // no server of it was up, so checkers hunted: every node probed every 200 ms, for as
+    // long as the maintenance lasted, instead of once per inter.
+    let rt = runtime_of(PATRONI);
+    let agents = Arc::new(Agents::default());
+    *agents.leader.lock().unwrap() = Some("a:8008".into());
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, agents.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    advance_to(start, 2_000).await;
+    assert!(up(&rt, "primary", "a"));
+    rt.listener("primary").unwrap().servers[0].set_admin(pgfront::cluster::AdminState::Maint);
+    let before = agents.calls.lock().unwrap().len();
+    advance_to(start, 32_000).await;
+    stop.cancel();
+    assert_eq!(agents.calls.lock().unwrap().len() - before, 20, "one request per node per inter");
 }

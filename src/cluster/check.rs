@@ -65,6 +65,9 @@ pub struct CheckReport {
     /// When the last probe began and when its verdict was recorded: a checker started
     /// anew (a reload, a discovery change) goes on from there (see `Checker::run`).
     pub probed: Option<(Instant, Instant)>,
+    /// When the last failed probe that counted towards `fall` began (see
+    /// [`Check::record_probe`]).
+    pub counted: Option<Instant>,
 }
 
 impl CheckReport {
@@ -102,6 +105,7 @@ impl Check {
                 change_reason: "DOWN from the start: a server takes no session until its check passes".to_owned(),
                 failing_since: None,
                 probed: None,
+                counted: None,
             })),
         }
     }
@@ -180,8 +184,33 @@ impl Check {
 
     /// Records a result and the replica lag exclusion it implies.
     pub fn record_with(&self, result: ProbeResult, lag_excluded: Option<bool>) -> Option<Transition> {
+        self.record_probe(result, lag_excluded, None)
+    }
+
+    /// Records the result of a probe that began at `started`. Probes come early on demand
+    /// (a kick, a `pgfront.min_lsn` wait, hunting for a leader), up to ten a second; a
+    /// failure of an UP check counts towards `fall` only when no counted failure began
+    /// within the check's shortest interval before it, so a mark-down, which cuts
+    /// sessions, keeps HAProxy's pace (a 0.3 s REST blip under a client's min_lsn loop
+    /// marked a replica DOWN). Passes count at once (an early pass only brings a server
+    /// back sooner), and every result still admits or stops admitting, shows, and counts
+    /// as a failed check.
+    pub fn record_probe(
+        &self,
+        result: ProbeResult,
+        lag_excluded: Option<bool>,
+        started: Option<Instant>,
+    ) -> Option<Transition> {
         let mut r = self.lock();
         let passed = result.passed();
+        let t = &self.spec.timing;
+        let gap = t.fastinter.min(t.inter).min(t.downinter);
+        let towards_fall = !passed && r.machine.is_up();
+        let early = matches!((started, r.counted), (Some(s), Some(c)) if s < c + gap);
+        let counts = !towards_fall || !early;
+        if let (true, true, Some(s)) = (towards_fall, counts, started) {
+            r.counted = Some(s);
+        }
         if !passed && r.machine.is_up() {
             r.failures += 1;
         }
@@ -193,7 +222,7 @@ impl Check {
         if let Some(l) = lag_excluded {
             r.lag_excluded = l;
         }
-        let transition = r.machine.observe(passed);
+        let transition = if counts { r.machine.observe(passed) } else { None };
         if let Some(t) = transition {
             let reason = if passed {
                 format!("{}, {} checks passed", result.summary(), self.spec.timing.rise)

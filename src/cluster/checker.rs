@@ -165,7 +165,7 @@ impl Checker {
                 if std::mem::take(&mut no_socket) {
                     tracing::info!(node = %node.name, "health checks made again");
                 }
-                self.answer(&node, result, &mut tls_failure).await;
+                self.answer(&node, result, started, &mut tls_failure).await;
             }
             let done = Instant::now();
             for c in &self.target.checks {
@@ -207,7 +207,7 @@ impl Checker {
     }
 
     /// Records a probe's verdict for each of the node's checks, by the check mode's rule.
-    async fn answer(&self, node: &NodeState, result: ProbeResult, tls_failure: &mut Option<String>) {
+    async fn answer(&self, node: &NodeState, result: ProbeResult, started: Instant, tls_failure: &mut Option<String>) {
         node.note_cert(&result);
         if matches!(result.code, CheckCode::L6Rsp | CheckCode::L6Tout) {
             if tls_failure.as_deref() != Some(result.detail.as_str()) {
@@ -222,8 +222,8 @@ impl Checker {
             tracing::debug!(node = %node.name, result = %result.summary(), detail = %result.detail, "probe failed");
         }
         match self.rt.config.global.check_mode {
-            CheckMode::Patroni => self.patroni_answer(result).await,
-            CheckMode::Http => self.http_answer(&result),
+            CheckMode::Patroni => self.patroni_answer(result, started).await,
+            CheckMode::Http => self.http_answer(&result, started),
         }
     }
 
@@ -251,7 +251,7 @@ impl Checker {
     }
 
     /// HAProxy's rule: the status must equal each check's `expect`.
-    fn http_answer(&self, result: &ProbeResult) {
+    fn http_answer(&self, result: &ProbeResult, started: Instant) {
         for c in &self.target.checks {
             let mut r = result.clone();
             r.body = None;
@@ -260,7 +260,7 @@ impl Checker {
                 r.code = if ok { CheckCode::L7Ok } else { CheckCode::L7Sts };
                 r.detail = if ok { String::new() } else { format!("status {status}, expected {}", c.spec.expect) };
             }
-            if let Some(t) = c.record(r) {
+            if let Some(t) = c.record_probe(r, None, Some(started)) {
                 self.transition(c, t);
             }
             self.admitting(c);
@@ -269,7 +269,7 @@ impl Checker {
 
     /// Patroni mode: record the node's answer, arbitrate leadership across nodes, then give
     /// each of the node's checks the verdict Patroni would have given its endpoint.
-    async fn patroni_answer(&self, result: ProbeResult) {
+    async fn patroni_answer(&self, result: ProbeResult, started: Instant) {
         let rt = &self.rt;
         let index = self.target.node;
         let node = &rt.nodes[index];
@@ -296,7 +296,8 @@ impl Checker {
             Some(Err(why)) => unreadable(&result, why),
             _ => result.clone(),
         };
-        node.record(shown, parsed.clone(), &answer, timing.fall);
+        let gap = timing.fastinter.min(timing.inter).min(timing.downinter);
+        node.record_probe(shown, parsed.clone(), &answer, (timing.fall, gap), started);
 
         let _serial = rt.leadership.serial.lock().await;
         // A reload may have replaced this checker while it waited: the new one decides now.
@@ -406,7 +407,7 @@ impl Checker {
                 let reason = format!("{}: new leader found while none was admitted", r.summary());
                 c.promote(r, reason)
             } else {
-                c.record_with(r, lag)
+                c.record_probe(r, lag, Some(started))
             };
             if let Some(t) = t {
                 self.transition(c, t);

@@ -274,10 +274,12 @@ impl Runtime {
         }
     }
 
-    /// True while a listener whose check names the leader has no server to send to: a
-    /// switchover or failover is in progress, and checks should hunt for the new leader.
+    /// True while a listener whose check names the leader has no server whose check admits:
+    /// a switchover or failover is in progress, and checks should hunt for the new leader.
+    /// An operator's DRAIN or MAINT of the leader is no failover (hunting then probed every
+    /// node five times a second for as long as the maintenance lasted).
     pub fn leader_lost(&self) -> bool {
-        self.listeners.iter().any(|l| l.config.check.is_leader() && l.servers_up() == 0)
+        self.listeners.iter().any(|l| l.config.check.is_leader() && !l.servers.iter().any(|s| s.check.is_up()))
     }
 
     /// The checks of node `node`.

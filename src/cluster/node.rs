@@ -77,6 +77,8 @@ pub struct NodeReport {
     /// Probes in a row that did not confirm the claim: no readable answer, or one that
     /// says the node does not lead.
     pub failures: u32,
+    /// When the last probe counted in `failures` began (see [`NodeState::record_probe`]).
+    pub counted: Option<Instant>,
 }
 
 /// One probe's outcome, as far as leadership is concerned.
@@ -92,6 +94,12 @@ impl NodeReport {
     /// The report after `answer`, with `fall` answers in a row that did not confirm the
     /// claim (failed, or a readable "not the leader") ending it. Pure.
     pub fn after(&self, answer: &Answer, fall: u32) -> (Option<Claim>, u32) {
+        self.after_counting(answer, fall, true)
+    }
+
+    /// As [`NodeReport::after`]; a failure that does not `count` (an early probe) changes
+    /// the claim's readiness but not the count towards `fall`.
+    pub fn after_counting(&self, answer: &Answer, fall: u32, count: bool) -> (Option<Claim>, u32) {
         match answer {
             Answer::Says { leads: true, timeline, system_id, running_primary } => {
                 let claim =
@@ -99,7 +107,7 @@ impl NodeReport {
                 (Some(claim), 0)
             }
             Answer::Says { leads: false, .. } | Answer::Failed => {
-                let failures = self.failures.saturating_add(1);
+                let failures = if count { self.failures.saturating_add(1) } else { self.failures };
                 let denied = matches!(answer, Answer::Says { .. });
                 let claim = self.claim.clone().filter(|_| failures < fall.max(1)).map(|c| Claim {
                     ready: false,
@@ -209,8 +217,28 @@ impl NodeState {
 
     /// Records a probe's result and what it says about leadership.
     pub fn record(&self, result: ProbeResult, status: Option<NodeStatus>, answer: &Answer, fall: u32) {
+        self.record_probe(result, status, answer, (fall, Duration::ZERO), Instant::now());
+    }
+
+    /// As [`NodeState::record`], for a probe that began at `started`, with `fall` and the
+    /// shortest check interval: a failure counts towards `fall` only when no counted one
+    /// began within that interval before it (probes made early on demand do not end a
+    /// claim at their own pace, as in [`super::Check::record_probe`]).
+    pub fn record_probe(
+        &self,
+        result: ProbeResult,
+        status: Option<NodeStatus>,
+        answer: &Answer,
+        (fall, gap): (u32, Duration),
+        started: Instant,
+    ) {
         let mut r = self.lock();
-        let (claim, failures) = r.after(answer, fall);
+        let confirms = matches!(answer, Answer::Says { leads: true, .. });
+        let count = confirms || r.counted.is_none_or(|c| started >= c + gap);
+        let (claim, failures) = r.after_counting(answer, fall, count);
+        if count && !confirms {
+            r.counted = Some(started);
+        }
         r.claim = claim;
         r.failures = failures;
         if let Some(p) = status.as_ref().and_then(|s| s.xlog.replayed_location) {
