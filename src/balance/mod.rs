@@ -82,10 +82,18 @@ impl Ask {
 }
 
 /// Whether a server may take a session that needs `lsn` replayed: the leader has every
-/// commit; a replica once its latest answer shows its replay at or past `lsn`. A replica
-/// whose replay is paused keeps its position, so it never qualifies for a later one.
-pub fn caught_up(replayed: u64, is_leader: bool, lsn: Option<u64>) -> bool {
-    lsn.is_none_or(|lsn| is_leader || replayed >= lsn)
+/// commit; a replica once its latest answer shows its replay at or past `lsn` on the
+/// leader's timeline (`replayed`: `None` when its answer said another timeline, or none,
+/// or the leader's is unknown: a diverged former leader replays an older timeline past
+/// positions whose commits it never had). A replica whose replay is paused keeps its
+/// position, so it never qualifies for a later one.
+pub fn caught_up(replayed: Option<u64>, is_leader: bool, lsn: Option<u64>) -> bool {
+    lsn.is_none_or(|lsn| is_leader || replayed.is_some_and(|r| r >= lsn))
+}
+
+/// What `s` has replayed on the leader's `timeline`, as [`caught_up`] takes it.
+fn replayed_on(s: &Server, timeline: Option<u64>) -> Option<u64> {
+    s.check.node_state.replayed_on(timeline?)
 }
 
 /// Picks a server now. Servers in `avoid` (those a retry just failed on) are used only
@@ -101,7 +109,8 @@ pub fn pick(l: &ListenerState, avoid: &[usize], ask: impl Into<Ask>) -> Result<S
         Target::PreferReplica => true,
         _ => false,
     };
-    let has = |s: &Server| caught_up(s.check.node_state.replayed(), leader == Some(s.node), min_lsn);
+    let timeline = min_lsn.and_then(|_| l.leadership.timeline());
+    let has = |s: &Server| min_lsn.is_none() || caught_up(replayed_on(s, timeline), leader == Some(s.node), min_lsn);
     let first = match target {
         Target::Primary => match leader_slot(l, leader) {
             Err(NoServer::NoneUp) => Err(NoServer::NoLeader),
@@ -132,10 +141,10 @@ pub fn pick(l: &ListenerState, avoid: &[usize], ask: impl Into<Ask>) -> Result<S
 /// replay `lsn` to refresh their positions until `until` (bounded per node by the
 /// checker's least gap between probes, however many sessions ask).
 pub fn refresh_positions(l: &ListenerState, lsn: u64, until: Instant) {
+    let timeline = l.leadership.timeline();
     for s in l.servers.iter().filter(|s| s.is_up()) {
-        let node = &s.check.node_state;
-        if node.replayed() < lsn {
-            node.want_replayed(lsn, until);
+        if !caught_up(replayed_on(s, timeline), false, Some(lsn)) {
+            s.check.node_state.want_replayed(lsn, until);
         }
     }
 }

@@ -174,6 +174,7 @@ fn lsn_runtime(extra: &str, up_: [bool; 2], replayed: [u64; 2]) -> Runtime {
     for (i, (&u, &p)) in up_.iter().zip(&replayed).enumerate() {
         let status = NodeStatus {
             role: "replica".into(),
+            timeline: Some(1),
             xlog: Xlog { replayed_location: Some(p), ..Xlog::default() },
             ..NodeStatus::default()
         };
@@ -243,9 +244,11 @@ fn who_falls_back_to_the_leader_after_the_wait() {
     }
     assert_eq!(Ask::new(Target::Primary, Some(1)).min_lsn, None, "the primary ignores min_lsn");
     for (replayed, leader, lsn, ok) in
-        [(0, false, None, true), (5, false, Some(5), true), (4, false, Some(5), false), (0, true, Some(u64::MAX), true)]
+        [(None, false, None, true), (Some(5), false, Some(5), true), (Some(4), false, Some(5), false)]
+            .into_iter()
+            .chain([(None, true, Some(u64::MAX), true), (None, false, Some(0), false)])
     {
-        assert_eq!(caught_up(replayed, leader, lsn), ok, "{replayed} {leader} {lsn:?}");
+        assert_eq!(caught_up(replayed, leader, lsn), ok, "{replayed:?} {leader} {lsn:?}");
     }
 }
 
@@ -265,13 +268,52 @@ async fn a_session_waiting_for_a_position_is_served_by_the_answer_that_shows_it(
     assert!(rt.nodes[1].wants_replay() && rt.nodes[2].wants_replay(), "both replicas asked to refresh");
     assert!(!rt.nodes[0].wants_replay(), "not the leader");
     // n3's next answer shows the position; the checker serves the queue after it.
-    let status = NodeStatus { xlog: Xlog { replayed_location: Some(120), ..Xlog::default() }, ..NodeStatus::default() };
+    let status = NodeStatus {
+        timeline: Some(1),
+        xlog: Xlog { replayed_location: Some(120), ..Xlog::default() },
+        ..NodeStatus::default()
+    };
     let ok = ProbeResult::answered(true, Duration::ZERO, "");
     rt.nodes[2].record(ok, Some(status), &Answer::Failed, 3);
     assert!(!rt.nodes[2].wants_replay(), "n3 has it: back to its interval");
     assert!(rt.nodes[1].wants_replay(), "n2 still refreshes until the wait ends");
     l.queue.dispatch();
     assert_eq!(waiting.await.unwrap().unwrap(), "n3");
+}
+
+#[test]
+fn min_lsn_counts_only_a_replay_on_the_leaders_timeline() {
+    // A crash failover: the old leader had WAL to 1000 on timeline 5, the new one promoted
+    // at 900 onto timeline 6, and the old one came back as a replica without a rewind,
+    // diverged, still replaying timeline 5 at 1000. Before: a session that committed at
+    // 950 on the new leader counted it as caught up and could read there without its write.
+    use crate::cluster::{Answer, Claim};
+    use crate::health::{NodeStatus, Xlog};
+    let rt = runtime(3, "maxconn = 100", None);
+    let lead = |timeline: Option<u64>| {
+        rt.leadership.decide(&[(0, Claim { timeline, system_id: None, ready: true, denied: false })]);
+    };
+    lead(Some(6));
+    let replica = |i: usize, timeline: Option<u64>, replayed: u64| {
+        let xlog = Xlog { replayed_location: Some(replayed), ..Xlog::default() };
+        let status = NodeStatus { role: "replica".into(), timeline, xlog, ..NodeStatus::default() };
+        rt.nodes[i].record(ProbeResult::answered(true, Duration::ZERO, ""), Some(status), &Answer::Failed, 3);
+        up(&rt, i);
+    };
+    replica(1, Some(5), 1000);
+    replica(2, Some(6), 900);
+    let l = Arc::clone(&rt.listeners[0]);
+    let at = |lsn: u64| pick(&l, &[], Ask::new(Target::Replica, Some(lsn))).map(|s| s.server().name.clone());
+    assert_eq!(at(950), Err(NoServer::Behind), "n2 is past 950 on another timeline: not caught up");
+    replica(2, Some(6), 960);
+    assert_eq!(at(950).as_deref(), Ok("n3"), "n3 replayed it on the leader's timeline");
+    replica(2, None, 2000);
+    assert_eq!(at(950), Err(NoServer::Behind), "a replica whose timeline is unknown: fail closed");
+    replica(2, Some(6), 2000);
+    lead(None);
+    assert_eq!(at(950), Err(NoServer::Behind), "the leader's timeline unknown: fail closed");
+    lead(Some(6));
+    assert_eq!(at(950).as_deref(), Ok("n3"));
 }
 
 #[tokio::test]

@@ -34,6 +34,11 @@ pub struct NodeState {
     /// for `pgfront.min_lsn`. Replay only moves forward, so a position read from an older
     /// answer is at most an underestimate: it can delay a session, never mislead one.
     replayed: AtomicU64,
+    /// The same position with the timeline the same answer said the node replays, when it
+    /// said one: only a replay on the leader's timeline counts for `pgfront.min_lsn` (a
+    /// former leader that diverged replays an older one, however far). Read only by
+    /// sessions that ask for a position.
+    replayed_on: Mutex<Option<(u64, u64)>>,
     /// Sessions waiting for this node to replay a position (`pgfront.min_lsn`): the highest
     /// such position and until when it is wanted. While one is wanted and not yet seen,
     /// the checker re-probes every `MIN_KICK_GAP` instead of every interval: however many
@@ -132,6 +137,7 @@ impl NodeState {
             kicked: Notify::new(),
             cert_not_after: AtomicI64::new(0),
             replayed: AtomicU64::new(0),
+            replayed_on: Mutex::new(None),
             demand: Mutex::new(None),
             peer: Mutex::new(None),
         }
@@ -140,6 +146,12 @@ impl NodeState {
     /// The replayed WAL position of the latest readable answer (0 while unknown).
     pub fn replayed(&self) -> u64 {
         self.replayed.load(Ordering::Acquire)
+    }
+
+    /// The replayed WAL position of the latest answer that reported one, if that answer
+    /// said the node replays `timeline`: `None` for another timeline or none said.
+    pub fn replayed_on(&self, timeline: u64) -> Option<u64> {
+        lock(&self.replayed_on).filter(|(t, _)| *t == timeline).map(|(_, p)| p)
     }
 
     /// A session waits until `until` for this node to replay `lsn`: probe now, and keep
@@ -241,7 +253,9 @@ impl NodeState {
         }
         r.claim = claim;
         r.failures = failures;
-        if let Some(p) = status.as_ref().and_then(|s| s.xlog.replayed_location) {
+        if let Some(s) = status.as_ref().filter(|s| s.xlog.replayed_location.is_some()) {
+            let p = s.xlog.replayed_location.unwrap_or_default();
+            *lock(&self.replayed_on) = s.timeline.map(|t| (t, p));
             self.replayed.store(p, Ordering::Release);
         }
         if status.is_some() {
@@ -287,6 +301,9 @@ pub struct Leadership {
     /// Two nodes claim leadership on the same timeline (or one without a timeline, or of two
     /// different databases): neither gets writes.
     conflict: AtomicBool,
+    /// The leader's timeline as its claim said it, 0 for none (no leader, or a claim without
+    /// one): replays on it alone count for `pgfront.min_lsn`, and lag is measured on it.
+    timeline: AtomicU64,
     /// Leader changes seen (for metrics); carried across reloads.
     pub changes: AtomicU64,
     /// Cluster identity changes seen (a rebuilt cluster), for metrics.
@@ -308,7 +325,7 @@ pub struct Leadership {
     term: Mutex<Term>,
     /// The leader's WAL position as last reported, and when: replica lag bounds use it
     /// while no leader answers, for a bounded time (then they fail closed).
-    position: Mutex<Option<(u64, Instant)>>,
+    position: Mutex<Option<(u64, Option<u64>, Instant)>>,
     /// The stale claims last reported, so each refusal is said once.
     pub(crate) last_stale: Mutex<Vec<usize>>,
 }
@@ -369,6 +386,7 @@ impl Default for Leadership {
             leader: AtomicU64::new(NONE),
             ready: AtomicBool::new(false),
             conflict: AtomicBool::new(false),
+            timeline: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             identity_changes: AtomicU64::new(0),
             had_leader: AtomicBool::new(false),
@@ -417,6 +435,7 @@ impl Leadership {
             leader: AtomicU64::new(leader.map_or(NONE, |i| i as u64)),
             ready: AtomicBool::new(leader.is_some() && old.ready.load(Ordering::Acquire)),
             conflict: AtomicBool::new(old.conflict()),
+            timeline: AtomicU64::new(if leader.is_some() { old.timeline.load(Ordering::Acquire) } else { 0 }),
             changes: AtomicU64::new(old.changes.load(Ordering::Relaxed)),
             identity_changes: AtomicU64::new(old.identity_changes.load(Ordering::Relaxed)),
             had_leader: AtomicBool::new(old.had_leader()),
@@ -466,15 +485,22 @@ impl Leadership {
         *lock(&self.since)
     }
 
-    /// Records the leader's WAL position from its latest answer.
-    pub fn note_position(&self, position: u64) {
-        *lock(&self.position) = Some((position, Instant::now()));
+    /// The leader's timeline, as its claim said it: `None` while no node leads or its claim
+    /// said none.
+    pub fn timeline(&self) -> Option<u64> {
+        Some(self.timeline.load(Ordering::Acquire)).filter(|&t| t != 0 && self.leader().is_some())
     }
 
-    /// The leader's WAL position if it was reported within `max_age`: lag is measured
+    /// Records the leader's WAL position from its latest answer, on the leader's timeline.
+    pub fn note_position(&self, position: u64) {
+        *lock(&self.position) = Some((position, self.timeline(), Instant::now()));
+    }
+
+    /// The leader's WAL position and its timeline if it was reported within `max_age`, as
+    /// `P` (the health rules' `LeaderPosition`) from `(position, timeline)`: lag is measured
     /// against it while no leader answers; older than that, nothing is known.
-    pub fn position(&self, max_age: Duration) -> Option<u64> {
-        lock(&self.position).filter(|(_, at)| at.elapsed() <= max_age).map(|(p, _)| p)
+    pub fn position<P: From<(u64, Option<u64>)>>(&self, max_age: Duration) -> Option<P> {
+        lock(&self.position).filter(|(_, _, at)| at.elapsed() <= max_age).map(|(p, t, _)| P::from((p, t)))
     }
 
     /// Decides from every node's claim `(node, claim)`: one claimant leads; of several,
@@ -607,6 +633,7 @@ impl Leadership {
         }
         self.conflict.store(conflict, Ordering::Release);
         self.ready.store(ready, Ordering::Release);
+        self.timeline.store(won.and_then(|c| c.timeline).unwrap_or(0), Ordering::Release);
         if leader != previous {
             self.leader.store(leader.map_or(NONE, |i| i as u64), Ordering::Release);
             self.changes.fetch_add(1, Ordering::Relaxed);
@@ -932,9 +959,13 @@ mod tests {
     #[test]
     fn the_leader_position_is_used_only_while_fresh() {
         let l = Leadership::default();
-        assert_eq!(l.position(Duration::from_secs(9)), None);
+        type At = (u64, Option<u64>);
+        assert_eq!(l.position::<At>(Duration::from_secs(9)), None);
         l.note_position(1000);
-        assert_eq!(l.position(Duration::from_secs(9)), Some(1000));
-        assert_eq!(l.position(Duration::ZERO), None);
+        assert_eq!(l.position::<At>(Duration::from_secs(9)), Some((1000, None)), "no leader: no timeline");
+        l.decide(&[(0, on(4))]);
+        l.note_position(1200);
+        assert_eq!(l.position::<At>(Duration::from_secs(9)), Some((1200, Some(4))), "on the leader's timeline");
+        assert_eq!(l.position::<At>(Duration::ZERO), None);
     }
 }

@@ -14,7 +14,8 @@ pub enum Endpoint {
     /// `/replica`: a running replica without `noloadbalance`, within `max_lag` bytes, with
     /// the given tags.
     Replica(ReplicaFilter),
-    /// `/read-only`: the leader, or what `/replica` accepts.
+    /// `/read-only`: the leader (or a standby cluster's standby leader), or what `/replica`
+    /// accepts; the tag filters apply to all of them, as in Patroni.
     ReadOnly(ReplicaFilter),
     /// `/sync`: a synchronous standby passing the replica checks.
     Sync(ReplicaFilter),
@@ -22,6 +23,9 @@ pub enum Endpoint {
     Async(ReplicaFilter),
     /// `/health`: PostgreSQL is running, any role.
     Health,
+    /// `/health?tag_KEY=VALUE`: the same, on a node carrying those tags (Patroni filters
+    /// every path's 200 by tags but the leader paths').
+    HealthTagged(Vec<(String, String)>),
     /// `/liveness`: Patroni answers.
     Liveness,
     /// `/readiness`: the leader, or a streaming replica.
@@ -42,24 +46,42 @@ pub struct ReplicaFilter {
 
 impl Endpoint {
     /// Parses a check path as Patroni would route it; `None` for a path Patroni answers
-    /// with 503 whatever the state (or one pgfront cannot derive).
+    /// with 503 whatever the state (or one pgfront cannot derive). A query parameter is
+    /// taken only where Patroni reads it as pgfront judges it; any other is an error, never
+    /// dropped: `lag=` and `tag_KEY=` on the replica paths, `tag_KEY=` on `/health`.
     pub fn parse(path: &str) -> Result<Option<Endpoint>, String> {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
         let route = route.trim_end_matches('/');
         let filter = || ReplicaFilter::parse(query);
+        let none = |name: &str, why: &str| match query.split('&').find(|p| !p.is_empty()) {
+            Some(p) => Err(format!("{name} takes no query parameters ({:?}): {why}", p.split('=').next().unwrap_or(p))),
+            None => Ok(()),
+        };
+        let leader = "Patroni ignores them on the leader paths";
         Ok(Some(match route {
-            "" | "/primary" | "/master" | "/read-write" => Endpoint::Primary,
-            "/leader" => Endpoint::Leader,
-            "/standby-leader" | "/standby_leader" => Endpoint::StandbyLeader,
+            "" | "/primary" | "/master" | "/read-write" => none(route_name(route), leader).map(|_| Endpoint::Primary)?,
+            "/leader" => none("/leader", leader).map(|_| Endpoint::Leader)?,
+            "/standby-leader" | "/standby_leader" => none(route, leader).map(|_| Endpoint::StandbyLeader)?,
             "/replica" => Endpoint::Replica(filter()?),
             "/read-only" => Endpoint::ReadOnly(filter()?),
             "/sync" | "/synchronous" => Endpoint::Sync(filter()?),
             "/async" | "/asynchronous" => Endpoint::Async(filter()?),
-            "/health" => Endpoint::Health,
-            "/liveness" => Endpoint::Liveness,
-            "/readiness" => Endpoint::Readiness,
+            "/health" => match filter() {
+                Ok(ReplicaFilter { max_lag: Some(_), .. }) => {
+                    return Err("Patroni ignores lag= on /health (any running node passes); use /replica?lag=... or /read-only?lag=...".into())
+                }
+                Ok(f) if f.tags.is_empty() => Endpoint::Health,
+                Ok(f) => Endpoint::HealthTagged(f.tags),
+                Err(_) => return Err(unknown_parameter(query, "/health takes tag_KEY= only")),
+            },
+            "/liveness" => none("/liveness", "Patroni answers it from its own loop, not from PostgreSQL").map(|_| Endpoint::Liveness)?,
+            "/readiness" => none(
+                "/readiness",
+                "Patroni 4.1 reads lag= and mode= there, and bounds lag by maximum_lag_on_failover without them, which pgfront does not know (3.x and 4.0 ignore them); for the leader or a replica within a bound, use /read-only?lag=16MB",
+            )
+            .map(|_| Endpoint::Readiness)?,
             // Patroni treats any path mentioning "master" or "primary" as the primary check.
-            r if r.contains("master") || r.contains("primary") => Endpoint::Primary,
+            r if r.contains("master") || r.contains("primary") => none(r, leader).map(|_| Endpoint::Primary)?,
             _ => return Ok(None),
         }))
     }
@@ -76,6 +98,22 @@ impl Endpoint {
     pub fn is_leader(&self) -> bool {
         matches!(self, Endpoint::Primary | Endpoint::Leader | Endpoint::StandbyLeader)
     }
+}
+
+/// How a route reads in a message (`/` is Patroni's `/primary`).
+fn route_name(route: &str) -> &str {
+    if route.is_empty() {
+        "/"
+    } else {
+        route
+    }
+}
+
+/// The first query parameter `query` has that is not `tag_KEY=`, in an error.
+fn unknown_parameter(query: &str, takes: &str) -> String {
+    let bad =
+        query.split('&').map(|p| p.split('=').next().unwrap_or(p)).find(|k| !k.is_empty() && !k.starts_with("tag_"));
+    format!("unknown query parameter {:?}; {takes}", bad.unwrap_or(query))
 }
 
 impl ReplicaFilter {
@@ -128,6 +166,21 @@ mod tests {
         assert!(Endpoint::parse("/replica?lag=lots").is_err());
         assert!(Endpoint::parse("/replica?color=red").is_err());
         assert!(Endpoint::Primary.is_leader() && !Endpoint::Health.is_leader());
+    }
+
+    #[test]
+    fn health_keeps_its_tags_and_other_queries_are_refused() {
+        // Patroni filters /health by tag_* (only the leader paths ignore tags); before, the
+        // query was dropped.
+        assert_ne!(Endpoint::parse("/health?tag_dc=east"), Ok(Some(Endpoint::Health)));
+        assert!(Endpoint::parse("/health?lag=1MB").is_err(), "Patroni ignores lag= on /health");
+        assert!(
+            Endpoint::parse("/readiness?lag=1MB").is_err(),
+            "Patroni 4.1 reads it, with a default pgfront cannot know"
+        );
+        assert!(Endpoint::parse("/primary?tag_dc=east").is_err(), "Patroni ignores tags on leader paths");
+        assert_eq!(Endpoint::parse("/health"), Ok(Some(Endpoint::Health)));
+        assert_eq!(Endpoint::parse("/master?"), Ok(Some(Endpoint::Primary)));
     }
 
     #[test]

@@ -768,3 +768,21 @@ fn an_error_in_an_inline_table_names_its_own_key() {
     let (_, key, _) = err_at(&check);
     assert_eq!(key, "check.expect");
 }
+
+#[test]
+fn query_parameters_patroni_would_not_read_as_pgfront_does_are_refused_with_line_and_key() {
+    // Before: Endpoint::parse dropped the query of /health, /readiness and the leader
+    // paths, so /readiness?lag=16MB admitted a replica however far behind, without a word.
+    for (path, says) in [
+        ("/readiness?lag=16MB", "maximum_lag_on_failover"),
+        ("/health?lag=16MB", "Patroni ignores lag="),
+        ("/master?tag_dc=east", "Patroni ignores"),
+        ("/liveness?x=1", "takes no query parameters"),
+        ("/health?color=red", "tag_KEY="),
+    ] {
+        let (line, key, msg) = err_at(&BASE.replace("/master", path));
+        assert_eq!((line, key.as_str()), (14, "check.path"), "{path}");
+        assert!(msg.contains(says), "{path}: {msg}");
+    }
+    assert!(parse(&BASE.replace("/master", "/health?tag_dc=east")).is_ok(), "tags on /health are Patroni's");
+}

@@ -141,14 +141,31 @@ fn tag_matches(v: &serde_json::Value, want: &str) -> bool {
     }
 }
 
+/// Where the leader's WAL was: the position and the timeline it is on. A replica's replayed
+/// position says how far behind it is only on that same timeline: a node replaying another
+/// one (a former leader that diverged, a replica not yet past the switch) has a position
+/// that cannot be compared, however it compares numerically.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaderPosition {
+    pub lsn: u64,
+    /// The leader's timeline as its claim said it; `None` when it said none.
+    pub timeline: Option<u64>,
+}
+
+impl From<(u64, Option<u64>)> for LeaderPosition {
+    fn from((lsn, timeline): (u64, Option<u64>)) -> LeaderPosition {
+        LeaderPosition { lsn, timeline }
+    }
+}
+
 /// What the rest of the cluster says, for rules that need it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct View<'a> {
     /// Whether this node is the arbitrated leader (it claims leadership and wins).
     pub is_leader: bool,
-    /// The leader's WAL position, for replica lag: its latest known within `fall` x `inter`,
-    /// else `None`, and then replicas with a lag bound fail (closed, not open).
-    pub leader_position: Option<u64>,
+    /// The leader's WAL position and timeline, for replica lag: its latest known within
+    /// `fall` x `inter`, else `None`, and then replicas with a lag bound fail (closed, not open).
+    pub leader_position: Option<LeaderPosition>,
     /// The leader's standbys, for /sync and /async.
     pub standbys: &'a [Standby],
     /// Wall-clock time of the answer, for replay delay.
@@ -174,6 +191,21 @@ impl Verdict {
     fn fail(why: impl Into<String>) -> Verdict {
         Verdict { passed: false, why: why.into(), lag_excluded: false }
     }
+
+    /// A failure that measured no lag: a replica out for lag stays out (hysteresis), so one
+    /// answer that says nothing of its replay (PostgreSQL starting, say) does not re-admit
+    /// it at the full bound.
+    fn fail_keeping(why: impl Into<String>, lag_excluded: bool) -> Verdict {
+        Verdict { passed: false, why: why.into(), lag_excluded }
+    }
+}
+
+/// Patroni's `tag_KEY=VALUE` filters (applied to every 200 but the leader paths'): the
+/// first tag the node does not carry with that value.
+fn tags_fail(tags: &[(String, String)], st: &NodeStatus) -> Option<String> {
+    tags.iter()
+        .find(|(k, want)| !st.tags.get(k).is_some_and(|v| tag_matches(v, want)))
+        .map(|(k, want)| format!("tag {k} is not {want}"))
 }
 
 /// Would Patroni answer 200 on `endpoint` for a node in `status`?
@@ -192,7 +224,14 @@ pub fn verdict(endpoint: &Endpoint, status: &NodeStatus, view: View<'_>, lag_exc
         Endpoint::StandbyLeader if status.role == "standby_leader" && status.is_running() => Verdict::pass(),
         Endpoint::StandbyLeader => Verdict::fail(format!("not a standby leader (role {})", status.role)),
         Endpoint::Replica(f) => replica(f, status, view, lag_excluded),
-        Endpoint::ReadOnly(_) if view.is_leader => Verdict::pass(),
+        // Patroni: 200 when the primary's or the standby leader's answer is 200 (no lag, no
+        // noloadbalance), else the replica's; the tag filters apply to all of them.
+        Endpoint::ReadOnly(f) if view.is_leader || status.role == "standby_leader" => {
+            match tags_fail(&f.tags, status) {
+                Some(why) => Verdict::fail_keeping(why, lag_excluded),
+                None => Verdict::pass(),
+            }
+        }
         Endpoint::ReadOnly(f) => replica(f, status, view, lag_excluded),
         Endpoint::Sync(f) | Endpoint::Async(f) => {
             let v = replica(f, status, view, lag_excluded);
@@ -200,18 +239,23 @@ pub fn verdict(endpoint: &Endpoint, status: &NodeStatus, view: View<'_>, lag_exc
                 return v;
             }
             let name = status.patroni.name.as_deref().unwrap_or_default();
-            let sync = view
-                .standbys
-                .iter()
-                .any(|s| s.application_name == name && matches!(s.sync_state.as_deref(), Some("sync" | "quorum")));
-            match (endpoint, sync) {
-                (Endpoint::Sync(_), false) => Verdict::fail("not a synchronous standby"),
-                (Endpoint::Async(_), true) => Verdict::fail("a synchronous standby"),
+            // Patroni 4 in quorum commit mode marks its standbys quorum_standby, not
+            // sync_standby: /sync is 503 for them, and so is /async (which takes neither).
+            let state = view.standbys.iter().find(|s| s.application_name == name).and_then(|s| s.sync_state.as_deref());
+            match (endpoint, state) {
+                (Endpoint::Sync(_), Some("sync")) => v,
+                (Endpoint::Sync(_), Some("quorum")) => Verdict::fail("a quorum standby, not a synchronous one"),
+                (Endpoint::Sync(_), _) => Verdict::fail("not a synchronous standby"),
+                (Endpoint::Async(_), Some("sync")) => Verdict::fail("a synchronous standby"),
+                (Endpoint::Async(_), Some("quorum")) => Verdict::fail("a quorum standby"),
                 _ => v,
             }
         }
-        Endpoint::Health if status.is_running() => Verdict::pass(),
-        Endpoint::Health => Verdict::fail(format!("PostgreSQL is {}", status.state)),
+        Endpoint::Health | Endpoint::HealthTagged(_) if !status.is_running() => {
+            Verdict::fail(format!("PostgreSQL is {}", status.state))
+        }
+        Endpoint::Health => Verdict::pass(),
+        Endpoint::HealthTagged(tags) => tags_fail(tags, status).map_or_else(Verdict::pass, Verdict::fail),
         Endpoint::Liveness => Verdict::pass(),
         Endpoint::Readiness if view.is_leader => Verdict::pass(),
         Endpoint::Readiness if status.role == "replica" && status.replication_state.as_deref() == Some("streaming") => {
@@ -222,43 +266,61 @@ pub fn verdict(endpoint: &Endpoint, status: &NodeStatus, view: View<'_>, lag_exc
 }
 
 fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: bool) -> Verdict {
+    let fail = |why: String| Verdict::fail_keeping(why, lag_excluded);
     if st.role != "replica" {
-        return Verdict::fail(format!("not a replica (role {})", st.role));
+        return fail(format!("not a replica (role {})", st.role));
     }
     if !st.is_running() {
-        return Verdict::fail(format!("PostgreSQL is {}", st.state));
+        return fail(format!("PostgreSQL is {}", st.state));
     }
     if st.noloadbalance() {
-        return Verdict::fail("tagged noloadbalance");
+        return fail("tagged noloadbalance".into());
     }
-    for (k, want) in &f.tags {
-        if !st.tags.get(k).is_some_and(|v| tag_matches(v, want)) {
-            return Verdict::fail(format!("tag {k} is not {want}"));
-        }
+    if let Some(why) = tags_fail(&f.tags, st) {
+        return fail(why);
     }
-    if (f.max_lag.is_some() || f.max_delay.is_some()) && view.leader_position.is_none() {
+    if f.max_lag.is_none() && f.max_delay.is_none() {
+        return Verdict::pass();
+    }
+    // A lag bound fails closed: whatever cannot be measured excludes the replica.
+    let Some(leader) = view.leader_position else {
         // Nothing to measure against (failover, conflict, the leader's REST API down for
         // longer than fall x inter): a replica however far behind would pass, so none does.
-        return Verdict {
-            passed: false,
-            why: "leader position unknown: lag bound cannot be checked".into(),
-            lag_excluded,
-        };
+        return fail("leader position unknown: lag bound cannot be checked".into());
+    };
+    match (st.timeline, leader.timeline) {
+        (Some(mine), Some(theirs)) if mine == theirs => {}
+        // Its position is on another history: a former leader that diverged (ahead of the
+        // leader's position, numerically, and never to have its commits), or a replica not
+        // yet past the switch to the leader's timeline. Out, as for lag.
+        (Some(mine), Some(theirs)) => {
+            let why = format!("replays timeline {mine}, the leader is on {theirs}: lag bound cannot be checked");
+            return Verdict { passed: false, why, lag_excluded: true };
+        }
+        (None, _) => return fail("timeline unknown (not in Patroni's answer): lag bound cannot be checked".into()),
+        (_, None) => return fail("the leader's timeline unknown: lag bound cannot be checked".into()),
     }
-    if let (Some(max), Some(lag)) = (f.max_lag, st.lag(view.leader_position)) {
-        // Hysteresis: out above the bound, back in only at half of it.
+    // Patroni takes a missing replayed_location as 0: lagging.
+    let Some(lag) = st.lag(Some(leader.lsn)) else {
+        return fail("replayed position unknown: lag bound cannot be checked".into());
+    };
+    // Hysteresis: out above the bound, back in only at half of it.
+    if let Some(max) = f.max_lag {
         let limit = if lag_excluded { max / 2 } else { max };
         if lag > limit {
             return Verdict { passed: false, why: format!("replay lag {lag} bytes over {limit}"), lag_excluded: true };
         }
     }
     if let (Some(max), Some(now)) = (f.max_delay, view.now) {
-        if let Some(delay) = st.replay_delay(view.leader_position, now) {
-            let limit = if lag_excluded { max / 2 } else { max };
-            if delay > limit {
-                let why = format!("replay delay {:.1}s over {:.1}s", delay.as_secs_f64(), limit.as_secs_f64());
-                return Verdict { passed: false, why, lag_excluded: true };
-            }
+        // None: behind, and no readable time of the last replayed transaction (PostgreSQL
+        // has none until the standby replays one).
+        let Some(delay) = st.replay_delay(Some(leader.lsn), now) else {
+            return fail(format!("replay delay unknown: {lag} bytes behind, no replayed transaction time"));
+        };
+        let limit = if lag_excluded { max / 2 } else { max };
+        if delay > limit {
+            let why = format!("replay delay {:.1}s over {:.1}s", delay.as_secs_f64(), limit.as_secs_f64());
+            return Verdict { passed: false, why, lag_excluded: true };
         }
     }
     Verdict::pass()

@@ -8,6 +8,11 @@ fn parse(s: &str) -> NodeStatus {
     NodeStatus::parse(s.as_bytes()).unwrap()
 }
 
+/// The leader's position `lsn` on `timeline`.
+fn on(lsn: u64, timeline: u64) -> LeaderPosition {
+    LeaderPosition { lsn, timeline: Some(timeline) }
+}
+
 fn ep(path: &str) -> Endpoint {
     Endpoint::parse(path).unwrap().unwrap()
 }
@@ -42,7 +47,7 @@ fn leader_endpoints_follow_arbitration() {
 #[test]
 fn replica_rules() {
     let r = parse(REPLICA);
-    let view = View { leader_position: Some(67108960), ..View::default() };
+    let view = View { leader_position: Some(on(67108960, 3)), ..View::default() };
     assert!(verdict(&ep("/replica"), &r, view, false).passed);
     assert!(verdict(&ep("/read-only"), &r, view, false).passed);
     assert!(verdict(&ep("/health"), &r, view, false).passed);
@@ -63,7 +68,12 @@ fn replica_rules() {
 fn lag_has_hysteresis() {
     let r = parse(REPLICA); // replayed 67100000
     let at = |leader: u64, excluded: bool| {
-        verdict(&ep("/replica?lag=10000"), &r, View { leader_position: Some(leader), ..View::default() }, excluded)
+        verdict(
+            &ep("/replica?lag=10000"),
+            &r,
+            View { leader_position: Some(on(leader, 3)), ..View::default() },
+            excluded,
+        )
     };
     assert!(at(67_108_000, false).passed, "8000 bytes behind, bound 10000");
     let out = at(67_111_000, false);
@@ -93,7 +103,7 @@ fn lag_bounds_fail_closed_without_a_leader_position() {
 fn sync_and_async() {
     let l = parse(LEADER);
     let r = parse(REPLICA); // node2, sync in the leader's list
-    let view = View { leader_position: l.xlog.location, standbys: &l.replication, ..View::default() };
+    let view = View { leader_position: l.xlog.location.map(|p| on(p, 3)), standbys: &l.replication, ..View::default() };
     assert!(verdict(&ep("/sync"), &r, view, false).passed);
     assert!(!verdict(&ep("/async"), &r, view, false).passed);
     let mut r3 = r.clone();
@@ -116,11 +126,140 @@ fn replay_delay_counts_only_while_behind() {
         _ => unreachable!(),
     };
     f.max_delay = Some(Duration::from_secs(30));
-    let view = View { leader_position: Some(67_200_000), now: Some(now), ..View::default() };
+    let view = View { leader_position: Some(on(67_200_000, 3)), now: Some(now), ..View::default() };
     let v = verdict(&Endpoint::Replica(f.clone()), &r, view, false);
     assert!(!v.passed && v.lag_excluded && v.why.contains("replay delay"), "{v:?}");
     let soon = View { now: Some(at + Duration::from_secs(20)), ..view };
     assert!(!verdict(&Endpoint::Replica(f.clone()), &r, soon, true).passed, "20s > half of 30s: still out");
     let later = View { now: Some(at + Duration::from_secs(10)), ..view };
     assert!(verdict(&Endpoint::Replica(f), &r, later, true).passed, "back in under half the bound");
+}
+
+fn tagged(mut s: NodeStatus, k: &str, v: &str) -> NodeStatus {
+    s.tags.insert(k.into(), serde_json::Value::String(v.into()));
+    s
+}
+
+#[test]
+fn read_only_applies_tag_filters_to_the_leader_too() {
+    // Patroni (api.py do_GET) ignores tags only on the leader paths: on /read-only its 200
+    // for the primary is filtered by tag_* like a replica's. Before: the leader passed
+    // /read-only?tag_dc=east whatever its tags.
+    let west = tagged(parse(LEADER), "dc", "west");
+    let yes = View { is_leader: true, ..View::default() };
+    let v = verdict(&ep("/read-only?tag_dc=east"), &west, yes, false);
+    assert!(!v.passed && v.why.contains("tag dc"), "{v:?}");
+    assert!(verdict(&ep("/read-only?tag_dc=west"), &west, yes, false).passed);
+    assert!(!verdict(&ep("/read-only?tag_rack=1"), &west, yes, false).passed, "a tag it does not carry");
+}
+
+#[test]
+fn read_only_admits_a_standby_leader() {
+    // Patroni answers /read-only with 200 when 200 in (primary, standby_leader). A standby
+    // cluster's leader answers 503 on /primary, so it never leads here; before, /read-only
+    // failed it as "not a replica (role standby_leader)".
+    let mut sl = parse(REPLICA);
+    sl.role = "standby_leader".into();
+    assert!(verdict(&ep("/read-only"), &sl, View::default(), false).passed);
+    let east = tagged(sl.clone(), "dc", "east");
+    assert!(verdict(&ep("/read-only?tag_dc=east"), &east, View::default(), false).passed);
+    assert!(!verdict(&ep("/read-only?tag_dc=west"), &east, View::default(), false).passed);
+    assert!(!verdict(&ep("/replica"), &sl, View::default(), false).passed, "/replica is still only replicas");
+}
+
+#[test]
+fn health_takes_tag_filters() {
+    // Patroni applies tag_* to /health (ignore_tags is set for the leader paths only).
+    // Before: Endpoint::parse dropped the query and every node passed.
+    let east = tagged(parse(REPLICA), "dc", "east");
+    assert!(verdict(&ep("/health?tag_dc=east"), &east, View::default(), false).passed);
+    let v = verdict(&ep("/health?tag_dc=west"), &east, View::default(), false);
+    assert!(!v.passed && v.why.contains("tag dc"), "{v:?}");
+    let mut stopped = east;
+    stopped.state = "stopped".into();
+    assert!(!verdict(&ep("/health?tag_dc=east"), &stopped, View::default(), false).passed);
+}
+
+#[test]
+fn sync_does_not_count_quorum_standbys() {
+    // Patroni 4's /sync answers 200 only for sync_standby; in quorum commit mode its
+    // standbys are quorum_standby (pg_stat_replication: sync_state "quorum") and /sync is
+    // 503 for them, /async too, /quorum 200. Before: "quorum" counted as synchronous.
+    let mut l = parse(LEADER);
+    l.replication[0].sync_state = Some("quorum".into());
+    let r = parse(REPLICA); // node2
+    let view = View { leader_position: l.xlog.location.map(|p| on(p, 3)), standbys: &l.replication, ..View::default() };
+    assert!(!verdict(&ep("/sync"), &r, view, false).passed, "a quorum standby is not /sync");
+    assert!(!verdict(&ep("/async"), &r, view, false).passed, "nor /async");
+}
+
+#[test]
+fn lag_bounds_fail_closed_without_a_replayed_position() {
+    // Patroni takes a missing replayed_location as 0 (lagging). Before: lag was "unknown"
+    // and the bound was skipped, so the replica passed.
+    let mut r = parse(REPLICA);
+    r.xlog.replayed_location = None;
+    let view = View { leader_position: Some(on(67_108_960, 3)), ..View::default() };
+    let v = verdict(&ep("/replica?lag=16MB"), &r, view, false);
+    assert!(!v.passed && v.why.contains("replayed position unknown"), "{v:?}");
+    assert!(verdict(&ep("/replica"), &r, view, false).passed, "no bound, nothing to know");
+}
+
+#[test]
+fn a_replay_delay_bound_fails_closed_without_a_replay_timestamp() {
+    // PostgreSQL reports no replay timestamp until the standby replays a transaction.
+    // Before: a replica behind the leader with none passed max_replay_delay.
+    let mut r = parse(REPLICA); // 8960 bytes behind
+    r.xlog.replayed_timestamp = None;
+    let mut f = match ep("/replica") {
+        Endpoint::Replica(f) => f,
+        _ => unreachable!(),
+    };
+    f.max_delay = Some(Duration::from_secs(30));
+    let view =
+        View { leader_position: Some(on(67_108_960, 3)), now: Some(std::time::SystemTime::now()), ..View::default() };
+    let v = verdict(&Endpoint::Replica(f.clone()), &r, view, false);
+    assert!(!v.passed && v.why.contains("replay delay unknown"), "{v:?}");
+    r.xlog.replayed_timestamp = Some("yesterday".into());
+    assert!(!verdict(&Endpoint::Replica(f.clone()), &r, view, false).passed, "unreadable: unknown too");
+    r.xlog.replayed_location = Some(67_108_960);
+    assert!(verdict(&Endpoint::Replica(f), &r, view, false).passed, "caught up: no delay whatever the timestamp");
+}
+
+#[test]
+fn a_replica_on_another_timeline_than_the_leader_fails_lag_bounds() {
+    // A former leader that diverged (crash failover, no pg_rewind) runs as a replica on the
+    // old timeline with a replayed position past the new leader's: Patroni's /replica?lag
+    // (which ignores timelines) admits it. Before: pgfront's lag saturated at 0 and admitted
+    // it too, though it will never have the leader's commits.
+    let mut diverged = parse(REPLICA);
+    diverged.timeline = Some(5);
+    diverged.xlog.replayed_location = Some(1000);
+    let view = View { leader_position: Some(on(950, 6)), ..View::default() };
+    let v = verdict(&ep("/replica?lag=1"), &diverged, view, false);
+    assert!(!v.passed && v.why.contains("timeline 5") && v.lag_excluded, "{v:?}");
+    assert!(verdict(&ep("/replica"), &diverged, view, false).passed, "without a bound, Patroni's rule");
+    let mut unknown = diverged.clone();
+    unknown.timeline = None;
+    let v = verdict(&ep("/replica?lag=1"), &unknown, view, false);
+    assert!(!v.passed && v.why.contains("timeline unknown"), "{v:?}");
+    let leader_unknown = View { leader_position: Some(LeaderPosition { lsn: 950, timeline: None }), ..view };
+    assert!(!verdict(&ep("/replica?lag=1MB"), &parse(REPLICA), leader_unknown, false).passed);
+    let mut same = diverged;
+    same.timeline = Some(6);
+    assert!(verdict(&ep("/replica?lag=1"), &same, view, false).passed, "on the leader's timeline: ahead is not behind");
+}
+
+#[test]
+fn a_non_replica_answer_keeps_the_lag_exclusion() {
+    // Hysteresis: a replica out for lag comes back only below half the bound. Before: one
+    // readable answer that measured no lag (PostgreSQL starting, say) cleared the exclusion,
+    // and the next answer between half the bound and the bound re-admitted it.
+    let mut r = parse(REPLICA); // replayed 67100000
+    let view = View { leader_position: Some(on(67_108_000, 3)), ..View::default() };
+    r.state = "starting".into();
+    let v = verdict(&ep("/replica?lag=10000"), &r, view, true);
+    assert!(!v.passed && v.lag_excluded, "{v:?}");
+    r.state = "running".into();
+    assert!(!verdict(&ep("/replica?lag=10000"), &r, view, v.lag_excluded).passed, "8000 behind: still out");
 }
