@@ -291,15 +291,24 @@ impl Limited {
     /// Leaves pgfront no descriptor to open: its soft limit becomes the lowest free
     /// number, taken while no check's socket to `rest_port` is open (which would leave a
     /// free number below once it closes); only a checker's spare frees one then.
-    fn leave_no_descriptor(&self, rest_port: u16) {
-        let below = loop {
-            let before = self.rest_socket_below(u32::MAX, rest_port);
-            let below = self.first_free_fd();
-            if !before && !self.rest_socket_below(u32::MAX, rest_port) {
-                break below;
-            }
-        };
-        self.set_soft_limit(below);
+    /// `ss` and /proc are read on a blocking thread: this runtime also serves the fake REST
+    /// APIs, which must answer pgfront's checks meanwhile (blocked, they timed out under
+    /// load: the node went DOWN and the held sessions were cut).
+    async fn leave_no_descriptor(&self, rest_port: u16) {
+        let (pid, nofile) = (self.pid, self.nofile);
+        tokio::task::spawn_blocking(move || {
+            let below = loop {
+                let before = rest_socket_below(pid, u32::MAX, rest_port);
+                let below = first_free_fd(pid);
+                if !before && !rest_socket_below(pid, u32::MAX, rest_port) {
+                    break below;
+                }
+            };
+            let limit = format!("--nofile={below}:{nofile}");
+            assert!(Command::new("prlimit").args(["--pid", &pid.to_string(), &limit]).status().unwrap().success());
+        })
+        .await
+        .unwrap();
     }
 
     /// The node stops leading during the shortage: marked DOWN all the same, the held
@@ -315,27 +324,6 @@ impl Limited {
         drop(held);
         let lines = self.stop().await;
         assert!(!lines.iter().any(|l| l.contains("health check not made")), "{lines:#?}");
-    }
-
-    /// The lowest descriptor number pgfront does not have open: every one below is taken.
-    fn first_free_fd(&self) -> u32 {
-        let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        (0..).find(|n| !open.contains(n)).unwrap()
-    }
-
-    /// Whether pgfront has a socket to the REST port `rest` open below descriptor `below`.
-    fn rest_socket_below(&self, below: u32, rest: u16) -> bool {
-        let out = Command::new("ss").args(["-tnpH", &format!("dport = :{rest}")]).output().unwrap();
-        let pid = format!("pid={},fd=", self.pid);
-        String::from_utf8_lossy(&out.stdout).split(pid.as_str()).skip(1).any(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|fd| fd < below)
-        })
     }
 
     fn checks(lab: &Lab) -> u64 {
@@ -385,6 +373,27 @@ async fn hold(addr: SocketAddr, n: usize) -> Vec<Client> {
         held.push(tokio::time::timeout(LIMIT, connect(addr)).await.expect("not served").unwrap());
     }
     held
+}
+
+/// The lowest descriptor number process `pid` does not have open: every one below is taken.
+fn first_free_fd(pid: u32) -> u32 {
+    let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).unwrap()
+}
+
+/// Whether process `pid` has a socket to the REST port `rest` open below descriptor `below`.
+fn rest_socket_below(pid: u32, below: u32, rest: u16) -> bool {
+    let out = Command::new("ss").args(["-tnpH", &format!("dport = :{rest}")]).output().unwrap();
+    let pid = format!("pid={pid},fd=");
+    String::from_utf8_lossy(&out.stdout).split(pid.as_str()).skip(1).any(|rest| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|fd| fd < below)
+    })
 }
 
 fn assert_no_line_has(lines: &[String], bad: &[&str]) {
@@ -481,7 +490,7 @@ async fn a_leader_lost_while_descriptors_are_short_is_still_found_out() {
     lab.leader(0);
     let pg = Limited::start(&lab, 64, "spare").await;
     let held = hold(pg.addr, 4).await;
-    pg.leave_no_descriptor(lab.nodes[0].rest.addr.port());
+    pg.leave_no_descriptor(lab.nodes[0].rest.addr.port()).await;
     pg.wait_for("health check made with the one kept spare").await;
     pg.finds_the_leader_lost(&lab, held).await;
 }
@@ -499,7 +508,7 @@ async fn a_leader_checked_by_name_is_still_found_out_while_descriptors_are_short
         Limited::start_with(&lab, 64, "spare-name", |t| t.replace(&format!("check_address = \"{rest}\""), &by_name))
             .await;
     let held = hold(pg.addr, 4).await;
-    pg.leave_no_descriptor(rest.port());
+    pg.leave_no_descriptor(rest.port()).await;
     pg.wait_for("health check made with the one kept spare").await;
     // The lookup failed for want of a descriptor and the fallback was taken (a host that
     // resolves localhost without a descriptor, through nss-myhostname, would not need it).
