@@ -504,3 +504,39 @@ async fn a_former_leader_already_down_has_its_write_sessions_cut_when_another_no
     let mut second = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
     second.echo(b"on the new leader").await.unwrap();
 }
+
+#[tokio::test]
+async fn renaming_the_leaders_node_is_no_leader_change_and_cuts_nothing() {
+    // Found by helper-41: a reload that only renamed the leader's [[node]] (same address,
+    // same REST API) made it a new node: the term ended, so sessions that asked the read
+    // listener for the primary were cut (reason leader_changed), and a leader change was
+    // counted (a rename storm counted 663).
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = reads_config(&lab, "");
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
+    assert_eq!(on, "node1");
+    let changes = pg.shared().runtime().leadership.changes.load(Ordering::SeqCst);
+    let renamed = text.replace("name = \"node1\"", "name = \"first\"");
+    assert_ne!(renamed, text);
+    pg.reload(parse(&renamed)).unwrap();
+    let rt = pg.shared().runtime();
+    assert_eq!(rt.leadership.leader(), Some(0), "the renamed node still leads");
+    drop(rt);
+    let probes = lab.nodes[0].rest.hits("/primary");
+    eventually(LIMIT, "probed again", || lab.nodes[0].rest.hits("/primary") > probes + 2).await;
+    eventually(LIMIT, "the leader admitted under its new name", || up_count(&pg, "primary") == 1).await;
+    assert!(still_open(&mut asked).await, "the session sent to the leader was cut by a rename");
+    assert_eq!(
+        pg.shared().runtime().leadership.changes.load(Ordering::SeqCst),
+        changes,
+        "a rename counted as a leader change"
+    );
+    // The term goes on under the new name: a failover still ends the session.
+    lab.leader(1);
+    let mut b = [0u8; 8];
+    let r = tokio::time::timeout(LIMIT, asked.read(&mut b)).await.expect("the session was never cut at the failover");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+}

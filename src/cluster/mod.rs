@@ -112,14 +112,26 @@ impl Runtime {
     /// check and server that did not change: their health state, counters and open
     /// sessions carry over, and only what changed starts afresh (DOWN until checked).
     pub fn build_from(config: Arc<Config>, sessions: &CancellationToken, previous: Option<&Runtime>) -> Runtime {
-        // A node that stays (same name and REST address) keeps its state wherever it moves.
+        // A node that stays (same name and REST address) keeps its state wherever it moves;
+        // one renamed at the same REST address (whose old name and address are gone) goes
+        // on from its state under the new name. `from[i]`: new node i's old index.
+        let old_nodes = previous.map_or(&[][..], |p| &p.nodes[..]);
+        let stays = |o: &NodeState| config.nodes.iter().any(|n| n.name == o.name && n.check_address == o.target);
+        let mut from = vec![None; config.nodes.len()];
         let nodes: Vec<Arc<NodeState>> = config
             .nodes
             .iter()
-            .map(|n| {
-                previous
-                    .and_then(|p| p.nodes.iter().find(|o| o.name == n.name && o.target == n.check_address).cloned())
-                    .unwrap_or_else(|| Arc::new(NodeState::new(n.name.clone(), n.check_address.clone())))
+            .zip(&mut from)
+            .map(|(n, from)| {
+                if let Some(k) = old_nodes.iter().position(|o| o.name == n.name && o.target == n.check_address) {
+                    *from = Some(k);
+                    return Arc::clone(&old_nodes[k]);
+                }
+                if let Some(k) = old_nodes.iter().position(|o| o.target == n.check_address && !stays(o)) {
+                    *from = Some(k);
+                    return Arc::new(NodeState::renamed(&old_nodes[k], n.name.clone()));
+                }
+                Arc::new(NodeState::new(n.name.clone(), n.check_address.clone()))
             })
             .collect();
         let leadership = match previous {
@@ -127,8 +139,9 @@ impl Runtime {
                 Arc::clone(&p.leadership)
             }
             Some(p) => {
-                // Same node (name and REST address) under its new index, if it stays.
-                let index = |old: usize| nodes.iter().position(|n| Arc::ptr_eq(n, &p.nodes[old]));
+                // The same node (kept or renamed) under its new index, if it stays: a rename
+                // is no leader change, and the term of sessions sent to the leader goes on.
+                let index = |old: usize| from.iter().position(|f| *f == Some(old));
                 Arc::new(Leadership::succeeding(&p.leadership, index))
             }
             None => Arc::new(Leadership::default()),

@@ -213,6 +213,23 @@ impl NodeState {
         Some((s.timeline?, s.database_system_identifier.clone()))
     }
 
+    /// The same node under a new name (a reload renamed its `[[node]]`, same REST API): its
+    /// latest answer, claim and positions go on, so leadership and its term do too.
+    pub fn renamed(old: &NodeState, name: String) -> NodeState {
+        NodeState {
+            name,
+            target: old.target.clone(),
+            report: Mutex::new(old.report()),
+            kicks: AtomicU64::new(0),
+            kicked: Notify::new(),
+            cert_not_after: AtomicI64::new(old.cert_not_after.load(Ordering::Relaxed)),
+            replayed: AtomicU64::new(old.replayed()),
+            replayed_on: Mutex::new(*lock(&old.replayed_on)),
+            demand: Mutex::new(*lock(&old.demand)),
+            peer: Mutex::new(old.peer()),
+        }
+    }
+
     /// Notes where a check reached the REST API (see `peer`).
     pub fn note_peer(&self, peer: std::net::SocketAddr) {
         *self.peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(peer);
