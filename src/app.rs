@@ -421,6 +421,12 @@ impl Generations {
                 Some(cluster) => {
                     let cs = serving.clusters.get_mut(&view.cluster).expect("a running cluster is served");
                     if cs.file != view {
+                        if cs.members.is_empty() && view.global.discovery.is_some() {
+                            // Discovery switched on: until its first answer, the nodes served
+                            // so far stay, as the members they will be (a member named like a
+                            // node is that node); the first answer replaces them.
+                            cs.members = served_as_members(&cluster.runtime(), &view);
+                        }
                         let merged = view.with_members(&cs.members);
                         replaced.push(self.swap(cluster, cs, merged));
                         cs.file = view;
@@ -616,4 +622,20 @@ pub fn start(config: Config, bound: Bound) -> Pgfront {
 /// Starts pgfront with the production probe, sessions on `workers`.
 pub fn start_on(config: Config, bound: Bound, workers: Workers) -> Pgfront {
     Pgfront::start_on(config, bound, Arc::new(health::HttpProbe), workers)
+}
+
+/// The nodes `rt` serves that `view` does not declare, as discovered members: what a
+/// generation switching to discovery keeps until discovery answers.
+fn served_as_members(rt: &Runtime, view: &Config) -> Vec<Member> {
+    rt.config
+        .nodes
+        .iter()
+        .filter(|n| !view.nodes.iter().any(|d| d.name == n.name))
+        .map(|n| Member {
+            name: n.name.clone(),
+            address: n.address.clone(),
+            check_address: n.check_address.clone(),
+            leaving: false,
+        })
+        .collect()
 }

@@ -416,3 +416,41 @@ async fn discovered_members_count_towards_the_descriptor_reserve() {
     assert!(shared.shares.fanout.available_permits() > fanout, "the fan-out share grew with the reserve");
     pg.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn switching_declared_nodes_to_discovery_by_reload_keeps_them_until_the_first_answer() {
+    // Found by helper-41: a reload from [[node]] tables to discovery alone built a
+    // generation with no node until the first GET /cluster answer; the members then came
+    // back as new nodes: the leader's term ended (sessions that asked for the primary cut),
+    // a leader change was counted and the replicas were DOWN until rise.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let seed = lab.nodes[0].rest.addr.to_string();
+    let with_discovery = config(std::slice::from_ref(&seed), "127.0.0.1/32", "");
+    let declared = with_discovery
+        .replace(&format!("discovery = \"patroni\"\ndiscovery_seeds = [\"{seed}\"]\ndiscovery_allow = [\"127.0.0.1/32\"]\ndiscovery_inter = \"50ms\"\n"), "")
+        .replace("[[listener]]\nname = \"primary\"", &format!("{}[[listener]]\nname = \"primary\"", lab.nodes_toml()));
+    assert!(!declared.contains("discovery") && declared.contains("[[node]]"), "{declared}");
+    let pg = start(&declared);
+    eventually(LIMIT, "all up", || {
+        let rt = pg.shared().runtime();
+        rt.listener("replicas").unwrap().servers_up() == 2 && rt.listener("primary").unwrap().servers_up() == 1
+    })
+    .await;
+    let mut writer = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    let changes = pg.shared().runtime().leadership.changes.load(Ordering::SeqCst);
+    // Patroni does not answer /cluster yet: the nodes served so far must stay meanwhile.
+    let config = pgfront::Config::parse(std::path::Path::new("test.toml"), &with_discovery).unwrap();
+    pg.reload(config).unwrap();
+    let rt = pg.shared().runtime();
+    assert_eq!(rt.config.nodes.len(), 3, "the nodes are kept until discovery answers");
+    assert_eq!(rt.listener("replicas").unwrap().servers_up(), 2, "with their health");
+    assert_eq!(rt.leadership.leader(), Some(0));
+    drop(rt);
+    publish(&lab, &cluster_json(&[("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])]));
+    eventually(LIMIT, "discovered", || node_names(&pg).iter().all(|(_, o)| *o == Origin::Discovered)).await;
+    assert_eq!(pg.shared().runtime().listener("replicas").unwrap().servers_up(), 2, "still up");
+    writer.echo(b"after the switch").await.unwrap();
+    assert_eq!(pg.shared().runtime().leadership.changes.load(Ordering::SeqCst), changes, "no leader change");
+    pg.shutdown(Duration::from_millis(100)).await;
+}
