@@ -540,3 +540,33 @@ async fn renaming_the_leaders_node_is_no_leader_change_and_cuts_nothing() {
     let r = tokio::time::timeout(LIMIT, asked.read(&mut b)).await.expect("the session was never cut at the failover");
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 }
+
+#[tokio::test]
+async fn sessions_sent_to_a_new_leader_survive_its_replica_check_going_down() {
+    // Found by helper-40 on the real lab: after every switchover, the sessions that asked
+    // the reads port for the primary went to the new leader, and about 2 s later that
+    // port's own /replica check marked the node DOWN ("not a replica") and shutdown-sessions
+    // cut them all (19 to 26 sessions per switchover). They end with the leader's term.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&reads_config(&lab, ""));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let replica_up = |name: &str| {
+        let rt = pg.shared().runtime();
+        rt.listener("replicas").unwrap().servers.iter().any(|s| s.name == name && s.is_up())
+    };
+    // node2 is promoted; its replica check on the reads port still passes for a while.
+    lab.leader(1);
+    eventually(LIMIT, "node2 leads", || pg.shared().runtime().leadership.ready_leader() == Some(1)).await;
+    let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
+    assert_eq!(on, "node2");
+    let mut reader = connect_to(pg.listener_addr("replicas").unwrap(), "node3").await;
+    eventually(LIMIT, "node2's replica check DOWN", || !replica_up("node2")).await;
+    assert!(still_open(&mut asked).await, "the session sent to the leader was cut by the reads port's replica check");
+    reader.echo(b"node3 untouched").await.unwrap();
+    // Its term still ends it: another failover.
+    lab.leader(2);
+    let mut b = [0u8; 8];
+    let r = tokio::time::timeout(LIMIT, asked.read(&mut b)).await.expect("kept past its term");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+}

@@ -99,9 +99,14 @@ impl Slot {
     }
 
     /// Marks the slot as a fallback to the leader.
+    /// Its session ends with the leader's term and by an operator's cut, not when this
+    /// listener's check marks the node DOWN: a reads port's replica check fails on a node
+    /// that was just promoted, and cut the sessions sent there because it leads.
     pub(crate) fn into_fallback(mut self, leadership: &Arc<Leadership>) -> Slot {
         self.term = Some(leadership.term_token());
         self.fallback = Some(Arc::clone(leadership));
+        self.token = self.server.leader_session_token();
+        self.server.stats.on_term.fetch_add(1, Ordering::AcqRel);
         self
     }
 
@@ -138,6 +143,9 @@ impl Drop for Slot {
         // The connect place first, without serving the queue twice.
         if let Some(mut c) = self.connecting.take() {
             c.serve = false;
+        }
+        if self.fallback.is_some() {
+            self.server.stats.on_term.fetch_sub(1, Ordering::AcqRel);
         }
         self.server.stats.cur.fetch_sub(1, Ordering::AcqRel);
         self.queue.dispatch();

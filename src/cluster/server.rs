@@ -32,6 +32,10 @@ pub struct ServerStats {
     pub redispatches: AtomicU64,
     /// Sessions closed by mark-down (shutdown-sessions).
     pub killed: AtomicU64,
+    /// Sessions open here that were sent to the leader as such (`fallback_to_leader`,
+    /// `pgfront.target=primary`): they end with its leadership term, not when this
+    /// listener's own check (a replica check, on a reads port) marks the node DOWN.
+    pub on_term: AtomicUsize,
     /// Sessions that ended other than by their client: the server closed or failed, or
     /// pgfront cut them. A failover's "cut" is this on the old leader.
     pub ended_by_server: AtomicU64,
@@ -86,6 +90,9 @@ pub struct Server {
     /// Parent of every session token of this server; replaced by a fresh child of
     /// `parent` each time the server's sessions are cut.
     sessions: Arc<Mutex<CancellationToken>>,
+    /// The same for sessions sent to the leader as such (see `ServerStats::on_term`): cut
+    /// by an operator, never by a mark-down.
+    leader_sessions: Arc<Mutex<CancellationToken>>,
     parent: CancellationToken,
     /// 0 ready, 1 drain, 2 maint.
     admin: Arc<AtomicU8>,
@@ -113,6 +120,7 @@ impl Server {
             check,
             stats: Arc::default(),
             sessions: Arc::new(Mutex::new(parent.child_token())),
+            leader_sessions: Arc::new(Mutex::new(parent.child_token())),
             parent: parent.clone(),
             admin: Arc::new(AtomicU8::new(0)),
             leaving: false,
@@ -139,6 +147,7 @@ impl Server {
             check,
             stats: Arc::clone(&old.stats),
             sessions: Arc::clone(&old.sessions),
+            leader_sessions: Arc::clone(&old.leader_sessions),
             parent: old.parent.clone(),
             admin: Arc::clone(&old.admin),
             leaving: false,
@@ -185,20 +194,39 @@ impl Server {
         self.lock().clone()
     }
 
-    /// Closes every session on this server (mark-down with shutdown-sessions, admin action).
-    /// Later sessions get a fresh token.
+    /// The token of a session sent here as the leader (see `ServerStats::on_term`).
+    pub fn leader_session_token(&self) -> CancellationToken {
+        self.leader_sessions.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Closes the sessions this server's check governs (a mark-down with shutdown-sessions):
+    /// every one but those sent here as the leader, which end with its term. Later
+    /// sessions get a fresh token.
     pub fn cut_sessions(&self) -> usize {
         let (old, n) = {
             let mut token = self.lock();
             // Counted before the cut: the sessions it wakes leave `cur` on other threads at
             // once, and a count after it missed them (the log's sessions_cut, the killed
             // counter and the failover panel said 0 or 1 for 2 cut).
-            let n = self.stats.cur.load(Ordering::Relaxed);
+            let n = self.stats.cur.load(Ordering::Relaxed).saturating_sub(self.stats.on_term.load(Ordering::Relaxed));
             (std::mem::replace(&mut *token, self.parent.child_token()), n)
         };
         old.cancel();
         self.stats.killed.fetch_add(n as u64, Ordering::Relaxed);
         n
+    }
+
+    /// Closes every session on this server, those sent to it as the leader too (an
+    /// operator's shutdown or kill-sessions).
+    pub fn cut_all_sessions(&self) -> usize {
+        let (old, on_term) = {
+            let mut token = self.leader_sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let n = self.stats.on_term.load(Ordering::Relaxed);
+            (std::mem::replace(&mut *token, self.parent.child_token()), n)
+        };
+        old.cancel();
+        self.stats.killed.fetch_add(on_term as u64, Ordering::Relaxed);
+        on_term + self.cut_sessions()
     }
 
     /// The next session sent here records its time in `first_session` (cleared now).

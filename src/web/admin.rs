@@ -96,7 +96,7 @@ pub fn apply(
             }
             format!("set {}", state.as_str())
         }
-        "shutdown" | "kill-sessions" => format!("shut down {} sessions", s.cut_sessions()),
+        "shutdown" | "kill-sessions" => format!("shut down {} sessions", s.cut_all_sessions()),
         other => return Err((StatusCode::BAD_REQUEST, format!("unknown action {other:?}"))),
     };
     tracing::warn!(user, listener = %listener, server = %server, action = %action, "admin action: {done}");
