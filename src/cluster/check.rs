@@ -237,6 +237,17 @@ impl Check {
         transition
     }
 
+    /// Records a result that judged nothing against the node (see
+    /// [`crate::health::Verdict::undecided`]): shown, and no new session admitted until
+    /// a verdict passes, but not counted towards `rise` or `fall`, so it cuts nothing.
+    pub fn record_undecided(&self, result: ProbeResult, lag_excluded: bool) {
+        let mut r = self.lock();
+        r.lag_excluded = lag_excluded;
+        r.reason = latest_reason(&result, &r.machine, &self.spec.timing);
+        self.admit.store(false, Ordering::Release);
+        r.last = Some(result);
+    }
+
     /// Marks the check UP now on an authoritative answer (the arbitrated leader found while
     /// a failover is under way), instead of waiting for `rise` passes.
     pub fn promote(&self, result: ProbeResult, reason: String) -> Option<Transition> {

@@ -390,14 +390,14 @@ impl Checker {
             now: Some(std::time::SystemTime::now()),
         };
         for c in &self.target.checks {
-            let (r, lag) = match (&status, c.spec.endpoint.as_ref()) {
+            let (r, lag, undecided) = match (&status, c.spec.endpoint.as_ref()) {
                 (Some(Ok(st)), Some(endpoint)) => {
                     let v = verdict(endpoint, st, view, c.report().lag_excluded);
                     let r = ProbeResult::answered(v.passed, result.duration, v.why);
-                    (r, Some(v.lag_excluded))
+                    (r, Some(v.lag_excluded), v.undecided)
                 }
-                (Some(Err(why)), _) => (unreadable(&result, why), None),
-                _ => (ProbeResult { body: None, ..result.clone() }, None),
+                (Some(Err(why)), _) => (unreadable(&result, why), None, false),
+                _ => (ProbeResult { body: None, ..result.clone() }, None, false),
             };
             // Fast promotion: while a failover is under way (a leader was known and is gone),
             // the node every claim agrees on, answering as a running primary, is the write
@@ -406,6 +406,9 @@ impl Checker {
             let t = if promote {
                 let reason = format!("{}: new leader found while none was admitted", r.summary());
                 c.promote(r, reason)
+            } else if undecided {
+                c.record_undecided(r, lag.unwrap_or_default());
+                None
             } else {
                 c.record_probe(r, lag, Some(started))
             };

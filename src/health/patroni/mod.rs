@@ -181,22 +181,32 @@ pub struct Verdict {
     /// Set while a replica is excluded for lag; it is re-admitted only below half the
     /// bound, so a replica hovering at the bound does not flap.
     pub lag_excluded: bool,
+    /// The failure says nothing against the node: its lag cannot be measured for want of
+    /// the leader's position or timeline (the leader's REST API stalled, a failover under
+    /// way, a replica not yet past the switch to the new timeline). The replica takes no
+    /// new session, but the result does not count towards `fall`: a lag bound fails
+    /// closed for admission, and cuts no session it could not judge.
+    pub undecided: bool,
 }
 
 impl Verdict {
     fn pass() -> Verdict {
-        Verdict { passed: true, why: String::new(), lag_excluded: false }
+        Verdict { passed: true, why: String::new(), lag_excluded: false, undecided: false }
     }
 
     fn fail(why: impl Into<String>) -> Verdict {
-        Verdict { passed: false, why: why.into(), lag_excluded: false }
+        Verdict { passed: false, why: why.into(), lag_excluded: false, undecided: false }
+    }
+
+    fn undecided(why: impl Into<String>, lag_excluded: bool) -> Verdict {
+        Verdict { passed: false, why: why.into(), lag_excluded, undecided: true }
     }
 
     /// A failure that measured no lag: a replica out for lag stays out (hysteresis), so one
     /// answer that says nothing of its replay (PostgreSQL starting, say) does not re-admit
     /// it at the full bound.
     fn fail_keeping(why: impl Into<String>, lag_excluded: bool) -> Verdict {
-        Verdict { passed: false, why: why.into(), lag_excluded }
+        Verdict { passed: false, why: why.into(), lag_excluded, undecided: false }
     }
 }
 
@@ -286,7 +296,7 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
     let Some(leader) = view.leader_position else {
         // Nothing to measure against (failover, conflict, the leader's REST API down for
         // longer than fall x inter): a replica however far behind would pass, so none does.
-        return fail("leader position unknown: lag bound cannot be checked".into());
+        return Verdict::undecided("leader position unknown: lag bound cannot be checked", lag_excluded);
     };
     match (st.timeline, leader.timeline) {
         (Some(mine), Some(theirs)) if mine == theirs => {}
@@ -295,10 +305,12 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
         // yet past the switch to the leader's timeline. Out, as for lag.
         (Some(mine), Some(theirs)) => {
             let why = format!("replays timeline {mine}, the leader is on {theirs}: lag bound cannot be checked");
-            return Verdict { passed: false, why, lag_excluded: true };
+            return Verdict::undecided(why, true);
         }
         (None, _) => return fail("timeline unknown (not in Patroni's answer): lag bound cannot be checked".into()),
-        (_, None) => return fail("the leader's timeline unknown: lag bound cannot be checked".into()),
+        (_, None) => {
+            return Verdict::undecided("the leader's timeline unknown: lag bound cannot be checked", lag_excluded)
+        }
     }
     // Patroni takes a missing replayed_location as 0: lagging.
     let Some(lag) = st.lag(Some(leader.lsn)) else {
@@ -308,7 +320,12 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
     if let Some(max) = f.max_lag {
         let limit = if lag_excluded { max / 2 } else { max };
         if lag > limit {
-            return Verdict { passed: false, why: format!("replay lag {lag} bytes over {limit}"), lag_excluded: true };
+            return Verdict {
+                passed: false,
+                why: format!("replay lag {lag} bytes over {limit}"),
+                lag_excluded: true,
+                undecided: false,
+            };
         }
     }
     if let (Some(max), Some(now)) = (f.max_delay, view.now) {
@@ -320,7 +337,7 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
         let limit = if lag_excluded { max / 2 } else { max };
         if delay > limit {
             let why = format!("replay delay {:.1}s over {:.1}s", delay.as_secs_f64(), limit.as_secs_f64());
-            return Verdict { passed: false, why, lag_excluded: true };
+            return Verdict { passed: false, why, lag_excluded: true, undecided: false };
         }
     }
     Verdict::pass()
