@@ -636,8 +636,11 @@ async fn establish(
     // A wait for a replica's position comes first; the queue's own bound after it.
     let waits_for_position = if wait.is_some() { cfg.min_lsn_wait } else { Duration::ZERO };
     let hold_until = Instant::now() + waits_for_position + cfg.timeout_queue;
+    // Servers that accepted the connection but did not take the session (no answer to the
+    // startup in time, a reset, 57P03): tried again only when no other is eligible.
+    let mut avoid: Vec<usize> = Vec::new();
     loop {
-        let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, hold_until, peer).await?;
+        let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, hold_until, peer, &avoid).await?;
         let server = Arc::clone(slot.server());
         let first = async {
             let mut upstream = secure(stream, listener, &server.address).await?;
@@ -666,12 +669,14 @@ async fn establish(
             }
             Ok(Err(FirstError::Io(e))) => {
                 not_ready(&server, listener, &format!("handshake failed: {e}"));
-                pause(listener, hold_until).await?;
+                drop(slot);
+                elsewhere_or_pause(listener, &server, &mut avoid, hold_until).await?;
                 continue;
             }
             Err(_) => {
                 not_ready(&server, listener, "no answer to the startup packet in time");
-                pause(listener, hold_until).await?;
+                drop(slot);
+                elsewhere_or_pause(listener, &server, &mut avoid, hold_until).await?;
                 continue;
             }
         };
@@ -682,7 +687,7 @@ async fn establish(
         if cannot_connect_now && Instant::now() < hold_until {
             not_ready(&server, listener, "the server cannot accept sessions now (57P03)");
             drop((slot, upstream));
-            pause(listener, hold_until).await?;
+            elsewhere_or_pause(listener, &server, &mut avoid, hold_until).await?;
             continue;
         }
         if client_tls && first <= reply.len() {
@@ -752,6 +757,28 @@ fn not_ready(server: &Server, listener: &ListenerState, why: &str) {
     tracing::info!(listener = %listener.config.name, server = %server.name, why, "server not ready; session held");
 }
 
+/// After `server` accepted a connection but did not take the session: straight on to
+/// another eligible server not yet tried (a redispatch), whatever the hold bound says,
+/// since one is there; else a pause within the hold bound. Before, a replica whose
+/// postmaster hung (its REST API still answering) spent the whole hold (`timeout_connect`
+/// = `timeout_queue`, 4 s) and the session was refused "no server available" beside an
+/// idle healthy replica.
+async fn elsewhere_or_pause(
+    listener: &ListenerState,
+    server: &Server,
+    avoid: &mut Vec<usize>,
+    hold_until: Instant,
+) -> Result<(), Refusal> {
+    if !avoid.contains(&server.node) {
+        avoid.push(server.node);
+    }
+    if listener.servers.iter().any(|s| !avoid.contains(&s.node) && s.is_up()) {
+        server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    pause(listener, hold_until).await
+}
+
 /// Waits for a change on the listener (a server up, a slot freed) or a short pause, within
 /// the hold bound.
 async fn pause(listener: &ListenerState, hold_until: Instant) -> Result<(), Refusal> {
@@ -807,9 +834,10 @@ async fn connect(
     wait: &mut Option<min_lsn::Wait>,
     hold_until: Instant,
     peer: SocketAddr,
+    tried: &[usize],
 ) -> Result<(Slot, TcpStream), Refusal> {
     let cfg = &listener.config;
-    let mut avoid: Vec<usize> = Vec::new();
+    let mut avoid: Vec<usize> = tried.to_vec();
     let mut failed: Option<Arc<Server>> = None;
     let mut attempts = 0;
     let queued_at = Instant::now();
@@ -872,6 +900,7 @@ async fn connect(
             pause(listener, hold_until).await.map_err(|_| refusal())?;
             attempts = 0;
             avoid.clear();
+            avoid.extend_from_slice(tried);
             continue;
         }
         server.stats.retries.fetch_add(1, Ordering::Relaxed);
