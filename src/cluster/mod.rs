@@ -275,6 +275,17 @@ impl Runtime {
             listener.queue.serve_from(&listener);
             listeners.push(listener);
         }
+        if let Some(p) = previous {
+            // The leader's node removed by the reload: the write target is none now, said
+            // and counted as any leader change (before, nothing said so).
+            if let (Some(old), None) = (p.leadership.leader(), leadership.leader()) {
+                let name = &p.nodes[old].name;
+                leadership.changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(previous = %name, leader = "none", "leader changed: the reload removed the leader's node");
+                p.events.push(format!("leader: {name} -> none (the reload removed its node)"));
+                crate::sampler::leader_changed(p, Some(name), None);
+            }
+        }
         Runtime {
             config,
             checks,
