@@ -397,3 +397,34 @@ async fn health_answers_behind_a_crowd_without_defer_accept_too() {
     let lab = Lab::start(1).await;
     health_answers_behind_a_crowd(&lab.config("").replace("[global]\n", "[global]\ndefer_accept = false\n")).await;
 }
+
+#[tokio::test]
+async fn a_leader_whose_answers_stop_has_its_write_gap_from_its_first_failed_answer() {
+    // Found by helper-40: when the leader's REST API stopped answering, its claim ended
+    // (leader none) before its write check's mark-down, so the panel had no
+    // writes_stopped_at and counted the write gap from the claim's end, not from the
+    // first failed answer, when new writes were already held (9.7 s shown for about 16 s).
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    eventually(LIMIT, "leader up", || pg.shared().runtime().listener("primary").unwrap().servers_up() == 1).await;
+    lab.nodes[0].rest.set_all(Some(Answer::Hang));
+    eventually(LIMIT, "no leader", || pg.shared().runtime().leadership.leader().is_none()).await;
+    lab.leader(1);
+    let failover = || async {
+        let (_, json) = get(web, "/status.json", Some(ADMIN)).await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["failovers"].as_array().and_then(|f| f.iter().find(|f| f["to"] == "node2").cloned())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let f = loop {
+        match failover().await {
+            Some(f) if f["complete"] == true => break f,
+            other => assert!(tokio::time::Instant::now() < deadline, "never settled: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stopped = f["writes_stopped_at"].as_f64().unwrap_or_else(|| panic!("no writes_stopped_at: {f}"));
+    assert!(stopped <= f["flip_at"].as_f64().unwrap(), "{f}");
+}

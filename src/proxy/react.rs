@@ -41,6 +41,16 @@ impl React for Reactor {
                     name(&to),
                     timeline.map_or(String::new(), |t| format!(" (timeline {t})"))
                 ));
+                if let (Some(old), None) = (&from, &to) {
+                    // The claim ended before the leader check's mark-down (its answers failed
+                    // `fall` times): the write gap began at the first of them, not here.
+                    for c in rt.checks.iter().filter(|c| c.strict && &c.node_name == old) {
+                        let report = c.report();
+                        if report.failing_since.is_some() {
+                            writes_stopped(rt, c, &report);
+                        }
+                    }
+                }
                 crate::sampler::leader_changed(rt, from.as_deref(), to.as_deref());
                 // Fallback and primary-on-request sessions wait for the leader itself.
                 for l in &rt.listeners {
@@ -85,6 +95,17 @@ fn up(rt: &Runtime, check: &Arc<Check>) {
     }
 }
 
+/// Notes when `check` (a leader check) stopped admitting writes: its first failed answer.
+fn writes_stopped(rt: &Runtime, check: &Check, report: &crate::cluster::CheckReport) {
+    let now = crate::history::Stamp::now();
+    let ago = report.failing_since.map_or(std::time::Duration::ZERO, |t| now.mono.saturating_duration_since(t));
+    let at = crate::history::Stamp {
+        mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
+        wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
+    };
+    rt.history.writes_stopped(at, &check.node_name);
+}
+
 /// `forced`: a former leader; its sessions end whatever `on_marked_down` says, since another
 /// node leads now and writes there would go to the wrong primary.
 fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
@@ -92,13 +113,7 @@ fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
     if check.strict && rt.leadership.leader() == Some(check.node) {
         // The leader still holds the lock but takes no writes: a failover's write gap may
         // begin here, before Patroni lets go of the lock.
-        let now = crate::history::Stamp::now();
-        let ago = report.failing_since.map_or(std::time::Duration::ZERO, |t| now.mono.saturating_duration_since(t));
-        let at = crate::history::Stamp {
-            mono: now.mono.checked_sub(ago).unwrap_or(now.mono),
-            wall: now.wall.checked_sub(ago).unwrap_or(now.wall),
-        };
-        rt.history.writes_stopped(at, &check.node_name);
+        writes_stopped(rt, check, &report);
     }
     for (listener, server) in rt.servers_of(check) {
         let remaining = listener.servers_up();
