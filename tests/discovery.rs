@@ -454,3 +454,30 @@ async fn switching_declared_nodes_to_discovery_by_reload_keeps_them_until_the_fi
     assert_eq!(pg.shared().runtime().leadership.changes.load(Ordering::SeqCst), changes, "no leader change");
     pg.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn a_partial_member_list_does_not_remove_members_whose_checks_pass() {
+    // Found by helper-40 on the real lab: after etcd came back from an outage longer than
+    // ttl, /cluster listed the leader alone for a few seconds while the members registered
+    // again; pgfront applied it at once, removed a healthy replica, and re-added it DOWN
+    // (health reset, rise again) 3 s later.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let all = [("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])];
+    publish(&lab, &cluster_json(&all));
+    let pg = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
+    let replicas = || pg.shared().runtime().listener("replicas").unwrap().servers_up();
+    eventually(LIMIT, "both replicas up", || replicas() == 2).await;
+    let requests = || pg.cluster("").unwrap().discovery.requests.load(Ordering::Relaxed);
+    publish(&lab, &cluster_json(&all[..1]));
+    let asked = requests();
+    eventually(LIMIT, "a few rounds with the leader alone", || requests() >= asked + 4).await;
+    assert_eq!(node_names(&pg).len(), 3, "members whose checks pass were removed");
+    assert!(node_names(&pg).iter().all(|(_, o)| *o == Origin::Discovered), "{:?}", node_names(&pg));
+    assert_eq!(replicas(), 2, "their health was kept");
+    publish(&lab, &cluster_json(&all));
+    let asked = requests();
+    eventually(LIMIT, "listed again", || requests() >= asked + 2).await;
+    assert!(!has_event(&pg, "removed") && !has_event(&pg, "left"), "a removal was said");
+    pg.shutdown(Duration::from_millis(100)).await;
+}

@@ -31,6 +31,15 @@ pub trait Apply: Send + Sync + 'static {
 /// How often a pgfront without discovery looks whether a reload turned it on.
 const IDLE: Duration = Duration::from_secs(1);
 
+/// A member an answer leaves out while its own checks still pass stays as it is until
+/// answers have left it out this many rounds in a row (30 s at the default
+/// `discovery_inter` of 3 s, about Patroni's `ttl`): after an outage of Patroni's store,
+/// member keys have expired and `/cluster` lists the members as they register again, one
+/// loop at a time (the leader alone first, for a few seconds), and a partial list applied at
+/// once removed healthy replicas and reset their health. A member that stopped fails its
+/// checks long before its key expires, and goes at once.
+const MISSING_ROUNDS: u32 = 10;
+
 /// Runs until `stop`: reads `cluster`'s member list and applies changes to it.
 pub async fn run(cluster: Arc<ClusterState>, probe: Arc<dyn Probe>, apply: Arc<dyn Apply>, stop: CancellationToken) {
     let mut round = Round::default();
@@ -67,6 +76,8 @@ struct Round {
     refused: BTreeSet<Refused>,
     /// Patroni's scope of the first answer: an answer from another cluster is not used.
     scope: Option<String>,
+    /// Members in use that answers have left out while their checks pass: rounds in a row.
+    missing: Vec<(String, u32)>,
 }
 
 impl Round {
@@ -117,6 +128,9 @@ impl Round {
         self.refused = refused.into_iter().collect();
         let declared = |name: &str| rt.config.nodes.iter().any(|n| n.name == name && n.origin == Origin::Declared);
         let busy = |name: &str| !declared(name) && holds_sessions(rt, name);
+        let kept = self.left_out(rt, &members);
+        let mut members = members;
+        members.extend(kept);
         let mut next = members.clone();
         next.extend(leaving(&self.in_use, &members, busy));
         next.sort();
@@ -133,6 +147,26 @@ impl Round {
 }
 
 impl Round {
+    /// Members in use (not leaving) that `listed` leaves out but whose checks still pass,
+    /// for fewer than [`MISSING_ROUNDS`] rounds in a row: kept as they are for now.
+    fn left_out(&mut self, rt: &Runtime, listed: &[Member]) -> Vec<Member> {
+        let answering = |name: &str| rt.checks.iter().any(|c| c.node_name == name && c.report().machine.is_up());
+        let mut missing = Vec::new();
+        let mut kept = Vec::new();
+        for m in self.in_use.iter().filter(|m| !m.leaving && !listed.iter().any(|l| l.name == m.name)) {
+            let rounds = self.missing.iter().find(|x| x.0 == m.name).map_or(0, |x| x.1) + 1;
+            if rounds < MISSING_ROUNDS && answering(&m.name) {
+                if rounds == 1 {
+                    tracing::info!(member = %m.name, "discovery: member left out of Patroni's member list while its checks pass; kept for now");
+                }
+                kept.push(m.clone());
+                missing.push((m.name.clone(), rounds));
+            }
+        }
+        self.missing = missing;
+        kept
+    }
+
     /// The answer's usable members and refusals; an error for an answer from another
     /// cluster than the first one seen, or one that lists no usable member at all (a
     /// member set never empties on one answer: a cluster always lists the member asked).
