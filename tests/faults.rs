@@ -570,3 +570,80 @@ async fn sessions_sent_to_a_new_leader_survive_its_replica_check_going_down() {
     let r = tokio::time::timeout(LIMIT, asked.read(&mut b)).await.expect("kept past its term");
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_lag_bound_that_cannot_be_measured_admits_nobody_and_cuts_nothing() {
+    // Found by helper-40 on the real lab: with /replica?lag=16MB, a 12 s stall of the
+    // leader's Patroni agent left no leader position to measure against; the lag bound
+    // failed closed, every replica went DOWN by fall and shutdown-sessions cut their
+    // sessions, though nothing was known against them (Patroni's own lag check, which
+    // HAProxy asks, kept answering 200).
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("").replace("path = \"/replica\"", "path = \"/replica?lag=16MB\"");
+    assert!(text.contains("lag=16MB"));
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let mut reader = connect_to(pg.listener_addr("replicas").unwrap(), "node2").await;
+    lab.nodes[0].rest.set_all(Some(Answer::Hang));
+    eventually(LIMIT, "no new session on the replicas", || up_count(&pg, "replicas") == 0).await;
+    let probes = lab.nodes[1].rest.hits("/patroni") + lab.nodes[1].rest.hits("/primary");
+    eventually(LIMIT, "probed a few times more", || {
+        lab.nodes[1].rest.hits("/patroni") + lab.nodes[1].rest.hits("/primary") > probes + 4
+    })
+    .await;
+    reader.echo(b"still served: nothing is known against node2").await.unwrap();
+    let rt = pg.shared().runtime();
+    let check = &rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().check;
+    assert!(check.report().machine.is_up(), "marked DOWN: {:?}", check.report().reason);
+    drop(rt);
+    lab.nodes[0].rest.set_all(None);
+    eventually(LIMIT, "admitted again", || up_count(&pg, "replicas") == 2).await;
+}
+
+#[tokio::test]
+async fn a_replica_that_accepts_and_never_answers_hands_its_sessions_to_another() {
+    // Found by helper-40 on the real lab: a replica whose postmaster hung (SIGSTOP; its
+    // Patroni agent answering, so its check passed) took its round-robin share of new
+    // sessions; each waited timeout_connect for the answer to its startup, which spent the
+    // hold (timeout_queue), and was refused "no server available" beside a healthy replica.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    // Never accepted: the kernel completes connections into its backlog, nothing answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node2 = format!("address = \"{}\"", lab.nodes[1].backend.addr);
+    let text = lab.config("").replace(&node2, &format!("address = \"{}\"", silent.local_addr().unwrap()));
+    assert_ne!(text, lab.config(""));
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let addr = pg.listener_addr("replicas").unwrap();
+    for i in 0..4 {
+        let c = connect(addr).await.unwrap_or_else(|e| panic!("session {i} refused: {} {}", e.code, e.message));
+        assert_eq!(c.server, "node3", "session {i}");
+    }
+    let rt = pg.shared().runtime();
+    let node2 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
+    assert!(node2.stats.redispatches.load(Ordering::Relaxed) >= 1, "counted as redispatches");
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_the_leaders_node_says_the_leader_changed() {
+    // Found by helper-40: after such a reload status.json said no leader and writes were
+    // held, but no line, no event and no count said the leader had changed.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let changes = pg.shared().runtime().leadership.changes.load(Ordering::SeqCst);
+    let node1 = format!(
+        "[[node]]\nname = \"node1\"\naddress = \"{}\"\ncheck_address = \"{}\"\n\n",
+        lab.nodes[0].backend.addr, lab.nodes[0].rest.addr
+    );
+    assert!(text.contains(&node1));
+    pg.reload(parse(&text.replace(&node1, ""))).unwrap();
+    let rt = pg.shared().runtime();
+    assert_eq!(rt.leadership.leader(), None);
+    assert_eq!(rt.leadership.changes.load(Ordering::SeqCst), changes + 1, "counted");
+    assert!(rt.events.recent().iter().any(|e| e.text.contains("node1 -> none")), "an event says so");
+}
