@@ -401,6 +401,13 @@ impl Generations {
         if config.global.log_format != old.global.log_format {
             tracing::warn!("log_format changes only with a restart");
         }
+        if config.global.threads != old.global.threads {
+            tracing::warn!(
+                configured = config.global.threads,
+                running = self.workers.len(),
+                "threads changes only with a restart"
+            );
+        }
         if config.global.defer_accept != old.global.defer_accept {
             tracing::warn!(
                 "defer_accept applies to listeners bound from now on; the others keep theirs until a restart"

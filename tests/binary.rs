@@ -759,3 +759,20 @@ async fn a_second_sigterm_ends_the_drain_and_a_stop_is_not_blamed_on_the_server(
     assert!(closed[0].contains("stopping") && !closed[0].contains("server_down"), "{closed:?}");
     assert!(held[0].closed_within(LIMIT).await, "the session was left open");
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_threads_says_it_needs_a_restart() {
+    // Found by helper-41: a reload that changed [global] threads was taken without a word,
+    // while the other restart-only keys (the web bind, log_format, defer_accept) warn.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = Limited::start(&lab, 1024, "threads").await;
+    let path = pg.dir.join("pgfront.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("threads = 2"));
+    std::fs::write(&path, text.replace("threads = 2", "threads = 1")).unwrap();
+    signal(pg.pid, "-HUP");
+    pg.wait_for("threads changes only with a restart").await;
+    let lines = pg.stop().await;
+    assert!(lines.iter().any(|l| l.contains("configuration reloaded")), "{lines:#?}");
+}
