@@ -417,6 +417,10 @@ impl Generations {
         // wait (see `Reloads::steady`): none reads a listener's old name in a new generation.
         let moving = self.shared.reloads.moving();
         let before = self.shared.clusters.load_full();
+        // Every listener of the generations now running: one moved to another cluster goes
+        // on there with its queue (see `Runtime::build_after`).
+        let listening: Vec<Arc<cluster::ListenerState>> =
+            before.iter().flat_map(|c| c.runtime().listeners.clone()).collect();
         let mut after: Vec<Arc<ClusterState>> = Vec::new();
         let views = config.views();
         let names: Vec<String> = views.iter().map(|v| v.cluster.clone()).collect();
@@ -435,7 +439,7 @@ impl Generations {
                             cs.members = served_as_members(&cluster.runtime(), &view);
                         }
                         let merged = view.with_members(&cs.members);
-                        replaced.push(self.swap(cluster, cs, merged));
+                        replaced.push(self.swap(cluster, cs, merged, &listening));
                         cs.file = view;
                     }
                     after.push(Arc::clone(cluster));
@@ -463,8 +467,12 @@ impl Generations {
                         .unwrap_or_default();
                     let sessions = &self.shared.tokens.sessions;
                     let config = Arc::new(view.with_members(&members));
-                    let cluster =
-                        Arc::new(ClusterState::new(Runtime::build_from(config, sessions, previous.as_deref())));
+                    let cluster = Arc::new(ClusterState::new(Runtime::build_after(
+                        config,
+                        sessions,
+                        previous.as_deref(),
+                        &listening,
+                    )));
                     match predecessor {
                         Some(p) => {
                             tracing::info!(cluster = %cluster.name, from = %p.name, "cluster added, succeeding a removed one");
@@ -504,9 +512,16 @@ impl Generations {
     /// Builds `cluster`'s generation for `config` (its view, members merged), swaps it in,
     /// and moves its checkers to it (reused checks keep their state); returns the
     /// generation it replaced.
-    fn swap(&self, cluster: &ClusterState, serving: &mut ClusterServing, config: Config) -> Arc<Runtime> {
+    fn swap(
+        &self,
+        cluster: &ClusterState,
+        serving: &mut ClusterServing,
+        config: Config,
+        elsewhere: &[Arc<cluster::ListenerState>],
+    ) -> Arc<Runtime> {
         let old = cluster.runtime();
-        let runtime = Arc::new(Runtime::build_from(Arc::new(config), &self.shared.tokens.sessions, Some(&old)));
+        let runtime =
+            Arc::new(Runtime::build_after(Arc::new(config), &self.shared.tokens.sessions, Some(&old), elsewhere));
         let checkers = self.shared.tokens.root.child_token();
         cluster::spawn_checkers(&runtime, Arc::clone(&self.probe), Arc::new(proxy::Reactor), &self.tasks, &checkers);
         std::mem::replace(&mut serving.checkers, checkers).cancel();
@@ -583,7 +598,7 @@ impl discovery::Apply for ClusterApply {
             return false;
         }
         let merged = cs.file.with_members(&members);
-        let old = self.gen.swap(&cluster, cs, merged);
+        let old = self.gen.swap(&cluster, cs, merged, &[]);
         self.gen.shared.retired.note(&[old], &self.gen.shared.runtimes());
         cs.members = members;
         // Each member's check holds descriptors too: the reserve grows with them.

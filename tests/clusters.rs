@@ -416,3 +416,36 @@ async fn renaming_a_cluster_with_its_listeners_keeps_health_and_sessions() {
     assert_eq!(connect(addr).await.expect("served at once").server, "node1");
     pg.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_listener_moved_to_another_cluster_takes_its_waiting_clients_along() {
+    // Found by helper-41: clients waiting in a listener's queue when a reload moved it to
+    // another [[cluster]] stayed in the old cluster's queue, waiting for a place there
+    // (9.6 s), while a client arriving after the move was served at once.
+    let (la, lb) = (Lab::start(2).await, Lab::start(2).await);
+    la.leader(0);
+    lb.leader(0);
+    let a = cluster("a", &la, "");
+    let b = cluster("b", &lb, "");
+    // a-replicas: one replica, one place, a long queue.
+    let (a, _, _) = on_two_free_ports(&a.replace(
+        "name = \"a-replicas\"\nbind = \"127.0.0.1:0\"",
+        "name = \"a-replicas\"\nbind = \"127.0.0.1:0\"\nmaxconn = 1\ntimeout_queue = \"20s\"",
+    ));
+    let start_at = a.find("[[cluster.listener]]\nname = \"a-replicas\"").unwrap();
+    let listener = a[start_at..].to_owned();
+    let pg = support::start(&format!("{FAST}{a}{b}"));
+    eventually(LIMIT, "up", || up(&pg, "a-replicas") == 1 && up(&pg, "b-replicas") == 1).await;
+    let addr = pg.listener_addr("a-replicas").unwrap();
+    let mut first = connect(addr).await.unwrap();
+    let waiting = tokio::spawn(connect(addr));
+    eventually(LIMIT, "one waiting", || pg.shared().listener("a-replicas").is_some_and(|l| l.queue.len() == 1)).await;
+    // The listener moves to cluster b, same address.
+    let moved = format!("{FAST}{}{b}\n{listener}", &a[..start_at]);
+    pg.reload(parse(&moved)).expect("the reload applies");
+    let served = tokio::time::timeout(LIMIT, waiting).await.expect("still waiting").unwrap().expect("refused");
+    assert_eq!(lb.nodes[1].backend.accepted.load(Ordering::SeqCst), 1, "served by cluster b's replica");
+    assert_eq!(served.server, "node2");
+    first.echo(b"the first session stays on a's replica").await.unwrap();
+    pg.shutdown(Duration::from_secs(1)).await;
+}

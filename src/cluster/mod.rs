@@ -112,6 +112,20 @@ impl Runtime {
     /// check and server that did not change: their health state, counters and open
     /// sessions carry over, and only what changed starts afresh (DOWN until checked).
     pub fn build_from(config: Arc<Config>, sessions: &CancellationToken, previous: Option<&Runtime>) -> Runtime {
+        Runtime::build_after(config, sessions, previous, &[])
+    }
+
+    /// [`Runtime::build_from`], where a listener that `previous` did not have but another
+    /// cluster's generation did (`elsewhere`: moved between `[[cluster]]`s, by its fixed
+    /// address or its name) goes on with that listener's queue and counters: clients already
+    /// waiting keep their turn ahead of newcomers (before, they were left in the old
+    /// cluster's queue, waiting for a place there). Its servers are the new cluster's own.
+    pub fn build_after(
+        config: Arc<Config>,
+        sessions: &CancellationToken,
+        previous: Option<&Runtime>,
+        elsewhere: &[Arc<ListenerState>],
+    ) -> Runtime {
         // A node that stays (same name and REST address) keeps its state wherever it moves;
         // one renamed at the same REST address (whose old name and address are gone) goes
         // on from its state under the new name. `from[i]`: new node i's old index.
@@ -212,6 +226,14 @@ impl Runtime {
         };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (l, old_listener) in config.listeners.iter().zip(old_listeners) {
+            let moved_from = match old_listener {
+                Some(_) => None,
+                None => elsewhere
+                    .iter()
+                    .find(|o| l.bind.port() != 0 && o.config.bind == l.bind)
+                    .or_else(|| elsewhere.iter().find(|o| o.config.name == l.name)),
+            };
+            let carried = old_listener.or(moved_from);
             let servers = l
                 .servers
                 .iter()
@@ -268,9 +290,9 @@ impl Runtime {
                 config: l.clone(),
                 servers,
                 rr: AtomicUsize::new(0),
-                queue: old_listener.map_or_else(Arc::default, |o| Arc::clone(&o.queue)),
+                queue: carried.map_or_else(Arc::default, |o| Arc::clone(&o.queue)),
                 leadership: Arc::clone(&leadership),
-                stats: old_listener.map_or_else(Arc::default, |o| Arc::clone(&o.stats)),
+                stats: carried.map_or_else(Arc::default, |o| Arc::clone(&o.stats)),
             });
             listener.queue.serve_from(&listener);
             listeners.push(listener);
