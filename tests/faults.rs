@@ -647,3 +647,33 @@ async fn a_reload_that_removes_the_leaders_node_says_the_leader_changed() {
     assert_eq!(rt.leadership.changes.load(Ordering::SeqCst), changes + 1, "counted");
     assert!(rt.events.recent().iter().any(|e| e.text.contains("node1 -> none")), "an event says so");
 }
+
+#[tokio::test]
+async fn a_replica_that_says_it_is_no_longer_one_takes_no_new_session_before_fall() {
+    // Found by helper-40 on the real lab: a newly promoted node stayed in the read rotation
+    // for `fall` answers of "not a replica" (2 s), taking new read sessions that the
+    // mark-down then cut. A readable "no" now stops new sessions at once; the mark-down
+    // still waits for fall, so sessions already there are not cut by one answer.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("").replace("fall = 2", "fall = 4").replace("fastinter = \"20ms\"", "fastinter = \"1s\"");
+    assert!(text.contains("fall = 4") && text.contains("fastinter = \"1s\""));
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let addr = pg.listener_addr("replicas").unwrap();
+    let mut reader = connect_to(addr, "node2").await;
+    let check = || {
+        let rt = pg.shared().runtime();
+        let s = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
+        s.check.report()
+    };
+    let failures = check().failures;
+    lab.leader(1);
+    eventually(LIMIT, "node2 said it is no replica", || check().failures > failures).await;
+    assert!(check().machine.is_up(), "not DOWN yet: fall is 4");
+    for i in 0..6 {
+        let c = connect(addr).await.unwrap_or_else(|e| panic!("session {i}: {} {}", e.code, e.message));
+        assert_ne!(c.server, "node2", "session {i} sent to the node that said it is no replica");
+    }
+    reader.echo(b"kept until fall").await.unwrap();
+}

@@ -232,7 +232,13 @@ impl Check {
             Self::transition(&mut r, t, reason);
         }
         r.reason = latest_reason(&result, &r.machine, &self.spec.timing);
-        self.admit.store(r.machine.is_up() && (passed || !self.strict), Ordering::Release);
+        // New sessions follow the latest answer that says something: a readable "no" (a
+        // replica check answered by a node that was just promoted, a lagging replica)
+        // stops them at once, while the mark-down, which cuts sessions, waits for `fall`; a
+        // failure that says nothing of the node (a timeout, a reset) keeps admitting until
+        // then, as in HAProxy, except on a leader check (a demoting leader takes no write).
+        let said_no = !passed && result.status.is_some();
+        self.admit.store(r.machine.is_up() && (passed || !(self.strict || said_no)), Ordering::Release);
         r.last = Some(result);
         transition
     }
