@@ -677,3 +677,25 @@ async fn a_replica_that_says_it_is_no_longer_one_takes_no_new_session_before_fal
     }
     reader.echo(b"kept until fall").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_session_asking_for_a_hung_leader_is_refused_at_its_hold_bound_not_redispatched_forever() {
+    // Found by review (helper-45): after a server took no session, the redispatch skipped the
+    // pause (the only check of the hold bound) whenever another server was up, though the
+    // next pick came back to the same one: pgfront.target=primary on a reads port always
+    // picks the leader, so a hung leader postmaster held such a session forever.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node1 = format!("address = \"{}\"", lab.nodes[0].backend.addr);
+    let text = reads_config(&lab, "").replace(&node1, &format!("address = \"{}\"", silent.local_addr().unwrap()));
+    assert_ne!(text, reads_config(&lab, ""));
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let mut s = TcpStream::connect(pg.listener_addr("replicas").unwrap()).await.unwrap();
+    s.write_all(&startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")])).await.unwrap();
+    let mut b = [0u8; 1];
+    // The reads port holds timeout_queue = timeout_connect = 500 ms.
+    let r = tokio::time::timeout(LIMIT, s.read(&mut b)).await.expect("held past its hold bound, never refused");
+    assert!(matches!(r, Ok(1)) && b[0] == b'E', "{r:?} {b:?}");
+}

@@ -642,6 +642,10 @@ async fn establish(
     loop {
         let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, hold_until, peer, &avoid).await?;
         let server = Arc::clone(slot.server());
+        if avoid.contains(&server.node) && Instant::now() >= hold_until {
+            // Past the hold only to try servers not yet tried: back to one that failed, refused.
+            return Err(Refusal::Queue(NoServer::NoneUp, cfg.timeout_queue));
+        }
         let first = async {
             let mut upstream = secure(stream, listener, &server.address).await?;
             upstream.write_all(&prelude.bytes[..prelude.end]).await?;
@@ -769,10 +773,14 @@ async fn elsewhere_or_pause(
     avoid: &mut Vec<usize>,
     hold_until: Instant,
 ) -> Result<(), Refusal> {
-    if !avoid.contains(&server.node) {
+    // Once per server: a pick that comes back to a server already tried (the leader for
+    // `pgfront.target=primary`, the only replica with a min_lsn position, the others full)
+    // pauses within the hold bound, as before, so nothing loops past it.
+    let first_time = !avoid.contains(&server.node);
+    if first_time {
         avoid.push(server.node);
     }
-    if listener.servers.iter().any(|s| !avoid.contains(&s.node) && s.is_up()) {
+    if first_time && listener.servers.iter().any(|s| !avoid.contains(&s.node) && s.is_up()) {
         server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
