@@ -148,3 +148,43 @@ async fn a_leader_stopping_without_a_timeline_does_not_hold_up_its_successor() {
     assert_eq!(rt.leadership.leader(), Some(1), "b leads while a's claim is still kept");
     assert!(conflicts.0.lock().unwrap().is_empty(), "a switchover seen as a conflict");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_left_on_another_timeline_is_marked_down_once_the_grace_is_over() {
+    // Found by review (helper-45): a lag-bounded replica replaying another timeline than the
+    // leader's was undecided forever: no new session, but never DOWN, its sessions never
+    // cut, though one that diverged never follows the leader.
+    let text = format!(
+        "{CONFIG}[[listener]]\nname = \"replicas\"\nbind = \"127.0.0.1:0\"\ncheck = {{ path = \"/replica?lag=16MB\" }}\n"
+    );
+    let nodes = Arc::new(Nodes::default());
+    let config = Config::parse(Path::new("arbitration.toml"), &text).unwrap();
+    let rt = Arc::new(Runtime::build(Arc::new(config), &CancellationToken::new()));
+    let primary6 = r#"{"state": "running", "role": "primary", "timeline": 6, "database_system_identifier": "7001", "xlog": {"location": 1000}}"#;
+    let on = |tl: u64| {
+        format!(
+            r#"{{"state": "running", "role": "replica", "timeline": {tl}, "database_system_identifier": "7001", "xlog": {{"received_location": 900, "replayed_location": 900}}}}"#
+        )
+    };
+    nodes.set("a:8008", 200, primary6);
+    nodes.set("b:8008", 503, &on(6));
+    nodes.set("c:8008", 503, &on(6));
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, nodes.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    until(start, 10_000).await;
+    let marked_up = |name: &str| {
+        let s = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == name).unwrap().clone();
+        s.check.report().machine.is_up()
+    };
+    assert!(marked_up("b") && marked_up("c"));
+    // b is left on timeline 5 (it diverged): undecided, no new session, not DOWN yet.
+    nodes.set("b:8008", 503, &on(5));
+    until(start, 25_000).await;
+    assert!(marked_up("b"), "DOWN within the grace a replica has to follow a new timeline");
+    assert!(!rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "b").unwrap().is_up(), "admitted");
+    until(start, 60_000).await;
+    assert!(!marked_up("b"), "a replica left on another timeline was never marked DOWN");
+    assert!(marked_up("c"));
+    stop.cancel();
+}

@@ -35,6 +35,11 @@ pub struct Check {
     report: Arc<Mutex<CheckReport>>,
 }
 
+/// How long a replica may replay another timeline than the leader's before that counts as
+/// a failure: past a failover, Patroni points replicas at the new leader within its loop
+/// (`loop_wait`, 10 s by default), and they follow the switch at once.
+const UNSETTLED_FOR: Duration = Duration::from_secs(30);
+
 /// What the stats page shows about a check, kept together so one lock gives a
 /// consistent view.
 #[derive(Debug, Clone)]
@@ -68,6 +73,9 @@ pub struct CheckReport {
     /// When the last failed probe that counted towards `fall` began (see
     /// [`Check::record_probe`]).
     pub counted: Option<Instant>,
+    /// Since when the answers have been undecided about the replica itself (see
+    /// [`Check::record_undecided`]); cleared by a pass.
+    pub undecided_since: Option<Instant>,
 }
 
 impl CheckReport {
@@ -106,6 +114,7 @@ impl Check {
                 failing_since: None,
                 probed: None,
                 counted: None,
+                undecided_since: None,
             })),
         }
     }
@@ -214,6 +223,9 @@ impl Check {
         if !passed && r.machine.is_up() {
             r.failures += 1;
         }
+        if passed {
+            r.undecided_since = None;
+        }
         match (passed, r.failing_since) {
             (true, _) => r.failing_since = None,
             (false, None) => r.failing_since = Some(Instant::now()),
@@ -246,12 +258,31 @@ impl Check {
     /// Records a result that judged nothing against the node (see
     /// [`crate::health::Verdict::undecided`]): shown, and no new session admitted until
     /// a verdict passes, but not counted towards `rise` or `fall`, so it cuts nothing.
-    pub fn record_undecided(&self, result: ProbeResult, lag_excluded: bool) {
+    /// One that `settles` (the replica on another timeline than the leader's) stays
+    /// undecided for [`UNSETTLED_FOR`] or `fall` x `inter`, whichever is longer: after that
+    /// it counts as a failure, so a replica that diverged and never follows is marked DOWN.
+    pub fn record_undecided(
+        &self,
+        result: ProbeResult,
+        lag_excluded: bool,
+        settles: bool,
+        started: Instant,
+    ) -> Option<Transition> {
         let mut r = self.lock();
+        if settles {
+            let now = Instant::now();
+            let since = *r.undecided_since.get_or_insert(now);
+            let t = &self.spec.timing;
+            if now.saturating_duration_since(since) >= UNSETTLED_FOR.max(t.inter * t.fall) {
+                drop(r);
+                return self.record_probe(result, Some(lag_excluded), Some(started));
+            }
+        }
         r.lag_excluded = lag_excluded;
         r.reason = latest_reason(&result, &r.machine, &self.spec.timing);
         self.admit.store(false, Ordering::Release);
         r.last = Some(result);
+        None
     }
 
     /// Marks the check UP now on an authoritative answer (the arbitrated leader found while

@@ -394,10 +394,10 @@ impl Checker {
                 (Some(Ok(st)), Some(endpoint)) => {
                     let v = verdict(endpoint, st, view, c.report().lag_excluded);
                     let r = ProbeResult::answered(v.passed, result.duration, v.why);
-                    (r, Some(v.lag_excluded), v.undecided)
+                    (r, Some(v.lag_excluded), v.undecided.then_some(v.settles))
                 }
-                (Some(Err(why)), _) => (unreadable(&result, why), None, false),
-                _ => (ProbeResult { body: None, ..result.clone() }, None, false),
+                (Some(Err(why)), _) => (unreadable(&result, why), None, None),
+                _ => (ProbeResult { body: None, ..result.clone() }, None, None),
             };
             // Fast promotion: while a failover is under way (a leader was known and is gone),
             // the node every claim agrees on, answering as a running primary, is the write
@@ -406,9 +406,8 @@ impl Checker {
             let t = if promote {
                 let reason = format!("{}: new leader found while none was admitted", r.summary());
                 c.promote(r, reason)
-            } else if undecided {
-                c.record_undecided(r, lag.unwrap_or_default());
-                None
+            } else if let Some(settles) = undecided {
+                c.record_undecided(r, lag.unwrap_or_default(), settles, started)
             } else {
                 c.record_probe(r, lag, Some(started))
             };

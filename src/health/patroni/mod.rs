@@ -187,26 +187,30 @@ pub struct Verdict {
     /// new session, but the result does not count towards `fall`: a lag bound fails
     /// closed for admission, and cuts no session it could not judge.
     pub undecided: bool,
+    /// Undecided about the replica itself (it replays another timeline than the leader's):
+    /// a replica following the leader settles that within seconds of a failover, so past a
+    /// bound it counts as a failure (one that diverged never will).
+    pub settles: bool,
 }
 
 impl Verdict {
     fn pass() -> Verdict {
-        Verdict { passed: true, why: String::new(), lag_excluded: false, undecided: false }
+        Verdict { passed: true, why: String::new(), lag_excluded: false, undecided: false, settles: false }
     }
 
     fn fail(why: impl Into<String>) -> Verdict {
-        Verdict { passed: false, why: why.into(), lag_excluded: false, undecided: false }
+        Verdict { passed: false, why: why.into(), lag_excluded: false, undecided: false, settles: false }
     }
 
     fn undecided(why: impl Into<String>, lag_excluded: bool) -> Verdict {
-        Verdict { passed: false, why: why.into(), lag_excluded, undecided: true }
+        Verdict { passed: false, why: why.into(), lag_excluded, undecided: true, settles: false }
     }
 
     /// A failure that measured no lag: a replica out for lag stays out (hysteresis), so one
     /// answer that says nothing of its replay (PostgreSQL starting, say) does not re-admit
     /// it at the full bound.
     fn fail_keeping(why: impl Into<String>, lag_excluded: bool) -> Verdict {
-        Verdict { passed: false, why: why.into(), lag_excluded, undecided: false }
+        Verdict { passed: false, why: why.into(), lag_excluded, undecided: false, settles: false }
     }
 }
 
@@ -305,7 +309,7 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
         // yet past the switch to the leader's timeline. Out, as for lag.
         (Some(mine), Some(theirs)) => {
             let why = format!("replays timeline {mine}, the leader is on {theirs}: lag bound cannot be checked");
-            return Verdict::undecided(why, true);
+            return Verdict { settles: true, ..Verdict::undecided(why, true) };
         }
         (None, _) => return fail("timeline unknown (not in Patroni's answer): lag bound cannot be checked".into()),
         (_, None) => {
@@ -325,6 +329,7 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
                 why: format!("replay lag {lag} bytes over {limit}"),
                 lag_excluded: true,
                 undecided: false,
+                settles: false,
             };
         }
     }
@@ -337,7 +342,7 @@ fn replica(f: &ReplicaFilter, st: &NodeStatus, view: View<'_>, lag_excluded: boo
         let limit = if lag_excluded { max / 2 } else { max };
         if delay > limit {
             let why = format!("replay delay {:.1}s over {:.1}s", delay.as_secs_f64(), limit.as_secs_f64());
-            return Verdict { passed: false, why, lag_excluded: true, undecided: false };
+            return Verdict { passed: false, why, lag_excluded: true, undecided: false, settles: false };
         }
     }
     Verdict::pass()
