@@ -7,6 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgfront::Config;
@@ -698,4 +699,60 @@ async fn a_session_asking_for_a_hung_leader_is_refused_at_its_hold_bound_not_red
     // The reads port holds timeout_queue = timeout_connect = 500 ms.
     let r = tokio::time::timeout(LIMIT, s.read(&mut b)).await.expect("held past its hold bound, never refused");
     assert!(matches!(r, Ok(1)) && b[0] == b'E', "{r:?} {b:?}");
+}
+
+#[tokio::test]
+async fn a_renamed_leader_keeps_its_servers_so_its_write_sessions_end_at_a_failover() {
+    // Found by review (helper-45): the renamed node kept its leadership but got new checks
+    // (DOWN until rise) and new servers: the operator's MAINT was lost, and the write
+    // sessions opened before the rename sat on a retired server that no later mark-down
+    // reached, so a failover left them on the former primary.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let mut writer = connect(pg.listener_addr("primary").unwrap()).await.unwrap();
+    assert_eq!(writer.server, "node1");
+    let node2 = |rt: &pgfront::cluster::Runtime, name: &str| {
+        Arc::clone(rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == name).unwrap())
+    };
+    node2(&pg.shared().runtime(), "node2").set_admin(pgfront::cluster::AdminState::Drain);
+    let renamed = text.replace("name = \"node1\"", "name = \"first\"").replace("name = \"node2\"", "name = \"second\"");
+    pg.reload(parse(&renamed)).unwrap();
+    let rt = pg.shared().runtime();
+    assert_eq!(up_count(&pg, "primary"), 1, "the renamed leader's check carried over");
+    assert_eq!(node2(&rt, "second").admin(), pgfront::cluster::AdminState::Drain, "the operator's DRAIN carried over");
+    assert_eq!(rt.listener("primary").unwrap().servers[0].stats.cur.load(Ordering::SeqCst), 1, "the session counts");
+    drop(rt);
+    writer.echo(b"after the rename").await.unwrap();
+    lab.leader(1);
+    assert!(writer.closed_within(LIMIT).await, "a former leader's write session survived the failover");
+}
+
+#[tokio::test]
+async fn moving_the_leaders_rest_api_by_reload_is_no_leader_change() {
+    // Found by review (helper-45): a reload that changed the leader's REST address (same
+    // name; a [defaults] check_port change does it to every node) logged "the reload removed
+    // the leader's node", counted two leader changes and ended the term, cutting the reads
+    // port's primary sessions.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = reads_config(&lab, "");
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let (mut asked, on) = primary_session(pg.listener_addr("replicas").unwrap()).await;
+    assert_eq!(on, "node1");
+    let changes = pg.shared().runtime().leadership.changes.load(Ordering::SeqCst);
+    // node1's Patroni now answers at another address, as the same leader.
+    let moved = FakeRest::start().await;
+    moved.patroni("primary", 2);
+    let old = format!("check_address = \"{}\"", lab.nodes[0].rest.addr);
+    assert!(text.contains(&old));
+    pg.reload(parse(&text.replace(&old, &format!("check_address = \"{}\"", moved.addr)))).unwrap();
+    assert_eq!(pg.shared().runtime().leadership.leader(), Some(0), "still the leader");
+    eventually(LIMIT, "checked at its new address", || moved.hits("/primary") > 2).await;
+    eventually(LIMIT, "writes admitted", || up_count(&pg, "primary") == 1).await;
+    assert!(still_open(&mut asked).await, "the session sent to the leader was cut");
+    assert_eq!(pg.shared().runtime().leadership.changes.load(Ordering::SeqCst), changes, "a leader change counted");
 }

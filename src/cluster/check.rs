@@ -127,36 +127,37 @@ impl Check {
     }
 
     /// The same check after a reload that changed only its timings (`inter`, `fall`,
-    /// `timeout_connect`, ...) or moved its node in the list (`node`, its new index): it
+    /// `timeout_connect`, ...), moved its node in the list (`node`, its new index) or
+    /// renamed it (`node_state`, the node's state under its new name): it
     /// shares its health, counters and admission with `old`, so no server goes back to DOWN;
     /// the new timings apply from the next probe on.
-    pub fn retimed(old: &Check, node: usize, spec: CheckSpec) -> Check {
+    pub fn retimed(old: &Check, node: usize, spec: CheckSpec, node_state: &Arc<NodeState>) -> Check {
         old.lock().machine.retune(spec.timing.rise, spec.timing.fall);
         Check {
             node,
-            node_name: old.node_name.clone(),
+            node_name: node_state.name.clone(),
             target: old.target.clone(),
             strict: spec.is_leader(),
             spec,
             admit: Arc::clone(&old.admit),
-            node_state: Arc::clone(&old.node_state),
+            node_state: Arc::clone(node_state),
             report: Arc::clone(&old.report),
         }
     }
 
     /// A check of its own with a copy of `old`'s health, counters and admission: a reload
     /// gave two listeners different timings for what one check asked for both.
-    pub fn forked(old: &Check, node: usize, spec: CheckSpec) -> Check {
+    pub fn forked(old: &Check, node: usize, spec: CheckSpec, node_state: &Arc<NodeState>) -> Check {
         let mut report = old.lock().clone();
         report.machine.retune(spec.timing.rise, spec.timing.fall);
         Check {
             node,
-            node_name: old.node_name.clone(),
+            node_name: node_state.name.clone(),
             target: old.target.clone(),
             strict: spec.is_leader(),
             spec,
             admit: Arc::new(AtomicBool::new(old.is_up())),
-            node_state: Arc::clone(&old.node_state),
+            node_state: Arc::clone(node_state),
             report: Arc::new(Mutex::new(report)),
         }
     }

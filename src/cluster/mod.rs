@@ -127,8 +127,10 @@ impl Runtime {
         elsewhere: &[Arc<ListenerState>],
     ) -> Runtime {
         // A node that stays (same name and REST address) keeps its state wherever it moves;
-        // one renamed at the same REST address (whose old name and address are gone) goes
-        // on from its state under the new name. `from[i]`: new node i's old index.
+        // one renamed at the same REST address, or one whose REST address moved under the
+        // same name (the old name and address pair gone either way), goes on from its state
+        // (claim, positions: leadership and its term go on). `from[i]`: new node i's old
+        // index.
         let old_nodes = previous.map_or(&[][..], |p| &p.nodes[..]);
         let stays = |o: &NodeState| config.nodes.iter().any(|n| n.name == o.name && n.check_address == o.target);
         let mut from = vec![None; config.nodes.len()];
@@ -141,9 +143,11 @@ impl Runtime {
                     *from = Some(k);
                     return Arc::clone(&old_nodes[k]);
                 }
-                if let Some(k) = old_nodes.iter().position(|o| o.target == n.check_address && !stays(o)) {
+                let renamed = || old_nodes.iter().position(|o| o.target == n.check_address && !stays(o));
+                let moved = || old_nodes.iter().position(|o| o.name == n.name && !stays(o));
+                if let Some(k) = renamed().or_else(moved) {
                     *from = Some(k);
-                    return Arc::new(NodeState::renamed(&old_nodes[k], n.name.clone()));
+                    return Arc::new(NodeState::succeeding(&old_nodes[k], n.name.clone(), n.check_address.clone()));
                 }
                 Arc::new(NodeState::new(n.name.clone(), n.check_address.clone()))
             })
@@ -173,27 +177,29 @@ impl Runtime {
         let mut taken = vec![false; previous.map_or(0, |p| p.checks.len())];
         let mut old_check = |i: usize, spec: &CheckSpec| {
             let old_checks = &previous?.checks;
-            let asks = |c: &Arc<Check>| Arc::ptr_eq(&c.node_state, &nodes[i]) && c.asks_the_same(spec);
+            // The same node (kept or renamed: see `from`) asked the same question at the same
+            // REST address: a check of a node whose REST API moved starts afresh.
+            let asks = |c: &Arc<Check>| from[i] == Some(c.node) && c.target == nodes[i].target && c.asks_the_same(spec);
             let free = |k: &usize| !taken[*k];
             if let Some(k) =
                 (0..old_checks.len()).filter(free).find(|&k| asks(&old_checks[k]) && &old_checks[k].spec == spec)
             {
                 taken[k] = true;
                 let old = &old_checks[k];
-                return Some(if old.node == i {
+                return Some(if old.node == i && Arc::ptr_eq(&old.node_state, &nodes[i]) {
                     Arc::clone(old)
                 } else {
-                    Arc::new(Check::retimed(old, i, spec.clone()))
+                    Arc::new(Check::retimed(old, i, spec.clone(), &nodes[i]))
                 });
             }
             if let Some(k) = (0..old_checks.len()).filter(free).find(|&k| asks(&old_checks[k])) {
                 taken[k] = true;
-                return Some(Arc::new(Check::retimed(&old_checks[k], i, spec.clone())));
+                return Some(Arc::new(Check::retimed(&old_checks[k], i, spec.clone(), &nodes[i])));
             }
             // Every check asking this was taken by another listener: a copy of one's health
             // (a listener that now differs in timings from its neighbour), counted on its own.
             let old = old_checks.iter().find(|c| asks(c))?;
-            Some(Arc::new(Check::forked(old, i, spec.clone())))
+            Some(Arc::new(Check::forked(old, i, spec.clone(), &nodes[i])))
         };
         // Which listener of the last generation each one goes on from (servers with their
         // sessions and maxconn counts, queue, counters): the one that served its fixed
@@ -266,11 +272,24 @@ impl Runtime {
                             && Arc::ptr_eq(&s.check, &check)
                     };
                     let old_same = old_listener.and_then(|o| o.servers.iter().find(same).cloned());
-                    let predecessor = old_listener.and_then(|o| o.servers.iter().find(|s| s.name == node.name));
+                    // The same node's server (kept, renamed, or its REST API moved: `from`),
+                    // with its sessions, counters and the operator's setting; else by name.
+                    let predecessor = old_listener.and_then(|o| match from[i] {
+                        Some(k) => o.servers.iter().find(|s| s.node == k),
+                        None => o.servers.iter().find(|s| s.name == node.name),
+                    });
                     old_same.unwrap_or_else(|| {
                         Arc::new(
                             match predecessor {
-                                Some(p) => Server::succeed(p, i, node.address.clone(), node.source, maxconn, check),
+                                Some(p) => Server::succeed(
+                                    p,
+                                    i,
+                                    node.name.clone(),
+                                    node.address.clone(),
+                                    node.source,
+                                    maxconn,
+                                    check,
+                                ),
                                 None => Server::new(
                                     i,
                                     node.name.clone(),

@@ -213,12 +213,13 @@ impl NodeState {
         Some((s.timeline?, s.database_system_identifier.clone()))
     }
 
-    /// The same node under a new name (a reload renamed its `[[node]]`, same REST API): its
-    /// latest answer, claim and positions go on, so leadership and its term do too.
-    pub fn renamed(old: &NodeState, name: String) -> NodeState {
+    /// The same node under a new name (a reload renamed its `[[node]]`, same REST API) or
+    /// at a new REST address (same name): its latest answer, claim and positions go on, so
+    /// leadership and its term do too.
+    pub fn succeeding(old: &NodeState, name: String, target: String) -> NodeState {
         NodeState {
             name,
-            target: old.target.clone(),
+            target,
             report: Mutex::new(old.report()),
             kicks: AtomicU64::new(0),
             kicked: Notify::new(),

@@ -133,6 +133,7 @@ impl Server {
     pub fn succeed(
         old: &Server,
         node: usize,
+        name: String,
         address: String,
         source: Option<IpAddr>,
         maxconn: usize,
@@ -140,7 +141,7 @@ impl Server {
     ) -> Server {
         Server {
             node,
-            name: old.name.clone(),
+            name,
             address,
             source,
             maxconn,
