@@ -481,3 +481,29 @@ async fn a_partial_member_list_does_not_remove_members_whose_checks_pass() {
     assert!(!has_event(&pg, "removed") && !has_event(&pg, "left"), "a removal was said");
     pg.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn a_node_kept_through_the_switch_to_discovery_that_the_first_answer_leaves_out_is_not_dropped_at_once() {
+    // Found by review (helper-45): the nodes kept as members when a reload switched
+    // discovery on were unknown to the discovery task, so one the first answer left out
+    // vanished at once (no grace, no LEAVING), its sessions on a retired server.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let seed = lab.nodes[0].rest.addr.to_string();
+    let with_discovery = config(std::slice::from_ref(&seed), "127.0.0.1/32", "");
+    let declared = with_discovery
+        .replace(&format!("discovery = \"patroni\"\ndiscovery_seeds = [\"{seed}\"]\ndiscovery_allow = [\"127.0.0.1/32\"]\ndiscovery_inter = \"50ms\"\n"), "")
+        .replace("[[listener]]\nname = \"primary\"", &format!("{}[[listener]]\nname = \"primary\"", lab.nodes_toml()));
+    let pg = start(&declared);
+    eventually(LIMIT, "all up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2).await;
+    let mut reader = connect_to(pg.listener_addr("replicas").unwrap(), "node3").await;
+    pg.reload(pgfront::Config::parse(std::path::Path::new("test.toml"), &with_discovery).unwrap()).unwrap();
+    // Patroni lists node1 and node2 only (node3 registering again, say).
+    publish(&lab, &cluster_json(&[("node1", &lab.nodes[0]), ("node2", &lab.nodes[1])]));
+    let requests = || pg.cluster("").unwrap().discovery.requests.load(Ordering::Relaxed);
+    let asked = requests();
+    eventually(LIMIT, "a few rounds", || requests() >= asked + 3).await;
+    assert!(node_names(&pg).iter().any(|(n, _)| n == "node3"), "node3 dropped at once: {:?}", node_names(&pg));
+    reader.echo(b"node3 still served").await.unwrap();
+    pg.shutdown(Duration::from_millis(100)).await;
+}

@@ -126,6 +126,25 @@ impl Round {
         }
         stats.refused.store(refused.len(), Ordering::Relaxed);
         self.refused = refused.into_iter().collect();
+        if self.in_use.is_empty() {
+            // The members the generation already serves (those a reload that switched
+            // discovery on kept from the file until this answer): the first answer is
+            // compared with them, so one it leaves out gets the grace and the LEAVING
+            // state like any member, rather than vanishing with its sessions.
+            self.in_use = rt
+                .config
+                .nodes
+                .iter()
+                .filter(|n| n.origin != Origin::Declared)
+                .map(|n| Member {
+                    name: n.name.clone(),
+                    address: n.address.clone(),
+                    check_address: n.check_address.clone(),
+                    leaving: n.origin == Origin::Leaving,
+                })
+                .collect();
+            self.in_use.sort();
+        }
         let declared = |name: &str| rt.config.nodes.iter().any(|n| n.name == name && n.origin == Origin::Declared);
         let busy = |name: &str| !declared(name) && holds_sessions(rt, name);
         let kept = self.left_out(rt, &members);
