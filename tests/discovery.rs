@@ -507,3 +507,20 @@ async fn a_node_kept_through_the_switch_to_discovery_that_the_first_answer_leave
     reader.echo(b"node3 still served").await.unwrap();
     pg.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn a_member_renamed_in_patroni_is_not_kept_beside_its_new_name() {
+    // Found by review (helper-45): the grace for members left out of an answer kept a
+    // member renamed in Patroni (same addresses) beside its new name: one REST API as two
+    // nodes, two claims when it leads.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let all = [("node1", &lab.nodes[0]), ("node2", &lab.nodes[1]), ("node3", &lab.nodes[2])];
+    publish(&lab, &cluster_json(&all));
+    let pg = start(&config(&[lab.nodes[0].rest.addr.to_string()], "127.0.0.1/32", ""));
+    eventually(LIMIT, "three nodes", || node_names(&pg).len() == 3).await;
+    publish(&lab, &cluster_json(&[all[0], all[1], ("third", &lab.nodes[2])]));
+    eventually(LIMIT, "renamed", || node_names(&pg).iter().any(|(n, _)| n == "third")).await;
+    assert!(!node_names(&pg).iter().any(|(n, _)| n == "node3"), "kept beside its new name: {:?}", node_names(&pg));
+    pg.shutdown(Duration::from_millis(100)).await;
+}

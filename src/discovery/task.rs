@@ -172,7 +172,12 @@ impl Round {
         let answering = |name: &str| rt.checks.iter().any(|c| c.node_name == name && c.report().machine.is_up());
         let mut missing = Vec::new();
         let mut kept = Vec::new();
-        for m in self.in_use.iter().filter(|m| !m.leaving && !listed.iter().any(|l| l.name == m.name)) {
+        // A member listed under another name at the same addresses is that member renamed:
+        // kept beside it, one REST API would be two nodes (two claims when it leads).
+        let elsewhere =
+            |m: &Member| listed.iter().any(|l| l.check_address == m.check_address || l.address == m.address);
+        for m in self.in_use.iter().filter(|m| !m.leaving && !listed.iter().any(|l| l.name == m.name) && !elsewhere(m))
+        {
             let rounds = self.missing.iter().find(|x| x.0 == m.name).map_or(0, |x| x.1) + 1;
             if rounds < MISSING_ROUNDS && answering(&m.name) {
                 if rounds == 1 {
