@@ -426,6 +426,17 @@ impl Checker {
         let name = |i: Option<usize>| i.map(|i| rt.nodes[i].name.clone());
         let timeline = leader.and_then(|l| claims.iter().find(|c| c.0 == l).and_then(|c| c.1.timeline));
         self.emit(Change::LeaderChanged { from: name(previous), to: name(leader), timeline });
+        if let (None, Some(p)) = (leader, previous) {
+            if !claims.iter().any(|c| c.0 == p) {
+                // Its claim is over (`fall` answers did not confirm it), not merely in
+                // conflict: its write sessions end now whatever `on_marked_down` says. With
+                // "none" they were kept until another node led, and a PostgreSQL whose agent
+                // had died acknowledged writes after the promotion elsewhere, then lost.
+                for check in rt.checks.iter().filter(|c| c.strict && c.node == p) {
+                    self.emit(Change::FormerLeader { check: Arc::clone(check) });
+                }
+            }
+        }
         if leader.is_none() {
             for n in &rt.nodes {
                 n.kick();
