@@ -181,6 +181,8 @@ pub struct ServerSnap {
     pub conn_errors: u64,
     pub retries: u64,
     pub redispatches: u64,
+    /// Sessions cut by a mark-down or an operator.
+    pub killed: u64,
     /// The operator's setting: `READY`, `DRAIN` or `MAINT`.
     pub admin: &'static str,
     /// The last connect or handshake failure that was the server's doing.
@@ -358,6 +360,7 @@ fn server(s: &Server, now: Instant, role: Option<String>, node_role: Option<Stri
         conn_errors: st.conn_errors.load(Ordering::Relaxed),
         retries: st.retries.load(Ordering::Relaxed),
         redispatches: st.redispatches.load(Ordering::Relaxed),
+        killed: st.killed.load(Ordering::Relaxed),
         admin: s.admin().as_str(),
         last_error: st.last_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, e)| e.clone()),
     }

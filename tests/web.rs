@@ -428,3 +428,24 @@ async fn a_leader_whose_answers_stop_has_its_write_gap_from_its_first_failed_ans
     let stopped = f["writes_stopped_at"].as_f64().unwrap_or_else(|| panic!("no writes_stopped_at: {f}"));
     assert!(stopped <= f["flip_at"].as_f64().unwrap(), "{f}");
 }
+
+#[tokio::test]
+async fn sessions_cut_by_a_mark_down_are_counted_in_the_metrics() {
+    // Found by helper-44: the count of sessions a mark-down or an operator cut (HAProxy's
+    // "killed") was kept but not exported.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let web = pg.web_addr().unwrap();
+    eventually(LIMIT, "replicas up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2).await;
+    let mut reader = connect_to(pg.listener_addr("replicas").unwrap(), "node2").await;
+    lab.nodes[1].rest.set_all(Some(Answer::Reset));
+    assert!(reader.closed_within(LIMIT).await, "cut at the mark-down");
+    let (_, text) = get(web, "/metrics", Some(ADMIN)).await;
+    let line = r#"pgfront_server_killed_sessions_total{listener="replicas",server="node2"} 1"#;
+    assert!(
+        text.lines().any(|l| l == line),
+        "{}",
+        text.lines().filter(|l| l.contains("killed")).collect::<Vec<_>>().join("\n")
+    );
+}

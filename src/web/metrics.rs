@@ -38,6 +38,11 @@ pub fn render(snap: &Snapshot) -> String {
         "Sessions moved to another server after a failed connect.",
         &server,
     );
+    let killed = m.counter(
+        "server_killed_sessions_total",
+        "Sessions cut by a mark-down (on_marked_down), a former leader's end or an operator.",
+        &server,
+    );
     let chkfail = m.counter("server_check_failures_total", "Failed health checks.", &server);
     let chkdown = m.counter("server_check_up_down_total", "UP to DOWN transitions.", &server);
     let lastchg = m.gauge("server_check_last_change_seconds", "Seconds since the last status change.", &server);
@@ -106,6 +111,7 @@ pub fn render(snap: &Snapshot) -> String {
                 econ.with_label_values(&lv(on, &v)).inc_by(s.conn_errors);
                 wretr.with_label_values(&lv(on, &v)).inc_by(s.retries);
                 wredis.with_label_values(&lv(on, &v)).inc_by(s.redispatches);
+                killed.with_label_values(&lv(on, &v)).inc_by(s.killed);
                 chkfail.with_label_values(&lv(on, &v)).inc_by(s.check_failures);
                 chkdown.with_label_values(&lv(on, &v)).inc_by(s.downs);
                 lastchg.with_label_values(&lv(on, &v)).set(s.last_change_secs as i64);
