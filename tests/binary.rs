@@ -776,3 +776,31 @@ async fn a_reload_that_changes_threads_says_it_needs_a_restart() {
     let lines = pg.stop().await;
     assert!(lines.iter().any(|l| l.contains("configuration reloaded")), "{lines:#?}");
 }
+
+#[tokio::test]
+async fn a_session_sent_on_to_another_server_is_logged_so_not_as_held() {
+    // Found by helper-44: a session that a server took no further (no answer to its
+    // startup) and that went straight on to another server was logged "session held".
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node2 = format!("address = \"{}\"", lab.nodes[1].backend.addr);
+    let silent_at = format!("address = \"{}\"", silent.local_addr().unwrap());
+    let pg = Limited::start_with(&lab, 1024, "redispatch-log", |t| t.replace(&node2, &silent_at)).await;
+    let text = std::fs::read_to_string(pg.dir.join("pgfront.toml")).unwrap();
+    let replicas: SocketAddr = text
+        .split("name = \"replicas\"\nbind = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the replicas listener's address")
+        .parse()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !pg.lines().iter().any(|l| l.contains("session sent to another server")) {
+        assert!(tokio::time::Instant::now() < deadline, "{:#?}", pg.lines());
+        let c = tokio::time::timeout(LIMIT, connect(replicas)).await.expect("not served").unwrap();
+        assert_eq!(c.server, "node3");
+    }
+    let lines = pg.stop().await;
+    assert!(!lines.iter().any(|l| l.contains("session held")), "{lines:#?}");
+}

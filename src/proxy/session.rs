@@ -672,15 +672,15 @@ async fn establish(
                 return Err(Refusal::ServerTls { server: server.name.clone(), address: server.address.clone(), error });
             }
             Ok(Err(FirstError::Io(e))) => {
-                not_ready(&server, listener, &format!("handshake failed: {e}"));
                 drop(slot);
-                elsewhere_or_pause(listener, &server, &mut avoid, hold_until).await?;
+                let why = format!("handshake failed: {e}");
+                elsewhere_or_pause(listener, &server, &why, &mut avoid, hold_until).await?;
                 continue;
             }
             Err(_) => {
-                not_ready(&server, listener, "no answer to the startup packet in time");
                 drop(slot);
-                elsewhere_or_pause(listener, &server, &mut avoid, hold_until).await?;
+                let why = "no answer to the startup packet in time";
+                elsewhere_or_pause(listener, &server, why, &mut avoid, hold_until).await?;
                 continue;
             }
         };
@@ -689,9 +689,9 @@ async fn establish(
         let cannot_connect_now = reply.first() == Some(&b'E')
             && reply.get(5..first).and_then(pg::error_sqlstate) == Some(sqlstate::CANNOT_CONNECT_NOW);
         if cannot_connect_now && Instant::now() < hold_until {
-            not_ready(&server, listener, "the server cannot accept sessions now (57P03)");
             drop((slot, upstream));
-            elsewhere_or_pause(listener, &server, &mut avoid, hold_until).await?;
+            let why = "the server cannot accept sessions now (57P03)";
+            elsewhere_or_pause(listener, &server, why, &mut avoid, hold_until).await?;
             continue;
         }
         if client_tls && first <= reply.len() {
@@ -754,14 +754,8 @@ async fn tls_record_start<S: AsyncRead + Unpin>(client: &mut S, deadline: Instan
     }
 }
 
-/// A server that accepted the connection but could not take the session.
-fn not_ready(server: &Server, listener: &ListenerState, why: &str) {
-    server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
-    server.check.kick();
-    tracing::info!(listener = %listener.config.name, server = %server.name, why, "server not ready; session held");
-}
-
-/// After `server` accepted a connection but did not take the session: straight on to
+/// After `server` accepted a connection but did not take the session (`why`), counted as a
+/// failed connect and its check asked to look again: straight on to
 /// another eligible server not yet tried (a redispatch), whatever the hold bound says,
 /// since one is there; else a pause within the hold bound. Before, a replica whose
 /// postmaster hung (its REST API still answering) spent the whole hold (`timeout_connect`
@@ -770,9 +764,12 @@ fn not_ready(server: &Server, listener: &ListenerState, why: &str) {
 async fn elsewhere_or_pause(
     listener: &ListenerState,
     server: &Server,
+    why: &str,
     avoid: &mut Vec<usize>,
     hold_until: Instant,
 ) -> Result<(), Refusal> {
+    server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
+    server.check.kick();
     // Once per server: a pick that comes back to a server already tried (the leader for
     // `pgfront.target=primary`, the only replica with a min_lsn position, the others full)
     // pauses within the hold bound, as before, so nothing loops past it.
@@ -780,10 +777,13 @@ async fn elsewhere_or_pause(
     if first_time {
         avoid.push(server.node);
     }
+    let name = &listener.config.name;
     if first_time && listener.servers.iter().any(|s| !avoid.contains(&s.node) && s.is_up()) {
         server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(listener = %name, server = %server.name, why, "server not ready; session sent to another server");
         return Ok(());
     }
+    tracing::info!(listener = %name, server = %server.name, why, "server not ready; session held");
     pause(listener, hold_until).await
 }
 
