@@ -762,3 +762,24 @@ async fn moving_the_leaders_rest_api_by_reload_is_no_leader_change() {
     assert!(still_open(&mut asked).await, "the session sent to the leader was cut");
     assert_eq!(pg.shared().runtime().leadership.changes.load(Ordering::SeqCst), changes, "a leader change counted");
 }
+
+#[tokio::test]
+async fn a_session_asking_for_a_drained_leader_is_told_so() {
+    // Found by helper-44: with the leader in DRAIN on the reads port, a session asking for
+    // the primary was told the listener "knows no leader", though one leads.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&reads_config(&lab, ""));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let rt = pg.shared().runtime();
+    let node1 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node1").unwrap().clone();
+    node1.set_admin(pgfront::cluster::AdminState::Drain);
+    drop(rt);
+    let mut s = TcpStream::connect(pg.listener_addr("replicas").unwrap()).await.unwrap();
+    s.write_all(&startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")])).await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(b[0], b'E');
+    let fatal = read_error(&mut s).await;
+    assert!(fatal.message.contains("DRAIN"), "{}", fatal.message);
+}

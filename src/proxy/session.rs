@@ -104,7 +104,7 @@ impl Refusal {
             Refusal::Queue(NoServer::NoLeader, waited) => (
                 sqlstate::CANNOT_CONNECT_NOW,
                 format!(
-                    "pgfront: the session asked for the primary (pgfront.target=primary) and listener \"{listener}\" knows no leader after waiting {:.1}s",
+                    "pgfront: the session asked for the primary (pgfront.target=primary) and listener \"{listener}\" knows no leader, or its leader takes no new session here (DRAIN or MAINT), after waiting {:.1}s",
                     waited.as_secs_f64()
                 ),
                 Some("The cluster may be failing over; retry shortly. The session is never sent to a replica instead."),
