@@ -783,3 +783,26 @@ async fn a_session_asking_for_a_drained_leader_is_told_so() {
     let fatal = read_error(&mut s).await;
     assert!(fatal.message.contains("DRAIN"), "{}", fatal.message);
 }
+
+#[tokio::test]
+async fn sessions_cut_when_a_leaders_claim_ends_are_counted_once() {
+    // Found by helper-46: with shutdown-sessions, the end of the leader's claim and its
+    // check's mark-down (the same answers) each cut and counted the write sessions: 3
+    // sessions, sessions_cut=3 twice, killed 6.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        writers.push(connect(pg.listener_addr("primary").unwrap()).await.unwrap());
+    }
+    lab.nodes[0].rest.set_all(Some(Answer::Hang));
+    for w in &mut writers {
+        assert!(w.closed_within(LIMIT).await, "cut");
+    }
+    eventually(LIMIT, "no leader", || pg.shared().runtime().leadership.leader().is_none()).await;
+    let rt = pg.shared().runtime();
+    let killed = rt.listener("primary").unwrap().servers[0].stats.killed.load(Ordering::SeqCst);
+    assert_eq!(killed, 3, "each cut session counted once");
+}

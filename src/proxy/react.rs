@@ -130,14 +130,20 @@ fn down(rt: &Runtime, check: &Arc<Check>, forced: bool) {
 /// A former leader's servers that were already DOWN keep no sessions once another node
 /// leads (with shutdown-sessions they had none left; with "none" they were kept till now).
 fn former_leader(rt: &Runtime, check: &Arc<Check>) {
+    let marked_up = check.report().machine.is_up();
+    let leader = rt.leadership.leader().map(|l| rt.nodes[l].name.as_str());
+    let why = if leader.is_some() { "another node leads" } else { "its claim to lead is over" };
     for (listener, server) in rt.servers_of(check) {
+        if marked_up && listener.config.shutdown_sessions {
+            // Its mark-down comes with the same answers and cuts them (counted once).
+            continue;
+        }
         let cut = server.cut_sessions();
         if cut > 0 {
             tracing::warn!(listener = %listener.config.name, server = %server.name, sessions_cut = cut,
-                leader = ?rt.leadership.leader().map(|l| rt.nodes[l].name.as_str()),
-                "sessions on a former leader cut: another node leads");
+                leader = ?leader, "sessions on a former leader cut: {why}");
             rt.events.push(format!(
-                "{}/{}: {cut} sessions on a former leader cut (another node leads)",
+                "{}/{}: {cut} sessions on a former leader cut ({why})",
                 listener.config.name, server.name
             ));
         }
