@@ -653,11 +653,6 @@ fn served_as_members(rt: &Runtime, view: &Config) -> Vec<Member> {
         .nodes
         .iter()
         .filter(|n| !view.nodes.iter().any(|d| d.name == n.name))
-        .map(|n| Member {
-            name: n.name.clone(),
-            address: n.address.clone(),
-            check_address: n.check_address.clone(),
-            leaving: false,
-        })
+        .map(|n| Member { leaving: false, ..Member::of(n) })
         .collect()
 }

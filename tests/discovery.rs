@@ -65,6 +65,20 @@ bind = "127.0.0.1:0"
     )
 }
 
+/// The lab's nodes as `[[node]]` tables without discovery, and the same listeners with
+/// discovery from node1 instead.
+fn declared_then_discovery(lab: &Lab) -> (String, String) {
+    let seed = lab.nodes[0].rest.addr.to_string();
+    let with_discovery = config(std::slice::from_ref(&seed), "127.0.0.1/32", "");
+    let keys = format!(
+        "discovery = \"patroni\"\ndiscovery_seeds = [\"{seed}\"]\ndiscovery_allow = [\"127.0.0.1/32\"]\ndiscovery_inter = \"50ms\"\n"
+    );
+    let primary = "[[listener]]\nname = \"primary\"";
+    let declared = with_discovery.replace(&keys, "").replace(primary, &format!("{}{primary}", lab.nodes_toml()));
+    assert!(!declared.contains("discovery") && declared.contains("[[node]]"), "{declared}");
+    (declared, with_discovery)
+}
+
 fn node_names(pg: &Pgfront) -> Vec<(String, Origin)> {
     let rt = pg.shared().runtime();
     rt.config.nodes.iter().map(|n| (n.name.clone(), n.origin)).collect()
@@ -425,12 +439,7 @@ async fn switching_declared_nodes_to_discovery_by_reload_keeps_them_until_the_fi
     // a leader change was counted and the replicas were DOWN until rise.
     let lab = Lab::start(3).await;
     lab.leader(0);
-    let seed = lab.nodes[0].rest.addr.to_string();
-    let with_discovery = config(std::slice::from_ref(&seed), "127.0.0.1/32", "");
-    let declared = with_discovery
-        .replace(&format!("discovery = \"patroni\"\ndiscovery_seeds = [\"{seed}\"]\ndiscovery_allow = [\"127.0.0.1/32\"]\ndiscovery_inter = \"50ms\"\n"), "")
-        .replace("[[listener]]\nname = \"primary\"", &format!("{}[[listener]]\nname = \"primary\"", lab.nodes_toml()));
-    assert!(!declared.contains("discovery") && declared.contains("[[node]]"), "{declared}");
+    let (declared, with_discovery) = declared_then_discovery(&lab);
     let pg = start(&declared);
     eventually(LIMIT, "all up", || {
         let rt = pg.shared().runtime();
@@ -489,11 +498,7 @@ async fn a_node_kept_through_the_switch_to_discovery_that_the_first_answer_leave
     // vanished at once (no grace, no LEAVING), its sessions on a retired server.
     let lab = Lab::start(3).await;
     lab.leader(0);
-    let seed = lab.nodes[0].rest.addr.to_string();
-    let with_discovery = config(std::slice::from_ref(&seed), "127.0.0.1/32", "");
-    let declared = with_discovery
-        .replace(&format!("discovery = \"patroni\"\ndiscovery_seeds = [\"{seed}\"]\ndiscovery_allow = [\"127.0.0.1/32\"]\ndiscovery_inter = \"50ms\"\n"), "")
-        .replace("[[listener]]\nname = \"primary\"", &format!("{}[[listener]]\nname = \"primary\"", lab.nodes_toml()));
+    let (declared, with_discovery) = declared_then_discovery(&lab);
     let pg = start(&declared);
     eventually(LIMIT, "all up", || pg.shared().runtime().listener("replicas").unwrap().servers_up() == 2).await;
     let mut reader = connect_to(pg.listener_addr("replicas").unwrap(), "node3").await;

@@ -133,16 +133,7 @@ impl Check {
     /// the new timings apply from the next probe on.
     pub fn retimed(old: &Check, node: usize, spec: CheckSpec, node_state: &Arc<NodeState>) -> Check {
         old.lock().machine.retune(spec.timing.rise, spec.timing.fall);
-        Check {
-            node,
-            node_name: node_state.name.clone(),
-            target: old.target.clone(),
-            strict: spec.is_leader(),
-            spec,
-            admit: Arc::clone(&old.admit),
-            node_state: Arc::clone(node_state),
-            report: Arc::clone(&old.report),
-        }
+        old.succeeded(node, spec, node_state, Arc::clone(&old.admit), Arc::clone(&old.report))
     }
 
     /// A check of its own with a copy of `old`'s health, counters and admission: a reload
@@ -150,15 +141,28 @@ impl Check {
     pub fn forked(old: &Check, node: usize, spec: CheckSpec, node_state: &Arc<NodeState>) -> Check {
         let mut report = old.lock().clone();
         report.machine.retune(spec.timing.rise, spec.timing.fall);
+        let admit = Arc::new(AtomicBool::new(old.is_up()));
+        old.succeeded(node, spec, node_state, admit, Arc::new(Mutex::new(report)))
+    }
+
+    /// The check asking `spec` at `old`'s address after a reload, with this admission and report.
+    fn succeeded(
+        &self,
+        node: usize,
+        spec: CheckSpec,
+        node_state: &Arc<NodeState>,
+        admit: Arc<AtomicBool>,
+        report: Arc<Mutex<CheckReport>>,
+    ) -> Check {
         Check {
             node,
             node_name: node_state.name.clone(),
-            target: old.target.clone(),
+            target: self.target.clone(),
             strict: spec.is_leader(),
             spec,
-            admit: Arc::new(AtomicBool::new(old.is_up())),
+            admit,
             node_state: Arc::clone(node_state),
-            report: Arc::new(Mutex::new(report)),
+            report,
         }
     }
 

@@ -71,6 +71,18 @@ pub struct Member {
     pub leaving: bool,
 }
 
+impl Member {
+    /// A node the configuration serves, as the member it is (or was: `leaving`).
+    pub fn of(node: &Node) -> Member {
+        Member {
+            name: node.name.clone(),
+            address: node.address.clone(),
+            check_address: node.check_address.clone(),
+            leaving: node.origin == Origin::Leaving,
+        }
+    }
+}
+
 impl Config {
     /// The configuration with `members` added to the file's declared nodes: a member named
     /// like a declared node is that node (the declared settings win, address included);

@@ -131,18 +131,7 @@ impl Round {
             // discovery on kept from the file until this answer): the first answer is
             // compared with them, so one it leaves out gets the grace and the LEAVING
             // state like any member, rather than vanishing with its sessions.
-            self.in_use = rt
-                .config
-                .nodes
-                .iter()
-                .filter(|n| n.origin != Origin::Declared)
-                .map(|n| Member {
-                    name: n.name.clone(),
-                    address: n.address.clone(),
-                    check_address: n.check_address.clone(),
-                    leaving: n.origin == Origin::Leaving,
-                })
-                .collect();
+            self.in_use = rt.config.nodes.iter().filter(|n| n.origin != Origin::Declared).map(Member::of).collect();
             self.in_use.sort();
         }
         let declared = |name: &str| rt.config.nodes.iter().any(|n| n.name == name && n.origin == Origin::Declared);
