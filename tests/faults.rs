@@ -695,14 +695,15 @@ async fn a_session_asking_for_a_hung_leader_is_refused_at_its_hold_bound_not_red
     lab.leader(0);
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node1 = format!("address = \"{}\"", lab.nodes[0].backend.addr);
-    let text = reads_config(&lab, "").replace(&node1, &format!("address = \"{}\"", silent.local_addr().unwrap()));
-    assert_ne!(text, reads_config(&lab, ""));
+    // A hold bound the file sets: 500 ms for every session, those asking for the primary too.
+    let reads = reads_config(&lab, "timeout_queue = \"500ms\"\n");
+    let text = reads.replace(&node1, &format!("address = \"{}\"", silent.local_addr().unwrap()));
+    assert_ne!(text, reads);
     let pg = start(&text);
     eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
     let mut s = TcpStream::connect(pg.listener_addr("replicas").unwrap()).await.unwrap();
     s.write_all(&startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")])).await.unwrap();
     let mut b = [0u8; 1];
-    // The reads port holds timeout_queue = timeout_connect = 500 ms.
     let r = tokio::time::timeout(LIMIT, s.read(&mut b)).await.expect("held past its hold bound, never refused");
     assert!(matches!(r, Ok(1)) && b[0] == b'E', "{r:?} {b:?}");
 }
@@ -805,4 +806,29 @@ async fn sessions_cut_when_a_leaders_claim_ends_are_counted_once() {
     let rt = pg.shared().runtime();
     let killed = rt.listener("primary").unwrap().servers[0].stats.killed.load(Ordering::SeqCst);
     assert_eq!(killed, 3, "each cut session counted once");
+}
+
+#[tokio::test]
+async fn a_session_asking_the_reads_port_for_the_primary_is_held_through_a_failover_like_the_write_port() {
+    // Left open by helper-44 (failover runs): a session on the reads port asking for the primary
+    // was refused after that port's queue bound (its timeout_connect, 500 ms here, 4 s by
+    // default) while the write port held its sessions 30 s and served them on the new leader.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let pg = start(&reads_config(&lab, ""));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    for n in &lab.nodes {
+        n.rest.patroni("replica", 9);
+    }
+    eventually(LIMIT, "no leader", || pg.shared().runtime().leadership.leader().is_none()).await;
+    let mut s = TcpStream::connect(pg.listener_addr("replicas").unwrap()).await.unwrap();
+    s.write_all(&startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")])).await.unwrap();
+    // Three times the reads port's queue bound: still held, nothing answered.
+    let mut b = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(1500), s.read_exact(&mut b)).await;
+    assert!(early.is_err(), "answered {:?} while no node leads", b[0] as char);
+    lab.leader(1);
+    let mut ok = [0u8; 9];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut ok)).await.expect("served once a node leads").unwrap();
+    assert_eq!(ok[0], b'R', "authentication from the new leader");
 }

@@ -675,3 +675,36 @@ async fn the_leader_in_maintenance_is_no_failover_to_hunt_for() {
     stop.cancel();
     assert_eq!(agents.calls.lock().unwrap().len() - before, 20, "one request per node per inter");
 }
+
+#[tokio::test(start_paused = true)]
+async fn hunting_ends_a_minute_after_the_leader_is_lost_unless_a_client_waits_for_one() {
+    // Left by helper-42: a standby cluster behind a /master listener (no node ever answers
+    // it), or a cluster down for the night, had every node probed every hunt_inter for as
+    // long as it lasted.
+    let rt = runtime_of(PATRONI);
+    let agents = Arc::new(Agents::default());
+    *agents.timeline.lock().unwrap() = 1;
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, agents.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    let probes = |from: u64, to: u64| {
+        let calls = agents.calls.lock().unwrap();
+        calls.iter().filter(|c| (from..to).contains(&((c.2 - start).as_millis() as u64))).count()
+    };
+    advance_to(start, 100_000).await;
+    // Two nodes: hunting is 10 probes a second, the interval (3 s) two in three seconds.
+    assert!(probes(10_000, 20_000) >= 80, "hunting at first: {}", probes(10_000, 20_000));
+    assert!(probes(70_000, 100_000) <= 22, "back to inter once the hunt is over: {}", probes(70_000, 100_000));
+    // A client now waits for a leader on the write port: hunting again, within an interval.
+    let primary = Arc::clone(rt.listener("primary").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = tokio::spawn(async move {
+        pgfront::balance::acquire(&primary, &[], pgfront::config::Target::Listener, deadline).await.is_ok()
+    });
+    advance_to(start, 115_000).await;
+    assert!(probes(104_000, 114_000) >= 80, "hunting while a client waits: {}", probes(104_000, 114_000));
+    *agents.leader.lock().unwrap() = Some("b:8008".into());
+    advance_to(start, 116_000).await;
+    assert!(waiting.await.unwrap(), "the waiting client gets the leader hunting found");
+    stop.cancel();
+}

@@ -184,7 +184,7 @@ impl Checker {
         let rt = &self.rt;
         let mut delay =
             self.target.checks.iter().map(|c| c.next_interval()).min().unwrap_or(self.target.spec.timing.inter);
-        if rt.leader_lost() {
+        if rt.hunting() {
             delay = delay.min(rt.config.global.hunt_inter);
         }
         // A session waits for this replica to replay its pgfront.min_lsn: refresh the

@@ -25,6 +25,11 @@ pub use server::{AdminState, Server, ServerStats};
 use crate::balance::Queue;
 use crate::config::{CheckSpec, Config, Listener};
 
+/// How long checks hunt for a new leader with no client waiting for one: a failover under
+/// Patroni's defaults (ttl 30 s, loop_wait 10 s) ends within about 40 s of the leader's last
+/// renewal of its lock, and `fall` has passed before hunting begins.
+pub const HUNT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Per-listener counters.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
@@ -345,6 +350,22 @@ impl Runtime {
     /// node five times a second for as long as the maintenance lasted).
     pub fn leader_lost(&self) -> bool {
         self.listeners.iter().any(|l| l.config.check.is_leader() && !l.servers.iter().any(|s| s.check.is_up()))
+    }
+
+    /// Whether checks probe every node at `hunt_inter`: while the leader is lost (see
+    /// [`Runtime::leader_lost`]), for [`HUNT_FOR`] after it was lost, and after that while a
+    /// client waits in a queue. Before, hunting never ended: a standby
+    /// cluster behind a `/master` listener, or a cluster down for the night, had every node
+    /// probed five times a second for as long as it lasted.
+    pub fn hunting(&self) -> bool {
+        let lost = self.leader_lost();
+        match self.leadership.lost_since(lost) {
+            None => false,
+            Some(at) => {
+                // Any queue: a session asking the reads port for the primary waits there too.
+                at.elapsed() < HUNT_FOR || self.listeners.iter().any(|l| !l.queue.is_empty())
+            }
+        }
     }
 
     /// The checks of node `node`.

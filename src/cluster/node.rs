@@ -337,6 +337,9 @@ pub struct Leadership {
     /// under way (at start-up, nothing is known yet and `rise` applies).
     had_leader: AtomicBool,
     since: Mutex<Instant>,
+    /// Since when write listeners have had no leader (see `Runtime::hunting`); carried
+    /// across reloads, so a reload does not start another hunt.
+    lost: Mutex<Option<Instant>>,
     /// Sessions sent to the leader by a listener whose own check does not follow
     /// leadership hold a child of this term's token. Carried across reloads, so no such
     /// session outlives the term it was sent in.
@@ -411,6 +414,7 @@ impl Default for Leadership {
             floor: Mutex::new(Floor::default()),
             serial: tokio::sync::Mutex::new(()),
             since: Mutex::new(Instant::now()),
+            lost: Mutex::new(None),
             term: Mutex::new(Term::default()),
             position: Mutex::new(None),
             last_stale: Mutex::new(Vec::new()),
@@ -442,6 +446,18 @@ impl Leadership {
         self.had_leader.load(Ordering::Acquire)
     }
 
+    /// Notes whether write listeners have a leader now; returns since when they have had
+    /// none (`None` while they have one).
+    pub fn lost_since(&self, lost: bool) -> Option<Instant> {
+        let mut at = lock(&self.lost);
+        match (lost, *at) {
+            (false, _) => *at = None,
+            (true, None) => *at = Some(Instant::now()),
+            (true, Some(_)) => {}
+        }
+        *at
+    }
+
     /// The leadership for a rebuilt node list (a reload that changed the nodes). It keeps
     /// what must not be forgotten: that a leader was seen, on which timeline of which
     /// database, the change counters, the leader position, and the current term, so
@@ -464,6 +480,7 @@ impl Leadership {
             }),
             serial: tokio::sync::Mutex::new(()),
             since: Mutex::new(old.since()),
+            lost: Mutex::new(*lock(&old.lost)),
             term: Mutex::new({
                 let term = lock(&old.term);
                 Term {

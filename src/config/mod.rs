@@ -297,6 +297,11 @@ pub struct Listener {
     pub timeout_client: Duration,
     pub timeout_server: Duration,
     pub timeout_queue: Duration,
+    /// How long a session that asks for the primary (`pgfront.target=primary`, or a route
+    /// to it) waits for a leader: `timeout_queue` where the file sets it, else a leader
+    /// listener's 30 s. Before, such a session on the reads port was refused after that
+    /// port's `timeout_connect` (4 s) in a failover that the write port held through.
+    pub timeout_queue_primary: Duration,
     /// Bound on the client's first packet (a client that sends nothing is closed).
     pub timeout_startup: Duration,
     /// Sessions connecting to one server at once; the rest wait in the queue, oldest first.
@@ -321,6 +326,17 @@ pub struct Listener {
     /// waits for a replica that has replayed it, while pgfront refreshes the replicas'
     /// positions, before it goes to the leader (or, for `pgfront.target=replica`, is refused).
     pub min_lsn_wait: Duration,
+}
+
+impl Listener {
+    /// How long a session asking for `target` waits in the queue.
+    pub fn timeout_queue_for(&self, target: Target) -> Duration {
+        if target == Target::Primary {
+            self.timeout_queue_primary
+        } else {
+            self.timeout_queue
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -997,6 +1013,7 @@ impl Validator<'_> {
             timeout_server: dur(&s.timeout_server, defaults::TIMEOUT_SERVER),
             // HAProxy: "timeout queue" defaults to "timeout connect"; 30 s for the leader.
             timeout_queue: dur(&s.timeout_queue, queue_default),
+            timeout_queue_primary: dur(&s.timeout_queue, defaults::LEADER_TIMEOUT_QUEUE),
             timeout_startup: self.nonzero(&s.timeout_startup, "timeout_startup", defaults::TIMEOUT_STARTUP)?,
             max_connecting: self
                 .positive(s.max_connecting.as_ref(), "max_connecting")?

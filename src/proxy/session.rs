@@ -635,7 +635,8 @@ async fn establish(
     let mut wait = min_lsn::Wait::begin(listener, &ask);
     // A wait for a replica's position comes first; the queue's own bound after it.
     let waits_for_position = if wait.is_some() { cfg.min_lsn_wait } else { Duration::ZERO };
-    let hold_until = Instant::now() + waits_for_position + cfg.timeout_queue;
+    let queue = cfg.timeout_queue_for(ask.target);
+    let hold_until = Instant::now() + waits_for_position + queue;
     // Servers that accepted the connection but did not take the session (no answer to the
     // startup in time, a reset, 57P03): tried again only when no other is eligible.
     let mut avoid: Vec<usize> = Vec::new();
@@ -644,7 +645,7 @@ async fn establish(
         let server = Arc::clone(slot.server());
         if avoid.contains(&server.node) && Instant::now() >= hold_until {
             // Past the hold only to try servers not yet tried: back to one that failed, refused.
-            return Err(Refusal::Queue(NoServer::NoneUp, cfg.timeout_queue));
+            return Err(Refusal::Queue(NoServer::NoneUp, queue));
         }
         let first = async {
             let mut upstream = secure(stream, listener, &server.address).await?;
@@ -674,13 +675,13 @@ async fn establish(
             Ok(Err(FirstError::Io(e))) => {
                 drop(slot);
                 let why = format!("handshake failed: {e}");
-                elsewhere_or_pause(listener, &server, &why, &mut avoid, hold_until).await?;
+                elsewhere_or_pause(listener, &server, &why, &mut avoid, (hold_until, queue)).await?;
                 continue;
             }
             Err(_) => {
                 drop(slot);
                 let why = "no answer to the startup packet in time";
-                elsewhere_or_pause(listener, &server, why, &mut avoid, hold_until).await?;
+                elsewhere_or_pause(listener, &server, why, &mut avoid, (hold_until, queue)).await?;
                 continue;
             }
         };
@@ -691,7 +692,7 @@ async fn establish(
         if cannot_connect_now && Instant::now() < hold_until {
             drop((slot, upstream));
             let why = "the server cannot accept sessions now (57P03)";
-            elsewhere_or_pause(listener, &server, why, &mut avoid, hold_until).await?;
+            elsewhere_or_pause(listener, &server, why, &mut avoid, (hold_until, queue)).await?;
             continue;
         }
         if client_tls && first <= reply.len() {
@@ -766,7 +767,7 @@ async fn elsewhere_or_pause(
     server: &Server,
     why: &str,
     avoid: &mut Vec<usize>,
-    hold_until: Instant,
+    (hold_until, queue): (Instant, Duration),
 ) -> Result<(), Refusal> {
     server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
     server.check.kick();
@@ -784,15 +785,18 @@ async fn elsewhere_or_pause(
         return Ok(());
     }
     tracing::info!(listener = %name, server = %server.name, why, "server not ready; session held");
-    pause(listener, hold_until).await
+    pause(listener, hold_until).await.map_err(|HoldOver| Refusal::Queue(NoServer::NoneUp, queue))
 }
+
+/// The hold bound has passed.
+struct HoldOver;
 
 /// Waits for a change on the listener (a server up, a slot freed) or a short pause, within
 /// the hold bound.
-async fn pause(listener: &ListenerState, hold_until: Instant) -> Result<(), Refusal> {
+async fn pause(listener: &ListenerState, hold_until: Instant) -> Result<(), HoldOver> {
     let now = Instant::now();
     if now >= hold_until {
-        return Err(Refusal::Queue(NoServer::NoneUp, listener.config.timeout_queue));
+        return Err(HoldOver);
     }
     let wake = listener.queue.changed.notified();
     let _ = timeout_at((now + NOT_READY_PAUSE).min(hold_until), wake).await;
