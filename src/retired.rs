@@ -4,6 +4,7 @@
 //! until they do: without this, status and metrics said 0 sessions while a new client
 //! waited for a place they held.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -22,6 +23,9 @@ struct Entry {
     cluster: String,
     listener: String,
     server: String,
+    /// Where the server is: a cancel for a session pgfront cannot read goes there too.
+    address: String,
+    source: Option<IpAddr>,
     /// Alive while a session (or a generation a session holds) keeps the server.
     stats: Weak<ServerStats>,
 }
@@ -52,6 +56,8 @@ impl Retired {
                             cluster: rt.config.cluster.clone(),
                             listener: l.config.name.clone(),
                             server: s.name.clone(),
+                            address: s.address.clone(),
+                            source: s.source,
                             stats: Arc::downgrade(&s.stats),
                         });
                     }
@@ -77,6 +83,20 @@ impl Retired {
                     sessions,
                 })
             })
+            .collect()
+    }
+}
+
+impl Retired {
+    /// Where the retired servers of listener `listener` that still hold sessions are. A
+    /// cancel whose key pgfront never saw (TLS passed through) goes to every server of the
+    /// listener; before, a server a reload took away (removed, or its address changed) was
+    /// left out, so a query running there could not be cancelled.
+    pub fn holding(&self, listener: &str) -> Vec<(String, Option<IpAddr>)> {
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter()
+            .filter(|e| e.listener == listener && e.stats.upgrade().is_some_and(|s| s.cur.load(Ordering::Relaxed) > 0))
+            .map(|e| (e.address.clone(), e.source))
             .collect()
     }
 }

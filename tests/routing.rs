@@ -305,6 +305,43 @@ async fn graceful_stop_returns_early_when_sessions_end() {
 }
 
 #[tokio::test]
+async fn a_stop_serves_the_sessions_it_accepted_that_a_server_can_take_now() {
+    // Found by review (helper-48): the routing select was unbiased, so a session accepted
+    // before SIGTERM and routed after it was refused 57P03 "shutting down" half of the time,
+    // beside a free server; a stop refuses only sessions that would wait in the queue.
+    let lab = Lab::start(1).await;
+    lab.leader(0);
+    let pg = start(&lab.config(""));
+    let addr = pg.listener_addr("primary").unwrap();
+    eventually(LIMIT, "leader up", || up_count(&pg, "primary") == 1).await;
+    let mut clients = Vec::new();
+    // Fewer than max_connecting (16): the fake backend's logins never complete, so each
+    // session keeps its place to connect, and a 17th would wait in the queue.
+    for _ in 0..12 {
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let accepted = |pg: &pgfront::Pgfront| {
+        pg.shared().runtime().listener("primary").unwrap().stats.accepted.load(Ordering::SeqCst)
+    };
+    eventually(LIMIT, "all accepted", || accepted(&pg) == 12).await;
+    let stopping = tokio::spawn(pg.shutdown(Duration::from_secs(5)));
+    eventually(LIMIT, "listener closed", || std::net::TcpStream::connect(addr).is_err()).await;
+    let mut refused = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        tokio::io::AsyncWriteExt::write_all(c, &startup_message(&[("user", "u")])).await.unwrap();
+        let mut first = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(c, &mut first).await.unwrap();
+        if first[0] != b'R' {
+            refused += 1;
+            eprintln!("session {i}: {:?}", support::read_error(c).await);
+        }
+    }
+    assert_eq!(refused, 0, "sessions refused beside a free server during the stop");
+    drop(clients);
+    tokio::time::timeout(LIMIT, stopping).await.expect("stopped once the sessions ended").unwrap();
+}
+
+#[tokio::test]
 async fn a_read_listener_falls_back_to_the_leader_when_no_replica_is_eligible() {
     let lab = Lab::start(2).await;
     lab.leader(0);
@@ -404,6 +441,41 @@ async fn a_cancel_with_an_unknown_key_goes_to_every_server_of_the_listener() {
         eventually(LIMIT, "cancel delivered", || n.backend.accepted.load(Ordering::SeqCst) == 1).await;
     }
     assert_eq!(pg.shared().runtime().listener("replicas").unwrap().stats.cancels.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_cancel_with_an_unknown_key_reaches_a_server_a_reload_took_away_while_it_holds_sessions() {
+    // Found by review (helper-48): the fan-out went to the current servers only, so a query
+    // of a session pgfront cannot read (TLS passed through) on a node a reload removed, or
+    // whose address changed, could not be cancelled.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let text = lab.config("");
+    let pg = start(&text);
+    let addr = pg.listener_addr("replicas").unwrap();
+    eventually(LIMIT, "replicas up", || up_count(&pg, "replicas") == 2).await;
+    let session = connect(addr).await.unwrap();
+    let i = lab.nodes.iter().position(|n| n.backend.name == session.server).unwrap();
+    let held = &lab.nodes[i].backend;
+    assert_eq!(held.accepted.load(Ordering::SeqCst), 1);
+    let block = format!(
+        "[[node]]\nname = \"node{}\"\naddress = \"{}\"\ncheck_address = \"{}\"\n\n",
+        i + 1,
+        held.addr,
+        lab.nodes[i].rest.addr
+    );
+    assert!(text.contains(&block));
+    pg.reload(pgfront::Config::parse(std::path::Path::new("t.toml"), &text.replace(&block, "")).unwrap()).unwrap();
+    assert!(pg.shared().runtime().listener("replicas").unwrap().servers.iter().all(|s| s.name != session.server));
+    let mut cancel = 16u32.to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102u32.to_be_bytes());
+    cancel.extend_from_slice(&[0, 0, 0x30, 0x39, 9, 9, 9, 9]);
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut c, &cancel).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read_to_end(&mut c, &mut rest)).await.unwrap().unwrap();
+    eventually(LIMIT, "cancel delivered to the removed node", || held.accepted.load(Ordering::SeqCst) == 2).await;
+    drop(session);
 }
 
 /// Connects in plain text with a StartupMessage of `params`; returns the server's name.

@@ -27,9 +27,16 @@ pub async fn forward(shared: &Shared, listener: &ListenerState, packet: &[u8], p
         Some(address) => vec![(address.clone(), source_of(address))],
         // Servers that are up first: when the fan-out goes one at a time (its share is
         // taken), a node that does not answer must not hold up the rest by its timeout.
+        // Then the servers a reload took away that still hold this listener's sessions.
         None => {
             let (up, down): (Vec<_>, Vec<_>) = listener.servers.iter().partition(|s| s.is_up());
-            up.into_iter().chain(down).map(|s| (s.address.clone(), s.source)).collect()
+            let mut targets: Vec<_> = up.into_iter().chain(down).map(|s| (s.address.clone(), s.source)).collect();
+            for t in shared.retired.holding(&listener.config.name) {
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+            targets
         }
     };
     let limit = listener.config.timeout_connect;

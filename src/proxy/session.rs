@@ -423,6 +423,24 @@ fn copy_phase<'a>(
     }
 }
 
+/// Answers "N" to each GSSENCRequest (a client may ask more than once, as poolers allow)
+/// and returns the first other opening. Reads and writes are bounded by the startup
+/// deadline: a client that asked again and again without reading the answers once held its
+/// task, and a place under maxconn, until the hard stop, since the writes had no bound.
+async fn past_gss<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    mut prelude: Prelude,
+    deadline: Instant,
+) -> Result<Prelude, Refusal> {
+    while prelude.opening == Opening::GssEncRequest {
+        if !matches!(timeout_at(deadline, client.write_all(b"N")).await, Ok(Ok(()))) {
+            return Err(Refusal::Gone);
+        }
+        prelude = read_prelude(client, deadline).await?;
+    }
+    Ok(prelude)
+}
+
 /// Reads the client's opening. On a listener that terminates TLS, an SSLRequest is
 /// answered `S` and a direct-TLS ClientHello accepted, and the opening is read again inside
 /// TLS; a GSSENCRequest is answered `N` (as poolers do). Elsewhere TLS passes through.
@@ -441,20 +459,14 @@ async fn open(
         Ok(p) => p,
         Err(r) => return Err((Some(Either::Left(client)), r)),
     };
-    // A client may ask for GSS encryption more than once; each gets "N" (bounded by the
-    // startup deadline, since every request is a read).
-    while prelude.opening == Opening::GssEncRequest {
-        if client.write_all(b"N").await.is_err() {
-            return Err((None, Refusal::Gone));
-        }
-        prelude = match read_prelude(&mut client, deadline).await {
-            Ok(p) => p,
-            Err(r) => return Err((Some(Either::Left(client)), r)),
-        };
-    }
+    prelude = match past_gss(&mut client, prelude, deadline).await {
+        Ok(p) => p,
+        Err(Refusal::Gone) => return Err((None, Refusal::Gone)),
+        Err(r) => return Err((Some(Either::Left(client)), r)),
+    };
     let prefix = match prelude.opening {
         Opening::SslRequest => {
-            if client.write_all(b"S").await.is_err() {
+            if !matches!(timeout_at(deadline, client.write_all(b"S")).await, Ok(Ok(()))) {
                 return Err((None, Refusal::Gone));
             }
             Vec::new()
@@ -855,6 +867,10 @@ async fn connect(
     let queued_at = Instant::now();
     loop {
         let slot = tokio::select! {
+            // A free server first: a stop refuses sessions that would wait in the queue, not
+            // those it can serve now (unbiased, half of the sessions accepted before a
+            // SIGTERM and routed after it were refused 57P03 beside a free server).
+            biased;
             r = min_lsn::acquire(listener, &avoid, ask, wait, hold_until, peer) => r.map_err(|m| match m {
                 Miss::Queue(e) => Refusal::Queue(e, queued_at.elapsed()),
                 Miss::Behind { lsn } => Refusal::Behind(lsn, queued_at.elapsed()),
@@ -1010,5 +1026,29 @@ mod tests {
         let huge = [b'R', 0, 0x10, 0, 0];
         assert_eq!(read_first(&mut &huge[..]).await.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
         assert_eq!(read_first(&mut &ok[..6]).await.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gss_answers_nobody_reads_end_at_the_startup_deadline() {
+        // Found by review (helper-48): the "N" writes had no bound, so a client that asked
+        // again and again without reading held its task until the hard stop. Eight bytes of
+        // room each way: eight answers fit, the ninth waits for a reader that never comes.
+        let (mut asker, mut ours) = tokio::io::duplex(8);
+        let gss = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+        let asking = tokio::spawn(async move {
+            for _ in 0..100 {
+                if asker.write_all(&gss).await.is_err() {
+                    break;
+                }
+            }
+            asker
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = read_prelude(&mut ours, deadline).await.unwrap_or_else(|_| panic!("a GSSENCRequest"));
+        assert_eq!(first.opening, Opening::GssEncRequest);
+        let ended = timeout_at(deadline + Duration::from_secs(1), past_gss(&mut ours, first, deadline)).await;
+        assert!(matches!(ended, Ok(Err(Refusal::Gone))), "ended at the startup deadline, not held past it");
+        drop(ours);
+        drop(asking.await.unwrap());
     }
 }
