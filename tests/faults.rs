@@ -832,3 +832,84 @@ async fn a_session_asking_the_reads_port_for_the_primary_is_held_through_a_failo
     tokio::time::timeout(LIMIT, s.read_exact(&mut ok)).await.expect("served once a node leads").unwrap();
     assert_eq!(ok[0], b'R', "authentication from the new leader");
 }
+
+#[tokio::test]
+async fn a_replica_that_took_no_session_gets_no_new_one_until_a_later_check_passes() {
+    // Found by helper-47 (a frozen replica on the real lab): until fall marked it DOWN, a new
+    // session went to the frozen node every few seconds, each waiting timeout_connect (4 s)
+    // for an answer to its startup before going to the other replica.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node2 = format!("address = \"{}\"", lab.nodes[1].backend.addr);
+    // A long interval: the shun lasts until a probe begun an interval later passes.
+    let text = lab
+        .config("")
+        .replace("inter = \"50ms\"", "inter = \"5s\"")
+        .replace(&node2, &format!("address = \"{}\"", silent.local_addr().unwrap()));
+    let pg = start(&text);
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = Arc::clone(&accepted);
+    let frozen = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            counting.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let addr = pg.listener_addr("replicas").unwrap();
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let c = connect(addr).await.unwrap();
+        assert_eq!(c.server, "node3");
+        served.push(c);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one session found the frozen node; the others went straight to node3"
+    );
+    let rt = pg.shared().runtime();
+    let node2 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
+    assert!(node2.check.report().machine.is_up(), "shunned, not marked down: its REST API still passes");
+    assert!(!node2.is_up());
+    eventually(LIMIT, "admitted again by a check begun an interval later", || node2.is_up()).await;
+    frozen.abort();
+}
+
+#[tokio::test]
+async fn a_refusal_counts_the_time_spent_on_a_server_that_took_no_session() {
+    // Found by helper-47: a session that spent 4 s on a frozen leader, whose claim then
+    // ended, was told "knows no leader ... after waiting 0.0s".
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node1 = format!("address = \"{}\"", lab.nodes[0].backend.addr);
+    let reads = reads_config(&lab, "timeout_queue = \"2s\"\n");
+    let pg = start(&reads.replace(&node1, &format!("address = \"{}\"", silent.local_addr().unwrap())));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2 && up_count(&pg, "primary") == 1).await;
+    let mut s = TcpStream::connect(pg.listener_addr("replicas").unwrap()).await.unwrap();
+    s.write_all(&startup_message(&[("user", "u"), ("options", "-c pgfront.target=primary")])).await.unwrap();
+    // On the hung leader (500 ms for an answer): its claim ends meanwhile.
+    let (_held, _) = tokio::time::timeout(LIMIT, silent.accept()).await.unwrap().unwrap();
+    for n in &lab.nodes {
+        n.rest.patroni("replica", 9);
+    }
+    let fatal = tokio::time::timeout(LIMIT, async {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], b'E');
+        read_error(&mut s).await
+    })
+    .await
+    .expect("refused at the hold bound");
+    assert!(fatal.message.contains("no leader"), "{fatal:?}");
+    let waited: f64 = fatal
+        .message
+        .rsplit("after waiting ")
+        .next()
+        .and_then(|w| w.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("{fatal:?}"));
+    assert!(waited >= 1.9, "the whole hold of 2 s, the half second on the hung leader included: {fatal:?}");
+}

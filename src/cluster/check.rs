@@ -76,6 +76,9 @@ pub struct CheckReport {
     /// Since when the answers have been undecided about the replica itself (see
     /// [`Check::record_undecided`]); cleared by a pass.
     pub undecided_since: Option<Instant>,
+    /// The server took no session (see [`Check::shun`]): no new session until a probe
+    /// begun at this instant or later passes.
+    pub shunned_until: Option<Instant>,
 }
 
 impl CheckReport {
@@ -115,6 +118,7 @@ impl Check {
                 probed: None,
                 counted: None,
                 undecided_since: None,
+                shunned_until: None,
             })),
         }
     }
@@ -255,7 +259,15 @@ impl Check {
         // failure that says nothing of the node (a timeout, a reset) keeps admitting until
         // then, as in HAProxy, except on a leader check (a demoting leader takes no write).
         let said_no = !passed && result.status.is_some();
-        self.admit.store(r.machine.is_up() && (passed || !(self.strict || said_no)), Ordering::Release);
+        if let (true, Some(until)) = (passed, r.shunned_until) {
+            // A probe begun before then (the re-probe a failed session asked for) does not
+            // lift it; the results of tests that give no start time do.
+            if started.is_none_or(|s| s >= until) {
+                r.shunned_until = None;
+            }
+        }
+        let shunned = r.shunned_until.is_some();
+        self.admit.store(r.machine.is_up() && (passed || !(self.strict || said_no)) && !shunned, Ordering::Release);
         r.last = Some(result);
         transition
     }
@@ -295,6 +307,9 @@ impl Check {
     pub fn promote(&self, result: ProbeResult, reason: String) -> Option<Transition> {
         let mut r = self.lock();
         let t = r.machine.force(Status::Up);
+        // The leader found while none admits: an authoritative answer, and the only server
+        // writes can go to.
+        r.shunned_until = None;
         r.reason.clone_from(&reason);
         if let Some(t) = t {
             Self::transition(&mut r, t, reason);
@@ -302,6 +317,19 @@ impl Check {
         self.admit.store(true, Ordering::Release);
         r.last = Some(result);
         t
+    }
+
+    /// Stops admitting new sessions after the server took none: it accepted a connection and
+    /// did not answer the startup in time, reset it, or refused or timed out the connect.
+    /// Before, a frozen postmaster (its node's REST API frozen too, or answering) got a new
+    /// session every few seconds until `fall` marked it DOWN, each waiting `timeout_connect`
+    /// (4 s) before going elsewhere. A probe that passes and began an interval later or more
+    /// admits again; nothing is cut and nothing counts towards `fall`.
+    pub fn shun(&self) {
+        let mut r = self.lock();
+        let until = Instant::now() + self.spec.timing.inter;
+        r.shunned_until = Some(r.shunned_until.map_or(until, |u| u.max(until)));
+        self.admit.store(false, Ordering::Release);
     }
 
     /// Stops admitting new sessions without a transition (nobody may lead for now);

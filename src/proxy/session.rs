@@ -648,12 +648,13 @@ async fn establish(
     // A wait for a replica's position comes first; the queue's own bound after it.
     let waits_for_position = if wait.is_some() { cfg.min_lsn_wait } else { Duration::ZERO };
     let queue = cfg.timeout_queue_for(ask.target);
-    let hold_until = Instant::now() + waits_for_position + queue;
+    let since = Instant::now();
+    let hold_until = since + waits_for_position + queue;
     // Servers that accepted the connection but did not take the session (no answer to the
     // startup in time, a reset, 57P03): tried again only when no other is eligible.
     let mut avoid: Vec<usize> = Vec::new();
     loop {
-        let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, hold_until, peer, &avoid).await?;
+        let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, (since, hold_until), peer, &avoid).await?;
         let server = Arc::clone(slot.server());
         if avoid.contains(&server.node) && Instant::now() >= hold_until {
             // Past the hold only to try servers not yet tried: back to one that failed, refused.
@@ -686,12 +687,14 @@ async fn establish(
             }
             Ok(Err(FirstError::Io(e))) => {
                 drop(slot);
+                server.check.shun();
                 let why = format!("handshake failed: {e}");
                 elsewhere_or_pause(listener, &server, &why, &mut avoid, (hold_until, queue)).await?;
                 continue;
             }
             Err(_) => {
                 drop(slot);
+                server.check.shun();
                 let why = "no answer to the startup packet in time";
                 elsewhere_or_pause(listener, &server, why, &mut avoid, (hold_until, queue)).await?;
                 continue;
@@ -850,13 +853,15 @@ fn first_len(bytes: &[u8]) -> Option<usize> {
 /// Picks a server and connects, retrying failed connects up to `retries` times, on
 /// another server where the balance allows. While the hold bound lasts, exhausted retries
 /// send the session back to the queue rather than to the client: a leader that refuses
-/// connections is about to be replaced.
+/// connections is about to be replaced. `queued_at` is when the session began to look for a
+/// server (a refusal says how long it waited, the time spent on servers that took no
+/// session included: it said "after waiting 0.0s" after 4 s on a frozen leader).
 async fn connect(
     shared: &Shared,
     listener: &Arc<ListenerState>,
     ask: &mut Ask,
     wait: &mut Option<min_lsn::Wait>,
-    hold_until: Instant,
+    (queued_at, hold_until): (Instant, Instant),
     peer: SocketAddr,
     tried: &[usize],
 ) -> Result<(Slot, TcpStream), Refusal> {
@@ -864,7 +869,6 @@ async fn connect(
     let mut avoid: Vec<usize> = tried.to_vec();
     let mut failed: Option<Arc<Server>> = None;
     let mut attempts = 0;
-    let queued_at = Instant::now();
     loop {
         let slot = tokio::select! {
             // A free server first: a stop refuses sessions that would wait in the queue, not
@@ -916,6 +920,7 @@ async fn connect(
         };
         attempts += 1;
         server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
+        server.check.shun();
         server.check.kick();
         tracing::warn!(listener = %cfg.name, server = %server.name, error = %error, attempt = attempts, "connect failed");
         drop(slot);
