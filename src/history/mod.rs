@@ -90,15 +90,25 @@ impl History {
     }
 
     /// The leader `node`'s write check stopped admitting it at `at` (it still holds the lock,
-    /// but PostgreSQL is stopping or its answers fail): if it stops leading within
-    /// [`LOOKBACK`], that failover's writes stopped here.
+    /// but PostgreSQL is stopping or its answers fail): if it stops leading before its check
+    /// admits again, that failover's writes stopped here, however long the answers took to
+    /// fail (a REST API that hangs takes `timeout_check` a probe: with the shipped timings
+    /// the first failed answer came 10.6-12 s before the claim ended, and a 10 s bound here
+    /// dropped it, so the failover row showed a write gap of 4 s for 15).
     pub fn writes_stopped(&self, at: Stamp, node: &str) {
         let mut i = self.lock();
-        // The earliest stop of this leader within the lookback is the one that counts.
-        let earlier =
-            matches!(&i.stopped, Some((s, n)) if n == node && at.mono.saturating_duration_since(s.mono) <= LOOKBACK);
+        // The earliest stop of this leader since it last admitted is the one that counts.
+        let earlier = matches!(&i.stopped, Some((s, n)) if n == node && s.mono <= at.mono);
         if !earlier {
             i.stopped = Some((at, node.to_owned()));
+        }
+    }
+
+    /// The leader `node`'s write check admits again: a stop noted before is over.
+    pub fn writes_resumed(&self, node: &str) {
+        let mut i = self.lock();
+        if matches!(&i.stopped, Some((_, n)) if n == node) {
+            i.stopped = None;
         }
     }
 
@@ -121,7 +131,7 @@ impl History {
         i.timeline.changed(at.wall, to);
         let before = i.recent.iter().find(|r| at.mono.saturating_duration_since(r.at) <= LOOKBACK).cloned();
         let stopped = match (i.stopped.take(), from) {
-            (Some((s, n)), Some(old)) if n == old && at.mono.saturating_duration_since(s.mono) <= LOOKBACK => Some(s),
+            (Some((s, n)), Some(old)) if n == old => Some(s),
             _ => None,
         };
         i.failovers.changed(at, from, to, stopped, |node| back_to(read(node), before.as_ref(), node));
@@ -273,6 +283,30 @@ mod tests {
         h.tick(stamp(21), |_| Counters { held: 22, refused: 3, cut: 5, ..Counters::default() });
         let f = &h.view().failovers[0];
         assert_eq!((f.cut, f.held, f.refused), (4, 12, 1), "{f:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_stopped_long_before_the_claim_ends_begin_the_write_gap_unless_they_resumed() {
+        // Found by helper-47: a leader whose REST API hung (5 s a probe) failed its first
+        // answer 10.6-12 s before its claim ended, and the 10 s bound dropped it: the row had
+        // no writes_stopped_at and a write gap of 4 s for 15.
+        let h = History::new(SystemTime::UNIX_EPOCH);
+        let t0 = tokio::time::Instant::now();
+        let stamp =
+            |s: u64| Stamp { mono: t0 + Duration::from_secs(s), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(s) };
+        h.leader_changed(stamp(0), None, Some("node1"), |_| Counters::default());
+        h.writes_stopped(stamp(3), "node1");
+        h.writes_stopped(stamp(9), "node1");
+        h.leader_changed(stamp(15), Some("node1"), None, |_| Counters::default());
+        h.leader_changed(stamp(17), None, Some("node2"), |_| Counters::default());
+        let from = |node: &str| h.view().failovers.into_iter().find(|f| f.from.as_deref() == Some(node)).unwrap();
+        assert_eq!(from("node1").writes_stopped_at, Some(3.0), "from the first failed answer, 12 s before");
+        assert_eq!(from("node1").write_gap_secs, Some(14.0));
+        // A stop that ended (the leader admitted again) says nothing of a later failover.
+        h.writes_stopped(stamp(100), "node2");
+        h.writes_resumed("node2");
+        h.leader_changed(stamp(400), Some("node2"), None, |_| Counters::default());
+        assert_eq!(from("node2").writes_stopped_at, None);
     }
 
     #[test]

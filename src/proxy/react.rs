@@ -28,6 +28,9 @@ impl React for Reactor {
                     .push(format!("claims of {} refused: timeline below the floor {floor} (stale)", nodes.join(", ")));
             }
             Change::Admitting { check } => {
+                if check.strict {
+                    rt.history.writes_resumed(&check.node_name);
+                }
                 for (l, _) in rt.servers_of(&check) {
                     l.queue.dispatch();
                 }
