@@ -276,6 +276,13 @@ pub fn is_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// Whether a connect failed for want of something of this host's (local ports, the source
+/// address, kernel buffers or memory) rather than because of the server: such a failure
+/// says nothing against the server (see `Check::shun`).
+pub fn is_local_shortage(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE | libc::ENOBUFS | libc::ENOMEM))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -706,6 +706,9 @@ async fn a_session_asking_for_a_hung_leader_is_refused_at_its_hold_bound_not_red
     let mut b = [0u8; 1];
     let r = tokio::time::timeout(LIMIT, s.read(&mut b)).await.expect("held past its hold bound, never refused");
     assert!(matches!(r, Ok(1)) && b[0] == b'E', "{r:?} {b:?}");
+    // Told what it asked for (helper-49 saw "no server available for listener" here).
+    let fatal = read_error(&mut s).await;
+    assert!(fatal.message.contains("asked for the primary"), "{fatal:?}");
 }
 
 #[tokio::test]
@@ -874,6 +877,8 @@ async fn a_replica_that_took_no_session_gets_no_new_one_until_a_later_check_pass
     let node2 = rt.listener("replicas").unwrap().servers.iter().find(|s| s.name == "node2").unwrap().clone();
     assert!(node2.check.report().machine.is_up(), "shunned, not marked down: its REST API still passes");
     assert!(!node2.is_up());
+    let reason = node2.check.report().reason;
+    assert!(reason.contains("took no session"), "the page and status say why: {reason}");
     eventually(LIMIT, "admitted again by a check begun an interval later", || node2.is_up()).await;
     frozen.abort();
 }
@@ -912,4 +917,41 @@ async fn a_refusal_counts_the_time_spent_on_a_server_that_took_no_session() {
         .and_then(|w| w.trim_end_matches('s').parse().ok())
         .unwrap_or_else(|| panic!("{fatal:?}"));
     assert!(waited >= 1.9, "the whole hold of 2 s, the half second on the hung leader included: {fatal:?}");
+}
+
+/// A front for `backend` that closes its first connection at once and passes the others through.
+async fn resets_its_first(backend: SocketAddr) -> SocketAddr {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (first, _) = front.accept().await.unwrap();
+        drop(first);
+        while let Ok((mut c, _)) = front.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut s) = TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_only_server_of_a_listener_is_not_shunned_for_a_dropped_connection() {
+    // Found by review (helper-50): one reset shunned the server for an interval even where
+    // no other server could take the session, so a reads port with one replica refused
+    // its sessions (57P03) while PostgreSQL was healthy.
+    let lab = Lab::start(2).await;
+    lab.leader(0);
+    let front = resets_its_first(lab.nodes[1].backend.addr).await;
+    let node2 = format!("address = \"{}\"", lab.nodes[1].backend.addr);
+    let text = lab
+        .config("timeout_queue = \"2s\"\n")
+        .replace("inter = \"50ms\"", "inter = \"5s\"")
+        .replace(&node2, &format!("address = \"{front}\""));
+    let pg = start(&text);
+    eventually(LIMIT, "replica up", || up_count(&pg, "replicas") == 1).await;
+    let c = connect(pg.listener_addr("replicas").unwrap()).await.expect("served by the replica once it answers");
+    assert_eq!(c.server, "node2");
 }

@@ -708,3 +708,30 @@ async fn hunting_ends_a_minute_after_the_leader_is_lost_unless_a_client_waits_fo
     assert!(waiting.await.unwrap(), "the waiting client gets the leader hunting found");
     stop.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failover_is_hunted_for_even_where_a_leader_listener_never_admits() {
+    // Found by review (helper-50): a /standby-leader listener beside /primary never admits
+    // in a primary cluster, so the leader counted as lost from start-up and hunting, bounded
+    // to a minute from then, was over before any real failover.
+    let text = format!(
+        "{PATRONI}\n[[listener]]\nname = \"standby\"\nbind = \"127.0.0.1:0\"\ncheck = {{ method = \"OPTIONS\", path = \"/standby-leader\" }}\n"
+    );
+    let rt = runtime_of(&text);
+    let agents = Arc::new(Agents::default());
+    *agents.leader.lock().unwrap() = Some("a:8008".into());
+    *agents.timeline.lock().unwrap() = 1;
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    spawn_checkers(&rt, agents.clone(), Arc::new(Reactor), &TaskTracker::new(), &stop);
+    advance_to(start, 100_000).await;
+    assert!(up(&rt, "primary", "a"));
+    *agents.leader.lock().unwrap() = None;
+    advance_to(start, 120_000).await;
+    assert!(!up(&rt, "primary", "a"));
+    let calls = agents.calls.lock().unwrap();
+    let hunting = calls.iter().filter(|c| c.2 >= start + Duration::from_secs(110)).count();
+    assert!(hunting >= 80, "every node probed at the hunting interval after the leader was lost: {hunting}");
+    drop(calls);
+    stop.cancel();
+}

@@ -68,6 +68,11 @@ impl Queue {
         self.len.load(Ordering::Acquire)
     }
 
+    /// Whether a session waiting here asked for the primary (`pgfront.target=primary`).
+    pub fn asks_for_primary(&self) -> bool {
+        !self.is_empty() && lock(&self.waiters).iter().any(|w| w.ask.target == crate::config::Target::Primary)
+    }
+
     /// Joins the tail; the slot arrives on the returned receiver.
     pub(super) fn push(&self, ask: Ask, avoid: &[usize]) -> (u64, oneshot::Receiver<Slot>) {
         let (tx, rx) = oneshot::channel();

@@ -79,6 +79,8 @@ pub struct CheckReport {
     /// The server took no session (see [`Check::shun`]): no new session until a probe
     /// begun at this instant or later passes.
     pub shunned_until: Option<Instant>,
+    /// Why (shown in the reason while it lasts).
+    pub shunned_for: String,
 }
 
 impl CheckReport {
@@ -119,6 +121,7 @@ impl Check {
                 counted: None,
                 undecided_since: None,
                 shunned_until: None,
+                shunned_for: String::new(),
             })),
         }
     }
@@ -267,6 +270,9 @@ impl Check {
             }
         }
         let shunned = r.shunned_until.is_some();
+        if shunned {
+            r.reason = shunned_reason(&r.reason, &r.shunned_for);
+        }
         self.admit.store(r.machine.is_up() && (passed || !(self.strict || said_no)) && !shunned, Ordering::Release);
         r.last = Some(result);
         transition
@@ -319,16 +325,23 @@ impl Check {
         t
     }
 
-    /// Stops admitting new sessions after the server took none: it accepted a connection and
-    /// did not answer the startup in time, reset it, or refused or timed out the connect.
-    /// Before, a frozen postmaster (its node's REST API frozen too, or answering) got a new
-    /// session every few seconds until `fall` marked it DOWN, each waiting `timeout_connect`
-    /// (4 s) before going elsewhere. A probe that passes and began an interval later or more
-    /// admits again; nothing is cut and nothing counts towards `fall`.
-    pub fn shun(&self) {
+    /// Stops admitting new sessions after the server took none while another server could
+    /// (the caller's rule): it refused or reset the connection, or did not answer within
+    /// `timeout_connect` (`hung`). Before, a frozen postmaster (its node's REST API frozen
+    /// too, or answering) got a new session every few seconds until `fall` marked it DOWN,
+    /// each waiting `timeout_connect` (4 s) before going elsewhere. A passing probe begun
+    /// after the failure admits again, after a hang only one begun an interval later (a
+    /// postmaster that hangs while its REST API answers then costs one session an interval).
+    /// Nothing is cut and nothing counts towards `fall`.
+    pub fn shun(&self, hung: bool, why: &str) {
         let mut r = self.lock();
-        let until = Instant::now() + self.spec.timing.inter;
+        let now = Instant::now();
+        let until = if hung { now + self.spec.timing.inter } else { now };
+        if r.shunned_until.is_none() {
+            r.reason = shunned_reason(&r.reason, why);
+        }
         r.shunned_until = Some(r.shunned_until.map_or(until, |u| u.max(until)));
+        r.shunned_for = why.to_owned();
         self.admit.store(false, Ordering::Release);
     }
 
@@ -373,6 +386,11 @@ impl Check {
 
 /// The reason shown for a check after `result`: what it found, and where a streak stands
 /// (`1 of 3 failures before DOWN`), so the page reads the same as the latest answer.
+/// The reason shown while a server is shunned (see [`Check::shun`]).
+fn shunned_reason(reason: &str, why: &str) -> String {
+    format!("{reason}; took no session ({why}): new sessions go elsewhere until a check passes")
+}
+
 fn latest_reason(result: &ProbeResult, machine: &Machine, timing: &crate::config::CheckTiming) -> String {
     let found = match (result.passed(), result.detail.is_empty()) {
         (true, _) => "passed".to_owned(),

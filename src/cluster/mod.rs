@@ -353,17 +353,27 @@ impl Runtime {
     }
 
     /// Whether checks probe every node at `hunt_inter`: while the leader is lost (see
-    /// [`Runtime::leader_lost`]), for [`HUNT_FOR`] after it was lost, and after that while a
-    /// client waits in a queue. Before, hunting never ended: a standby
+    /// [`Runtime::leader_lost`]), for [`HUNT_FOR`] after it was lost or after the leadership
+    /// last changed, and after that while a client waits for the leader (in a leader
+    /// listener's queue, or asking for the primary). Before, hunting never ended: a standby
     /// cluster behind a `/master` listener, or a cluster down for the night, had every node
-    /// probed five times a second for as long as it lasted.
+    /// probed five times a second for as long as it lasted. The leadership's change counts
+    /// too, since a leader listener that never admits (a `/standby-leader` one beside
+    /// `/primary`, or one whose servers are another site's) keeps the loss stamp from start-up.
     pub fn hunting(&self) -> bool {
         let lost = self.leader_lost();
         match self.leadership.lost_since(lost) {
             None => false,
             Some(at) => {
-                // Any queue: a session asking the reads port for the primary waits there too.
-                at.elapsed() < HUNT_FOR || self.listeners.iter().any(|l| !l.queue.is_empty())
+                at.elapsed() < HUNT_FOR
+                    || self.leadership.since().elapsed() < HUNT_FOR
+                    || self.listeners.iter().any(|l| {
+                        if l.config.check.is_leader() {
+                            !l.queue.is_empty()
+                        } else {
+                            l.queue.asks_for_primary()
+                        }
+                    })
             }
         }
     }

@@ -298,9 +298,10 @@ pub struct Listener {
     pub timeout_server: Duration,
     pub timeout_queue: Duration,
     /// How long a session that asks for the primary (`pgfront.target=primary`, or a route
-    /// to it) waits for a leader: `timeout_queue` where the file sets it, else a leader
-    /// listener's 30 s. Before, such a session on the reads port was refused after that
-    /// port's `timeout_connect` (4 s) in a failover that the write port held through.
+    /// to it) waits for a leader: the listener's own `timeout_queue` where its table sets
+    /// one, else the longest of the cluster's leader listeners (30 s without one). Before,
+    /// such a session on the reads port was refused after that port's bound (4 s) in a
+    /// failover that the write port held its clients through.
     pub timeout_queue_primary: Duration,
     /// Bound on the client's first packet (a client that sends nothing is closed).
     pub timeout_startup: Duration,
@@ -716,6 +717,15 @@ impl Validator<'_> {
             names.push(listener.name.clone());
             listeners.push(listener);
         }
+        // A session asking a reads port for the primary waits as long as the write port's
+        // sessions do, unless its own listener sets `timeout_queue` (one in [defaults], as
+        // the shipped files have, is the reads port's own bound, not the write port's).
+        let leader_hold = listeners.iter().filter(|l| l.check.is_leader()).map(|l| l.timeout_queue).max();
+        for (l, raw) in listeners.iter_mut().zip(raw_listeners) {
+            if raw.timeout_queue.is_none() && !l.check.is_leader() {
+                l.timeout_queue_primary = leader_hold.unwrap_or(defaults::LEADER_TIMEOUT_QUEUE);
+            }
+        }
         Ok((nodes, listeners))
     }
 
@@ -1013,7 +1023,8 @@ impl Validator<'_> {
             timeout_server: dur(&s.timeout_server, defaults::TIMEOUT_SERVER),
             // HAProxy: "timeout queue" defaults to "timeout connect"; 30 s for the leader.
             timeout_queue: dur(&s.timeout_queue, queue_default),
-            timeout_queue_primary: dur(&s.timeout_queue, defaults::LEADER_TIMEOUT_QUEUE),
+            // For a reads port without its own `timeout_queue`, the write port's (see above).
+            timeout_queue_primary: dur(&s.timeout_queue, queue_default),
             timeout_startup: self.nonzero(&s.timeout_startup, "timeout_startup", defaults::TIMEOUT_STARTUP)?,
             max_connecting: self
                 .positive(s.max_connecting.as_ref(), "max_connecting")?

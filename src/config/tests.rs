@@ -75,6 +75,14 @@ fn shipped_files_are_valid() {
     let local = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/local.toml")).unwrap();
     let binds: Vec<String> = local.listeners.iter().map(|l| l.bind.to_string()).collect();
     assert_eq!(binds, ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"]);
+    // Found by helper-49: [defaults]' timeout_queue (4 s) gave the reads port's sessions
+    // asking for the primary 4 s, not the write port's 30 s, in both shipped files.
+    for f in ["conf/pgfront.toml", "conf/local.toml"] {
+        let c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap();
+        let reads = &c.listeners[2];
+        assert_eq!(reads.timeout_queue, Duration::from_secs(4), "{f}");
+        assert_eq!(reads.timeout_queue_primary, Duration::from_secs(30), "{f}: as long as the write port holds");
+    }
     assert_eq!(local.web.as_ref().unwrap().bind.to_string(), "127.0.0.1:7000");
     let u = &local.web.as_ref().unwrap().users[0];
     assert_eq!(u.name, "admin");

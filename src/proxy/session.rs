@@ -650,15 +650,19 @@ async fn establish(
     let queue = cfg.timeout_queue_for(ask.target);
     let since = Instant::now();
     let hold_until = since + waits_for_position + queue;
+    // A session that asked for the primary is told so when the hold runs out (it was told
+    // "no server available" when the leader had just taken no session).
+    let none = if ask.target == Target::Primary { NoServer::NoLeader } else { NoServer::NoneUp };
+    let hold = Hold { since, until: hold_until, none };
     // Servers that accepted the connection but did not take the session (no answer to the
     // startup in time, a reset, 57P03): tried again only when no other is eligible.
     let mut avoid: Vec<usize> = Vec::new();
     loop {
-        let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, (since, hold_until), peer, &avoid).await?;
+        let (slot, stream) = connect(shared, listener, &mut ask, &mut wait, hold, peer, &avoid).await?;
         let server = Arc::clone(slot.server());
         if avoid.contains(&server.node) && Instant::now() >= hold_until {
             // Past the hold only to try servers not yet tried: back to one that failed, refused.
-            return Err(Refusal::Queue(NoServer::NoneUp, queue));
+            return Err(Refusal::Queue(hold.none, since.elapsed()));
         }
         let first = async {
             let mut upstream = secure(stream, listener, &server.address).await?;
@@ -687,16 +691,16 @@ async fn establish(
             }
             Ok(Err(FirstError::Io(e))) => {
                 drop(slot);
-                server.check.shun();
                 let why = format!("handshake failed: {e}");
-                elsewhere_or_pause(listener, &server, &why, &mut avoid, (hold_until, queue)).await?;
+                shun_if_others_serve(listener, &server, false, &why);
+                elsewhere_or_pause(listener, &server, &why, &mut avoid, hold).await?;
                 continue;
             }
             Err(_) => {
                 drop(slot);
-                server.check.shun();
                 let why = "no answer to the startup packet in time";
-                elsewhere_or_pause(listener, &server, why, &mut avoid, (hold_until, queue)).await?;
+                shun_if_others_serve(listener, &server, true, why);
+                elsewhere_or_pause(listener, &server, why, &mut avoid, hold).await?;
                 continue;
             }
         };
@@ -707,7 +711,7 @@ async fn establish(
         if cannot_connect_now && Instant::now() < hold_until {
             drop((slot, upstream));
             let why = "the server cannot accept sessions now (57P03)";
-            elsewhere_or_pause(listener, &server, why, &mut avoid, (hold_until, queue)).await?;
+            elsewhere_or_pause(listener, &server, why, &mut avoid, hold).await?;
             continue;
         }
         if client_tls && first <= reply.len() {
@@ -782,7 +786,7 @@ async fn elsewhere_or_pause(
     server: &Server,
     why: &str,
     avoid: &mut Vec<usize>,
-    (hold_until, queue): (Instant, Duration),
+    hold: Hold,
 ) -> Result<(), Refusal> {
     server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
     server.check.kick();
@@ -800,11 +804,31 @@ async fn elsewhere_or_pause(
         return Ok(());
     }
     tracing::info!(listener = %name, server = %server.name, why, "server not ready; session held");
-    pause(listener, hold_until).await.map_err(|HoldOver| Refusal::Queue(NoServer::NoneUp, queue))
+    pause(listener, hold.until).await.map_err(|HoldOver| Refusal::Queue(hold.none, hold.since.elapsed()))
 }
 
 /// The hold bound has passed.
 struct HoldOver;
+
+/// A session's hold: since when it looks for a server, until when, and what it is told when
+/// none took it by then (the wait it reports is the whole of it, servers that took no
+/// session included).
+#[derive(Clone, Copy)]
+struct Hold {
+    since: Instant,
+    until: Instant,
+    none: NoServer,
+}
+
+/// Shuns `server` (see [`crate::cluster::Check::shun`]) after it took no session, where
+/// another server of the listener takes new sessions: where none does, shunning would only
+/// hold sessions back from a server that may answer the next one (the only leader after a
+/// transient reset held writes for an interval).
+fn shun_if_others_serve(listener: &ListenerState, server: &Server, hung: bool, why: &str) {
+    if listener.servers.iter().any(|s| s.node != server.node && s.is_up()) {
+        server.check.shun(hung, why);
+    }
+}
 
 /// Waits for a change on the listener (a server up, a slot freed) or a short pause, within
 /// the hold bound.
@@ -861,7 +885,7 @@ async fn connect(
     listener: &Arc<ListenerState>,
     ask: &mut Ask,
     wait: &mut Option<min_lsn::Wait>,
-    (queued_at, hold_until): (Instant, Instant),
+    Hold { since: queued_at, until: hold_until, .. }: Hold,
     peer: SocketAddr,
     tried: &[usize],
 ) -> Result<(Slot, TcpStream), Refusal> {
@@ -915,12 +939,20 @@ async fn connect(
                 })?;
                 continue;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("connect timeout after {:?}", cfg.timeout_connect),
+            Ok(Err(e)) => {
+                if !crate::fds::is_local_shortage(&e) {
+                    shun_if_others_serve(listener, &server, false, &format!("connect failed: {e}"));
+                }
+                e.to_string()
+            }
+            Err(_) => {
+                let error = format!("connect timeout after {:?}", cfg.timeout_connect);
+                shun_if_others_serve(listener, &server, true, &error);
+                error
+            }
         };
         attempts += 1;
         server.stats.conn_errors.fetch_add(1, Ordering::Relaxed);
-        server.check.shun();
         server.check.kick();
         tracing::warn!(listener = %cfg.name, server = %server.name, error = %error, attempt = attempts, "connect failed");
         drop(slot);
