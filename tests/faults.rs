@@ -955,3 +955,66 @@ async fn the_only_server_of_a_listener_is_not_shunned_for_a_dropped_connection()
     let c = connect(pg.listener_addr("replicas").unwrap()).await.expect("served by the replica once it answers");
     assert_eq!(c.server, "node2");
 }
+
+/// Opens a plain-text session with a StartupMessage: the backend's name, or the error.
+async fn log_in(addr: SocketAddr) -> Result<String, Fatal> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_message(&[("user", "u")])).await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    if b[0] == b'E' {
+        return Err(read_error(&mut s).await);
+    }
+    let mut rest = [0u8; 8];
+    s.read_exact(&mut rest).await.unwrap();
+    let mut name = Vec::new();
+    loop {
+        s.read_exact(&mut b).await.unwrap();
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8(name).unwrap());
+        }
+        name.push(b[0]);
+    }
+}
+
+#[tokio::test]
+async fn a_replica_out_of_connection_slots_sends_the_session_to_another() {
+    // Found by helper-49: PostgreSQL's "sorry, too many clients already" (53300, its first
+    // answer, before authentication) reached the client beside a replica with slots free.
+    let lab = Lab::start(3).await;
+    lab.leader(0);
+    let full = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let full_addr = full.local_addr().unwrap();
+    let turned_away = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&turned_away);
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = full.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut startup = [0u8; 256];
+            let _ = c.read(&mut startup).await;
+            let _ = c.write_all(&pgfront::pg::fatal("53300", "sorry, too many clients already", None)).await;
+        }
+    });
+    let node2 = format!("address = \"{}\"", lab.nodes[1].backend.addr);
+    let pg = start(&lab.config("").replace(&node2, &format!("address = \"{full_addr}\"")));
+    eventually(LIMIT, "all up", || up_count(&pg, "replicas") == 2).await;
+    let addr = pg.listener_addr("replicas").unwrap();
+    for _ in 0..4 {
+        let server =
+            log_in(addr).await.unwrap_or_else(|f| panic!("the full replica's error reached the client: {f:?}"));
+        assert_eq!(server, "node3");
+    }
+    assert!(turned_away.load(Ordering::SeqCst) >= 1, "round robin did try the full replica");
+    // With no other replica, the client gets PostgreSQL's own error, as from HAProxy.
+    let rt = pg.shared().runtime();
+    rt.listener("replicas")
+        .unwrap()
+        .servers
+        .iter()
+        .find(|s| s.name == "node3")
+        .unwrap()
+        .set_admin(pgfront::cluster::AdminState::Maint);
+    drop(rt);
+    let f = log_in(addr).await.expect_err("no replica with a slot");
+    assert_eq!(f.code, "53300", "{f:?}");
+}

@@ -706,12 +706,27 @@ async fn establish(
         };
         // `reply` may hold more than the first message: look at the first one.
         let first = first_len(&reply).unwrap_or(reply.len());
-        let cannot_connect_now = reply.first() == Some(&b'E')
-            && reply.get(5..first).and_then(pg::error_sqlstate) == Some(sqlstate::CANNOT_CONNECT_NOW);
-        if cannot_connect_now && Instant::now() < hold_until {
+        let refused_with =
+            if reply.first() == Some(&b'E') { reply.get(5..first).and_then(pg::error_sqlstate) } else { None };
+        if refused_with == Some(sqlstate::CANNOT_CONNECT_NOW) && Instant::now() < hold_until {
             drop((slot, upstream));
             let why = "the server cannot accept sessions now (57P03)";
             elsewhere_or_pause(listener, &server, why, &mut avoid, hold).await?;
+            continue;
+        }
+        // PostgreSQL out of connection slots ("sorry, too many clients already", 53300,
+        // before authentication): another server that takes new sessions and was not tried
+        // gets the session; with none, the client gets the server's error, as from HAProxy.
+        // Before, it always got the error, beside a replica with slots free.
+        if refused_with == Some(sqlstate::TOO_MANY_CONNECTIONS)
+            && !avoid.contains(&server.node)
+            && listener.servers.iter().any(|s| s.node != server.node && !avoid.contains(&s.node) && s.is_up())
+        {
+            drop((slot, upstream));
+            avoid.push(server.node);
+            server.stats.redispatches.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(listener = %cfg.name, server = %server.name,
+                "server has no connection slot free (53300); session sent to another server");
             continue;
         }
         if client_tls && first <= reply.len() {
