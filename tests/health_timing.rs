@@ -702,6 +702,8 @@ async fn hunting_ends_a_minute_after_the_leader_is_lost_unless_a_client_waits_fo
         pgfront::balance::acquire(&primary, &[], pgfront::config::Target::Listener, deadline).await.is_ok()
     });
     advance_to(start, 115_000).await;
+    // Both nodes looked at once (helper-50: after the hunt, the next probe came at inter).
+    assert!(probes(100_000, 100_500) >= 2, "probed when the client began to wait: {}", probes(100_000, 100_500));
     assert!(probes(104_000, 114_000) >= 80, "hunting while a client waits: {}", probes(104_000, 114_000));
     *agents.leader.lock().unwrap() = Some("b:8008".into());
     advance_to(start, 116_000).await;

@@ -220,7 +220,15 @@ pub async fn acquire(
     if let Some(lsn) = ask.min_lsn {
         refresh_positions(&current, lsn, deadline);
     }
+    let first_waiting = queue.is_empty();
     let (id, mut rx) = queue.push(ask, avoid);
+    if first_waiting && waits_for_the_leader(&current, ask) {
+        // Checks look at once: after a minute without a leader they no longer hunt, and
+        // would otherwise find one at their interval (kicks coalesce, ten a second at most).
+        for s in &current.servers {
+            s.check.kick();
+        }
+    }
     let _queued = QueueGuard::enter(l, id);
     queue.dispatch();
     if let Ok(Ok(slot)) = timeout_at(deadline, &mut rx).await {
@@ -233,6 +241,12 @@ pub async fn acquire(
     }
     let current = queue.current().unwrap_or_else(|| Arc::clone(l));
     pick(&current, avoid, ask)
+}
+
+/// Whether a session that has to wait waits for a leader: one asking for the primary, or
+/// any on a leader listener that has no server taking new sessions.
+fn waits_for_the_leader(l: &ListenerState, ask: Ask) -> bool {
+    ask.target == Target::Primary || (l.config.check.is_leader() && !l.servers.iter().any(|s| s.check.is_up()))
 }
 
 /// Counts a session in the listener's queue for as long as it waits, and takes it out of
